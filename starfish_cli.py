@@ -1,0 +1,76 @@
+"""The single `starfish` command line: each unit contributes one typer sub-app.
+
+Sub-apps are imported by module path so that a unit whose optional extra is not installed (for instance `train`
+on a Jetson without torch) does not stop the others from working. Sub-app modules import heavy libraries inside
+their commands, never at module level, so `starfish --help` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import typer
+
+logger = logging.getLogger("starfish")
+
+# (command name, module holding `app`, what it is for)
+SUB_APPS: tuple[tuple[str, str, str], ...] = (
+    ("data", "train.data_cli", "Reef datasets: synthetic generator, previews, statistics."),
+    ("train", "train.cli", "Train and evaluate the Faster R-CNN detector (needs the `train` extra)."),
+    ("export", "export.cli", "Prune, quantize and export a checkpoint to ONNX / TensorRT bundles."),
+    ("keys", "export.keys_cli", "Generate ed25519 signing keys for model bundles."),
+    ("bundle", "edge_agent.bundle.cli", "Inspect and verify signed model bundles (torch-free)."),
+    ("agent", "edge_agent.cli", "Run the edge agent: cameras -> detection -> tracking -> MQTT."),
+    ("bench", "benchmarks.cli", "Benchmark back ends: latency, throughput, memory, accuracy."),
+)
+
+app = typer.Typer(
+    name="starfish",
+    help="starfish-edge: count crown-of-thorns starfish on the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _configure_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("STARFISH_LOG_LEVEL", "INFO").upper())
+    try:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(rich_tracebacks=False, show_path=False)
+        fmt = "%(message)s"
+    except ImportError:  # rich is a core dependency; this only guards a broken install
+        handler = logging.StreamHandler()
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level.")) -> None:
+    _configure_logging(verbose)
+
+
+def _register_sub_apps() -> None:
+    for name, module_path, help_text in SUB_APPS:
+        try:
+            module = importlib.import_module(module_path)
+        except ModuleNotFoundError as exc:
+            # Only a missing unit is tolerated; a broken import inside an existing unit must surface.
+            if exc.name and module_path.startswith(exc.name):
+                logger.debug("sub-command %s unavailable: %s", name, exc)
+                continue
+            raise
+        app.add_typer(module.app, name=name, help=help_text)
+
+
+_register_sub_apps()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
