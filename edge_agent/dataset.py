@@ -219,9 +219,11 @@ def _parse_row(
         ids = {key: _parse_int(row.get(key), key) for key in ("video_id", "sequence", "video_frame", "sequence_frame")}
         items = parse_annotations(row.get("annotations") or "", row=where)
     except (AnnotationError, ValueError) as exc:
-        report.skipped_rows.append(f"row {where}: {exc}")
-        if len(report.skipped_rows) <= 5:
-            logger.warning("skipping row %s: %s", where, exc)
+        # AnnotationError already names the row; the integer parser does not.
+        message = str(exc) if isinstance(exc, AnnotationError) else f"row {where}: {exc}"
+        report.skipped_rows.append(message)
+        if len(report.skipped_rows) <= 5:  # the rest are in the report, not one log line each
+            logger.warning("skipping %s", message)
         return None
     xywh = np.array([[b["x"], b["y"], b["width"], b["height"]] for b in items], dtype=np.float32).reshape(-1, 4)
     boxes, keep = clip_boxes(xywh_to_xyxy(xywh), width, height)
