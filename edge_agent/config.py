@@ -1,0 +1,296 @@
+"""The edge agent's configuration: one pydantic model per component, unknown keys rejected, every field described.
+
+Sources, highest priority first: environment variables ``STARFISH_<FIELD>`` (nested with ``__``, e.g.
+``STARFISH_MQTT__HOST=broker.local`` or ``STARFISH_DETECTOR__BACKENDS='["onnxruntime"]'``), then the YAML file,
+then the defaults below. Environment wins over the file so one image/unit file can be re-pointed per device
+without editing YAML (and secrets such as the MQTT password never need to be in the file).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge_agent.mqtt.config import MqttConfig
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+BACKENDS: tuple[str, ...] = ("tensorrt", "onnxruntime")
+
+
+class ConfigError(ValueError):
+    """The agent configuration is unreadable or invalid; the message names every offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraConfig(_Strict):
+    """One video source. Capture runs on its own thread; inference always takes the newest frame."""
+
+    id: str = Field(description="Camera id used in topics (`starfish/{device}/{id}/counts`): letters, digits, _ -.")
+    source: int | str = Field(
+        description="What to open: a V4L2 index (0) or device path (/dev/video0); an RTSP/HTTP/UDP URL; a video "
+        "file path; or a GStreamer pipeline ending in `appsink` (Jetson CSI: `nvarguscamerasrc ! ... ! appsink`)."
+    )
+    enabled: bool = Field(True, description="A disabled camera is reported `disabled` and never opened.")
+    loop: bool = Field(False, description="Video files only: start again at the end instead of finishing.")
+    read_mode: Literal["latest", "every_frame"] = Field(
+        "latest",
+        description="`latest`: when inference is slower than the source, stale frames are dropped (and counted) so "
+        "latency never builds up - right for live cameras. `every_frame`: capture waits for inference, nothing is "
+        "dropped - for evaluating a recorded clip.",
+    )
+    realtime: bool | None = Field(
+        None,
+        description="Video files only: pace reads at the file's frame rate like a live camera. Default: true in "
+        "`latest` mode, false in `every_frame` mode.",
+    )
+    target_fps: float | None = Field(
+        None, gt=0, le=240, description="Process at most this many frames per second from this camera (None: all)."
+    )
+    reconnect_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay after a failure.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Cap of the exponential reconnect delay.")
+    open_timeout_s: float = Field(5.0, gt=0, le=120, description="Give up opening a network stream after this.")
+    read_timeout_s: float = Field(3.0, gt=0, le=120, description="A network stream silent this long is lost.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError(f"must match {_ID.pattern} (it becomes an MQTT topic level), got {value!r}")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"a device index must be >= 0, got {value}")
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _delays(self) -> CameraConfig:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
+
+
+class DetectorConfig(_Strict):
+    """Which model bundle to run and on which back end."""
+
+    bundle: Path = Field(description="Model bundle directory (or .tar); verified against `trusted_keys` first.")
+    trusted_keys: list[Path] = Field(
+        min_length=1, description="ed25519 public key files (PEM) whose signature on the bundle is accepted."
+    )
+    variant: str | None = Field(None, description="Bundle variant to run (fp32, int8, ...); None: the default one.")
+    backends: list[Literal["tensorrt", "onnxruntime"]] = Field(
+        default_factory=lambda: ["tensorrt", "onnxruntime"],
+        min_length=1,
+        description="Back ends in order of preference; the first one available on this machine is used.",
+    )
+    score_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Keep detections at or above this score; None: the bundle's best-F2 one."
+    )
+    threads: int | None = Field(None, ge=1, le=64, description="onnxruntime intra-op threads (None: its default).")
+    engine_cache_dir: Path | None = Field(
+        None, description="Where built TensorRT engines are cached (None: beside the bundle)."
+    )
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each back end may appear once, got {value}")
+        return value
+
+
+class TrackerConfig(_Strict):
+    """Multi-object tracker that turns detections into distinct starfish."""
+
+    iou_threshold: float = Field(0.2, gt=0, lt=1, description="Minimum IoU between prediction and detection.")
+    max_missed: int = Field(15, ge=0, le=1000, description="Frames a track may go unseen before it ends.")
+    min_hits: int = Field(3, ge=1, le=100, description="Detections before a track counts as a starfish.")
+
+
+class SnapshotConfig(_Strict):
+    """Rate-limited JPEGs of frames with detections (boxes drawn), for review and retraining data."""
+
+    enabled: bool = Field(False, description="Write snapshots.")
+    directory: Path = Field(Path("snapshots"), description="Where JPEGs go (created if missing).")
+    min_interval_s: float = Field(10.0, ge=0, le=86400, description="At most one snapshot per camera per interval.")
+    min_count: int = Field(1, ge=0, description="Only frames with at least this many detections.")
+    raw_copy: bool = Field(True, description="Also keep the unannotated frame (retraining needs clean pixels).")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality.")
+
+
+class VideoOutputConfig(_Strict):
+    """Optional annotated video written per camera."""
+
+    enabled: bool = Field(False, description="Write an annotated video per camera.")
+    directory: Path = Field(Path("annotated"), description="Where `{camera_id}.mp4` files go.")
+    fps: float = Field(10.0, gt=0, le=240, description="Frame rate written into the file.")
+
+
+class AgentConfig(BaseSettings):
+    """The whole agent: `starfish agent run --config agent.yaml`."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", env_prefix="STARFISH_", env_nested_delimiter="__", case_sensitive=False
+    )
+
+    device_id: str = Field(description="This device's id: topic level and MQTT client id.")
+    cameras: list[CameraConfig] = Field(min_length=1, description="Video sources (ids must be unique).")
+    detector: DetectorConfig = Field(description="Model bundle and back end.")
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracking and unique counting.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection and publishing.")
+    outbox_path: Path = Field(
+        Path("/var/lib/starfish/outbox.sqlite3"),
+        description="SQLite store-and-forward outbox: counts survive broker outages and power cuts.",
+    )
+    outbox_max_messages: int = Field(
+        1_000_000, ge=100, description="Outbox size bound; beyond it the oldest messages are dropped (counted)."
+    )
+    outbox_max_age_s: float | None = Field(
+        7 * 86400, gt=0, description="Messages older than this are dropped from the outbox (counted); None: keep."
+    )
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="JPEG evidence for people.")
+    video_output: VideoOutputConfig = Field(default_factory=VideoOutputConfig, description="Annotated video.")
+    console_interval_s: float = Field(1.0, gt=0, description="How often the live console line refreshes.")
+    stop_when_sources_end: bool = Field(
+        True, description="Exit by itself once every camera is a finished (non-looping) video file."
+    )
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError(f"must match {_ID.pattern} (it becomes an MQTT topic level and client id), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> AgentConfig:
+        ids = [camera.id for camera in self.cameras]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"camera ids must be unique, repeated: {duplicates}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment before init (= the YAML file's content) so that `STARFISH_…` overrides the file.
+        return env_settings, init_settings
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the field by its dotted path (``cameras.0.source: ...``)."""
+    lines = []
+    for err in exc.errors():
+        location = ".".join(str(part) for part in err["loc"]) or "<root>"
+        lines.append(f"{location}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_config_data(data: dict[str, Any]) -> AgentConfig:
+    """Validate a mapping (plus environment overrides); raise `ConfigError` naming every bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the configuration must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return AgentConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid agent configuration: {format_validation_error(exc)}") from exc
+    except TypeError as exc:  # e.g. a non-string key in YAML
+        raise ConfigError(f"invalid agent configuration: {exc}") from exc
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read YAML from ``path`` and validate it; relative paths in it stay relative to the working directory."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not UTF-8 text: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
+    return load_config_data({} if data is None else data)
+
+
+EXAMPLE_YAML = """\
+# starfish edge agent configuration. Every key is optional unless marked REQUIRED.
+# Environment variables override this file: STARFISH_<KEY>, nested with "__", e.g.
+#   STARFISH_MQTT__HOST=broker.local  STARFISH_DEVICE_ID=reef-03  STARFISH_DETECTOR__VARIANT=int8
+device_id: reef-01                 # REQUIRED: MQTT topic level and client id
+
+cameras:                           # REQUIRED: one or more sources, each on its own capture thread
+  - id: cam0
+    source: 0                      # V4L2 index; or "/dev/video0"
+    # Jetson CSI camera (GStreamer pipeline, must end in appsink):
+    # source: "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 !
+    #          nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true"
+    # Network stream:  source: "rtsp://user:pass@192.168.1.20:554/stream1"  (also http://..., udp://@:5000)
+    # Video file:      source: "videos/video_0.mp4"   with   loop: true
+    read_mode: latest              # latest: drop stale frames (live) | every_frame: process all (recorded clips)
+    target_fps: null               # cap processing rate per camera, e.g. 5
+    reconnect_initial_s: 0.5       # backoff after a lost stream doubles from here ...
+    reconnect_max_s: 30            # ... up to this cap; the agent never exits because a camera failed
+
+detector:
+  bundle: models/demo              # REQUIRED: signed model bundle (directory or .tar)
+  trusted_keys: [models/demo/demo_public_key.pem]   # REQUIRED: ed25519 public keys accepted for signatures
+  variant: null                    # fp32 | int8 | ...; null = the bundle's default variant
+  backends: [tensorrt, onnxruntime]  # first available wins (TensorRT needs a Jetson/CUDA host)
+  score_threshold: null            # null = the bundle's best-F2 threshold
+  threads: null                    # onnxruntime intra-op threads
+
+tracker:
+  iou_threshold: 0.2
+  max_missed: 15                   # frames unseen before a track ends (its `end` event is published)
+  min_hits: 3                      # detections before a track counts as a distinct starfish
+
+mqtt:
+  host: 127.0.0.1
+  port: 1883
+  protocol: "5"                    # "5" or "3.1.1"
+  username: null
+  password_env: null               # name of an env var holding the password (keeps secrets out of files)
+  tls: null                        # e.g. {ca_file: /etc/starfish/ca.pem, cert_file: ..., key_file: ...}
+  topic_prefix: starfish
+  counts:
+    mode: per_frame                # per_frame | aggregate (one message per camera every interval_s)
+    interval_s: 5
+    include_detections: true
+  stats_interval_s: 10
+  discovery: {enabled: true, prefix: homeassistant}
+
+outbox_path: /var/lib/starfish/outbox.sqlite3   # counts are durable here before they are published
+outbox_max_messages: 1000000       # drop-oldest beyond this (counted in stats)
+outbox_max_age_s: 604800           # drop messages older than a week (counted)
+
+snapshots:
+  enabled: false
+  directory: snapshots
+  min_interval_s: 10               # per camera
+  min_count: 1
+video_output:
+  enabled: false
+  directory: annotated
+  fps: 10
+console_interval_s: 1.0
+stop_when_sources_end: true        # exit after non-looping video files end
+"""

@@ -1,0 +1,70 @@
+"""onnxruntime back end: CPU everywhere; CUDA and TensorRT execution providers when the installed build has them."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edge_agent import preprocess
+from edge_agent.bundle import VerifiedBundle
+from edge_agent.detectors.base import Detector, DetectorOptions, DetectorUnavailable
+
+logger = logging.getLogger(__name__)
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # guarded: the agent still starts and falls back (or says why it cannot)
+    ort = None
+    _IMPORT_ERROR = f"onnxruntime is not installed ({exc}); pip install 'starfish-edge[edge]'"
+else:
+    _IMPORT_ERROR = ""
+
+# Preference order: TensorRT EP (fastest on Jetson/NVIDIA), CUDA, then CPU as the always-present fallback.
+_PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeDetector(Detector):
+    name = "onnxruntime"
+
+    def __init__(self, bundle: VerifiedBundle, variant: str | None, options: DetectorOptions) -> None:
+        super().__init__(bundle, variant, options)
+        session_options = ort.SessionOptions()
+        if options.threads:
+            session_options.intra_op_num_threads = options.threads
+            session_options.inter_op_num_threads = 1
+        present = set(ort.get_available_providers())
+        providers = []
+        for provider in _PROVIDER_ORDER:
+            if provider not in present:
+                continue
+            if provider == "TensorrtExecutionProvider":
+                cache = options.engine_cache_dir or (bundle.root.parent / f"{bundle.root.name}.trt-cache")
+                providers.append((provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}))
+            else:
+                providers.append(provider)
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), session_options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors (Fail, InvalidGraph...)
+            raise DetectorUnavailable(f"onnxruntime cannot load {self.model_path.name}: {exc}") from exc
+        self.providers = self.session.get_providers()
+        input_names = [i.name for i in self.session.get_inputs()]
+        if preprocess.INPUT_NAME not in input_names:
+            raise DetectorUnavailable(f"model input is {input_names}, expected {preprocess.INPUT_NAME!r}")
+        self._outputs = list(bundle.manifest.outputs.names)
+        logger.info("onnxruntime %s providers: %s", ort.__version__, ", ".join(self.providers))
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        if ort is None:
+            return False, _IMPORT_ERROR
+        return True, f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}"
+
+    def infer(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes, scores, labels = self.session.run(self._outputs, {preprocess.INPUT_NAME: tensor})
+        return boxes, scores, labels
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info["providers"] = self.providers
+        return info
