@@ -1,0 +1,84 @@
+"""`starfish bundle verify|info`: inspect signed model bundles on any machine (torch-free)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Inspect and verify signed model bundles (torch-free).")
+
+
+@app.command()
+def verify(
+    bundle: Path = typer.Argument(..., help="Bundle directory or .tar."),
+    key: list[Path] = typer.Option(..., "--key", "-k", help="Trusted ed25519 public key (PEM); repeatable."),
+    running_version: int | None = typer.Option(None, help="Refuse versions not newer than this one."),
+    allow_rollback: bool = typer.Option(False, help="Accept an older version (explicit rollback)."),
+) -> None:
+    """Check signature, manifest and every file hash; exit 1 naming the problem if any check fails."""
+    from edge_agent.bundle import BundleError
+    from edge_agent.bundle import verify_bundle as _verify
+
+    try:
+        manifest = _verify(bundle, key, running_version=running_version, allow_rollback=allow_rollback)
+    except BundleError as exc:
+        typer.secho(f"REFUSED ({type(exc).__name__}): {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    typer.secho(f"OK: {manifest.name} v{manifest.version}, variants {', '.join(manifest.variants)}", fg="green")
+
+
+@app.command()
+def info(
+    bundle: Path = typer.Argument(..., help="Bundle directory or .tar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw manifest JSON."),
+) -> None:
+    """Show a bundle's manifest WITHOUT verifying it (use `verify` before trusting anything shown)."""
+    import tarfile
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge_agent.bundle import MANIFEST_NAME, BundleError, parse_manifest
+
+    try:
+        if bundle.is_file() and tarfile.is_tarfile(bundle):
+            with tarfile.open(bundle) as tar:
+                member = tar.extractfile(MANIFEST_NAME)
+                if member is None:
+                    raise BundleError(f"{bundle} has no {MANIFEST_NAME}")
+                raw = member.read()
+        elif (bundle / MANIFEST_NAME).is_file():
+            raw = (bundle / MANIFEST_NAME).read_bytes()
+        else:
+            raise BundleError(f"{bundle} is not a bundle (no {MANIFEST_NAME})")
+        manifest = parse_manifest(raw)
+    except (BundleError, KeyError, OSError, tarfile.TarError) as exc:
+        typer.secho(f"cannot read {bundle}: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(manifest.model_dump(mode="json"), indent=2))
+        return
+    console = Console()
+    console.print(
+        f"[bold]{manifest.name}[/] v{manifest.version} (parent {manifest.parent_version}), "
+        f"created {manifest.created_at.isoformat()}  [yellow](not verified)[/]"
+    )
+    console.print(
+        f"classes {list(manifest.classes)}; input {list(manifest.input.shape)} {manifest.input.dtype} "
+        f"{manifest.input.colour_order} {manifest.input.resize}; score_threshold {manifest.score_threshold}"
+    )
+    table = Table("variant", "file", "size", "sha256", "F2", "mAP@0.5", "latency ms")
+    for name, v in manifest.variants.items():
+        marker = " (default)" if name == manifest.default_variant else ""
+        table.add_row(
+            name + marker, v.file, f"{v.size:,}", v.sha256[:12], _fmt(v.f2), _fmt(v.map50), _fmt(v.latency_ms)
+        )
+    console.print(table)
+    t = manifest.training
+    console.print(f"training: config {t.config_digest}, data {t.data_fingerprint}, checkpoint {t.checkpoint_sha256}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

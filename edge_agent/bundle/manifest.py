@@ -1,0 +1,213 @@
+"""The bundle manifest schema (`manifest.json`), torch-free.
+
+Every field of the bundle contract in DESIGN.md, validated strictly: unknown keys fail (`extra="forbid"`), a
+missing field fails, and file names are plain names inside the bundle so a manifest can never point outside it.
+The input/output specs default to the contract in `edge_agent.preprocess`, the one place that defines it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_agent import preprocess
+from edge_agent.bundle.errors import ManifestError, UnsupportedSchemaError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+
+# torchvision's GeneralizedRCNNTransform defaults (ImageNet statistics), applied inside the exported graph.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Normalisation(_Strict):
+    """How pixel values reach the network: the caller feeds `value_range`; mean/std are applied in the graph."""
+
+    value_range: tuple[float, float] = Field((0.0, 1.0), description="Range of the values the caller feeds.")
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="Per-channel mean subtracted (RGB order).")
+    std: tuple[float, float, float] = Field(IMAGENET_STD, description="Per-channel std divided by (RGB order).")
+    applied: Literal["in-graph"] = Field(
+        "in-graph", description="Where mean/std normalisation happens: inside the ONNX graph, not by the caller."
+    )
+
+
+class InputSpec(_Strict):
+    """The single model input (see `edge_agent.preprocess`)."""
+
+    name: str = Field(preprocess.INPUT_NAME, description="ONNX input name.")
+    shape: tuple[Literal[1], Literal[3], int, int] = Field(description="Fixed NCHW shape: [1, 3, height, width].")
+    dtype: Literal["float32"] = Field("float32", description="Element type of the input tensor.")
+    colour_order: Literal["RGB"] = Field(preprocess.COLOUR_ORDER, description="Channel order of the input tensor.")
+    normalisation: Normalisation = Field(default_factory=Normalisation, description="Pixel value contract.")
+    resize: Literal["letterbox-top-left"] = Field(
+        preprocess.RESIZE_RULE,
+        description="Frame -> input rule: scale by min(W/w, H/h), place top-left, zero padding "
+        "(`edge_agent.preprocess.letterbox`).",
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        if shape[2] <= 0 or shape[3] <= 0:
+            raise ValueError(f"input height and width must be positive, got {shape}")
+        return shape
+
+    @classmethod
+    def for_size(cls, width: int, height: int) -> InputSpec:
+        """The contract input for a ``width x height`` model."""
+        return cls(shape=(1, 3, height, width))
+
+    @property
+    def height(self) -> int:
+        return self.shape[2]
+
+    @property
+    def width(self) -> int:
+        return self.shape[3]
+
+
+class OutputSpec(_Strict):
+    """The model outputs (see `edge_agent.preprocess`)."""
+
+    names: tuple[str, str, str] = Field(
+        preprocess.OUTPUT_NAMES, description="ONNX output names: boxes, scores, labels."
+    )
+    box_format: Literal["xyxy"] = Field("xyxy", description="Box layout of the `boxes` output, shape [N, 4].")
+    coordinate_frame: Literal["input-pixels"] = Field(
+        "input-pixels",
+        description="Boxes in input-tensor pixels (`edge_agent.preprocess.boxes_to_source` maps them to the frame).",
+    )
+    labels_index: Literal["classes"] = Field("classes", description="`labels` values index the manifest's `classes`.")
+
+
+class Variant(_Strict):
+    """One model file of the bundle (e.g. `fp32`, `int8`) with what was measured on it."""
+
+    file: str = Field(description="File name inside the bundle (no directories).")
+    sha256: str = Field(description="Lower-case hex sha256 of the file.")
+    size: int = Field(ge=1, description="File size in bytes.")
+    f2: float | None = Field(
+        description="F2 on the held-out validation video at `score_threshold` (None: not measured)."
+    )
+    map50: float | None = Field(description="COCO mAP@0.5 on the held-out validation video (None: not measured).")
+    latency_ms: float | None = Field(
+        description="Median single-frame latency measured at export time, CPU onnxruntime (None: not measured)."
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, file: str) -> str:
+        if not _SAFE_FILE.match(file) or file in RESERVED_NAMES or file in (".", ".."):
+            raise ValueError(f"variant file must be a plain file name inside the bundle, got {file!r}")
+        return file
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, digest: str) -> str:
+        if not _SHA256.match(digest):
+            raise ValueError(f"sha256 must be 64 lower-case hex digits, got {digest!r}")
+        return digest
+
+
+class TrainingInfo(_Strict):
+    """Provenance: what the model was trained from (None where it does not apply, e.g. an untrained demo)."""
+
+    config_digest: str | None = Field(description="sha256 of the canonical training/model config.")
+    data_fingerprint: str | None = Field(description="Fingerprint of the training data (from the dataset reader).")
+    checkpoint_sha256: str | None = Field(description="sha256 of the checkpoint file the bundle was exported from.")
+
+
+class Manifest(_Strict):
+    """`manifest.json` of a model bundle; `manifest.sig` signs its exact bytes."""
+
+    schema_version: int = Field(ge=1, description="Manifest schema version; a runtime refuses newer ones.")
+    name: str = Field(description="Model name (lower case; the version sequence is per name).")
+    version: int = Field(ge=1, description="Monotonically increasing version per model name.")
+    created_at: datetime = Field(description="UTC creation time, ISO 8601.")
+    parent_version: int | None = Field(description="Version this one replaces or was derived from (None: first).")
+    classes: tuple[str, ...] = Field(min_length=2, description="Class names indexed by label; index 0 is background.")
+    input: InputSpec = Field(description="Input tensor contract.")
+    outputs: OutputSpec = Field(description="Output tensors contract.")
+    score_threshold: float = Field(ge=0.0, le=1.0, description="Best-F2 score threshold found on validation.")
+    default_variant: str = Field(description="Variant the runtime uses unless told otherwise.")
+    variants: dict[str, Variant] = Field(min_length=1, description="Model files by variant name (fp32, int8, ...).")
+    training: TrainingInfo = Field(description="Training provenance.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"name must match {_NAME.pattern}, got {name!r}")
+        return name
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, created_at: datetime) -> datetime:
+        if created_at.tzinfo is None or created_at.utcoffset() is None:
+            raise ValueError("created_at must carry a timezone (UTC)")
+        return created_at.astimezone(timezone.utc)
+
+    @field_validator("classes")
+    @classmethod
+    def _background_first(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if classes[0] != "background":
+            raise ValueError(f"classes[0] must be 'background', got {classes[0]!r}")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"class names must be unique, got {list(classes)}")
+        return classes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.schema_version > SCHEMA_VERSION:
+            # Also checked before validation (parse_manifest); kept here so constructing one in code fails too.
+            raise ValueError(f"schema_version {self.schema_version} is newer than supported {SCHEMA_VERSION}")
+        if self.parent_version is not None and self.parent_version >= self.version:
+            raise ValueError(f"parent_version {self.parent_version} must be lower than version {self.version}")
+        if self.default_variant not in self.variants:
+            raise ValueError(f"default_variant {self.default_variant!r} is not one of {sorted(self.variants)}")
+        files = [v.file for v in self.variants.values()]
+        if len(set(files)) != len(files):
+            raise ValueError(f"variants must name distinct files, got {files}")
+        return self
+
+    def to_json_bytes(self) -> bytes:
+        """Canonical serialisation (sorted keys, UTF-8): the exact bytes that get signed."""
+        data = self.model_dump(mode="json")
+        return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """Parse and validate manifest bytes; raise `ManifestError` / `UnsupportedSchemaError` naming the problem."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{MANIFEST_NAME} is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{MANIFEST_NAME} must hold a JSON object, got {type(data).__name__}")
+    schema = data.get("schema_version")
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
+        raise UnsupportedSchemaError(
+            f"{MANIFEST_NAME} has schema_version {schema}; this runtime supports up to {SCHEMA_VERSION} (upgrade it)"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ManifestError(f"{MANIFEST_NAME} is invalid: {problems}") from exc

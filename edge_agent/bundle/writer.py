@@ -1,0 +1,185 @@
+"""Write a signed bundle: copy the model files, hash them, sign the manifest, rename into place.
+
+Everything is assembled in a temporary sibling directory (or file, for `.tar`) and renamed at the end, so a crash
+leaves either no bundle or a complete one, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.bundle.errors import BundleError, ManifestError
+from edge_agent.bundle.files import sha256_file
+from edge_agent.bundle.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    SIGNATURE_NAME,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    TrainingInfo,
+    Variant,
+)
+from edge_agent.bundle.signing import key_id, sign
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VariantSource:
+    """A model file to put in a bundle, with the metrics measured on it (None: not measured)."""
+
+    path: Path
+    f2: float | None = None
+    map50: float | None = None
+    latency_ms: float | None = None
+
+
+def write_bundle(
+    dest: str | os.PathLike,
+    *,
+    name: str,
+    version: int,
+    classes: Sequence[str],
+    input_spec: InputSpec,
+    variants: Mapping[str, VariantSource],
+    score_threshold: float,
+    training: TrainingInfo,
+    private_key: Ed25519PrivateKey,
+    parent_version: int | None = None,
+    default_variant: str | None = None,
+    outputs: OutputSpec | None = None,
+    created_at: datetime | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Write a signed bundle to ``dest`` (a directory, or a `.tar` file when ``dest`` ends in `.tar`).
+
+    Each variant's file is stored as ``<variant><suffix>`` (e.g. ``int8.onnx``). ``default_variant`` defaults to
+    ``int8`` when present, else the first variant. Returns the manifest that was signed.
+    """
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise BundleError(f"{dest} already exists; pass overwrite=True (--force) to replace it")
+    if not variants:
+        raise BundleError("a bundle needs at least one variant")
+    for variant, source in variants.items():
+        if not Path(source.path).is_file():
+            raise BundleError(f"variant {variant!r}: model file {source.path} does not exist")
+    if default_variant is None:
+        default_variant = "int8" if "int8" in variants else next(iter(variants))
+    entries = {
+        variant: Variant(
+            file=f"{variant}{Path(source.path).suffix}",
+            sha256=sha256_file(source.path),
+            size=Path(source.path).stat().st_size,
+            f2=source.f2,
+            map50=source.map50,
+            latency_ms=source.latency_ms,
+        )
+        for variant, source in variants.items()
+    }
+    try:
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            name=name,
+            version=version,
+            created_at=created_at or datetime.now(timezone.utc),
+            parent_version=parent_version,
+            classes=tuple(classes),
+            input=input_spec,
+            outputs=outputs or OutputSpec(),
+            score_threshold=score_threshold,
+            default_variant=default_variant,
+            variants=entries,
+            training=training,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ManifestError(f"cannot build the manifest: {exc}") from exc
+    manifest_bytes = manifest.to_json_bytes()
+    signature = sign(private_key, manifest_bytes)
+    payload = {entries[v].file: Path(s.path) for v, s in variants.items()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.suffix == ".tar":
+        _write_tar(dest, manifest_bytes, signature, payload)
+    else:
+        _write_dir(dest, manifest_bytes, signature, payload)
+    logger.info(
+        "wrote bundle %s: %s v%d, variants %s, signed by key %s",
+        dest,
+        name,
+        version,
+        ", ".join(entries),
+        key_id(private_key.public_key()),
+    )
+    return manifest
+
+
+def _write_dir(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Mapping[str, Path]) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for file_name, source in payload.items():
+            shutil.copyfile(source, staging / file_name)
+        (staging / SIGNATURE_NAME).write_bytes(signature)
+        # The manifest goes last: a staging dir with a manifest has everything the manifest names.
+        (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
+        _fsync_tree(staging)
+        if dest.exists():
+            # Directories cannot be swapped atomically in one rename: move the old one aside first, so a crash
+            # between the two renames leaves the old bundle recoverable under its backup name, never a mix.
+            backup = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(dest, backup)
+            os.replace(staging, dest)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_tar(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Mapping[str, Path]) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                _add_bytes(tar, MANIFEST_NAME, manifest_bytes)
+                _add_bytes(tar, SIGNATURE_NAME, signature)
+                for file_name, source in payload.items():
+                    info = tar.gettarinfo(str(source), arcname=file_name)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    info.mode = 0o644
+                    with open(source, "rb") as src:
+                        tar.addfile(info, src)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
