@@ -1,0 +1,516 @@
+"""`AgentPublisher`: everything the agent sends to and receives from the broker (topics: docs/mqtt.md).
+
+Data path for counts and track events (store-and-forward):
+
+    publish_counts() --commit--> Outbox (SQLite WAL) --sender thread, bounded window--> paho --PUBACK--> delete
+
+* The outbox is the source of truth. The sender hands paho at most `inflight_window` unacknowledged messages and only
+  while connected, so paho's own queue stays small during an outage; everything else waits on disk.
+* paho re-sends the messages it holds after a reconnect (same mid); the sender then continues from its cursor. A
+  message acknowledged by the broker is deleted; one the process never saw acknowledged is replayed after a restart,
+  so a subscriber may see a duplicate (deduplicate by `(device_id, seq)`) but never misses one.
+* Messages already waiting in the outbox when a connection (re)starts are sent with `historical: true`.
+
+Connect sequence: `status=online` (in the CONNACK callback, so it precedes anything paho re-sends), then, once the
+subscriptions are acknowledged, from the sender thread: `model`, camera statuses, Home Assistant discovery, latest
+count values, then the outbox backlog in order, then live messages. All retained state goes through the sender
+thread, so a value changed during an outage is published after any stale copy paho re-sends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.discovery import discovery_messages
+from edge_agent.mqtt.inbound import InboundGate, InboundKind
+from edge_agent.mqtt.payloads import (
+    Aggregate,
+    CameraState,
+    CountsInput,
+    CountsPayload,
+    ModelInfo,
+    ModelPayload,
+    ModelRef,
+    StatsInput,
+    StatsPayload,
+    TrackEventInput,
+    TrackEventPayload,
+)
+from edge_agent.mqtt.topics import Topics, check_camera_id
+from edge_agent.mqtt.transport import MqttTransport, TransportEvents, Will
+from edge_agent.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+CommandHandler = Callable[[str, bytes], None]
+
+_CAMERA_STATES = ("online", "offline", "disabled")
+_AGE_CHECK_EVERY_S = 5.0
+_READ_BATCH = 500
+
+
+def client_id_for(device_id: str) -> str:
+    """MQTT client id of a device; a broker disconnects the older of two clients with the same id."""
+    return f"starfish-{device_id}"
+
+
+def _mark_historical(payload: bytes) -> bytes:
+    doc = json.loads(payload)
+    doc["historical"] = True
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@dataclass
+class _Window:
+    """One camera's open aggregation window (counts mode `aggregate`)."""
+
+    opened: float
+    first: CountsInput
+    last: CountsInput
+    frames: int
+    count_min: int
+    count_max: int
+    count_sum: int
+
+    def add(self, item: CountsInput) -> None:
+        self.last = item
+        self.frames += 1
+        self.count_min = min(self.count_min, item.count)
+        self.count_max = max(self.count_max, item.count)
+        self.count_sum += item.count
+
+
+class AgentPublisher:
+    """Publishes counts, tracks, stats and state for one device; receives its commands.
+
+    Thread-safe: the agent's threads may call the publish methods concurrently.
+    """
+
+    def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox, software_version: str) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.outbox = outbox
+        self.software_version = software_version
+        self.topics = Topics(cfg.topic_prefix, device_id, cfg.discovery.prefix)
+        self._gate = InboundGate(self.topics, cfg.fleet, cfg.max_inbound_bytes)
+        events = TransportEvents(
+            on_connected=self._on_connected,
+            on_ready=self._on_ready,
+            on_disconnected=self._on_disconnected,
+            on_message=self._on_message,
+            on_ack=self._on_ack,
+            subscriptions=self._gate.subscriptions(cfg.discovery.enabled),
+        )
+        self._transport = MqttTransport(cfg, client_id_for(device_id), Will(self.topics.status, "offline"), events)
+
+        # Shared state, guarded by _lock (never held while calling into paho).
+        self._lock = threading.Lock()
+        self._cameras: dict[str, str] = {}
+        self._model: ModelInfo | None = None
+        self._model_ts = datetime.now(timezone.utc)
+        self._latest_count: dict[str, int] = {}
+        self._dirty: set[str] = set()
+        self._ready_generation = 0
+        self._window_cap = cfg.inflight_window
+        self._windows: dict[str, _Window] = {}
+
+        # Sender-thread state.
+        self._acks: deque[tuple[int, bool]] = deque()  # appended by the network thread, drained by the sender
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._cursor = 0  # highest outbox id handed to paho
+        self._backlog_end = 0  # outbox ids <= this were waiting when the current connection became ready
+        self._handled_generation = 0
+        self._ready = False
+        self.rejected_by_broker = 0
+
+        self._wake = threading.Event()
+        self._stop_event = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._handlers: list[CommandHandler] = []
+        self._inbound: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=256)
+        self._inbound_thread: threading.Thread | None = None
+        self.handler_errors = 0
+        self._started_at = 0.0
+        self._session = 0
+
+    # -- public state ---------------------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._transport.connected
+
+    @property
+    def outbox_depth(self) -> int:
+        return self.outbox.depth
+
+    @property
+    def dropped_by_policy(self) -> int:
+        return self.outbox.dropped_total
+
+    @property
+    def reconnects(self) -> int:
+        return self._transport.reconnects
+
+    @property
+    def inbound_rejected(self) -> int:
+        return self._gate.rejected
+
+    @property
+    def session(self) -> int:
+        return self._session
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the broker is not connected (refused connect, unreachable), when known."""
+        return self._transport.last_error
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._transport.wait_connected(timeout)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin a new session and connect in the background (returns at once; messages buffer meanwhile)."""
+        if self._sender is not None:
+            raise RuntimeError("AgentPublisher.start() called twice")
+        self._session = self.outbox.start_session()
+        self._started_at = time.monotonic()
+        self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
+        self._inbound_thread = threading.Thread(target=self._inbound_main, name="mqtt-inbound", daemon=True)
+        self._sender.start()
+        self._inbound_thread.start()
+        self._transport.start()
+        logger.info("MQTT publisher for %s: session %d, outbox depth %d", self.device_id, self._session,
+                    self.outbox.depth)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush what the broker takes within `timeout`, publish `stopped`, disconnect cleanly.
+
+        Whatever is not acknowledged by then stays in the outbox for the next start. The outbox is not closed (it
+        belongs to the caller).
+        """
+        if self._sender is None:
+            return
+        deadline = time.monotonic() + timeout
+        reserve = min(1.0, timeout * 0.3)  # keep time for `stopped` and the disconnect
+        self._flush_windows(force=True)
+        while time.monotonic() < deadline - reserve and self.connected:
+            if self.outbox.depth == 0 and not self._inflight:
+                break
+            self._wake.set()
+            time.sleep(0.02)
+        self._stop_event.set()
+        self._wake.set()
+        self._sender.join(timeout=max(0.1, deadline - time.monotonic()))
+        self._transport.stop(final=(self.topics.status, "stopped"), timeout=max(0.2, deadline - time.monotonic()))
+        self._drain_acks()  # acknowledgements that arrived while `stopped` was in flight
+        self._inbound.put(None)
+        if self._inbound_thread is not None:
+            self._inbound_thread.join(timeout=1.0)
+        self._sender = None
+        logger.info("MQTT publisher stopped; %d message(s) left in the outbox", self.outbox.depth)
+
+    # -- state topics ----------------------------------------------------------------------------------------------
+    def set_model_info(self, info: dict[str, Any]) -> None:
+        """Record the running model (retained `…/model`), published now if connected, else on connect."""
+        model = ModelInfo.model_validate(info)
+        with self._lock:
+            self._model = model
+            self._model_ts = datetime.now(timezone.utc)
+            self._dirty.add("model")
+        self._wake.set()
+
+    def set_camera_status(self, camera_id: str, status: CameraState) -> None:
+        """Record a camera's state (retained `…/{camera_id}/status`): online, offline or disabled."""
+        check_camera_id(camera_id)
+        if status not in _CAMERA_STATES:
+            raise ValueError(f"camera status must be one of {_CAMERA_STATES}, got {status!r}")
+        with self._lock:
+            new = camera_id not in self._cameras
+            if self._cameras.get(camera_id) == status and not new:
+                return
+            self._cameras[camera_id] = status
+            self._dirty.add(f"cam:{camera_id}")
+            if new:
+                self._dirty.add("discovery")
+        self._wake.set()
+
+    def publish_count_value(self, camera_id: str, count: int) -> None:
+        """Retained QoS 0 plain number on `…/{camera_id}/count` (latest value re-sent on every connect)."""
+        topic = self.topics.count_value(camera_id)
+        value = int(count)
+        if value < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        with self._lock:
+            self._latest_count[camera_id] = value
+            ready = self._ready
+        if ready and self.connected:
+            self._transport.publish(topic, str(value), qos=0, retain=True)
+
+    # -- stored messages -------------------------------------------------------------------------------------------
+    def publish_counts(self, camera_id: str, payload: dict[str, Any]) -> int | None:
+        """Store one frame's counts durably (before returning) and queue it for the broker.
+
+        `payload`: `ts`, `frame`, `count`, `unique_count`, optional `detections`, optional `model` (defaults to the
+        running model). Returns the assigned `seq`; in `aggregate` mode returns None until a window closes (then
+        the window's seq).
+        """
+        if self._session == 0:
+            raise RuntimeError("AgentPublisher.start() must be called before publishing")
+        check_camera_id(camera_id)
+        item = CountsInput.model_validate(payload)
+        self._register_camera(camera_id)
+        if self.cfg.counts.mode == "aggregate":
+            return self._aggregate(camera_id, item)
+        if not self.cfg.counts.include_detections and item.detections is not None:
+            item = item.model_copy(update={"detections": None})
+        return self._store_counts(camera_id, item, None)
+
+    def publish_track_event(self, camera_id: str, payload: dict[str, Any]) -> None:
+        """Store a track `new` / `end` event durably and queue it (`…/{camera_id}/tracks`, no seq)."""
+        if self._session == 0:
+            raise RuntimeError("AgentPublisher.start() must be called before publishing")
+        item = TrackEventInput.model_validate(payload)
+        topic = self.topics.tracks(camera_id)
+        doc = TrackEventPayload(
+            **item.model_dump(), device_id=self.device_id, camera_id=camera_id, session=self._session
+        ).model_dump_json(exclude_none=True).encode()
+        self.outbox.append(topic, lambda _seq: doc, sequenced=False)
+        self._wake.set()
+
+    def _store_counts(self, camera_id: str, item: CountsInput, aggregate: Aggregate | None) -> int:
+        fields = item.model_dump(exclude={"model"})
+        model_ref = item.model or self._model_ref()
+
+        def build(seq: int | None) -> bytes:
+            doc = CountsPayload(
+                **fields, model=model_ref, device_id=self.device_id, camera_id=camera_id, session=self._session,
+                seq=seq or 0, historical=False, aggregate=aggregate,
+            )
+            return doc.model_dump_json(exclude_none=True).encode()
+
+        record = self.outbox.append(self.topics.counts(camera_id), build)
+        self._wake.set()
+        return int(record.seq or 0)
+
+    def _model_ref(self) -> ModelRef | None:
+        with self._lock:
+            model = self._model
+        if model is None:
+            return None
+        return ModelRef(name=model.name, version=model.version, variant=model.variant, backend=model.backend)
+
+    def _register_camera(self, camera_id: str) -> None:
+        with self._lock:
+            if camera_id in self._cameras:
+                return
+            self._cameras[camera_id] = "online"
+            self._dirty.update({f"cam:{camera_id}", "discovery"})
+
+    # -- aggregation -------------------------------------------------------------------------------------------
+    def _aggregate(self, camera_id: str, item: CountsInput) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(camera_id)
+            if window is None:
+                self._windows[camera_id] = _Window(now, item, item, 1, item.count, item.count, item.count)
+                return None
+            window.add(item)
+            if now - window.opened < self.cfg.counts.interval_s:
+                return None
+            del self._windows[camera_id]
+        return self._emit_window(camera_id, window)
+
+    def _emit_window(self, camera_id: str, window: _Window) -> int:
+        summary = Aggregate(
+            frames=window.frames, first_ts=window.first.ts, first_frame=window.first.frame,
+            count_min=window.count_min, count_max=window.count_max, count_mean=window.count_sum / window.frames,
+        )
+        # `count` of an aggregate is the most starfish seen at once in the window.
+        item = window.last.model_copy(update={"count": window.count_max, "detections": None})
+        return self._store_counts(camera_id, item, summary)
+
+    def _flush_windows(self, force: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [cam for cam, w in self._windows.items() if force or now - w.opened >= self.cfg.counts.interval_s]
+            windows = [(cam, self._windows.pop(cam)) for cam in due]
+        for cam, window in windows:
+            self._emit_window(cam, window)
+
+    # -- QoS 0 / direct messages -----------------------------------------------------------------------------------
+    def publish_stats(self, payload: dict[str, Any]) -> bool:
+        """Publish `…/stats` (QoS 0) with the publisher's own figures added; False when not connected (dropped)."""
+        item = StatsInput.model_validate(payload)
+        if not self.connected:
+            return False
+        doc = StatsPayload(
+            **item.model_dump(), device_id=self.device_id, ts=datetime.now(timezone.utc), session=self._session,
+            uptime_s=round(time.monotonic() - self._started_at, 3), software_version=self.software_version,
+            mqtt_reconnects=self.reconnects, outbox_depth=self.outbox_depth, dropped_by_policy=self.dropped_by_policy,
+            inbound_rejected=self.inbound_rejected,
+        )
+        return self._transport.publish(self.topics.stats, doc.model_dump_json(exclude_none=True), qos=0) is not None
+
+    def publish_model_result(self, ok: bool, version: int | None = None, error: str | None = None) -> None:
+        """Answer a `…/model/set` announcement on `…/model/result` (QoS 1, not stored)."""
+        doc = {"schema_version": 1, "device_id": self.device_id, "ok": bool(ok), "version": version, "error": error,
+               "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        self._transport.publish(self.topics.model_result, json.dumps(doc), qos=1)
+
+    # -- inbound ------------------------------------------------------------------------------------------------
+    def on_command(self, handler: CommandHandler) -> None:
+        """Register `handler(topic, payload)` for validated inbound commands (camera reset, model announcements).
+
+        Handlers run on the publisher's inbound thread, one message at a time; an exception is logged and counted.
+        """
+        self._handlers.append(handler)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            cameras = frozenset(self._cameras)
+        verdict = self._gate.check(topic, payload, cameras)
+        if verdict.reason is not None or verdict.ignore:
+            return
+        if verdict.kind is InboundKind.HA_STATUS:
+            if payload.strip() == b"online":
+                logger.info("MQTT: Home Assistant is online; re-sending discovery")
+                with self._lock:
+                    self._dirty.add("discovery")
+                self._wake.set()
+            return
+        try:
+            self._inbound.put_nowait((topic, payload))
+        except queue.Full:
+            self._gate.reject(topic, payload, "inbound queue full")
+
+    def _inbound_main(self) -> None:
+        while True:
+            item = self._inbound.get()
+            if item is None:
+                return
+            topic, payload = item
+            for handler in list(self._handlers):
+                try:
+                    handler(topic, payload)
+                except Exception:  # noqa: BLE001 - a handler bug must not stop command handling
+                    self.handler_errors += 1
+                    logger.exception("MQTT: command handler failed for %s", topic)
+
+    # -- transport events (network thread) -------------------------------------------------------------------
+    def _on_connected(self, receive_maximum: int | None) -> None:
+        # Published inside the CONNACK callback so it precedes the messages paho re-sends after it.
+        self._transport.publish(self.topics.status, "online", qos=1, retain=True)
+        with self._lock:
+            self._window_cap = min(self.cfg.inflight_window, receive_maximum or self.cfg.inflight_window)
+
+    def _on_ready(self) -> None:
+        with self._lock:
+            self._ready_generation += 1
+        self._wake.set()
+
+    def _on_disconnected(self, _reason: str) -> None:
+        with self._lock:
+            self._ready = False
+        self._wake.set()
+
+    def _on_ack(self, mid: int, accepted: bool) -> None:
+        self._acks.append((mid, accepted))
+        self._wake.set()
+
+    # -- sender thread ------------------------------------------------------------------------------------------
+    def _sender_main(self) -> None:
+        last_age_check = 0.0
+        while not self._stop_event.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            try:
+                self._drain_acks()
+                now = time.monotonic()
+                if now - last_age_check >= _AGE_CHECK_EVERY_S:
+                    last_age_check = now
+                    self.outbox.enforce_age()
+                if self.cfg.counts.mode == "aggregate":
+                    self._flush_windows(force=False)
+                if not self.connected:
+                    continue
+                if not self._become_ready():
+                    continue
+                self._publish_dirty_state()
+                self._hand_over()
+            except Exception:  # noqa: BLE001 - the sender must survive (e.g. a full disk); messages stay stored
+                logger.exception("MQTT sender: unexpected error; retrying")
+                time.sleep(0.5)
+
+    def _become_ready(self) -> bool:
+        with self._lock:
+            generation = self._ready_generation
+            if generation != self._handled_generation:
+                self._handled_generation = generation
+                # Everything stored up to now is backlog: it goes out marked historical, after the state messages.
+                self._backlog_end = self.outbox.max_id()
+                self._dirty.update({"model", "discovery", "counts"} | {f"cam:{c}" for c in self._cameras})
+                self._ready = True
+                logger.info("MQTT: session ready; %d message(s) in the backlog", self.outbox.depth)
+            return self._ready
+
+    def _publish_dirty_state(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            dirty, self._dirty = self._dirty, set()
+            model, model_ts = self._model, self._model_ts
+            cameras = dict(self._cameras)
+            counts = dict(self._latest_count)
+        publish = self._transport.publish
+        if "model" in dirty and model is not None:
+            doc = ModelPayload(**model.model_dump(), device_id=self.device_id, ts=model_ts)
+            publish(self.topics.model, doc.model_dump_json(exclude_none=True), qos=1, retain=True)
+        for cam, status in sorted(cameras.items()):
+            if f"cam:{cam}" in dirty:
+                publish(self.topics.camera_status(cam), status, qos=1, retain=True)
+        if "discovery" in dirty and self.cfg.discovery.enabled:
+            for topic, payload in discovery_messages(self.topics, cameras, self.software_version):
+                publish(topic, payload, qos=1, retain=True)
+        if "counts" in dirty:
+            for cam, value in sorted(counts.items()):
+                publish(self.topics.count_value(cam), str(value), qos=0, retain=True)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            room = self._window_cap - len(self._inflight)
+        if room <= 0:
+            return
+        records = self.outbox.read_after(self._cursor, min(room, _READ_BATCH))
+        for record in records:
+            payload = record.payload if record.id > self._backlog_end else _mark_historical(record.payload)
+            mid = self._transport.publish(record.topic, payload, qos=1)
+            if mid is None:
+                break
+            self._inflight[mid] = record.id
+            self._cursor = record.id
+        if len(records) == min(room, _READ_BATCH):
+            self._wake.set()  # more waiting; come straight back after the acks are drained
+
+    def _drain_acks(self) -> None:
+        done: list[int] = []
+        while self._acks:
+            mid, accepted = self._acks.popleft()
+            row_id = self._inflight.pop(mid, None)
+            if row_id is None:
+                continue  # a state message (status, model, ...) - nothing stored for it
+            if not accepted:
+                # MQTT 5 negative PUBACK (e.g. not authorised): retrying would never succeed; report and drop.
+                self.rejected_by_broker += 1
+                logger.warning("MQTT: broker refused stored message %d; dropping it", row_id)
+            done.append(row_id)
+        if done:
+            self.outbox.delete(done)

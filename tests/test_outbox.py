@@ -1,0 +1,124 @@
+"""The SQLite outbox on its own: durability of seq/session, ordering, bounds, locking (real SQLite files)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge_agent.outbox import Outbox, OutboxError, OutboxLockedError
+
+
+def _payload(seq: int | None) -> bytes:
+    return f'{{"seq": {seq}}}'.encode()
+
+
+def test_seq_and_session_survive_reopen_and_are_wal(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        assert box.start_session() == 1
+        seqs = [box.append("t/a", _payload).seq for _ in range(5)]
+        box.append("t/tracks", lambda s: b"{}", sequenced=False)
+        assert seqs == [1, 2, 3, 4, 5]
+        assert box.depth == 6
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with Outbox(path) as box:
+        assert box.session == 1 and box.last_seq == 5 and box.depth == 6
+        assert box.start_session() == 2
+        assert box.append("t/a", _payload).seq == 6
+        records = box.read_after(0, 100)
+        assert [r.seq for r in records] == [1, 2, 3, 4, 5, None, 6]
+        assert records[0].payload == b'{"seq": 1}'
+        assert [r.id for r in records] == sorted(r.id for r in records)
+
+
+def test_commit_survives_kill_9(tmp_path: Path) -> None:
+    """A message is durable when append() returns: a process killed right after it loses nothing."""
+    path = tmp_path / "o.db"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from edge_agent.outbox import Outbox
+        box = Outbox({str(path)!r})
+        box.start_session()
+        for _ in range(50):
+            box.append("t", lambda s: b"x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert proc.returncode == -9
+    with Outbox(path) as box:
+        assert box.depth == 50 and box.last_seq == 50 and box.session == 1
+
+
+def test_delete_and_read_after(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as box:
+        ids = [box.append("t", _payload).id for _ in range(10)]
+        assert box.delete(ids[:4] + [10_000]) == 4  # unknown ids are ignored
+        assert box.depth == 6
+        assert [r.id for r in box.read_after(ids[5], 3)] == ids[6:9]
+        assert box.max_id() == ids[-1]
+        assert box.delete([]) == 0
+
+
+def test_drop_oldest_is_bounded_counted_and_persisted(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_messages=10) as box:
+        for _ in range(25):
+            box.append("t", _payload)
+        assert box.depth == 10
+        assert box.dropped_total == 15
+        assert [r.seq for r in box.read_after(0, 100)] == list(range(16, 26))
+    with Outbox(path, max_messages=10) as box:
+        assert box.dropped_total == 15  # reported across restarts
+
+
+def test_drop_by_age(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_age_s=60) as box:
+        box.append("t", _payload, now=1000.0)
+        box.append("t", _payload, now=1050.0)
+        box.append("t", _payload, now=1100.0)
+        assert box.enforce_age(now=1111.0) == 2
+        assert box.depth == 1 and box.dropped_total == 2
+        assert [r.seq for r in box.read_after(0, 10)] == [3]
+
+
+def test_second_owner_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path):
+        with pytest.raises(OutboxLockedError, match="in use"):
+            Outbox(path)
+    Outbox(path).close()  # released on close
+
+
+def test_failed_payload_builder_rolls_back(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as box:
+        box.append("t", _payload)
+
+        def broken(_seq: int | None) -> bytes:
+            raise ValueError("bad payload")
+
+        with pytest.raises(ValueError, match="bad payload"):
+            box.append("t", broken)
+        assert box.append("t", _payload).seq == 2  # the failed append did not consume a seq
+        assert box.depth == 2
+
+
+def test_bad_arguments_and_closed_use(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_messages"):
+        Outbox(tmp_path / "a.db", max_messages=0)
+    with pytest.raises(ValueError, match="max_age_s"):
+        Outbox(tmp_path / "b.db", max_age_s=0)
+    with pytest.raises(ValueError, match="synchronous"):
+        Outbox(tmp_path / "c.db", synchronous="OFF")  # type: ignore[arg-type]
+    (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OutboxError, match="junk.db"):
+        Outbox(tmp_path / "junk.db")
+    box = Outbox(tmp_path / "d.db")
+    box.close()
+    with pytest.raises(OutboxError, match="closed"):
+        box.append("t", _payload)
