@@ -157,8 +157,8 @@ class AgentConfig(BaseSettings):
     outbox_max_messages: int = Field(
         1_000_000, ge=100, description="Outbox size bound; beyond it the oldest messages are dropped (counted)."
     )
-    outbox_max_age_s: float | None = Field(
-        7 * 86400, gt=0, description="Messages older than this are dropped from the outbox (counted); None: keep."
+    outbox_max_age_s: float = Field(
+        7 * 86400, gt=0, description="Messages older than this are dropped from the outbox (counted)."
     )
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="JPEG evidence for people.")
     video_output: VideoOutputConfig = Field(default_factory=VideoOutputConfig, description="Annotated video.")

@@ -112,7 +112,6 @@ class Detector(abc.ABC):
             "version": manifest.version,
             "variant": self.variant,
             "backend": self.name,
-            "score_threshold": self.score_threshold,
         }
 
     def close(self) -> None:  # noqa: B027 - optional hook, most back ends free on garbage collection

@@ -69,8 +69,6 @@ class Track:
             "track_id": self.track_id,
             "first_seen": _iso(self.first_ts),
             "last_seen": _iso(self.last_ts),
-            "first_frame": self.first_frame,
-            "last_frame": self.last_frame,
             "frames": self.hits,
             "max_score": round(float(self.max_score), 4),
         }

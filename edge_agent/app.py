@@ -1,0 +1,528 @@
+"""The orchestrator: cameras -> detector -> tracker -> publisher, plus stats, evidence and a clean shutdown.
+
+Threads: one capture thread per camera (newest frame wins), this inference loop (one detector shared by all
+cameras, round-robin), the MQTT client's network thread and a small evidence thread (JPEG snapshots / annotated
+video, so disk I/O never stalls inference). Capture, tracking and publishing therefore overlap inference instead of
+adding to it.
+
+The detector lives in a `DetectorSlot`: `Agent.swap_detector()` replaces it between two frames (the frame in flight
+finishes on the old one), so a model update never stops capture or publishing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from edge_agent.capture import Camera, CameraState, Frame
+from edge_agent.config import AgentConfig, SnapshotConfig, VideoOutputConfig
+from edge_agent.detectors import Detections, Detector
+from edge_agent.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+_MQTT_CAMERA_STATE = {
+    CameraState.ONLINE: "online",
+    CameraState.OFFLINE: "offline",
+    CameraState.DISABLED: "disabled",
+    CameraState.FINISHED: "disabled",  # a finished clip will not come back: not "offline, reconnecting"
+}
+
+
+class Publisher(Protocol):
+    """What the agent needs from `edge_agent.mqtt.publisher.AgentPublisher`."""
+
+    def start(self) -> None: ...
+    def set_model_info(self, info: dict) -> None: ...
+    def set_camera_status(self, camera_id: str, status: str) -> None: ...
+    def publish_counts(self, camera_id: str, payload: dict) -> int: ...
+    def publish_count_value(self, camera_id: str, value: int) -> None: ...
+    def publish_track_event(self, camera_id: str, payload: dict) -> None: ...
+    def publish_stats(self, payload: dict) -> None: ...
+    def on_command(self, handler: Callable[[str, bytes], None]) -> None: ...
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class DetectorSlot:
+    """Holds the running detector; swaps it between frames without pausing anything else."""
+
+    def __init__(self, detector: Detector, load_time_s: float | None = None) -> None:
+        self._lock = threading.Lock()
+        self._detector = detector
+        self.load_time_s = load_time_s
+
+    @property
+    def detector(self) -> Detector:
+        return self._detector
+
+    def detect(self, image: np.ndarray) -> tuple[Detections, Detector]:
+        with self._lock:  # the swap waits for the frame in flight
+            detector = self._detector
+            return detector.detect(image), detector
+
+    def swap(self, new: Detector, load_time_s: float | None = None) -> Detector:
+        with self._lock:
+            old, self._detector = self._detector, new
+            self.load_time_s = load_time_s
+        return old
+
+
+@dataclass
+class CameraRuntime:
+    """Per-camera state owned by the inference loop."""
+
+    camera: Camera
+    tracker: Tracker
+    frames: int = 0
+    last_count: int = 0
+    counts: deque = field(default_factory=lambda: deque(maxlen=100_000))
+    last_snapshot: float = 0.0
+    prev_stats: tuple[float, int, int, int] | None = None  # (monotonic, read, dropped, processed)
+
+
+@dataclass(frozen=True)
+class CameraSummary:
+    camera_id: str
+    frames: int
+    unique_count: int
+    count_histogram: dict[int, int]
+    max_count: int
+    state: str
+    dropped: int
+
+
+@dataclass(frozen=True)
+class AgentSummary:
+    elapsed_s: float
+    frames: int
+    fps: float
+    inference_ms_p50: float | None
+    cameras: list[CameraSummary]
+
+
+class Agent:
+    """Runs the pipeline until `stop()` (or until every finite source has ended)."""
+
+    def __init__(self, cfg: AgentConfig, publisher: Publisher, detector: Detector, load_time_s: float | None = None):
+        self.cfg = cfg
+        self.publisher = publisher
+        self.slot = DetectorSlot(detector, load_time_s)
+        self._stop = threading.Event()
+        self._wakeup = threading.Event()
+        self._resets: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.cameras: dict[str, CameraRuntime] = {}
+        for cam_cfg in cfg.cameras:
+            camera = Camera(cam_cfg, on_status=self._on_camera_status, wakeup=self._wakeup)
+            tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_missed, cfg.tracker.min_hits)
+            self.cameras[cam_cfg.id] = CameraRuntime(camera, tracker)
+        self._inference_ms: deque[float] = deque(maxlen=2000)
+        self._window_ms: list[float] = []
+        self._evidence = EvidenceWriter(cfg.snapshots, cfg.video_output)
+        self._started = time.monotonic()
+        self._processed = 0
+        self.detect_errors = 0
+        self.commands_rejected = 0
+        self._last_stats = time.monotonic()
+        self._stopped = threading.Event()
+
+    # -- public control --------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish the frame in flight and shut down (safe from signal handlers and other threads)."""
+        self._stop.set()
+        self._wakeup.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def swap_detector(self, new: Detector, load_time_s: float | None = None) -> None:
+        """Replace the running detector between frames; the old one is closed once its last frame is done."""
+        old = self.slot.swap(new, load_time_s)
+        self._publish_model_info()
+        logger.info("detector swapped: %s -> %s", old.describe(), new.describe())
+        old.close()
+
+    def reset(self, camera_id: str) -> None:
+        """Restart the unique count of ``camera_id`` (applied by the inference loop before its next frame)."""
+        if camera_id not in self.cameras:
+            raise KeyError(f"unknown camera {camera_id!r}; cameras: {sorted(self.cameras)}")
+        self._resets.put(camera_id)
+        self._wakeup.set()
+
+    # -- main loop -------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start everything, process frames until stopped, shut down cleanly; returns the process exit code."""
+        self.publisher.on_command(self._on_command)
+        self.publisher.start()
+        self._publish_model_info()
+        self._evidence.start()
+        for runtime in self.cameras.values():
+            runtime.camera.start()
+        self._started = self._last_stats = time.monotonic()
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _loop(self) -> None:
+        runtimes = list(self.cameras.values())
+        turn = 0
+        while not self._stop.is_set():
+            self._wakeup.wait(0.25)
+            self._wakeup.clear()
+            self._apply_resets()
+            # Round-robin start so no camera starves when inference cannot keep up with all of them.
+            for offset in range(len(runtimes)):
+                if self._stop.is_set():
+                    break
+                runtime = runtimes[(turn + offset) % len(runtimes)]
+                frame = runtime.camera.poll()
+                if frame is not None:
+                    self._process(runtime, frame)
+            turn += 1
+            now = time.monotonic()
+            if now - self._last_stats >= self.cfg.mqtt.stats_interval_s:
+                self._publish_stats(now)
+            if self.cfg.stop_when_sources_end and all(r.camera.finished for r in runtimes):
+                logger.info("every source has ended; stopping")
+                break
+
+    def _process(self, runtime: CameraRuntime, frame: Frame) -> None:
+        started = time.perf_counter()
+        try:
+            detections, detector = self.slot.detect(frame.image)
+        except Exception:  # noqa: BLE001 - one bad frame (or a native error) must not stop counting
+            self.detect_errors += 1
+            logger.exception("camera %s frame %d: detection failed", runtime.camera.id, frame.index)
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._inference_ms.append(elapsed_ms)
+        self._window_ms.append(elapsed_ms)
+        update = runtime.tracker.update(detections.boxes, detections.scores, frame.index, frame.timestamp)
+        camera_id = runtime.camera.id
+        count = len(detections)
+        runtime.frames += 1
+        runtime.last_count = count
+        runtime.counts.append(count)
+        self._processed += 1
+        for event in update.new:
+            self.publisher.publish_track_event(camera_id, event)
+        for event in update.ended:
+            self.publisher.publish_track_event(camera_id, event)
+        # Always one call per frame: in `aggregate` mode the publisher folds frames into windows itself.
+        payload: dict[str, Any] = {
+            "ts": iso(frame.timestamp),
+            "frame": frame.index,
+            "count": count,
+            "unique_count": update.unique_count,
+            "model": _model_ref(detector),
+        }
+        if self.cfg.mqtt.counts.include_detections and self.cfg.mqtt.counts.mode == "per_frame":
+            payload["detections"] = [
+                {"x1": round(float(b[0]), 1), "y1": round(float(b[1]), 1), "x2": round(float(b[2]), 1),
+                 "y2": round(float(b[3]), 1), "score": round(float(s), 4), "track_id": int(t) if t >= 0 else None}
+                for b, s, t in zip(detections.boxes, detections.scores, update.track_ids, strict=True)
+            ]
+        self.publisher.publish_counts(camera_id, payload)
+        self.publisher.publish_count_value(camera_id, count)
+        self._evidence.offer(runtime, frame, detections, update.track_ids)
+
+    def _apply_resets(self) -> None:
+        while True:
+            try:
+                camera_id = self._resets.get_nowait()
+            except queue.Empty:
+                return
+            runtime = self.cameras[camera_id]
+            for event in runtime.tracker.reset():
+                self.publisher.publish_track_event(camera_id, event)
+            logger.info("camera %s: unique count reset", camera_id)
+
+    # -- callbacks from other threads ----------------------------------------------------------------------------
+    def _on_camera_status(self, camera_id: str, state: CameraState) -> None:
+        word = _MQTT_CAMERA_STATE.get(state)
+        if word is not None:
+            self.publisher.set_camera_status(camera_id, word)
+        self._wakeup.set()
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        """Inbound commands (already size/shape-checked by the publisher's inbound gate).
+
+        `…/{camera_id}/reset` restarts that camera's unique count. Model announcements (`…/model/set`, fleet) are
+        acknowledged in the log only: remote model updates arrive in a later issue and will call `swap_detector`.
+        """
+        levels = topic.split("/")
+        if len(levels) >= 2 and levels[-1] == "reset":
+            if levels[-2] in self.cameras:
+                self.reset(levels[-2])
+            else:
+                self.commands_rejected += 1
+                logger.warning("rejected reset for unknown camera %r (cameras: %s)", levels[-2], sorted(self.cameras))
+            return
+        logger.info("inbound %s (%d bytes): model updates are not handled by this agent version", topic, len(payload))
+
+    # -- reporting -------------------------------------------------------------------------------------------------
+    def _publish_model_info(self) -> None:
+        info = self.slot.detector.describe()
+        if self.slot.load_time_s is not None:
+            info["load_time_s"] = round(self.slot.load_time_s, 3)
+        self.publisher.set_model_info(info)
+
+    def _publish_stats(self, now: float) -> None:
+        cameras = {}
+        for camera_id, runtime in self.cameras.items():
+            stats = runtime.camera.stats()
+            prev = runtime.prev_stats or (self._started, 0, 0, 0)
+            span = max(now - prev[0], 1e-6)
+            cameras[camera_id] = {
+                "status": _MQTT_CAMERA_STATE.get(stats.state),
+                "camera_fps": round((stats.frames_read - prev[1]) / span, 2),
+                "processed_fps": round((runtime.frames - prev[3]) / span, 2),
+                "skipped_fps": round((stats.frames_dropped - prev[2]) / span, 2),
+                "reconnects": stats.reconnects,
+                "frames": runtime.frames,
+                "unique_count": runtime.tracker.unique_count,
+            }
+            if self._window_ms:
+                p50, p95 = np.percentile(self._window_ms, [50, 95])
+                cameras[camera_id]["inference_ms_p50"] = round(float(p50), 2)
+                cameras[camera_id]["inference_ms_p95"] = round(float(p95), 2)
+            runtime.prev_stats = (now, stats.frames_read, stats.frames_dropped, runtime.frames)
+        self._window_ms = []
+        self._last_stats = now
+        payload: dict[str, Any] = {"cameras": cameras, **system_health()}
+        self.publisher.publish_stats(payload)
+
+    def console_line(self) -> str:
+        """One line for people watching the terminal: fps, counts, unique counts, broker state."""
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        parts = [f"{self._processed / elapsed:5.1f} fps"]
+        for camera_id, runtime in self.cameras.items():
+            parts.append(f"{camera_id}: count {runtime.last_count} unique {runtime.tracker.unique_count} "
+                         f"({runtime.camera.state.value})")
+        connected = getattr(self.publisher, "connected", None)
+        depth = getattr(self.publisher, "outbox_depth", None)
+        broker = "broker up" if connected else "broker DOWN"
+        parts.append(f"{broker}, outbox {depth}" if depth is not None else broker)
+        return " | ".join(parts)
+
+    def summary(self) -> AgentSummary:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        cameras = []
+        for camera_id, runtime in self.cameras.items():
+            histogram = dict(sorted(Counter(runtime.counts).items()))
+            stats = runtime.camera.stats()
+            cameras.append(CameraSummary(camera_id, runtime.frames, runtime.tracker.unique_count, histogram,
+                                         max(runtime.counts, default=0), stats.state.value, stats.frames_dropped))
+        p50 = float(np.percentile(self._inference_ms, 50)) if self._inference_ms else None
+        return AgentSummary(elapsed, self._processed, self._processed / elapsed, p50, cameras)
+
+    # -- shutdown --------------------------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        logger.info("stopping: capture, then flushing counts and the broker connection")
+        for runtime in self.cameras.values():
+            runtime.camera._stop.set()  # ask all first so they wind down in parallel
+        for runtime in self.cameras.values():
+            runtime.camera.stop(timeout=3.0)
+        for camera_id, runtime in self.cameras.items():
+            for event in runtime.tracker.flush():
+                self.publisher.publish_track_event(camera_id, event)
+        self._evidence.stop()
+        self.publisher.stop(timeout=3.0)
+        self.slot.detector.close()
+        self._stopped.set()
+        logger.info("stopped after %d frames", self._processed)
+
+
+class StartupError(RuntimeError):
+    """The agent cannot start with this configuration (bundle refused, no back end, outbox unusable)."""
+
+
+def load_detector(cfg: AgentConfig, bundle_path: Path | None = None) -> tuple[Detector, float]:
+    """Verify the bundle against the trusted keys, then load and warm up the first available back end.
+
+    Also the entry point for a hot swap: build the new detector with this, then `Agent.swap_detector()`.
+    """
+    from edge_agent.bundle import BundleError, load_bundle
+    from edge_agent.detectors import DetectorOptions, DetectorUnavailable, create_detector
+
+    det = cfg.detector
+    started = time.perf_counter()
+    try:
+        bundle = load_bundle(bundle_path or det.bundle, det.trusted_keys)
+    except BundleError as exc:
+        raise StartupError(f"model bundle {bundle_path or det.bundle} refused: {exc}") from exc
+    options = DetectorOptions(score_threshold=det.score_threshold, threads=det.threads,
+                              engine_cache_dir=det.engine_cache_dir)
+    try:
+        detector = create_detector(det.backends, bundle, det.variant, options)
+    except (DetectorUnavailable, BundleError) as exc:
+        raise StartupError(str(exc)) from exc
+    return detector, time.perf_counter() - started
+
+
+def build_agent(cfg: AgentConfig) -> Agent:
+    """Everything `starfish agent run` needs: verified detector, durable outbox, MQTT publisher."""
+    from edge_agent.mqtt.publisher import AgentPublisher
+    from edge_agent.outbox import Outbox, OutboxError
+
+    detector, load_time = load_detector(cfg)
+    try:
+        outbox = Outbox(cfg.outbox_path, max_messages=cfg.outbox_max_messages, max_age_s=cfg.outbox_max_age_s)
+    except OutboxError as exc:
+        detector.close()
+        raise StartupError(f"outbox {cfg.outbox_path}: {exc}") from exc
+    publisher = AgentPublisher(cfg.mqtt, cfg.device_id, outbox, software_version=software_version())
+    return Agent(cfg, publisher, detector, load_time)
+
+
+def software_version() -> str:
+    """The installed starfish-edge version (reported in `stats` and Home Assistant's device block)."""
+    try:
+        return importlib.metadata.version("starfish-edge")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _model_ref(detector: Detector) -> dict:
+    info = detector.describe()
+    return {key: info[key] for key in ("name", "version", "variant", "backend")}
+
+
+def system_health() -> dict[str, float]:
+    """CPU/GPU temperature where readable (Jetson thermal zones, hwmon), CPU load and resident memory."""
+    result: dict[str, float] = {}
+    try:
+        import psutil
+
+        process = psutil.Process()
+        result["rss_mb"] = round(process.memory_info().rss / 2**20, 1)
+        result["cpu_percent"] = psutil.cpu_percent(interval=None)
+    except ImportError:  # psutil is in the edge extra; without it, stats just omit these
+        pass
+    for zone in Path("/sys/class/thermal").glob("thermal_zone*"):
+        try:
+            kind = (zone / "type").read_text().strip().lower()
+            celsius = int((zone / "temp").read_text().strip()) / 1000.0
+        except (OSError, ValueError):
+            continue
+        # Jetson zones are named CPU-therm / GPU-therm (or cpu-thermal / gpu-thermal on newer L4T).
+        if kind.startswith("cpu") and "cpu_temp_c" not in result:
+            result["cpu_temp_c"] = celsius
+        elif kind.startswith("gpu") and "gpu_temp_c" not in result:
+            result["gpu_temp_c"] = celsius
+        elif kind.startswith("x86_pkg") and "cpu_temp_c" not in result:
+            result["cpu_temp_c"] = celsius
+    return result
+
+
+class EvidenceWriter:
+    """Rate-limited JPEG snapshots and annotated video on a background thread (bounded queue, drop when busy)."""
+
+    def __init__(self, snapshots: SnapshotConfig, video: VideoOutputConfig) -> None:
+        self.snapshots = snapshots
+        self.video = video
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._thread: threading.Thread | None = None
+        self._writers: dict[str, cv2.VideoWriter] = {}
+        self.dropped = 0
+        self.snapshots_written = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.snapshots.enabled or self.video.enabled
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        if self.snapshots.enabled:
+            self.snapshots.directory.mkdir(parents=True, exist_ok=True)
+        if self.video.enabled:
+            self.video.directory.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="evidence", daemon=True)
+        self._thread.start()
+
+    def offer(self, runtime: CameraRuntime, frame: Frame, detections: Detections, track_ids: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        snapshot = False
+        if self.snapshots.enabled and len(detections) >= self.snapshots.min_count:
+            now = time.monotonic()
+            if now - runtime.last_snapshot >= self.snapshots.min_interval_s or runtime.last_snapshot == 0.0:
+                runtime.last_snapshot = now
+                snapshot = True
+        if not (snapshot or self.video.enabled):
+            return
+        try:
+            self._queue.put_nowait((frame, detections, track_ids, snapshot))
+        except queue.Full:
+            self.dropped += 1
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(5.0)
+        for writer in self._writers.values():
+            writer.release()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            frame, detections, track_ids, snapshot = item
+            try:
+                annotated = draw_detections(frame.image, detections, track_ids)
+                if snapshot:
+                    self._snapshot(frame, annotated)
+                if self.video.enabled:
+                    self._video(frame.camera_id, annotated)
+            except (OSError, cv2.error):
+                logger.exception("camera %s: writing evidence failed", frame.camera_id)
+
+    def _snapshot(self, frame: Frame, annotated: np.ndarray) -> None:
+        stamp = datetime.fromtimestamp(frame.timestamp, tz=timezone.utc).strftime("%Y%m%dT%H%M%S_%fZ")
+        base = self.snapshots.directory / f"{frame.camera_id}_{stamp}_f{frame.index}"
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.snapshots.jpeg_quality]
+        cv2.imwrite(f"{base}_boxes.jpg", annotated, params)
+        if self.snapshots.raw_copy:
+            cv2.imwrite(f"{base}.jpg", frame.image, params)
+        self.snapshots_written += 1
+
+    def _video(self, camera_id: str, annotated: np.ndarray) -> None:
+        writer = self._writers.get(camera_id)
+        if writer is None:
+            height, width = annotated.shape[:2]
+            path = self.video.directory / f"{camera_id}.mp4"
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.video.fps, (width, height))
+            self._writers[camera_id] = writer
+        writer.write(annotated)
+
+
+def draw_detections(image: np.ndarray, detections: Detections, track_ids: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` with boxes, scores and track ids drawn."""
+    out = image.copy()
+    for box, score, track_id in zip(detections.boxes, detections.scores, track_ids, strict=True):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), 2)
+        label = f"#{track_id} {score:.2f}" if track_id >= 0 else f"{score:.2f}"
+        cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
+    return out

@@ -1,0 +1,130 @@
+"""`starfish agent …`: run the edge agent, print an example configuration, or run the self-contained demo.
+
+Heavy imports (OpenCV, onnxruntime, paho) happen inside the commands so `starfish --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+EXIT_CONFIG = 2  # bad configuration or an unusable model bundle: fix the input, retrying will not help
+
+
+@app.command("run")
+def run(
+    config: Path = typer.Option(..., "--config", "-c", help="Agent YAML file (see `starfish agent config --example`)."),
+    console: bool = typer.Option(True, "--console/--no-console", help="Print a live status line."),
+) -> None:
+    """Run the agent until SIGTERM/SIGINT (or until every non-looping video file has ended)."""
+    from rich.console import Console
+
+    from edge_agent.app import StartupError, build_agent
+    from edge_agent.config import ConfigError, load_config
+
+    out = Console(stderr=True)
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        out.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from exc
+    try:
+        agent = build_agent(cfg)
+    except StartupError as exc:
+        out.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from exc
+    code = run_until_signal(agent, console_interval=cfg.console_interval_s if console else None)
+    print_summary(out, agent.summary())
+    raise typer.Exit(code)
+
+
+def run_until_signal(agent, console_interval: float | None, on_line=None) -> int:
+    """Run ``agent`` in this (main) thread with SIGTERM/SIGINT asking it to stop; optional console line thread."""
+    from rich.console import Console
+
+    def _stop(signum: int, _frame: object) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        agent.stop()
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    done = threading.Event()
+    line_thread = None
+    if console_interval:
+        err = Console(stderr=True)
+        emit = on_line or (lambda text: err.print(text, highlight=False))
+
+        def _lines() -> None:
+            while not done.wait(console_interval):
+                emit(agent.console_line())
+
+        line_thread = threading.Thread(target=_lines, name="console", daemon=True)
+        line_thread.start()
+    try:
+        return agent.run()
+    finally:
+        done.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def print_summary(out, summary) -> None:
+    from rich.table import Table
+
+    table = Table(title="starfish agent summary", show_header=True)
+    for column in ("camera", "frames", "unique count", "max count", "per-frame counts (count: frames)", "dropped"):
+        table.add_column(column)
+    for camera in summary.cameras:
+        histogram = ", ".join(f"{k}: {v}" for k, v in camera.count_histogram.items()) or "-"
+        table.add_row(camera.camera_id, str(camera.frames), str(camera.unique_count), str(camera.max_count),
+                      histogram, str(camera.dropped))
+    out.print(table)
+    p50 = f", inference p50 {summary.inference_ms_p50:.1f} ms" if summary.inference_ms_p50 is not None else ""
+    out.print(f"{summary.frames} frames in {summary.elapsed_s:.1f} s = {summary.fps:.1f} fps{p50}")
+
+
+@app.command("config")
+def config_cmd(
+    example: bool = typer.Option(False, "--example", help="Print a commented example configuration."),
+    check: Path | None = typer.Option(None, "--check", help="Validate this file (with env overrides) and exit."),
+) -> None:
+    """Print an example configuration, or validate one."""
+    from edge_agent.config import EXAMPLE_YAML, ConfigError, load_config
+
+    if example:
+        typer.echo(EXAMPLE_YAML, nl=False)
+        return
+    if check is None:
+        typer.echo("give --example or --check FILE", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    try:
+        cfg = load_config(check)
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from exc
+    typer.echo(f"{check}: valid ({len(cfg.cameras)} camera(s), device {cfg.device_id})")
+
+
+@app.command("demo")
+def demo(
+    broker_host: str = typer.Option("127.0.0.1", help="MQTT broker host (started locally if absent)."),
+    broker_port: int = typer.Option(1883, help="MQTT broker port."),
+    frames: int = typer.Option(120, min=10, max=3000, help="Frames in the generated clip."),
+    workdir: Path = typer.Option(Path(".starfish-demo"), help="Where the clip, outbox and snapshots go."),
+    bundle: Path = typer.Option(Path("models/demo"), help="Model bundle to run."),
+) -> None:
+    """One command: synthetic reef clip + demo bundle + local Mosquitto -> live counts, then a summary."""
+    from edge_agent.demo import run_demo
+
+    raise typer.Exit(run_demo(broker_host, broker_port, frames, workdir, bundle))
+
+
+if __name__ == "__main__":
+    app()
