@@ -6,20 +6,17 @@
 * ``agent_bundle`` (session): the export helper's ``tiny_bundle`` (real signed bundle, untrained Faster R-CNN).
 * ``agent_config(...)`` -> dict: a complete valid agent configuration for a given broker port, clip and bundle.
 * ``AgentProcess``: ``starfish agent run`` in a subprocess (for SIGTERM / kill -9 tests).
-* ``MqttRecorder``: a paho subscriber that keeps every message it receives (topic, payload, retained flag).
+
+Brokers and subscribers come from tests.helpers.mqtt_broker (``mosquitto``, ``mqtt_subscriber``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,80 +152,3 @@ class AgentProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-
-@dataclass
-class Message:
-    topic: str
-    payload: bytes
-    retain: bool
-    received: float = field(default_factory=time.monotonic)
-
-    def json(self) -> Any:
-        return json.loads(self.payload)
-
-
-class MqttRecorder:
-    """Subscribes to ``topics`` on a real broker and records everything (reconnects by itself)."""
-
-    def __init__(self, port: int, topics: tuple[str, ...] = ("#",), host: str = "127.0.0.1") -> None:
-        import paho.mqtt.client as mqtt
-
-        self.messages: list[Message] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{os.getpid()}-{id(self)}",
-                                   protocol=mqtt.MQTTv5)
-        self._client.reconnect_delay_set(0.1, 0.5)
-
-        def on_connect(client, _userdata, _flags, _reason, _props=None) -> None:
-            client.subscribe([(t, 1) for t in topics])
-
-        def on_subscribe(*_args: Any) -> None:
-            self._subscribed.set()
-
-        def on_message(_client, _userdata, msg) -> None:
-            with self._lock:
-                self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
-
-        self._client.on_connect = on_connect
-        self._client.on_subscribe = on_subscribe
-        self._client.on_message = on_message
-        self._client.connect_async(host, port, keepalive=5)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError(f"recorder could not subscribe on {host}:{port}")
-
-    def on(self, suffix: str) -> list[Message]:
-        with self._lock:
-            return [m for m in self.messages if m.topic.endswith(suffix)]
-
-    def wait_for(self, predicate: Callable[[list[Message]], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                snapshot = list(self.messages)
-            if predicate(snapshot):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def statuses(self, device_id: str) -> list[str]:
-        return [m.payload.decode() for m in self.on(f"/{device_id}/status") if m.topic.count("/") == 2]
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
-
-
-def counts_seqs(messages: list[Message]) -> list[int]:
-    return [json.loads(m.payload)["seq"] for m in messages if m.topic.endswith("/counts")]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
