@@ -44,14 +44,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 class MosquittoBroker:
     """One `mosquitto -c <conf>` process listening on 127.0.0.1 only."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", tls: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_conf: str = "", allow_anonymous: bool = True
+    ) -> None:
         if MOSQUITTO is None:
             pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = port or free_port()
-        self.tls = tls
+        self.allow_anonymous = allow_anonymous
         self.extra_conf = extra_conf
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
@@ -60,7 +62,7 @@ class MosquittoBroker:
     def _write_conf(self) -> None:
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             # Persistence lets a durable subscriber session (and its queued messages) survive a broker restart.
             "persistence true",
             f"persistence_location {self.workdir}/",
