@@ -19,10 +19,11 @@ from torchvision.models.detection import (
     FasterRCNN_ResNet50_FPN_Weights,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,16 @@ class ModelConfig:
     # Keep low: the deployed threshold is the best-F2 one found on validation, applied downstream.
     box_score_thresh: float = 0.05
     representation_size: int = 1024
+    # Sampled proposals per image for the box-head loss (torchvision: 512) and anchors per image for the RPN loss
+    # (256). Fewer makes each training step cheaper; test-time cost is set by the rpn_*_test counts.
+    box_batch_size_per_image: int = 512
+    rpn_batch_size_per_image: int = 256
+    # Which backbone stages feed the FPN (None: torchvision's default). torchvision's MobileNetV3 default taps two
+    # stride-32 stages only, which starves 6-20 px starfish; e.g. (3, 4, 5) adds the stride-16 stage and
+    # (2, 3, 4, 5) the stride-8 one. ResNet stages are 1..4 (strides 4..32).
+    returned_layers: tuple[int, ...] | None = None
+    # FPN width (torchvision: 256). It also sets the RPN head and the box head's input width.
+    fpn_channels: int = 256
     trainable_backbone_layers: int = 6
     pretrained: bool = False
     extra: dict = field(default_factory=dict)
@@ -71,6 +82,8 @@ class ModelConfig:
             values["anchor_sizes"] = tuple(tuple(int(s) for s in level) for level in values["anchor_sizes"])
         if "aspect_ratios" in values:
             values["aspect_ratios"] = tuple(float(a) for a in values["aspect_ratios"])
+        if values.get("returned_layers") is not None:
+            values["returned_layers"] = tuple(int(i) for i in values["returned_layers"])
         return cls(**values)
 
 
@@ -102,6 +115,8 @@ def build_detector(cfg: ModelConfig) -> FasterRCNN:
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_head=TwoMLPHead(backbone.out_channels * resolution**2, cfg.representation_size),
         box_predictor=FastRCNNPredictor(cfg.representation_size, cfg.num_classes),
         box_detections_per_img=cfg.box_detections_per_img,
@@ -117,18 +132,47 @@ def _scratch_backbone(cfg: ModelConfig) -> torch.nn.Module:
     # and torch-pruning cannot prune frozen norms.
     if cfg.backbone == "resnet50_fpn":
         body = resnet50(weights=None, norm_layer=torch.nn.BatchNorm2d)
-        return _resnet_fpn_extractor(body, 5)
+        return _resnet_backbone(body, 5, cfg)
     body = mobilenet_v3_large(weights=None, norm_layer=torch.nn.BatchNorm2d)
-    return _mobilenet_extractor(body, True, 6)
+    return _mobilenet_backbone(body, 6, cfg)
 
 
 def _pretrained_backbone(cfg: ModelConfig) -> torch.nn.Module:
     logger.info("building %s with ImageNet backbone weights (downloads on first use)", cfg.backbone)
     if cfg.backbone == "resnet50_fpn":
         body = resnet50(weights=ResNet50_Weights.IMAGENET1K_V1, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
-        return _resnet_fpn_extractor(body, min(cfg.trainable_backbone_layers, 5))
-    body = mobilenet_v3_large(weights=MobileNet_V3_Large_Weights.IMAGENET1K_V1, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
-    return _mobilenet_extractor(body, True, min(cfg.trainable_backbone_layers, 6))
+        return _resnet_backbone(body, min(cfg.trainable_backbone_layers, 5), cfg)
+    body = mobilenet_v3_large(
+        weights=MobileNet_V3_Large_Weights.IMAGENET1K_V1, norm_layer=misc_nn_ops.FrozenBatchNorm2d
+    )
+    return _mobilenet_backbone(body, min(cfg.trainable_backbone_layers, 6), cfg)
+
+
+def _resnet_backbone(body: torch.nn.Module, trainable_layers: int, cfg: ModelConfig) -> BackboneWithFPN:
+    returned = list(cfg.returned_layers) if cfg.returned_layers is not None else None
+    if cfg.fpn_channels == 256:
+        return _resnet_fpn_extractor(body, trainable_layers, returned_layers=returned)
+    raise ValueError("fpn_channels other than 256 is only offered for the MobileNetV3 backbones")
+
+
+def _mobilenet_backbone(body: torch.nn.Module, trainable_layers: int, cfg: ModelConfig) -> BackboneWithFPN:
+    """torchvision's `_mobilenet_extractor` with a configurable FPN width (same module names, same defaults)."""
+    features = body.features
+    # Stage starts: the stem, every strided block, the last block (as torchvision counts them).
+    stage_indices = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
+    num_stages = len(stage_indices)
+    if not 0 <= trainable_layers <= num_stages:
+        raise ValueError(f"trainable_backbone_layers must be in [0, {num_stages}], got {trainable_layers}")
+    freeze_before = len(features) if trainable_layers == 0 else stage_indices[num_stages - trainable_layers]
+    for block in features[:freeze_before]:
+        for parameter in block.parameters():
+            parameter.requires_grad_(False)
+    returned = list(cfg.returned_layers) if cfg.returned_layers is not None else [num_stages - 2, num_stages - 1]
+    if min(returned) < 0 or max(returned) >= num_stages or sorted(set(returned)) != returned:
+        raise ValueError(f"returned_layers must be increasing stage numbers in [0, {num_stages - 1}], got {returned}")
+    return_layers = {f"{stage_indices[k]}": str(v) for v, k in enumerate(returned)}
+    in_channels = [features[stage_indices[i]].out_channels for i in returned]
+    return BackboneWithFPN(features, return_layers, in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
 
 
 def _load_coco_detector_weights(model: FasterRCNN, cfg: ModelConfig) -> None:
