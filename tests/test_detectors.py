@@ -1,0 +1,127 @@
+"""Detector back ends on a real signed bundle with real onnxruntime: registry, fallback, contract, bad bundles."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent import preprocess
+from edge_agent.app import StartupError, load_detector
+from edge_agent.bundle import generate_keypair, load_bundle
+from edge_agent.config import load_config_data
+from edge_agent.detectors import (
+    Detections,
+    DetectorOptions,
+    DetectorUnavailable,
+    available,
+    create_detector,
+    detector_class,
+)
+from tests.helpers.agent import agent_config
+
+
+@pytest.fixture(scope="module")
+def verified(agent_bundle):
+    return load_bundle(agent_bundle.path, [agent_bundle.public_key])
+
+
+def test_unknown_backend_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="onnxruntime, tensorrt"):
+        detector_class("openvino")
+
+
+def test_onnxruntime_is_available_here() -> None:
+    ok, reason = available("onnxruntime")
+    assert ok and "CPUExecutionProvider" in reason
+
+
+def test_tensorrt_unavailable_is_a_reason_not_a_crash() -> None:
+    ok, reason = available("tensorrt")
+    if ok:
+        pytest.skip("TensorRT is installed on this machine")
+    assert "TensorRT" in reason or "edge_agent.trt" in reason
+
+
+def test_fallback_order_picks_the_first_available(verified) -> None:
+    detector = create_detector(["tensorrt", "onnxruntime"], verified, None, DetectorOptions(threads=1))
+    assert detector.name == ("tensorrt" if available("tensorrt")[0] else "onnxruntime")
+    assert detector.describe()["version"] == verified.manifest.version
+
+
+def test_no_available_backend_says_why(verified) -> None:
+    if available("tensorrt")[0]:
+        pytest.skip("TensorRT is installed on this machine")
+    with pytest.raises(DetectorUnavailable, match="tensorrt: TensorRT"):
+        create_detector(["tensorrt"], verified, None, DetectorOptions())
+
+
+def test_onnxruntime_detections_follow_the_contract(verified) -> None:
+    detector = create_detector(["onnxruntime"], verified, None, DetectorOptions(score_threshold=0.0, threads=1))
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    detections = detector.detect(frame)
+    assert detections.boxes.dtype == np.float32 and detections.boxes.shape == (len(detections), 4)
+    assert detections.labels.dtype == np.int64
+    assert len(detections) > 0  # threshold 0: the untrained model still proposes boxes
+    assert (detections.boxes[:, [0, 2]] <= 1280).all() and (detections.boxes[:, [1, 3]] <= 720).all()
+    assert (detections.boxes >= 0).all()
+    # Same result as running the contract by hand: letterbox -> session -> divide by the scale.
+    tensor, fit = preprocess.letterbox(frame, detector.input_width, detector.input_height)
+    raw_boxes, raw_scores, _ = detector.session.run(None, {"images": tensor})
+    expected = preprocess.boxes_to_source(raw_boxes, fit)
+    np.testing.assert_allclose(detections.boxes, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(detections.scores, raw_scores)
+
+
+def test_score_threshold_filters(verified) -> None:
+    detector = create_detector(["onnxruntime"], verified, None, DetectorOptions(score_threshold=1.0, threads=1))
+    assert len(detector.detect(np.zeros((100, 200, 3), np.uint8))) == 0
+    default = create_detector(["onnxruntime"], verified, None, DetectorOptions(threads=1))
+    assert default.score_threshold == verified.manifest.score_threshold
+
+
+def test_unknown_variant_is_refused(verified) -> None:
+    with pytest.raises(Exception, match="has no variant 'int4'"):
+        create_detector(["onnxruntime"], verified, "int4", DetectorOptions())
+
+
+def test_detections_reject_inconsistent_shapes() -> None:
+    with pytest.raises(ValueError, match="inconsistent"):
+        Detections(np.zeros((2, 4), np.float32), np.zeros(3, np.float32), np.zeros(3, np.int64))
+    assert len(Detections.empty()) == 0
+
+
+def _cfg(tmp_path: Path, bundle_path: Path, key: Path) -> object:
+    class _B:
+        path = bundle_path
+        public_key = key
+
+    return load_config_data(agent_config(tmp_path, _B, "clip.mp4", 1883))
+
+
+def test_bundle_signed_by_an_untrusted_key_is_refused(tmp_path: Path, agent_bundle) -> None:
+    other = tmp_path / "other.pub"
+    generate_keypair(tmp_path / "other.pem", other)
+    with pytest.raises(StartupError, match="refused:.*(signature|trusted)"):
+        load_detector(_cfg(tmp_path, agent_bundle.path, other))
+
+
+def test_tampered_model_file_is_refused(tmp_path: Path, agent_bundle) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(agent_bundle.path, copy)
+    onnx = next(copy.glob("*.onnx"))
+    data = bytearray(onnx.read_bytes())
+    data[-10] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(StartupError, match="sha256"):
+        load_detector(_cfg(tmp_path, copy, agent_bundle.public_key))
+
+
+def test_load_detector_from_config(tmp_path: Path, agent_bundle) -> None:
+    detector, seconds = load_detector(_cfg(tmp_path, agent_bundle.path, agent_bundle.public_key))
+    assert seconds > 0
+    assert detector.describe()["backend"] in ("onnxruntime", "tensorrt")
+    assert len(detector.detect(np.zeros((192, 320, 3), np.uint8)).boxes.shape) == 2
