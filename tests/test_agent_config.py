@@ -1,0 +1,124 @@
+"""Agent configuration: the example validates, bad input names the field, env overrides the file, fuzzing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent.config import EXAMPLE_YAML, AgentConfig, ConfigError, load_config, load_config_data
+from tests.helpers.agent import REPO_ROOT
+
+
+def _valid() -> dict[str, Any]:
+    return {
+        "device_id": "reef-01",
+        "cameras": [{"id": "cam0", "source": 0}],
+        "detector": {"bundle": "models/demo", "trusted_keys": ["k.pub"]},
+    }
+
+
+def test_example_is_valid_and_documented() -> None:
+    cfg = load_config_data(yaml.safe_load(EXAMPLE_YAML))
+    assert isinstance(cfg, AgentConfig) and cfg.device_id == "reef-01"
+    assert "nvarguscamerasrc" in EXAMPLE_YAML and "STARFISH_" in EXAMPLE_YAML
+    # Every field of every section carries a description (they become the documentation).
+    for model in (AgentConfig, *(type(getattr(cfg, n)) for n in ("detector", "tracker", "snapshots"))):
+        missing = [name for name, f in model.model_fields.items() if not f.description]
+        assert not missing, f"{model.__name__}: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda c: c["cameras"][0].update(lop=True), "cameras.0.lop"),
+        (lambda c: c.update(detectr={}), "detectr"),
+        (lambda c: c["cameras"][0].update(target_fps=-3), "cameras.0.target_fps"),
+        (lambda c: c["cameras"][0].update(source=-1), "cameras.0.source"),
+        (lambda c: c["cameras"][0].update(id="cam/0"), "cameras.0.id"),
+        (lambda c: c["cameras"].append({"id": "cam0", "source": 1}), "camera ids must be unique"),
+        (lambda c: c.update(cameras=[]), "cameras"),
+        (lambda c: c["detector"].update(backends=["openvino"]), "detector.backends.0"),
+        (lambda c: c["detector"].update(backends=["onnxruntime", "onnxruntime"]), "detector.backends"),
+        (lambda c: c["detector"].update(score_threshold=1.5), "detector.score_threshold"),
+        (lambda c: c["detector"].pop("trusted_keys"), "detector.trusted_keys"),
+        (lambda c: c.update(mqtt={"port": 70000}), "mqtt.port"),
+        (lambda c: c.update(mqtt={"username": "u"}), "password"),
+        (lambda c: c.update(tracker={"min_hits": "three"}), "tracker.min_hits"),
+        (lambda c: c.update(device_id="has space"), "device_id"),
+    ],
+)
+def test_bad_config_names_the_field(change, field: str) -> None:
+    data = _valid()
+    change(data)
+    with pytest.raises(ConfigError) as info:
+        load_config_data(data)
+    assert field in str(info.value)
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({**_valid(), "mqtt": {"host": "from-file", "port": 1883}}))
+    monkeypatch.setenv("STARFISH_MQTT__HOST", "from-env")
+    monkeypatch.setenv("STARFISH_DEVICE_ID", "reef-env")
+    monkeypatch.setenv("STARFISH_DETECTOR__BACKENDS", '["onnxruntime"]')
+    cfg = load_config(path)
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.device_id) == ("from-env", 1883, "reef-env")
+    assert cfg.detector.backends == ["onnxruntime"]
+    monkeypatch.setenv("STARFISH_MQTT__PORT", "not-a-port")
+    with pytest.raises(ConfigError, match="mqtt.port"):
+        load_config(path)
+
+
+def test_unreadable_files_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device_id: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(listy)
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=8))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    section=st.sampled_from(["device_id", "cameras", "detector", "tracker", "mqtt", "snapshots", "outbox_path",
+                             "unknown_key", "console_interval_s"]),
+    value=_values,
+)
+def test_fuzzed_config_fails_only_with_config_error(section: str, value: Any) -> None:
+    """Whatever garbage lands in a section, the loader either accepts it or raises ConfigError naming the field."""
+    data = _valid()
+    data[section] = value
+    try:
+        load_config_data(data)
+    except ConfigError as exc:
+        assert section in str(exc) or "camera ids" in str(exc)
+
+
+def test_cli_example_and_check(tmp_path: Path) -> None:
+    example = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "config", "--example"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert example.returncode == 0 and yaml.safe_load(example.stdout)["device_id"] == "reef-01"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**_valid(), "cameras": [{"id": "cam0", "source": 0, "fps": 3}]}))
+    check = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "config", "--check", str(bad)],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2 and "cameras.0.fps" in check.stderr
+    run = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(bad)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "cameras.0.fps" in run.stderr
