@@ -1,0 +1,260 @@
+"""`starfish bench …`: benchmark back ends of a bundle, compare two results, profile the agent pipeline.
+
+``starfish bench BUNDLE --backends …`` is short for ``starfish bench run BUNDLE --backends …``. Heavy libraries are
+imported inside the commands, so ``starfish --help`` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import typer
+from typer.core import TyperGroup
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKENDS = "all"
+RESULTS_DIR = Path("benchmarks/results")
+
+
+class _DefaultRunGroup(TyperGroup):
+    """Treat ``bench BUNDLE …`` as ``bench run BUNDLE …`` when the first word is not a sub-command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_DefaultRunGroup, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Benchmark back ends: latency, throughput, memory, accuracy; compare results; profile.")
+
+
+def _default_threads() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def _trusted_keys(bundle: Path, keys: list[Path] | None) -> list[Path]:
+    if keys:
+        return keys
+    beside = sorted(bundle.resolve().parent.glob("*.pub"))
+    if not beside:
+        raise typer.BadParameter(f"no --key given and no *.pub beside {bundle}: name the bundle's public key",
+                                 param_hint="--key")
+    logger.warning("no --key given: trusting the public key(s) beside the bundle: %s",
+                   ", ".join(p.name for p in beside))
+    return beside
+
+
+@app.command("run")
+def run_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory or .tar to benchmark."),
+    backends: str = typer.Option(DEFAULT_BACKENDS, "--backends", "-b",
+                                 help="Comma-separated back ends, or 'all': torch-cpu, ort-cpu, ort-cpu-int8, "
+                                      "torch-cuda, ort-cuda, ort-tensorrt, tensorrt-fp16, tensorrt-int8."),
+    key: list[Path] = typer.Option(None, "--key", "-k", help="Trusted public key (repeatable). Default: *.pub "
+                                   "files beside the bundle."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint for torch-cpu / torch-cuda."),
+    data: Path = typer.Option(None, "--data", help="Reef dataset dir: timing frames, and F2 / mAP@0.5."),
+    clip: Path = typer.Option(None, "--clip", help="Video clip for timing frames (no accuracy)."),
+    baseline: str = typer.Option(None, "--baseline", help="Back end the speed-ups are relative to (same run). "
+                                 "Default: the first requested one."),
+    warmup: int = typer.Option(5, min=0, help="Untimed calls before timing (at least this many)."),
+    warmup_s: float = typer.Option(3.0, min=0, help="Untimed warm-up seconds (at least; PyTorch on CPU needs a few)."),
+    iterations: int = typer.Option(50, min=1, help="Timed frames per repeat."),
+    repeats: int = typer.Option(3, min=1, help="Timed repeats; reported values are medians over them."),
+    threads: int = typer.Option(None, min=1, help="CPU threads for every back end. Default: physical cores."),
+    batch: int = typer.Option(1, min=1, help="Also measure throughput at this batch size where supported."),
+    pool_frames: int = typer.Option(32, min=1, help="Distinct real frames rotated through while timing."),
+    accuracy_frames: int = typer.Option(100, min=0, help="Frames evaluated with --data (0: all)."),
+    output_dir: Path = typer.Option(RESULTS_DIR, "--output-dir", "-o", help="Where JSON, CSV and PNG go."),
+    name: str = typer.Option(None, help="File stem of the outputs. Default: model-version-machine-time."),
+    peak: bool = typer.Option(True, help="Measure the machine's peak (matmul) for the '% of peak' column."),
+    chart: bool = typer.Option(True, help="Write the PNG chart."),
+    timeout: float = typer.Option(1800, min=1, help="Seconds one back end may take before it is killed."),
+    engine_cache: Path = typer.Option(None, help="TensorRT engine cache dir. Default: beside the bundle."),
+) -> None:
+    """Benchmark BUNDLE on each back end; unavailable back ends are listed as skipped with the reason."""
+
+    from benchmarks.backends import parse_backends
+    from benchmarks.fingerprint import machine_slug
+    from benchmarks.report import markdown_table, results_table, write_chart, write_csv, write_json
+    from benchmarks.runner import BenchOptions, run_benchmark
+
+    try:
+        names = parse_backends(backends)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--backends") from exc
+    if data is None and clip is None:
+        raise typer.BadParameter("timing needs real frames: give --data DIR or --clip VIDEO", param_hint="--data")
+    if baseline is not None and baseline not in names:
+        raise typer.BadParameter(f"{baseline!r} is not among --backends {names}", param_hint="--baseline")
+    opts = BenchOptions(
+        bundle=bundle, backends=names, trusted_keys=_trusted_keys(bundle, key), checkpoint=checkpoint, data=data,
+        clip=clip, baseline=baseline or names[0], warmup=warmup, warmup_s=warmup_s, iterations=iterations,
+        repeats=repeats,
+        threads=threads or _default_threads(), batch=batch, pool_frames=pool_frames, accuracy_frames=accuracy_frames,
+        measure_peak=peak, timeout_s=timeout, engine_cache_dir=engine_cache,
+    )
+    console = _console()
+    with _RichProgress(console, opts) as progress:
+        report = run_benchmark(opts, progress)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stem = name or f"{report.model.name}-v{report.model.version}-{machine_slug(report.machine)}-{stamp}"
+    written = [write_json(report, output_dir / f"{stem}.json"), write_csv(report, output_dir / f"{stem}.csv")]
+    (output_dir / f"{stem}.md").write_text(markdown_table(report))
+    written.append(output_dir / f"{stem}.md")
+    if chart:
+        png = write_chart(report, output_dir / f"{stem}.png")
+        if png:
+            written.append(png)
+    console.print(results_table(report))
+    console.print(f"model: {report.model.macs / 1e9:.2f} GMACs/frame" if report.model.macs else "model: MACs n/a")
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in report.peak.values_gflops.items()) or "not measured"
+    console.print(f"machine peak (GFLOPS / GOPS): {peaks}")
+    console.print("wrote " + ", ".join(str(p) for p in written))
+    if not any(r.status == "ok" for r in report.results):
+        raise typer.Exit(code=1)
+
+
+def _console() -> object:
+    from rich.console import Console
+
+    console = Console()
+    # Redirected to a file or CI log, rich falls back to 80 columns and folds the table; keep rows on one line.
+    return console if console.is_terminal else Console(width=max(console.width, 160))
+
+
+class _RichProgress:
+    """Rich progress bar fed by the workers' step events; one task per back end."""
+
+    def __init__(self, console: object, opts: object) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=console, transient=False)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> _RichProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+    def backend_started(self, backend: str) -> None:
+        self._tasks[backend] = self._bar.add_task(f"{backend}: starting", total=None)
+
+    def phase(self, backend: str, phase: str, total: int) -> None:
+        self._bar.reset(self._tasks[backend], total=total or None, description=f"{backend}: {phase}")
+
+    def step(self, backend: str) -> None:
+        self._bar.advance(self._tasks[backend])
+
+    def backend_done(self, result: object) -> None:
+        task = self._tasks[result.backend]
+        label = result.status if result.status == "ok" else f"{result.status} ({(result.reason or '')[:60]})"
+        self._bar.update(task, description=f"{result.backend}: {label}", total=1, completed=1)
+
+
+@app.command("compare")
+def compare_command(
+    base: Path = typer.Argument(..., exists=True, dir_okay=False, help="Reference result JSON."),
+    new: Path = typer.Argument(..., exists=True, dir_okay=False, help="Result JSON to check."),
+    tolerance: str = typer.Option("10%", help="Allowed relative worsening of speed / memory, e.g. 10% or 0.1."),
+    accuracy_tolerance: float = typer.Option(0.02, min=0, help="Allowed absolute drop of F2 / mAP@0.5."),
+    metrics: str = typer.Option(None, help="Comma-separated metrics to gate on. Default: p50_ms, p99_ms, fps, "
+                                "peak_rss_mb, peak_gpu_mb, f2, map_50 (also: load_s)."),
+) -> None:
+    """List regressions of NEW against BASE; exit code 1 when there is one (CI / release gate)."""
+    from pydantic import ValidationError
+    from rich.table import Table
+
+    from benchmarks.compare import DEFAULT_METRICS, compare, parse_tolerance
+    from benchmarks.report import read_json
+
+    try:
+        tol = parse_tolerance(tolerance)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tolerance") from exc
+    reports = []
+    for path in (base, new):
+        try:
+            reports.append(read_json(path))
+        except (ValidationError, ValueError) as exc:
+            raise typer.BadParameter(f"{path} is not a starfish bench result: {exc}") from exc
+    chosen = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
+    try:
+        result = compare(reports[0], reports[1], tol, accuracy_tolerance, chosen)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--metrics") from exc
+    console = _console()
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    table = Table(title=f"{new.name} vs {base.name} (tolerance {tol:.0%}, accuracy ±{accuracy_tolerance})")
+    for column in ("back end", "metric", "base", "new", "change", "verdict"):
+        table.add_column(column)
+    styles = {"regression": "bold red", "improved": "green", "ok": "", "missing": "dim"}
+    for row in result.rows:
+        change = "" if row.change is None else (f"{row.change:+.1%}" if row.metric not in ("f2", "map_50")
+                                                else f"{row.change:+.3f}")
+        style = styles[row.verdict]
+        table.add_row(row.backend, row.metric, _num(row.base), _num(row.new), change,
+                      f"[{style}]{row.verdict}[/{style}]" if style else row.verdict + (f" {row.note}" if row.note
+                                                                                      else ""))
+    console.print(table)
+    if result.regressions:
+        console.print(f"[bold red]{len(result.regressions)} regression(s)[/bold red]: " + "; ".join(
+            f"{r.backend} {r.metric}" + (f" ({r.note})" if r.note else "") for r in result.regressions))
+        raise typer.Exit(code=1)
+    console.print("[green]no regression[/green]")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+@app.command("backends")
+def backends_command(
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint, to check the torch-* back ends."),
+) -> None:
+    """List the back ends and whether each can run here (library-level check, no model needed)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks.backends import BACKENDS, precheck
+
+    table = Table(title="benchmark back ends")
+    for column in ("back end", "device", "precision", "what", "here"):
+        table.add_column(column)
+    for spec in BACKENDS.values():
+        reason = precheck(spec, {"fp32", "int8"}, checkpoint)
+        table.add_row(spec.name, spec.device, spec.precision, spec.description, reason or "[green]available[/green]")
+    Console().print(table)
+
+
+@app.command("peak")
+def peak_command(
+    threads: int = typer.Option(None, min=1, help="Threads. Default: physical cores."),
+) -> None:
+    """Measure and print this machine's fingerprint and arithmetic peak (fp32, int8; GPU where present)."""
+    import json
+
+    from rich.console import Console
+
+    from benchmarks.fingerprint import machine_fingerprint
+    from benchmarks.runner import measure_peak
+
+    console = Console()
+    console.print_json(json.dumps(machine_fingerprint(), default=str))
+    console.print_json(measure_peak(threads or _default_threads(), gpu=True).model_dump_json())

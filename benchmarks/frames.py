@@ -1,0 +1,98 @@
+"""Real frames for timing and accuracy: from a reef dataset directory or a video clip.
+
+Timing rotates through a pool of distinct frames (never zeros, never one cached input). Frames are picked evenly
+spaced across the whole source, so that every back end of a run, and every run on the same data, sees the same ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class FrameSourceError(ValueError):
+    """The frame source is missing, empty or unreadable."""
+
+
+@dataclass(frozen=True)
+class LabelledFrame:
+    """A frame's image path and its ground-truth boxes (xyxy, source px) for accuracy."""
+
+    image_path: Path
+    boxes: np.ndarray
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """``count`` indices spread over ``range(total)`` (all of them when ``count`` is 0 or >= total)."""
+    if total <= 0:
+        return []
+    if count <= 0 or count >= total:
+        return list(range(total))
+    return sorted({int(i) for i in np.linspace(0, total - 1, count).round()})
+
+
+def dataset_frames(root: Path, count: int) -> list[LabelledFrame]:
+    """``count`` evenly spaced frames of a reef dataset (Kaggle layout), with their boxes."""
+    from edge_agent.dataset import ReefDataset
+
+    if not root.is_dir():
+        raise FrameSourceError(f"--data {root} is not a directory")
+    dataset = ReefDataset.open(root)
+    records = sorted(dataset.records, key=lambda r: (str(r.video_id), int(r.video_frame)))
+    if not records:
+        raise FrameSourceError(f"--data {root} holds no usable frames ({dataset.report})")
+    return [
+        LabelledFrame(image_path=Path(records[i].image_path), boxes=np.asarray(records[i].boxes, dtype=np.float32))
+        for i in evenly_spaced(count, len(records))
+    ]
+
+
+def load_dataset_pool(root: Path, count: int) -> list[np.ndarray]:
+    """Decoded BGR frames for the timing pool."""
+    from edge_agent.dataset import load_image
+
+    return [load_image(frame.image_path) for frame in dataset_frames(root, count)]
+
+
+def load_clip_pool(clip: Path, count: int) -> list[np.ndarray]:
+    """``count`` frames spread over a video clip, decoded once up front so decoding is never timed."""
+    import cv2
+
+    if not clip.is_file():
+        raise FrameSourceError(f"--clip {clip} does not exist")
+    capture = cv2.VideoCapture(str(clip))
+    if not capture.isOpened():
+        raise FrameSourceError(f"--clip {clip} cannot be opened by OpenCV")
+    try:
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        wanted = set(evenly_spaced(count, total)) if total > 0 else None
+        frames: list[np.ndarray] = []
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if wanted is None or index in wanted:
+                frames.append(frame)
+            index += 1
+            if len(frames) >= count > 0:
+                break
+    finally:
+        capture.release()
+    if not frames:
+        raise FrameSourceError(f"--clip {clip} yielded no frames")
+    return frames
+
+
+def load_pool(data: Path | None, clip: Path | None, count: int) -> tuple[list[np.ndarray], str]:
+    """The timing pool and a description of where it came from; ``--clip`` wins when both are given."""
+    if clip is not None:
+        return load_clip_pool(clip, count), f"clip:{clip}"
+    if data is not None:
+        return load_dataset_pool(data, count), f"dataset:{data}"
+    raise FrameSourceError("give --data DIR (reef dataset) or --clip VIDEO: timing needs real frames")

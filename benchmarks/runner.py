@@ -1,0 +1,216 @@
+"""Run a whole benchmark: fingerprint, machine peak, model MACs, then one worker process per back end.
+
+The parent never loads a model itself (beyond counting MACs on the fp32 graph), so a back end's numbers come only
+from its own process. Speed-ups are taken against a baseline back end measured in the same run, never against
+numbers from another run or machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks.backends import BACKENDS, precheck
+from benchmarks.fingerprint import machine_fingerprint
+from benchmarks.peak import thread_env
+from benchmarks.schema import BackendResult, BenchReport, MachinePeak, ModelInfo, Settings
+from benchmarks.worker import WorkerSpec
+
+logger = logging.getLogger(__name__)
+
+ISOLATION = "one subprocess per back end; peak RSS = that process's own high-water mark (VmHWM)"
+
+
+@dataclass
+class BenchOptions:
+    """Everything a run needs; the CLI fills it from its options."""
+
+    bundle: Path
+    backends: list[str]
+    trusted_keys: list[Path]
+    checkpoint: Path | None = None
+    data: Path | None = None
+    clip: Path | None = None
+    baseline: str | None = None
+    warmup: int = 5
+    warmup_s: float = 3.0
+    iterations: int = 50
+    repeats: int = 3
+    threads: int = 1
+    batch: int = 1
+    pool_frames: int = 32
+    accuracy_frames: int = 100
+    measure_peak: bool = True
+    timeout_s: float = 1800.0
+    engine_cache_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Progress:
+    """Callbacks the CLI's progress display implements; the defaults do nothing (library and test use)."""
+
+    def backend_started(self, backend: str) -> None: ...
+
+    def phase(self, backend: str, phase: str, total: int) -> None: ...
+
+    def step(self, backend: str) -> None: ...
+
+    def backend_done(self, result: BackendResult) -> None: ...
+
+
+def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> BenchReport:
+    """Benchmark every requested back end; unavailable ones become ``skipped`` rows, broken ones ``failed``."""
+    from edge_agent.bundle import load_bundle
+
+    progress = progress or Progress()
+    if opts.baseline is not None and opts.baseline not in opts.backends:
+        raise ValueError(f"baseline {opts.baseline!r} is not among the benchmarked back ends {opts.backends}")
+    started = time.perf_counter()
+    created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    bundle = load_bundle(opts.bundle, opts.trusted_keys)
+    manifest = bundle.manifest
+    variants = set(manifest.variants)
+    reasons = {name: precheck(BACKENDS[name], variants, opts.checkpoint) for name in opts.backends}
+    runnable = [name for name in opts.backends if reasons[name] is None]
+    wants_gpu = any(BACKENDS[name].device == "cuda" for name in runnable)
+
+    machine = machine_fingerprint()
+    peak = measure_peak(opts.threads, gpu=wants_gpu) if opts.measure_peak else MachinePeak(
+        unavailable={"all": "not measured (--no-peak)"})
+    model = ModelInfo(
+        name=manifest.name, version=manifest.version, bundle_path=str(opts.bundle),
+        input_shape=list(manifest.input.shape), score_threshold=manifest.score_threshold,
+        variants={k: v.model_dump(mode="json") for k, v in manifest.variants.items()},
+        checkpoint=str(opts.checkpoint) if opts.checkpoint else None,
+    )
+    _count_model_macs(model, bundle, opts)
+
+    results: list[BackendResult] = []
+    with tempfile.TemporaryDirectory(prefix="starfish-bench-") as tmp:
+        for name in opts.backends:
+            spec = BACKENDS[name]
+            progress.backend_started(name)
+            if reasons[name] is not None:
+                result = BackendResult(backend=name, status="skipped", reason=reasons[name], device=spec.device,
+                                       precision=spec.precision)
+            else:
+                result = _run_worker(name, opts, Path(tmp), progress)
+            results.append(result)
+            progress.backend_done(result)
+
+    _derive(results, opts.baseline, model.macs, peak)
+    frame_source = f"clip:{opts.clip}" if opts.clip else f"dataset:{opts.data}"
+    settings = Settings(
+        backends=opts.backends, baseline=opts.baseline, warmup=opts.warmup, warmup_s=opts.warmup_s,
+        iterations=opts.iterations, repeats=opts.repeats, threads=opts.threads, batch=opts.batch,
+        frame_source=frame_source,
+        pool_frames=opts.pool_frames, accuracy_frames=opts.accuracy_frames if opts.data else 0, isolation=ISOLATION,
+    )
+    return BenchReport(created_at=created_at, duration_s=round(time.perf_counter() - started, 1), machine=machine,
+                       peak=peak, model=model, settings=settings, results=results)
+
+
+def measure_peak(threads: int, gpu: bool) -> MachinePeak:
+    """Run `benchmarks.peak` in a fresh process with the benchmark's thread count."""
+    cmd = [sys.executable, "-m", "benchmarks.peak", "--threads", str(threads)] + ([] if gpu else ["--no-gpu"])
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads), timeout=300, check=True)
+        return MachinePeak.model_validate_json(done.stdout)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        logger.warning("machine peak measurement failed: %s", detail.strip().splitlines()[-1:] or exc)
+        return MachinePeak(unavailable={"all": f"peak measurement failed: {exc}"})
+
+
+def _count_model_macs(model: ModelInfo, bundle: object, opts: BenchOptions) -> None:
+    """MACs of the fp32 graph on one real frame (the second stage's size depends on the frame)."""
+    from benchmarks.frames import load_pool
+    from benchmarks.macs import count_macs
+    from edge_agent import preprocess
+
+    variant = "fp32" if "fp32" in bundle.manifest.variants else bundle.manifest.default_variant
+    try:
+        frame = load_pool(opts.data, opts.clip, 1)[0][0]
+        tensor, _ = preprocess.letterbox(frame, bundle.manifest.input.width, bundle.manifest.input.height)
+        count = count_macs(bundle.variant_path(variant), {preprocess.INPUT_NAME: tensor})
+    except ImportError as exc:
+        logger.warning("MACs not counted: %s (needs onnx and onnxruntime)", exc)
+        model.macs_method = f"not counted: {exc}"
+        return
+    model.macs = count.total
+    model.macs_method = (f"{variant} ONNX graph run once on a real frame: Conv/Gemm/MatMul MACs from actual shapes "
+                         f"({', '.join(f'{k} {v / 1e9:.2f}G' for k, v in sorted(count.by_op.items()))})")
+
+
+def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress) -> BackendResult:
+    spec = BACKENDS[name]
+    worker_spec = WorkerSpec(
+        backend=name, bundle=str(opts.bundle), trusted_keys=[str(k) for k in opts.trusted_keys],
+        checkpoint=str(opts.checkpoint) if opts.checkpoint else None,
+        data=str(opts.data) if opts.data else None, clip=str(opts.clip) if opts.clip else None,
+        pool_frames=opts.pool_frames, warmup=opts.warmup, warmup_s=opts.warmup_s, iterations=opts.iterations,
+        repeats=opts.repeats,
+        threads=opts.threads, batch=opts.batch, accuracy_frames=opts.accuracy_frames,
+        engine_cache_dir=str(opts.engine_cache_dir) if opts.engine_cache_dir else None,
+    )
+    spec_path, out_path, log_path = tmp / f"{name}.spec.json", tmp / f"{name}.result.json", tmp / f"{name}.log"
+    spec_path.write_text(worker_spec.model_dump_json())
+    env = {**thread_env(opts.threads), **opts.extra_env}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker", str(spec_path), str(out_path)],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+        )
+        timer = threading.Timer(opts.timeout_s, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                _forward_event(name, line, progress)
+            code = proc.wait()
+        finally:
+            timer.cancel()
+    if out_path.is_file() and code == 0:
+        return BackendResult.model_validate_json(out_path.read_text())
+    tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
+    why = f"timed out after {opts.timeout_s:.0f} s" if code in (-9, 137) else f"worker exited with code {code}"
+    logger.warning("%s: %s; log tail: %s", name, why, tail)
+    return BackendResult(backend=name, status="failed", reason=f"{why}: {tail}"[:500], device=spec.device,
+                         precision=spec.precision)
+
+
+def _forward_event(name: str, line: str, progress: Progress) -> None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        logger.debug("%s: %s", name, line.rstrip())  # a library printing to stdout
+        return
+    if event.get("event") == "step":
+        progress.step(name)
+    elif event.get("event") == "phase":
+        progress.phase(name, str(event.get("phase")), int(event.get("total", 0)))
+
+
+def _derive(results: list[BackendResult], baseline: str | None, macs: int | None, peak: MachinePeak) -> None:
+    """Speed-up against the same-run baseline; achieved GFLOPS and fraction of the machine's peak."""
+    base = next((r for r in results if r.backend == baseline and r.status == "ok" and r.latency), None)
+    if baseline and base is None:
+        logger.warning("baseline %s did not run; no speed-ups", baseline)
+    for result in results:
+        if result.status != "ok" or result.latency is None:
+            continue
+        if base is not None:
+            result.speedup_vs_baseline = round(base.latency.p50_ms / result.latency.p50_ms, 3)
+        if macs:
+            result.achieved_gflops = round(2 * macs / (result.latency.p50_ms / 1000) / 1e9, 2)
+            key = f"{'gpu' if result.device == 'cuda' else 'cpu'}_{result.precision}"
+            result.peak_key = key
+            if key in peak.values_gflops and peak.values_gflops[key] > 0:
+                result.peak_fraction = round(result.achieved_gflops / peak.values_gflops[key], 4)
