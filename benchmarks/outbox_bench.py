@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import socket
 import sys
@@ -47,11 +48,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-PROTOCOL = "5"
-
-
-def _cfg(host: str, port: int) -> MqttConfig:
-    return MqttConfig(host=host, port=port, protocol=PROTOCOL, reconnect_min_delay_s=0.1, reconnect_max_delay_s=1.0,
+def _cfg(host: str, port: int, protocol: str) -> MqttConfig:
+    return MqttConfig(host=host, port=port, protocol=protocol, reconnect_min_delay_s=0.1, reconnect_max_delay_s=1.0,
                       discovery={"enabled": False})
 
 
@@ -62,9 +60,9 @@ def _wait_empty(pub: AgentPublisher, timeout: float) -> bool:
     return pub.outbox_depth == 0
 
 
-def sustained(host: str, port: int, workdir: Path, n: int, sync: Sync) -> dict:
+def sustained(host: str, port: int, protocol: str, workdir: Path, n: int, sync: Sync) -> dict:
     with Outbox(workdir / f"sustained-{sync}.db", max_messages=max(n, 1), synchronous=sync) as box:
-        pub = AgentPublisher(_cfg(host, port), f"bench-{sync.lower()}", box, "bench")
+        pub = AgentPublisher(_cfg(host, port, protocol), f"bench-{sync.lower()}", box, "bench")
         pub.start()
         if not pub.wait_connected(10):
             raise SystemExit(f"no broker at {host}:{port}: {pub.last_error}")
@@ -82,11 +80,11 @@ def sustained(host: str, port: int, workdir: Path, n: int, sync: Sync) -> dict:
     }
 
 
-def replay(host: str, port: int, workdir: Path, n: int, sync: Sync) -> dict:
+def replay(host: str, port: int, protocol: str, workdir: Path, n: int, sync: Sync) -> dict:
     path = workdir / f"replay-{sync}.db"
     # Phase 1: the broker is unreachable (nothing listens on this port): the messages pile up in the outbox.
     with Outbox(path, max_messages=n + 1, synchronous=sync) as box:
-        pub = AgentPublisher(_cfg("127.0.0.1", _free_port()), "bench-replay", box, "bench")
+        pub = AgentPublisher(_cfg("127.0.0.1", _free_port(), protocol), "bench-replay", box, "bench")
         pub.start()
         for i in range(n):
             pub.publish_counts("cam0", _frame(i))
@@ -94,7 +92,7 @@ def replay(host: str, port: int, workdir: Path, n: int, sync: Sync) -> dict:
         assert box.depth == n, box.depth
     # Phase 2: restart against the real broker and time until the backlog is acknowledged.
     with Outbox(path, max_messages=n + 1, synchronous=sync) as box:
-        pub = AgentPublisher(_cfg(host, port), "bench-replay", box, "bench")
+        pub = AgentPublisher(_cfg(host, port, protocol), "bench-replay", box, "bench")
         t0 = time.perf_counter()
         pub.start()
         drained = _wait_empty(pub, 120)
@@ -116,15 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    global PROTOCOL
-    PROTOCOL = args.protocol
     syncs: list[Sync] = ["FULL", "NORMAL"] if args.sync == "both" else [args.sync]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
         results = {
-            "host": platform.node(), "protocol": args.protocol, "python": platform.python_version(), "cpus": _cpu_count(),
-            "sustained": [sustained(args.host, args.port, workdir, args.messages, s) for s in syncs],
-            "replay": [replay(args.host, args.port, workdir, args.backlog, s) for s in syncs],
+            "host": platform.node(), "protocol": args.protocol, "python": platform.python_version(),
+            "cpus": _cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
+            "sustained": [sustained(args.host, args.port, args.protocol, workdir, args.messages, s) for s in syncs],
+            "replay": [replay(args.host, args.port, args.protocol, workdir, args.backlog, s) for s in syncs],
             "goals": {"sustained_rate_per_s": 2000, "replay_10000_s": 10.0},
         }
     text = json.dumps(results, indent=2)
@@ -136,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
