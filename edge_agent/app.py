@@ -140,6 +140,8 @@ class Agent:
         self.commands_rejected = 0
         self._last_stats = time.monotonic()
         self._stopped = threading.Event()
+        # Closed last at shutdown, after the publisher has flushed (e.g. the outbox that build_agent opened).
+        self.closers: list[Callable[[], None]] = []
 
     # -- public control --------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -347,6 +349,8 @@ class Agent:
         self._evidence.stop()
         self.publisher.stop(timeout=3.0)
         self.slot.detector.close()
+        for close in self.closers:
+            close()
         self._stopped.set()
         logger.info("stopped after %d frames", self._processed)
 
@@ -390,7 +394,9 @@ def build_agent(cfg: AgentConfig) -> Agent:
         detector.close()
         raise StartupError(f"outbox {cfg.outbox_path}: {exc}") from exc
     publisher = AgentPublisher(cfg.mqtt, cfg.device_id, outbox, software_version=software_version())
-    return Agent(cfg, publisher, detector, load_time)
+    agent = Agent(cfg, publisher, detector, load_time)
+    agent.closers.append(outbox.close)
+    return agent
 
 
 def software_version() -> str:

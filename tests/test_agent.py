@@ -1,0 +1,268 @@
+"""The whole agent against a real Mosquitto, real onnxruntime and real video: topics, lifecycle and faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.app import Agent, build_agent, load_detector
+from edge_agent.config import load_config_data
+from tests.helpers.agent import AgentProcess, Clip, agent_config, make_clip, write_config
+from tests.helpers.mqtt_broker import free_port, wait_until
+
+pytestmark = pytest.mark.mqtt
+
+DEVICE = "test-dev"
+
+
+class AgentThread:
+    """An in-process agent running `Agent.run()` on a thread (the CLI runs it on the main thread)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.agent: Agent = build_agent(load_config_data(cfg))
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.exit_code = self.agent.run()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        started = time.monotonic()
+        self.agent.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "agent did not stop in time"
+        self.stop_seconds = time.monotonic() - started
+        return self.exit_code
+
+
+def _counts(sub) -> list[dict]:
+    return [m.json() for m in sub.on("/counts")]
+
+
+def _device_status(sub) -> list[str]:
+    return [m.payload.decode() for m in sub.on(f"{DEVICE}/status")]
+
+
+def test_topics_fields_commands_and_a_missing_camera(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
+                                                     mqtt_subscriber) -> None:
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#", "homeassistant/#"])
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port,
+                       detector={"score_threshold": 0.0},
+                       stop_when_sources_end=False,
+                       mqtt={"stats_interval_s": 0.3})
+    cfg["cameras"].append({"id": "cam1", "source": 57, "reconnect_initial_s": 0.2, "reconnect_max_s": 0.5})
+    runner = AgentThread(cfg)
+    assert wait_until(lambda: runner.agent.cameras["cam0"].camera.finished, 60)
+    assert wait_until(lambda: len(_counts(sub)) == clip.frames, 10)
+    # A reset command for cam0 restarts its unique count; one for an unknown camera is rejected, not fatal.
+    assert runner.agent.cameras["cam0"].tracker.unique_count > 0
+    sub.client.publish(f"starfish/{DEVICE}/cam0/reset", b"", qos=1).wait_for_publish(5)
+    sub.client.publish(f"starfish/{DEVICE}/cam9/reset", b"\xff" * 10, qos=1).wait_for_publish(5)
+    assert wait_until(lambda: runner.agent.cameras["cam0"].tracker.unique_count == 0, 5)
+    assert wait_until(lambda: runner.agent.publisher.inbound_rejected + runner.agent.commands_rejected >= 1, 5)
+    assert runner.stop() == 0
+    assert runner.stop_seconds < 6
+    assert wait_until(lambda: _device_status(sub)[-1:] == ["stopped"], 5)
+
+    statuses = _device_status(sub)
+    assert statuses[0] == "online" and statuses[-1] == "stopped"
+    counts = _counts(sub)
+    assert [c["seq"] for c in counts] == list(range(counts[0]["seq"], counts[0]["seq"] + clip.frames))
+    assert [c["frame"] for c in counts] == list(range(clip.frames))
+    for c in counts:
+        assert {"schema_version", "device_id", "camera_id", "session", "seq", "ts", "frame", "count",
+                "unique_count", "model", "historical"} <= c.keys()
+        assert c["device_id"] == DEVICE and c["camera_id"] == "cam0" and c["historical"] is False
+        assert c["count"] == len(c["detections"]) and c["ts"].endswith("Z")
+        assert set(c["model"]) == {"name", "version", "variant", "backend"}
+        for det in c["detections"]:
+            assert 0 <= det["x1"] <= det["x2"] <= clip.width and 0 <= det["y1"] <= det["y2"] <= clip.height
+    assert any(d.get("track_id") for c in counts for d in c["detections"])
+    assert [int(m.payload) for m in sub.on("/cam0/count")][-1] == counts[-1]["count"]
+    model = sub.on(f"{DEVICE}/model")[-1].json()
+    assert model["backend"] == "onnxruntime" and model["load_time_s"] > 0
+    cam0 = [m.payload.decode() for m in sub.on("/cam0/status")]
+    cam1 = [m.payload.decode() for m in sub.on("/cam1/status")]
+    assert cam0[0] == "online" and cam0[-1] == "disabled"  # a finished clip is not "reconnecting"
+    assert cam1 and set(cam1) == {"offline"}  # /dev/video57: offline, retried, never fatal
+    events = [m.json() for m in sub.on("/cam0/tracks")]
+    assert {e["event"] for e in events} == {"new", "end"}
+    assert {"track_id", "first_seen", "last_seen", "frames", "max_score"} <= events[0].keys()
+    stats = [m.json() for m in sub.on(f"{DEVICE}/stats")]
+    assert stats and {"camera_fps", "processed_fps", "skipped_fps"} <= stats[0]["cameras"]["cam0"].keys()
+    assert "rss_mb" in stats[-1] and "outbox_depth" in stats[-1]
+    assert any(m.topic.startswith("homeassistant/sensor/") and m.topic.endswith("/config") for m in sub.messages)
+
+
+def test_hot_swap_keeps_capture_and_publishing_running(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
+                                                       mqtt_subscriber) -> None:
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"])
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port)
+    cfg["cameras"][0]["loop"] = True
+    runner = AgentThread(cfg)
+    assert wait_until(lambda: len(_counts(sub)) >= 10, 30)
+    swap_cfg = load_config_data({**cfg, "detector": {**cfg["detector"], "score_threshold": 0.99}})
+    new_detector, seconds = load_detector(swap_cfg)  # loaded and warmed up while the old one keeps running
+    before = len(_counts(sub))
+    runner.agent.swap_detector(new_detector, seconds)
+    assert runner.agent.slot.detector is new_detector
+    assert wait_until(lambda: len(_counts(sub)) >= before + 10, 30)
+    assert runner.stop() == 0
+    assert wait_until(lambda: _device_status(sub)[-1:] == ["stopped"], 5)
+    seqs = [c["seq"] for c in _counts(sub)]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap across the swap
+    assert len(sub.on(f"{DEVICE}/model")) >= 2
+    assert _counts(sub)[-1]["count"] == 0  # the new threshold (0.99) is in force
+
+
+def test_sigterm_exits_zero_with_stopped_and_kill9_fires_the_last_will(tmp_path: Path, clip: Clip, agent_bundle,
+                                                                        mosquitto, mqtt_subscriber) -> None:
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/status"])
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port)
+    cfg["cameras"][0].update(loop=True, read_mode="latest")
+    config = write_config(tmp_path / "agent.yaml", cfg)
+
+    first = AgentProcess(config, tmp_path / "first.log")
+    assert wait_until(lambda: _device_status(sub)[-1:] == ["online"], 60), first.log()
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert first.terminate(timeout=15) == 0, first.log()
+    assert time.monotonic() - started < 8
+    assert wait_until(lambda: _device_status(sub)[-1:] == ["stopped"], 5)
+
+    second = AgentProcess(config, tmp_path / "second.log")
+    assert wait_until(lambda: _device_status(sub)[-1:] == ["online"], 60), second.log()
+    second.kill9()
+    # The broker sees the socket close without DISCONNECT and publishes the Last Will.
+    assert wait_until(lambda: _device_status(sub)[-1:] == ["offline"], 15)
+
+
+@pytest.mark.slow
+def test_power_cut_loses_no_seq_and_seq_continues(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
+                                                  mqtt_subscriber) -> None:
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/+/counts"], durable=True, client_id="power-cut-sub")
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port)
+    cfg["cameras"][0]["loop"] = True
+    config = write_config(tmp_path / "agent.yaml", cfg)
+
+    first = AgentProcess(config, tmp_path / "first.log")
+    assert wait_until(lambda: len(sub.seqs()) >= 30, 60), first.log()
+    first.kill9()
+    first_session = {m["seq"]: m["session"] for m in _counts(sub)}
+    second = AgentProcess(config, tmp_path / "second.log")
+    assert wait_until(lambda: any(c["session"] > max(first_session.values()) for c in _counts(sub)), 60), second.log()
+    time.sleep(1.0)
+    assert second.terminate() == 0, second.log()
+    assert wait_until(lambda: len(sub.seqs()) >= max(sub.seqs()) - min(sub.seqs()) + 1, 10)
+
+    seqs = set(sub.seqs())
+    assert seqs == set(range(1, max(seqs) + 1)), f"missing: {sorted(set(range(1, max(seqs) + 1)) - seqs)}"
+    sessions = {c["session"] for c in _counts(sub)}
+    assert len(sessions) == 2
+    new_session = max(sessions)
+    first_new_seq = min(c["seq"] for c in _counts(sub) if c["session"] == new_session)
+    assert first_new_seq > max(s for s, sess in first_session.items() if sess < new_session)
+
+
+@pytest.mark.slow
+def test_broker_outages_three_times_lose_nothing(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
+                                                 mqtt_subscriber) -> None:
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/+/counts"], durable=True, client_id="outage-sub")
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port)
+    cfg["cameras"][0].update(loop=True, read_mode="every_frame", realtime=True)  # ~10 fps, like a camera
+    runner = AgentThread(cfg)
+    assert wait_until(lambda: len(sub.seqs()) >= 5, 30)
+    for _ in range(3):
+        mosquitto.stop()
+        time.sleep(1.5)  # the agent keeps detecting; counts go to the outbox
+        assert runner.agent.publisher.outbox_depth > 0
+        mosquitto.start()
+        assert wait_until(lambda: runner.agent.publisher.connected, 15)
+        time.sleep(1.0)
+    assert runner.stop() == 0
+    processed = runner.agent.summary().frames
+    assert wait_until(lambda: len(set(sub.seqs())) >= processed, 15)
+    seqs = set(sub.seqs())
+    assert seqs == set(range(1, max(seqs) + 1)), f"missing: {sorted(set(range(1, max(seqs) + 1)) - seqs)}"
+    assert len(seqs) == processed
+    assert any(c["historical"] for c in _counts(sub))  # the backlog was replayed, flagged as such
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
+def test_stream_drop_reports_offline_and_recovers(tmp_path: Path, agent_bundle, mosquitto, mqtt_subscriber) -> None:
+    clip = make_clip(tmp_path / "stream.mp4", frames=40, fps=10)
+    port = free_port()
+    url = f"udp://127.0.0.1:{port}"
+
+    def serve() -> subprocess.Popen:
+        return subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip.path),
+             # mpeg2 repeats its sequence header every GOP, so a receiver can join (and re-join) mid-stream.
+             "-c:v", "mpeg2video", "-q:v", "4", "-g", "5", "-f", "mpegts", f"{url}?pkt_size=1316"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"])
+    cfg = agent_config(tmp_path, agent_bundle, url, mosquitto.port)
+    cfg["cameras"][0].update(read_mode="latest", open_timeout_s=3.0, read_timeout_s=1.5, reconnect_initial_s=0.3,
+                             reconnect_max_s=1.0)
+    server = serve()
+    runner = AgentThread(cfg)
+    try:
+        cam_status = lambda: [m.payload.decode() for m in sub.on("/cam0/status")]  # noqa: E731
+        assert wait_until(lambda: cam_status()[-1:] == ["online"] and len(_counts(sub)) >= 5, 30), cam_status()
+        server.kill()
+        server.wait(5)
+        assert wait_until(lambda: cam_status()[-1:] == ["offline"], 15), cam_status()
+        before = len(_counts(sub))
+        server = serve()
+        assert wait_until(lambda: cam_status()[-1:] == ["online"], 30), cam_status()
+        assert wait_until(lambda: len(_counts(sub)) >= before + 5, 15)  # counting again
+        assert runner.agent.cameras["cam0"].camera.stats().reconnects >= 1
+    finally:
+        server.kill()
+        server.wait(5)
+        assert runner.stop() == 0
+
+
+def test_bad_signature_bundle_fails_at_startup_with_a_clear_error(tmp_path: Path, clip: Clip, agent_bundle) -> None:
+    from edge_agent.bundle import generate_keypair
+
+    generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, free_port())
+    cfg["detector"]["trusted_keys"] = [str(tmp_path / "other.pub")]
+    proc = AgentProcess(write_config(tmp_path / "agent.yaml", cfg), tmp_path / "agent.log")
+    assert proc.wait(60) == 2
+    assert "refused" in proc.log() and "signature" in proc.log().lower()
+
+
+def test_evidence_snapshots_and_video(tmp_path: Path, clip: Clip, agent_bundle, mosquitto) -> None:
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port,
+                       detector={"score_threshold": 0.0},
+                       snapshots={"enabled": True, "directory": str(tmp_path / "snaps"), "min_interval_s": 0.5},
+                       video_output={"enabled": True, "directory": str(tmp_path / "video"), "fps": 10})
+    agent = build_agent(load_config_data(cfg))
+    assert agent.run() == 0
+    boxes = sorted((tmp_path / "snaps").glob("*_boxes.jpg"))
+    assert 1 <= len(boxes) <= 10  # rate-limited: ~6 s of video at 1 per 0.5 s at most, but >= 1
+    assert len(list((tmp_path / "snaps").glob("*.jpg"))) == 2 * len(boxes)  # annotated + raw copy
+    import cv2
+
+    video = cv2.VideoCapture(str(tmp_path / "video" / "cam0.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == clip.frames
+    ok, frame = video.read()
+    assert ok and frame.shape == (clip.height, clip.width, 3)
+    raw = cv2.imread(str(sorted((tmp_path / "snaps").glob("*f0.jpg"))[0]))
+    annotated = cv2.imread(str(boxes[0]))
+    assert np.abs(raw.astype(int) - annotated.astype(int)).max() > 100  # red boxes drawn on the copy only
+    assert json.dumps(agent.summary().cameras[0].count_histogram)
