@@ -21,9 +21,9 @@ from train.model import CLASSES, ModelConfig, build_detector
 
 logger = logging.getLogger(__name__)
 
-# Small enough to export in seconds and to commit (box head representation 64 instead of 1024).
-DEMO_CONFIG = ModelConfig(min_size=128, max_size=224, representation_size=64, rpn_pre_nms_top_n_test=100,
-                          rpn_post_nms_top_n_test=50, box_detections_per_img=20)
+# Small enough to export in seconds and to commit: 64 FPN channels, box head representation 128.
+DEMO_CONFIG = ModelConfig(min_size=128, max_size=224, fpn_channels=64, representation_size=128,
+                          rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_detections_per_img=20)
 
 
 def untrained_bundle(

@@ -1,0 +1,364 @@
+"""`starfish export all`: prune -> fine-tune -> fp32 ONNX -> INT8 ONNX -> parity/accuracy -> signed bundle -> report.
+
+One function, `run_chain`, that tests and the CLI both call. Every variant is measured the same way: letterboxed
+frames at the deployment size, CPU, the same thread count, F2 / mAP@0.5 on the held-out video of the checkpoint's
+own training split.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bundle import InputSpec, TrainingInfo, VariantSource, load_private_key, write_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.manifest import MANIFEST_NAME, parse_manifest
+from export import checks
+from export.onnx_export import ExportError, default_input_size, export_onnx
+from export.provenance import MODEL_NAME, config_digest
+from export.prune import PruneConfig, model_stats, prune_detector
+from export.quantize import DEFAULT_CALIBRATION_FRAMES, calibration_tensors, quantize_int8, random_calibration_frames
+from export.runners import DEFAULT_THREADS, onnx_runner, torch_runner
+from export.source import SourceModel, load_source, save_pruned
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_DIR = "bundle"
+
+
+@dataclass
+class ChainOptions:
+    checkpoint: Path | None  # None: untrained demo model (DEMO_CONFIG)
+    out: Path
+    private_key: Path
+    data_root: Path | None = None  # default: the checkpoint's own training data root
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    fine_tune_epochs: int = 1
+    input_size: tuple[int, int] | None = None
+    calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
+    parity_frames: int = 20
+    eval_frames: int | None = None  # cap on held-out frames for F2/mAP (None: all)
+    latency_runs: int = 30
+    threads: int = DEFAULT_THREADS
+    version: int | None = None
+    keep_fp32: bool = True
+    fine_tune_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class _Steps:
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def __call__(self, message: str) -> None:
+        self.done += 1
+        logger.info("[%d/%d] %s", self.done, self.total, message)
+
+
+def run_chain(opts: ChainOptions) -> dict[str, Any]:
+    """Run the whole chain; writes ``out/bundle``, ``out/report.json``, ``out/report.md`` (and ``pruned.ckpt``)."""
+    step = _Steps(10)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    key = load_private_key(opts.private_key)  # fail before hours of work, not after
+    step("loading the model")
+    source = _load(opts)
+    width, height = opts.input_size or default_input_size(source.cfg.max_size)
+    train_records, val_records = _records(opts, source)
+    eval_records = _subset(val_records, opts.eval_frames) if val_records else []
+    if train_records:
+        calibration = calibration_tensors(train_records, opts.calibration_frames, width, height)
+    else:
+        calibration = random_calibration_frames(width, height, count=min(opts.calibration_frames, 8))
+    probe = _probe_tensors(eval_records, calibration, opts.parity_frames, width, height)
+    report: dict[str, Any] = {
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "checkpoint": str(opts.checkpoint) if opts.checkpoint else "untrained (demo)",
+        "checkpoint_sha256": source.sha256,
+        "input_size": [width, height],
+        "threads": opts.threads,
+        "eval_frames": len(eval_records),
+        "calibration_frames": len(calibration),
+        "prune": {k: v for k, v in vars(opts.prune).items()},
+        "variants": {},
+    }
+
+    step("measuring the unpruned fp32 PyTorch model")
+    baseline_model = copy.deepcopy(source.model)  # pruning works in place; the baseline is timed at the end
+    base = torch_runner(baseline_model, width, height, opts.threads)
+    report["variants"]["pytorch_fp32"] = _measure(
+        "pytorch_fp32", base, model_stats(baseline_model, width, height).to_dict(), None, eval_records, width, height)
+
+    step(f"pruning (ratio {opts.prune.ratio}, head {opts.prune.head_ratio}, proposals {opts.prune.proposals})")
+    pruned_model, pruned_cfg = prune_detector(source.model, source.cfg, opts.prune, width, height)
+    if opts.fine_tune_epochs > 0 and opts.checkpoint is not None:
+        step(f"fine-tuning the pruned model for {opts.fine_tune_epochs} epoch(s)")
+        pruned_model, fine_tune_metrics = _fine_tune(pruned_model, source, opts)
+        report["fine_tune"] = fine_tune_metrics
+        from export.prune import set_test_proposals
+
+        set_test_proposals(pruned_model, pruned_cfg.rpn_pre_nms_top_n_test, pruned_cfg.rpn_post_nms_top_n_test)
+    else:
+        step("fine-tuning skipped" + (" (untrained demo model)" if opts.checkpoint is None else ""))
+    pruned_ckpt = save_pruned(pruned_model, pruned_cfg, {**source.info, "pruned_from": source.sha256},
+                              opts.out / "pruned.ckpt")
+    report["pruned_checkpoint"] = str(pruned_ckpt)
+    pruned_stats = model_stats(pruned_model, width, height).to_dict()
+
+    with tempfile.TemporaryDirectory(prefix="starfish-chain-") as tmp:
+        step("exporting the pruned fp32 ONNX and checking parity with PyTorch")
+        fp32_path = export_onnx(pruned_model, Path(tmp) / "fp32.onnx", width, height)
+        pruned_torch = torch_runner(pruned_model, width, height, opts.threads)
+        fp32 = onnx_runner(fp32_path, opts.threads)
+        parity = checks.check_parity(pruned_torch, fp32, probe, score_floor=pruned_cfg.box_score_thresh,
+                                          max_detections=pruned_cfg.box_detections_per_img)
+        report["parity_fp32"] = parity.to_dict()
+        if not parity.passed:
+            raise ExportError(f"fp32 ONNX parity with PyTorch failed: {parity.problems[:3]}")
+        report["variants"]["pruned_onnx_fp32"] = _measure(
+            "pruned_onnx_fp32", fp32, pruned_stats, fp32_path, eval_records, width, height)
+
+        step(f"quantizing to INT8 (QDQ) with {len(calibration)} calibration frames")
+        int8_path = quantize_int8(fp32_path, Path(tmp) / "int8.onnx", calibration)
+        int8 = onnx_runner(int8_path, opts.threads)
+        agreement = checks.check_parity(fp32, int8, probe, min_iou=0.5, max_score_diff=0.1,
+                                        score_floor=max(0.3, source.score_threshold),
+                                        max_detections=pruned_cfg.box_detections_per_img)
+        report["int8_vs_fp32"] = agreement.to_dict()
+        report["variants"]["pruned_onnx_int8"] = _measure(
+            "pruned_onnx_int8", int8, pruned_stats, int8_path, eval_records, width, height)
+
+        step(f"timing every variant ({opts.latency_runs} interleaved runs, {opts.threads} threads)")
+        runners = {"pytorch_fp32": base, "pruned_pytorch_fp32": pruned_torch, "pruned_onnx_fp32": fp32,
+                   "pruned_onnx_int8": int8}
+        for name, latency in checks.measure_latencies(runners, probe, runs=opts.latency_runs).items():
+            report["variants"].setdefault(name, {"params": pruned_stats["params"], "macs": pruned_stats["macs"],
+                                                 "file_bytes": None})["latency"] = latency.to_dict()
+            logger.info("%s: %.1f ms median", name, latency.median_ms)
+
+        step("writing the signed bundle")
+        variants_report = report["variants"]
+        int8_acc = variants_report["pruned_onnx_int8"].get("accuracy")
+        threshold = int8_acc["best_threshold"] if int8_acc else source.score_threshold
+        threshold = float(min(1.0, max(0.0, threshold)))
+        variants = {"int8": _variant_source(int8_path, variants_report["pruned_onnx_int8"])}
+        if opts.keep_fp32:
+            variants["fp32"] = _variant_source(fp32_path, variants_report["pruned_onnx_fp32"])
+        bundle_dir = opts.out / BUNDLE_DIR
+        version, parent = _next_version(bundle_dir, opts.version)
+        manifest = write_bundle(
+            bundle_dir,
+            name=MODEL_NAME,
+            version=version,
+            parent_version=parent,
+            classes=source.classes,
+            input_spec=InputSpec.for_size(width, height),
+            variants=variants,
+            default_variant="int8",
+            score_threshold=threshold,
+            training=TrainingInfo(
+                config_digest=source.config_digest or config_digest(source.cfg.to_dict()),
+                data_fingerprint=source.data_fingerprint,
+                checkpoint_sha256=source.sha256,
+            ),
+            private_key=key,
+            overwrite=True,
+        )
+    load_bundle(bundle_dir, [key.public_key()])  # what we wrote must verify
+    report["bundle"] = {"path": str(bundle_dir), "version": manifest.version, "score_threshold": threshold,
+                        "size_bytes": sum(v.size for v in manifest.variants.values())}
+    report["goals"] = _goals(report)
+    step("writing the report")
+    (opts.out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    (opts.out / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def _load(opts: ChainOptions) -> SourceModel:
+    if opts.checkpoint is not None:
+        return load_source(opts.checkpoint)
+    import torch
+
+    from export.demo import DEMO_CONFIG
+    from train.model import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(DEMO_CONFIG).eval()
+    info = {"score_threshold": 0.5, "config_digest": config_digest(DEMO_CONFIG.to_dict())}
+    return SourceModel(model, DEMO_CONFIG, info, None, None)
+
+
+def _records(opts: ChainOptions, source: SourceModel) -> tuple[list, list]:
+    if opts.checkpoint is None:
+        return [], []
+    from train.config import config_from_dict
+    from train.data import split_records
+
+    train_cfg = source.info.get("train_config")
+    if not train_cfg:
+        raise ExportError(f"{opts.checkpoint} records no training config: cannot find its held-out data")
+    cfg = config_from_dict(train_cfg)
+    if opts.data_root is not None:
+        cfg.data.root = str(opts.data_root)
+    cfg.data.val_limit = None  # evaluate on the whole held-out video; eval_frames caps it evenly
+    cfg.data.train_limit = None
+    if not cfg.data.root or not Path(cfg.data.root).is_dir():
+        raise ExportError(f"training data {cfg.data.root!r} not found: pass --data DIR")
+    return split_records(cfg)
+
+
+def _subset(records: list, limit: int | None) -> list:
+    if limit is None or len(records) <= limit:
+        return list(records)
+    picks = np.unique(np.linspace(0, len(records) - 1, num=limit).round().astype(int))
+    return [records[i] for i in picks]
+
+
+def _probe_tensors(eval_records: list, calibration: list, count: int, width: int, height: int) -> list[np.ndarray]:
+    """Held-out frames for parity and latency (calibration/random frames for the untrained demo), plus one
+    all-zero frame: zero detections must work too."""
+    from edge_agent.dataset import load_image
+    from edge_agent.preprocess import letterbox
+
+    if eval_records:
+        tensors = [letterbox(load_image(r.image_path), width, height)[0] for r in _subset(eval_records, count)]
+    else:
+        tensors = list(calibration[:count])
+        rng = np.random.default_rng(1)
+        while len(tensors) < count:
+            tensors.append(rng.random((1, 3, height, width), dtype=np.float32))
+    tensors.append(np.zeros((1, 3, height, width), np.float32))
+    return tensors
+
+
+def _fine_tune(model, source: SourceModel, opts: ChainOptions):  # type: ignore[no-untyped-def]
+    from train.api import fine_tune
+    from train.config import config_from_dict
+
+    cfg = config_from_dict(source.info["train_config"])
+    if opts.data_root is not None:
+        cfg.data.root = str(opts.data_root)
+    cfg.checkpoint.output_dir = str(opts.out / "runs")
+    cfg.checkpoint.name = "prune-fine-tune"
+    cfg.checkpoint.early_copy = cfg.checkpoint.best_copy = cfg.checkpoint.resume = None
+    cfg.logger.wandb = False
+    for dotted, value in opts.fine_tune_overrides.items():
+        section, name = dotted.split(".", 1)
+        setattr(getattr(cfg, section), name, value)
+    model.train()
+    tuned, metrics = fine_tune(model, cfg, opts.fine_tune_epochs)
+    return tuned.eval(), metrics
+
+
+def _measure(name, runner, stats, path, eval_records, width, height):  # type: ignore[no-untyped-def]
+    entry: dict[str, Any] = {
+        "params": stats["params"],
+        "macs": stats["macs"],
+        "file_bytes": Path(path).stat().st_size if path else None,
+    }
+    if eval_records:
+        predictions, truths = checks.predict(runner, eval_records, width, height)
+        entry["accuracy"] = checks.accuracy(predictions, truths).to_dict()
+        logger.info("%s: F2 %.3f (thr %.2f), mAP@0.5 %.3f", name, entry["accuracy"]["best_f2"],
+                    entry["accuracy"]["best_threshold"], entry["accuracy"]["map50"])
+    return entry
+
+
+def _variant_source(path: Path, entry: dict[str, Any]) -> VariantSource:
+    acc = entry.get("accuracy")
+    return VariantSource(path, f2=acc["best_f2"] if acc else None, map50=acc["map50"] if acc else None,
+                         latency_ms=entry["latency"]["median_ms"])
+
+
+def _next_version(bundle_dir: Path, requested: int | None) -> tuple[int, int | None]:
+    previous = None
+    if (bundle_dir / MANIFEST_NAME).is_file():
+        try:
+            previous = parse_manifest((bundle_dir / MANIFEST_NAME).read_bytes()).version
+        except ValueError:
+            previous = None
+    version = requested if requested is not None else (previous or 0) + 1
+    parent = previous if previous is not None and previous < version else None
+    return version, parent
+
+
+def _goals(report: dict[str, Any]) -> dict[str, Any]:
+    base, int8 = report["variants"]["pytorch_fp32"], report["variants"]["pruned_onnx_int8"]
+    ratio = base["latency"]["median_ms"] / int8["latency"]["median_ms"]
+    goals: dict[str, Any] = {"latency_ratio": ratio, "latency_goal_met": ratio >= 3.0}
+    if "accuracy" in base and "accuracy" in int8:
+        # Each variant at its own best-F2 threshold (what the bundle deploys), and at the baseline's threshold.
+        drop = base["accuracy"]["best_f2"] - int8["accuracy"]["best_f2"]
+        goals.update({"f2_drop": drop, "f2_goal_met": drop <= 0.02})
+    return goals
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The human-readable report: one row per variant, then parity, goals and provenance."""
+    width, height = report["input_size"]
+    lines = [
+        "# Export report",
+        "",
+        f"- checkpoint: `{report['checkpoint']}` (sha256 `{report['checkpoint_sha256']}`)",
+        f"- created: {report['created_at']}; input {width}x{height}; CPU, {report['threads']} threads; "
+        f"{report['eval_frames']} held-out frames; {report['calibration_frames']} calibration frames",
+        f"- pruning: {report['prune']}",
+        "",
+        "| variant | params | GMACs | file MB | median ms | p90 ms | F2 (best thr) | thr | mAP@0.5 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in report["variants"].items():
+        if "latency" not in v:
+            continue
+        acc = v.get("accuracy") or {}
+        size = f"{v['file_bytes'] / 1e6:.1f}" if v.get("file_bytes") else "-"
+        lines.append(
+            f"| {name} | {v['params'] / 1e6:.2f}M | {v['macs'] / 1e9:.3f} | {size} | {v['latency']['median_ms']:.1f}"
+            f" | {v['latency']['p90_ms']:.1f} | {_f(acc.get('best_f2'))} | {_f(acc.get('best_threshold'), 2)}"
+            f" | {_f(acc.get('map50'))} |"
+        )
+    p, q = report["parity_fp32"], report["int8_vs_fp32"]
+    goals = report["goals"]
+    lines += [
+        "",
+        f"- fp32 ONNX vs PyTorch parity on {p['frames']} frames: {p['matched']}/{p['reference_detections']} matched,"
+        f" min IoU {p['min_iou']:.4f}, max |Δscore| {p['max_score_diff']:.1e} -> {'PASS' if p['passed'] else 'FAIL'}",
+        f"- INT8 vs fp32 ONNX (score > floor): {q['matched']}/{q['reference_detections']} matched, min IoU "
+        f"{q['min_iou']:.3f}, max |Δscore| {q['max_score_diff']:.3f}",
+        f"- latency ratio unpruned PyTorch fp32 / pruned INT8 ONNX: **{goals['latency_ratio']:.2f}x** "
+        f"(goal >= 3x: {'met' if goals['latency_goal_met'] else 'MISSED'})",
+    ]
+    if "f2_drop" in goals:
+        lines.append(f"- F2 drop (best-threshold F2, unpruned PyTorch -> pruned INT8): **{goals['f2_drop']:+.4f}** "
+                     f"(goal <= 0.02: {'met' if goals['f2_goal_met'] else 'MISSED'})")
+    if "fine_tune" in report:
+        lines.append(f"- fine-tune validation: {report['fine_tune']}")
+    b = report["bundle"]
+    lines += ["", f"Bundle `{b['path']}` v{b['version']}, score threshold {b['score_threshold']:.3f}, "
+              f"{b['size_bytes'] / 1e6:.1f} MB of model files.", ""]
+    return "\n".join(lines)
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def copy_public_key(private_key: Path, dest: Path) -> None:
+    from edge_agent.bundle.signing import public_key_pem
+
+    dest.write_bytes(public_key_pem(load_private_key(private_key).public_key()))
+
