@@ -106,6 +106,8 @@ def test_connect_order_backlog_historical_then_live(
     try:
         pub = make_publisher(mqtt_cfg(port=port))
         pub.set_model_info(MODEL)
+        for cam in range(1, 8):  # 7 cameras: 30 retained state messages, more than Mosquitto's receive window (20)
+            pub.set_camera_status(f"cam{cam}", "online")
         pub.start()
         buffered = [pub.publish_counts("cam0", frame(i)) for i in range(30)]
         time.sleep(0.3)
@@ -120,6 +122,9 @@ def test_connect_order_backlog_historical_then_live(
         order = [t.split("/", 2)[-1] if t.startswith("starfish") else "discovery" for t in sub.topics()]
         first = {name: order.index(name) for name in ("status", "model", "cam0/status", "discovery", "cam0/counts")}
         assert first["status"] < first["model"] < first["cam0/status"] < first["discovery"] < first["cam0/counts"]
+        assert order.count("discovery") == 8 * 3 + 2
+        last_state = max(i for i, name in enumerate(order) if name == "discovery" or name.endswith("/status"))
+        assert last_state < first["cam0/counts"]
         docs = [m.json() for m in sub.on("/counts")]
         assert [d["seq"] for d in docs] == buffered + live
         assert all(d["historical"] for d in docs[:30]) and not any(d["historical"] for d in docs[30:])
@@ -236,3 +241,25 @@ def test_refused_connect_never_reports_connected(
                           outbox_name="g.db")
     good.start()
     assert good.wait_connected(10)
+
+
+def test_stats_provider_on_interval(
+    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
+    make_publisher: Callable[..., AgentPublisher],
+) -> None:
+    sub = mqtt_subscriber(mosquitto, ["starfish/dev1/stats"])
+    pub = make_publisher(mqtt_cfg(mosquitto, stats_interval_s=0.2))
+    calls: list[float] = []
+
+    def provider() -> dict:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise RuntimeError("flaky sensor")  # logged; the next interval still publishes
+        return {"cpu_temp_c": 51.5, "cameras": {"cam0": {"frames": len(calls)}}}
+
+    pub.set_stats_provider(provider)
+    pub.start()
+    assert wait_until(lambda: len(sub.on("/stats")) >= 3, 10)
+    docs = [m.json() for m in sub.on("/stats")]
+    assert all(d["cpu_temp_c"] == 51.5 and d["outbox_depth"] >= 0 for d in docs)
+    assert 2 not in [d["cameras"]["cam0"]["frames"] for d in docs]

@@ -57,6 +57,9 @@ CommandHandler = Callable[[str, bytes], None]
 _CAMERA_STATES = ("online", "offline", "disabled")
 _AGE_CHECK_EVERY_S = 5.0
 _READ_BATCH = 500
+# Slots of the broker's receive window kept free for QoS 1 messages sent outside the sender thread (`status` on
+# connect, `model/result`).
+_RESERVED_SLOTS = 2
 
 
 def client_id_for(device_id: str) -> str:
@@ -131,6 +134,8 @@ class AgentPublisher:
         # Sender-thread state.
         self._acks: deque[tuple[int, bool]] = deque()  # appended by the network thread, drained by the sender
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._state_inflight: set[int] = set()  # mids of unacknowledged retained-state messages
+        self._state_pending: deque[tuple[str, bytes | str, int]] = deque()  # (topic, payload, qos), retained
         self._cursor = 0  # highest outbox id handed to paho
         self._backlog_end = 0  # outbox ids <= this were waiting when the current connection became ready
         self._handled_generation = 0
@@ -146,6 +151,8 @@ class AgentPublisher:
         self.handler_errors = 0
         self._started_at = 0.0
         self._session = 0
+        self._stats_provider: Callable[[], dict[str, Any]] | None = None
+        self._last_stats = 0.0
 
     # -- public state ---------------------------------------------------------------------------------------------
     @property
@@ -364,6 +371,23 @@ class AgentPublisher:
         )
         return self._transport.publish(self.topics.stats, doc.model_dump_json(exclude_none=True), qos=0) is not None
 
+    def set_stats_provider(self, provider: Callable[[], dict[str, Any]] | None) -> None:
+        """Let the publisher call `provider()` every `stats_interval_s` and publish the result as `stats`.
+
+        The alternative to calling `publish_stats` from the agent's own timer. A failing provider is logged.
+        """
+        self._stats_provider = provider
+
+    def _maybe_publish_stats(self, now: float) -> None:
+        provider = self._stats_provider
+        if provider is None or now - self._last_stats < self.cfg.stats_interval_s:
+            return
+        self._last_stats = now
+        try:
+            self.publish_stats(provider())
+        except Exception:  # noqa: BLE001 - a stats bug must not stop the sender
+            logger.exception("MQTT: stats provider failed")
+
     def publish_model_result(self, ok: bool, version: int | None = None, error: str | None = None) -> None:
         """Answer a `…/model/set` announcement on `…/model/result` (QoS 1, not stored)."""
         doc = {"schema_version": 1, "device_id": self.device_id, "ok": bool(ok), "version": version, "error": error,
@@ -444,6 +468,7 @@ class AgentPublisher:
                     self.outbox.enforce_age()
                 if self.cfg.counts.mode == "aggregate":
                     self._flush_windows(force=False)
+                self._maybe_publish_stats(now)
                 if not self.connected:
                     continue
                 if not self._become_ready():
@@ -461,36 +486,51 @@ class AgentPublisher:
                 self._handled_generation = generation
                 # Everything stored up to now is backlog: it goes out marked historical, after the state messages.
                 self._backlog_end = self.outbox.max_id()
+                self._state_pending.clear()  # rebuilt below from the current state
                 self._dirty.update({"model", "discovery", "counts"} | {f"cam:{c}" for c in self._cameras})
                 self._ready = True
                 logger.info("MQTT: session ready; %d message(s) in the backlog", self.outbox.depth)
             return self._ready
 
     def _publish_dirty_state(self) -> None:
+        """Queue the changed retained state (model, cameras, discovery, count values) and send what fits."""
         with self._lock:
-            if not self._dirty:
-                return
             dirty, self._dirty = self._dirty, set()
             model, model_ts = self._model, self._model_ts
             cameras = dict(self._cameras)
             counts = dict(self._latest_count)
-        publish = self._transport.publish
+        pending = self._state_pending
         if "model" in dirty and model is not None:
             doc = ModelPayload(**model.model_dump(), device_id=self.device_id, ts=model_ts)
-            publish(self.topics.model, doc.model_dump_json(exclude_none=True), qos=1, retain=True)
+            pending.append((self.topics.model, doc.model_dump_json(exclude_none=True), 1))
         for cam, status in sorted(cameras.items()):
             if f"cam:{cam}" in dirty:
-                publish(self.topics.camera_status(cam), status, qos=1, retain=True)
+                pending.append((self.topics.camera_status(cam), status, 1))
         if "discovery" in dirty and self.cfg.discovery.enabled:
             for topic, payload in discovery_messages(self.topics, cameras, self.software_version):
-                publish(topic, payload, qos=1, retain=True)
+                pending.append((topic, payload, 1))
         if "counts" in dirty:
             for cam, value in sorted(counts.items()):
-                publish(self.topics.count_value(cam), str(value), qos=0, retain=True)
+                pending.append((self.topics.count_value(cam), str(value), 0))
+        while pending:
+            topic, payload, qos = pending[0]
+            if qos and self._room() <= 0:
+                break  # the rest goes out as acknowledgements free the broker's receive window
+            pending.popleft()
+            mid = self._transport.publish(topic, payload, qos=qos, retain=True)
+            if qos and mid is not None:
+                self._state_inflight.add(mid)
+
+    def _room(self) -> int:
+        with self._lock:
+            cap = self._window_cap
+        cap = max(1, cap - _RESERVED_SLOTS) if cap > _RESERVED_SLOTS else cap
+        return cap - len(self._inflight) - len(self._state_inflight)
 
     def _hand_over(self) -> None:
-        with self._lock:
-            room = self._window_cap - len(self._inflight)
+        if self._state_pending:
+            return  # retained state first (connect order), then the backlog
+        room = self._room()
         if room <= 0:
             return
         records = self.outbox.read_after(self._cursor, min(room, _READ_BATCH))
@@ -510,7 +550,8 @@ class AgentPublisher:
             mid, accepted = self._acks.popleft()
             row_id = self._inflight.pop(mid, None)
             if row_id is None:
-                continue  # a state message (status, model, ...) - nothing stored for it
+                self._state_inflight.discard(mid)  # a state message: nothing stored for it
+                continue
             if not accepted:
                 # MQTT 5 negative PUBACK (e.g. not authorised): retrying would never succeed; report and drop.
                 self.rejected_by_broker += 1
