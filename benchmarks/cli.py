@@ -258,3 +258,50 @@ def peak_command(
     console = Console()
     console.print_json(json.dumps(machine_fingerprint(), default=str))
     console.print_json(measure_peak(threads or _default_threads(), gpu=True).model_dump_json())
+
+
+@app.command("pipeline")
+def pipeline_command(
+    config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False, help="The agent's agent.yaml."),
+    clip: str = typer.Option(None, "--clip", help="Video to feed instead of the camera's configured source."),
+    camera: str = typer.Option(None, "--camera", help="Camera id from the config. Default: the first enabled."),
+    frames: int = typer.Option(200, min=1, help="Frames to time (the source may end sooner)."),
+    warmup_frames: int = typer.Option(5, min=0, help="Frames run first and left out of the statistics."),
+    publish: bool = typer.Option(True, help="Publish counts to the configured broker (as <device_id>-bench, with "
+                                 "a temporary outbox), timing the publish stage."),
+    output_dir: Path = typer.Option(RESULTS_DIR, "--output-dir", "-o", help="Where the JSON goes."),
+    name: str = typer.Option(None, help="File stem. Default: pipeline-<backend>-<machine>-<time>."),
+) -> None:
+    """Time the agent's stages per frame (decode, preprocess, inference, postprocess + tracking, publish)."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from benchmarks.fingerprint import machine_slug
+    from benchmarks.pipeline import profile_pipeline
+
+    console = _console()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("pipeline", total=frames)
+        try:
+            report = profile_pipeline(config, clip=clip, camera_id=camera, frames=frames,
+                                      warmup_frames=warmup_frames, publish=publish,
+                                      on_frame=lambda: bar.advance(task))
+        except ValueError as exc:  # ConfigError, a missing camera, an empty clip
+            raise typer.BadParameter(str(exc)) from exc
+    table = Table(title=f"agent pipeline: {report.backend.get('backend')} ({report.backend.get('variant')}) on "
+                        f"{report.machine.get('gpu_name') or report.machine.get('cpu_model')}, {report.frames} frames")
+    for column in ("stage", "mean ms", "p50 ms", "p90 ms", "p99 ms", "share"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for s in report.stages:
+        table.add_row(s.stage, f"{s.mean_ms:.2f}", f"{s.p50_ms:.2f}", f"{s.p90_ms:.2f}", f"{s.p99_ms:.2f}",
+                      f"{s.share:.0%}")
+    console.print(table)
+    console.print(f"end to end (sequential): {report.sequential_fps:.1f} fps; agent loop bound (decode on its own "
+                  f"thread): {report.agent_loop_fps:.1f} fps; load {report.load_s:.2f} s; "
+                  f"{report.detections_per_frame:.2f} detections/frame")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stem = name or f"pipeline-{report.backend.get('backend')}-{machine_slug(report.machine)}-{stamp}"
+    path = output_dir / f"{stem}.json"
+    path.write_text(report.model_dump_json(indent=2) + "\n")
+    console.print(f"wrote {path}")
