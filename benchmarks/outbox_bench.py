@@ -60,6 +60,15 @@ def _wait_empty(pub: AgentPublisher, timeout: float) -> bool:
     return pub.outbox_depth == 0
 
 
+def commit_ceiling(workdir: Path, sync: Sync, n: int = 2000) -> int:
+    """Bare SQLite: single-row commits/s on this disk with this `synchronous`, the ceiling for the outbox."""
+    with Outbox(workdir / f"ceiling-{sync}.db", synchronous=sync) as box:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            box.append("t", lambda _seq: b"x" * 400)
+        return round(n / (time.perf_counter() - t0))
+
+
 def sustained(host: str, port: int, protocol: str, workdir: Path, n: int, sync: Sync) -> dict:
     with Outbox(workdir / f"sustained-{sync}.db", max_messages=max(n, 1), synchronous=sync) as box:
         pub = AgentPublisher(_cfg(host, port, protocol), f"bench-{sync.lower()}", box, "bench")
@@ -120,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "host": platform.node(), "protocol": args.protocol, "python": platform.python_version(),
             "cpus": _cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
+            "outbox_only_commits_per_s": {s: commit_ceiling(workdir, s) for s in syncs},
             "sustained": [sustained(args.host, args.port, args.protocol, workdir, args.messages, s) for s in syncs],
             "replay": [replay(args.host, args.port, args.protocol, workdir, args.backlog, s) for s in syncs],
             "goals": {"sustained_rate_per_s": 2000, "replay_10000_s": 10.0},

@@ -11,13 +11,14 @@ The outbox is bounded by message count and age; the oldest messages are dropped 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -122,6 +123,24 @@ class Outbox:
             self._lock_file.close()  # closing the descriptor releases the flock
             self._lock_file = None
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; SQLite failures (disk full, I/O error) become OutboxError."""
+        self._check_open()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: {exc}") from exc
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise OutboxError(f"{self.path}: {exc}") from exc
+            raise
+
     # -- counters -------------------------------------------------------------------------------------------
     def _counter(self, name: str) -> int:
         return int(self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()[0])
@@ -149,15 +168,9 @@ class Outbox:
     def start_session(self) -> int:
         """Advance and return the session counter; call once per agent start."""
         with self._lock:
-            self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 self._db.execute("UPDATE counters SET value = value + 1 WHERE name='session'")
                 session = self._counter("session")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._session = session
             return session
 
@@ -177,9 +190,7 @@ class Outbox:
         """
         created = time.time() if now is None else now
         with self._lock:
-            self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 seq: int | None = None
                 if sequenced:
                     seq = self._seq + 1
@@ -192,10 +203,6 @@ class Outbox:
                 row_id = int(cur.lastrowid)
                 over = self._depth + 1 - self.max_messages
                 dropped = self._drop_oldest(over) if over > 0 else 0
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             if seq is not None:
                 self._seq = seq
             self._depth += 1 - dropped
@@ -214,17 +221,11 @@ class Outbox:
         """Drop messages older than `max_age_s`; return how many were dropped."""
         cutoff = (time.time() if now is None else now) - self.max_age_s
         with self._lock:
-            self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 cur = self._db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,))
                 dropped = cur.rowcount
                 if dropped:
                     self._db.execute("UPDATE counters SET value = value + ? WHERE name='dropped'", (dropped,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._depth -= dropped
             self._dropped += dropped
         if dropped:
@@ -235,10 +236,13 @@ class Outbox:
         """Up to `limit` stored messages with id > `after_id`, oldest first."""
         with self._lock:
             self._check_open()
-            rows = self._db.execute(
-                "SELECT id, seq, topic, payload, created_at FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT id, seq, topic, payload, created_at FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: {exc}") from exc
         return [OutboxRecord(int(r[0]), r[1], r[2], bytes(r[3]), float(r[4])) for r in rows]
 
     def max_id(self) -> int:
@@ -257,16 +261,12 @@ class Outbox:
             self._check_open()
             # A lost delete only means a duplicate after a power cut (dedup by seq), so it need not wait for fsync.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                for start in range(0, len(id_list), 500):  # SQLite's bound-parameter limit
-                    chunk = id_list[start:start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    removed += self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                with self._transaction():
+                    for start in range(0, len(id_list), 500):  # SQLite's bound-parameter limit
+                        chunk = id_list[start:start + 500]
+                        marks = ",".join("?" * len(chunk))
+                        removed += self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
             finally:
                 self._db.execute(f"PRAGMA synchronous={self.synchronous}")
             self._depth -= removed

@@ -122,3 +122,18 @@ def test_bad_arguments_and_closed_use(tmp_path: Path) -> None:
     box.close()
     with pytest.raises(OutboxError, match="closed"):
         box.append("t", _payload)
+
+
+def test_disk_full_is_an_outbox_error_and_nothing_half_written(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as box:
+        box.append("t", _payload)
+        # Simulate a full disk with SQLite's own page limit (the file cannot grow past its current size).
+        pages = box._db.execute("PRAGMA page_count").fetchone()[0]  # noqa: SLF001 - test-only access
+        box._db.execute(f"PRAGMA max_page_count={pages}")  # noqa: SLF001
+        with pytest.raises(OutboxError, match="full"):
+            for _ in range(1000):
+                box.append("t", lambda _s: b"y" * 50_000)
+        depth, last = box.depth, box.last_seq
+        box._db.execute("PRAGMA max_page_count=1073741823")  # noqa: SLF001 - space again
+        assert box.append("t", _payload).seq == last + 1  # the failed append consumed no seq
+        assert box.depth == depth + 1 == len(box.read_after(0, 10_000))
