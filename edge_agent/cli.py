@@ -116,7 +116,7 @@ def config_cmd(
 def demo(
     broker_host: str = typer.Option("127.0.0.1", help="MQTT broker host (started locally if absent)."),
     broker_port: int = typer.Option(1883, help="MQTT broker port."),
-    frames: int = typer.Option(120, min=10, max=3000, help="Frames in the generated clip."),
+    frames: int = typer.Option(150, min=10, max=3000, help="Frames in the generated clip."),
     workdir: Path = typer.Option(Path(".starfish-demo"), help="Where the clip, outbox and snapshots go."),
     bundle: Path = typer.Option(Path("models/demo"), help="Model bundle to run."),
 ) -> None:
