@@ -47,8 +47,8 @@ def run_dir(cfg: TrainConfig) -> Path:
 class StarfishCheckpoint(ModelCheckpoint):
     """Best-by-F2 checkpointing that also hands slim copies to the export side.
 
-    ``early_copy`` receives the first checkpoint that exists (a weak but usable model, early); ``best_copy``
-    follows the best one as it improves.
+    ``early_copy`` receives this run's first checkpoint (a weak but usable model, early; an older file there is
+    replaced); ``best_copy`` follows the best one as it improves.
     """
 
     def __init__(self, early_copy: str | None, best_copy: str | None, **kwargs: Any) -> None:
@@ -56,12 +56,14 @@ class StarfishCheckpoint(ModelCheckpoint):
         self.early_copy = early_copy
         self.best_copy = best_copy
         self._copied_best = ""
+        self._copied_early = False
 
     def _maybe_copy(self, trainer: L.Trainer) -> None:
         if trainer.global_rank != 0 or not self.best_model_path or not Path(self.best_model_path).is_file():
             return
-        if self.early_copy and not Path(self.early_copy).exists():
+        if self.early_copy and not self._copied_early:
             slim_copy(self.best_model_path, self.early_copy)
+            self._copied_early = True
         if self.best_copy and self.best_model_path != self._copied_best:
             slim_copy(self.best_model_path, self.best_copy)
             self._copied_best = self.best_model_path
@@ -194,7 +196,7 @@ def fit(cfg: TrainConfig | dict[str, Any]) -> dict[str, float]:
         trainer.save_checkpoint(final)
         checkpoint.best_model_path = str(final)
         checkpoint.best_model_score = torch.tensor(module.best_f2)
-        if cfg.checkpoint.early_copy and not Path(cfg.checkpoint.early_copy).exists():
+        if cfg.checkpoint.early_copy and not checkpoint._copied_early:
             slim_copy(final, cfg.checkpoint.early_copy)
     metrics = _float_metrics(trainer)
     metrics["best_val_f2"] = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else -1.0

@@ -99,10 +99,10 @@ class TrainerConfig:
     precision: str = "32-true"
     log_every_n_steps: int = 10
     # float: fraction of an epoch; int: every N training batches.
-    val_check_interval: float | int = 1.0
+    val_check_interval: int | float = 1.0
     check_val_every_n_epoch: int = 1
-    limit_train_batches: float | int = 1.0
-    limit_val_batches: float | int = 1.0
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
     num_sanity_val_steps: int = 0
     gradient_clip_val: float | None = 10.0
     accumulate_grad_batches: int = 1
@@ -178,7 +178,7 @@ def _parser():  # -> jsonargparse.ArgumentParser (imported lazily: the CLI root 
 
 def preset_path(name: str) -> Path:
     path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if name == "sweep" or not path.is_file():
         available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "sweep")
         raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(available)}")
     return path
