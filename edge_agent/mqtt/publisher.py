@@ -190,8 +190,8 @@ class AgentPublisher:
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Begin a new session and connect in the background (returns at once; messages buffer meanwhile)."""
-        if self._sender is not None:
-            raise RuntimeError("AgentPublisher.start() called twice")
+        if self._sender is not None or self._stop_event.is_set():
+            raise RuntimeError("AgentPublisher.start() may be called once per instance")
         self._session = self.outbox.start_session()
         self._started_at = time.monotonic()
         self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
