@@ -192,3 +192,17 @@ def test_inbound_accepts_valid_messages(topic: str, payload: bytes, kind: Inboun
     verdict = gate.check(topic, payload, {"cam0"})
     assert verdict.reason is None and verdict.kind is kind
     assert gate.rejected == 0
+
+
+_INBOUND_TOPICS = ["starfish/d/cam0/reset", "starfish/d/model/set", "starfish/fleet/reef/model",
+                   "homeassistant/status", "starfish/d/cam1/reset"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(_INBOUND_TOPICS), st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_arbitrary_inbound_payloads_never_raise(topic: str, payload: bytes) -> None:
+    gate = InboundGate(Topics("starfish", "d"), "reef", max_bytes=200)
+    verdict = gate.check(topic, payload, {"cam0"})
+    assert gate.rejected == (0 if verdict.reason is None else 1)
+    if verdict.reason is None and not verdict.ignore and verdict.kind is not InboundKind.HA_STATUS:
+        assert payload.strip() == b"" or isinstance(json.loads(payload), dict)
