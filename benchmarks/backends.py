@@ -84,7 +84,7 @@ def precheck(spec: BackendSpec, variants: set[str], checkpoint: Path | None) -> 
             return "needs --checkpoint CKPT (the PyTorch checkpoint the bundle was exported from)"
         if not checkpoint.is_file():
             return f"checkpoint {checkpoint} does not exist"
-        for module in ("torch", "train.checkpoint"):
+        for module in ("torch", "export.source"):
             if importlib.util.find_spec(module) is None:
                 return f"{module} is not installed (needs the `train` extra)"
         return None

@@ -81,6 +81,8 @@ def run_command(
     peak: bool = typer.Option(True, help="Measure the machine's peak (matmul) for the '% of peak' column."),
     chart: bool = typer.Option(True, help="Write the PNG chart."),
     timeout: float = typer.Option(1800, min=1, help="Seconds one back end may take before it is killed."),
+    budget: float = typer.Option(None, min=1, help="Seconds for the whole run: back ends that would start after "
+                                 "it is spent are skipped (CI / GPU check time limits)."),
     engine_cache: Path = typer.Option(None, help="TensorRT engine cache dir. Default: beside the bundle."),
 ) -> None:
     """Benchmark BUNDLE on each back end; unavailable back ends are listed as skipped with the reason."""
@@ -103,7 +105,7 @@ def run_command(
         clip=clip, baseline=baseline or names[0], warmup=warmup, warmup_s=warmup_s, iterations=iterations,
         repeats=repeats,
         threads=threads or _default_threads(), batch=batch, pool_frames=pool_frames, accuracy_frames=accuracy_frames,
-        measure_peak=peak, timeout_s=timeout, engine_cache_dir=engine_cache,
+        measure_peak=peak, timeout_s=timeout, budget_s=budget, engine_cache_dir=engine_cache,
     )
     console = _console()
     with _RichProgress(console, opts) as progress:

@@ -26,6 +26,7 @@ from benchmarks.worker import WorkerSpec
 
 logger = logging.getLogger(__name__)
 
+MIN_BACKEND_S = 15.0  # below this much budget a back end cannot even load; skip it rather than kill it midway
 ISOLATION = "one subprocess per back end; peak RSS = that process's own high-water mark (VmHWM)"
 
 
@@ -50,6 +51,7 @@ class BenchOptions:
     accuracy_frames: int = 100
     measure_peak: bool = True
     timeout_s: float = 1800.0
+    budget_s: float | None = None  # whole run: back ends left when it runs out are skipped, not started
     engine_cache_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -98,11 +100,15 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
         for name in opts.backends:
             spec = BACKENDS[name]
             progress.backend_started(name)
+            remaining = None if opts.budget_s is None else opts.budget_s - (time.perf_counter() - started)
+            if reasons[name] is None and remaining is not None and remaining < MIN_BACKEND_S:
+                reasons[name] = f"run budget of {opts.budget_s:.0f} s exhausted before this back end"
             if reasons[name] is not None:
                 result = BackendResult(backend=name, status="skipped", reason=reasons[name], device=spec.device,
                                        precision=spec.precision)
             else:
-                result = _run_worker(name, opts, Path(tmp), progress)
+                timeout = opts.timeout_s if remaining is None else min(opts.timeout_s, remaining)
+                result = _run_worker(name, opts, Path(tmp), progress, timeout)
             results.append(result)
             progress.backend_done(result)
 
@@ -150,7 +156,7 @@ def _count_model_macs(model: ModelInfo, bundle: object, opts: BenchOptions) -> N
                          f"({', '.join(f'{k} {v / 1e9:.2f}G' for k, v in sorted(count.by_op.items()))})")
 
 
-def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress) -> BackendResult:
+def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, timeout_s: float) -> BackendResult:
     spec = BACKENDS[name]
     worker_spec = WorkerSpec(
         backend=name, bundle=str(opts.bundle), trusted_keys=[str(k) for k in opts.trusted_keys],
@@ -169,7 +175,7 @@ def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress) ->
             [sys.executable, "-m", "benchmarks.worker", str(spec_path), str(out_path)],
             stdout=subprocess.PIPE, stderr=log, text=True, env=env,
         )
-        timer = threading.Timer(opts.timeout_s, proc.kill)
+        timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
         try:
             for line in proc.stdout:
@@ -180,7 +186,7 @@ def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress) ->
     if out_path.is_file() and code == 0:
         return BackendResult.model_validate_json(out_path.read_text())
     tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-    why = f"timed out after {opts.timeout_s:.0f} s" if code in (-9, 137) else f"worker exited with code {code}"
+    why = f"killed after {timeout_s:.0f} s (timeout)" if code in (-9, 137) else f"worker exited with code {code}"
     logger.warning("%s: %s; log tail: %s", name, why, tail)
     return BackendResult(backend=name, status="failed", reason=f"{why}: {tail}"[:500], device=spec.device,
                          precision=spec.precision)

@@ -3,7 +3,8 @@
 It runs `export.onnx_export.ContractDetector` — the very module the ONNX graph is traced from — on the same
 letterboxed tensor the ONNX back ends get, so the comparison is like for like: same pre-processing
 (`Detector.detect`), same network, same outputs; only the runtime differs. Outputs are copied to the host before
-`infer` returns, which synchronises CUDA, so the clock never stops on queued GPU work.
+`infer` returns, which synchronises CUDA, so the clock never stops on queued GPU work. A checkpoint that is not
+the one the bundle records is still run, with a warning and ``checkpoint_matches_bundle: false`` in the result.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class TorchDetector(Detector):
         import torch
 
         from export.onnx_export import ContractDetector
-        from train.checkpoint import load_detector
+        from export.source import load_source
 
         self._torch = torch
         if options.threads:
@@ -38,10 +39,17 @@ class TorchDetector(Detector):
         except RuntimeError:  # already fixed once parallel work has run in this process
             logger.debug("torch inter-op threads already set to %d", torch.get_num_interop_threads())
         self.device = torch.device(device)
-        model, cfg, info = load_detector(Path(checkpoint))
+        # Training checkpoints and pruned ones (`export prune`) alike: the same loader the export chain uses.
+        source = load_source(Path(checkpoint))
         self.model_path = Path(checkpoint)
-        self.checkpoint_info = info
-        self.module = ContractDetector(model.eval().to(self.device), self.input_width, self.input_height).eval()
+        expected = bundle.manifest.training.checkpoint_sha256
+        # None when the bundle does not record its checkpoint (e.g. an untrained demo): nothing to check against.
+        self.matches_bundle = None if expected is None else source.sha256 == expected
+        if self.matches_bundle is False:
+            logger.warning("%s is not the checkpoint %s was exported from (sha256 %s..., bundle says %s...)",
+                           checkpoint, bundle.manifest.name, source.sha256[:12], expected[:12])
+        self.module = ContractDetector(source.model.eval().to(self.device), self.input_width,
+                                       self.input_height).eval()
 
     @classmethod
     def available(cls, device: str = "cpu") -> tuple[bool, str]:
@@ -88,5 +96,6 @@ class TorchDetector(Detector):
     def describe(self) -> dict:
         info = super().describe()
         info["checkpoint"] = str(self.model_path)
+        info["checkpoint_matches_bundle"] = self.matches_bundle
         info["device"] = str(self.device)
         return info

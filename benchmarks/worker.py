@@ -111,7 +111,8 @@ def run(spec: WorkerSpec) -> BackendResult:
     result.threads = threads() if threads else {"requested": spec.threads}
     result.threads.setdefault("requested", spec.threads)
     result.details.update({k: v for k, v in detector.describe().items() if k in ("providers", "tensorrt_version",
-                                                                                    "device", "checkpoint")})
+                                                                                    "device", "checkpoint",
+                                                                                    "checkpoint_matches_bundle")})
     detector.close()
     return result
 
