@@ -64,3 +64,61 @@ def synth(
         f"{sum(v.distinct_starfish for v in summary.videos)} distinct starfish) to {out} "
         f"in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s)"
     )
+
+
+@app.command()
+def preview(
+    root: Path = typer.Argument(..., help="Dataset directory (train.csv + train_images/)."),
+    out: Path = typer.Option(Path("preview.png"), "--out", help="Contact sheet image to write (.png or .jpg)."),
+    frames: int = typer.Option(12, min=1, max=200, help="Number of frames on the sheet (frames with starfish first)."),
+    columns: int = typer.Option(4, min=1, max=20, help="Thumbnails per row."),
+    thumb_width: int = typer.Option(480, min=64, max=1920, help="Thumbnail width in pixels."),
+) -> None:
+    """Draw ground-truth boxes and track ids on a contact sheet of frames."""
+    from rich.console import Console
+
+    from edge_agent.dataset import DatasetError
+    from train.synth.inspect import write_preview
+
+    try:
+        path = write_preview(root, out, frames=frames, columns=columns, thumb_width=thumb_width)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="ROOT") from None
+    Console().print(f"[green]wrote[/green] {path}")
+
+
+@app.command()
+def stats(
+    root: Path = typer.Argument(..., help="Dataset directory (train.csv + train_images/)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the statistics as JSON here."),
+) -> None:
+    """Print dataset statistics: frames, boxes, empty-frame fraction, box sizes, per video."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge_agent.dataset import DatasetError
+    from train.synth.inspect import dataset_statistics
+
+    try:
+        result = dataset_statistics(root)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="ROOT") from None
+    console = Console()
+    console.print(
+        f"{result['frames']} frames, {result['boxes']} boxes, {result['sequences']} sequences, "
+        f"empty-frame fraction {result['empty_fraction']:.3f}"
+    )
+    sizes = result["box_side_px_percentiles"]
+    if sizes:
+        console.print("box side sqrt(w*h) px percentiles: " + ", ".join(f"p{k}={v:.1f}" for k, v in sizes.items()))
+    table = Table("video", "frames", "sequences", "boxes", "empty", "distinct tracks", "max/frame")
+    for video, row in result["per_video"].items():
+        table.add_row(video, str(row["frames"]), str(row["sequences"]), str(row["boxes"]),
+                      f"{row['empty_fraction']:.2f}", str(row["distinct_tracks"]), str(row["max_boxes_per_frame"]))
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        console.print(f"[green]wrote[/green] {json_out}")

@@ -7,6 +7,8 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -19,7 +21,7 @@ import numpy as np
 
 from train.synth.config import GENERATOR_VERSION, SynthConfig
 from train.synth.plan import VideoLayout, plan_dataset
-from train.synth.render import VideoAssets, build_assets, render_frame
+from train.synth.render import build_assets, render_frame
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +84,29 @@ class SynthSummary:
         }
 
 
-# Worker-process state, set by the pool initializer (inherited without copying where fork is available).
+# Per-process cache of the video being rendered: worker processes load a video's assets once, from a pickle the
+# main process wrote (spawned workers share nothing; fork is avoided because OpenCV's and BLAS's thread pools
+# can deadlock a forked child).
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(layout: VideoLayout, assets: VideoAssets, image_dir: str, quality: int) -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would only contend
-    _STATE.update(layout=layout, assets=assets, image_dir=image_dir, quality=quality)
+def _use_video(key: str, loader: Any) -> None:
+    if _STATE.get("key") != key:
+        _STATE.clear()
+        _STATE.update(loader())
+        _STATE["key"] = key
 
 
-def _render_and_save(frame: int) -> tuple[int, list[dict[str, int]], np.ndarray]:
+def _load_pickle(path: str) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def _render_and_save(job: tuple[str, int]) -> tuple[int, list[dict[str, int]], np.ndarray]:
+    key, frame = job
+    if _STATE.get("key") != key:
+        cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would only contend
+        _use_video(key, lambda: _load_pickle(key))
     rendered = render_frame(_STATE["layout"], _STATE["assets"], frame)
     path = os.path.join(_STATE["image_dir"], f"{frame}.jpg")
     if not cv2.imwrite(path, rendered.image, [cv2.IMWRITE_JPEG_QUALITY, _STATE["quality"]]):
@@ -99,23 +114,47 @@ def _render_and_save(frame: int) -> tuple[int, list[dict[str, int]], np.ndarray]
     return frame, rendered.annotations, rendered.image
 
 
-def _frames(layout: VideoLayout, assets: VideoAssets, image_dir: Path, config: SynthConfig, workers: int
-            ) -> Iterator[tuple[int, list[dict[str, int]], np.ndarray]]:
-    """Rendered frames of one video in order; in worker processes when workers > 1."""
-    args = (layout, assets, str(image_dir), config.jpeg_quality)
-    if workers <= 1:
-        _init_worker(*args)
-        try:
-            for frame in range(layout.frames):
-                yield _render_and_save(frame)
-        finally:
-            _STATE.clear()
-        return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=args) as pool:
-        yield from pool.map(_render_and_save, range(layout.frames), chunksize=2)
+class _Renderer:
+    """Renders the frames of one video after another, in-process (workers=1) or in a pool of processes.
+
+    With a pool, the next video's assets are built in the main process while the workers still render the
+    previous one, so the two cores stay busy.
+    """
+
+    def __init__(self, workers: int, scratch: Path) -> None:
+        self.workers = workers
+        self.scratch = scratch
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, layout: VideoLayout, image_dir: Path, config: SynthConfig) -> Any:
+        """Start rendering a video; returns a handle for `results`."""
+        state = {"layout": layout, "assets": build_assets(layout), "image_dir": str(image_dir),
+                 "quality": config.jpeg_quality}
+        if self.pool is None:
+            return state
+        key = str(self.scratch / f"video_{layout.video_id}.pickle")
+        with open(key, "wb") as handle:
+            pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        return [self.pool.submit(_render_and_save, (key, frame)) for frame in range(layout.frames)]
+
+    def results(self, handle: Any) -> Iterator[tuple[int, list[dict[str, int]], np.ndarray]]:
+        if self.pool is None:
+            key = f"local-{id(handle)}"
+            _use_video(key, lambda: handle)
+            try:
+                for frame in range(handle["layout"].frames):
+                    yield _render_and_save((key, frame))
+            finally:
+                _STATE.clear()
+            return
+        for future in handle:
+            yield future.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _resolve_workers(config: SynthConfig) -> int:
@@ -157,12 +196,19 @@ def generate_dataset(
     summary = SynthSummary(out_dir=out, config=config)
     rows: list[dict[str, Any]] = []
     bar = _progress(config.videos * config.frames, progress)
-    try:
-        for layout in layouts:
-            summary.videos.append(_write_video(out, layout, config, workers, rows, bar))
-    finally:
-        if bar is not None:
-            bar.close()
+    with tempfile.TemporaryDirectory(prefix="synth-") as scratch:
+        renderer = _Renderer(workers, Path(scratch))
+        try:
+            pending = renderer.submit(layouts[0], _image_dir(out, 0), config)
+            for index, layout in enumerate(layouts):
+                current = pending
+                if index + 1 < len(layouts):
+                    pending = renderer.submit(layouts[index + 1], _image_dir(out, index + 1), config)
+                summary.videos.append(_write_video(out, layout, config, renderer.results(current), rows, bar))
+        finally:
+            renderer.close()
+            if bar is not None:
+                bar.close()
     with (out / "train.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -185,18 +231,22 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="frame", desc="synth", dynamic_ncols=True)
 
 
-def _write_video(out: Path, layout: VideoLayout, config: SynthConfig, workers: int,
-                 rows: list[dict[str, Any]], bar) -> VideoSummary:
+def _image_dir(out: Path, video_id: int) -> Path:
+    path = out / "train_images" / f"video_{video_id}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_video(out: Path, layout: VideoLayout, config: SynthConfig,
+                 frames: Iterator[tuple[int, list[dict[str, int]], np.ndarray]],
+                 rows: list[dict[str, Any]], bar: Any) -> VideoSummary:
     video_id = layout.video_id
-    image_dir = out / "train_images" / f"video_{video_id}"
-    image_dir.mkdir(parents=True, exist_ok=True)
     summary = VideoSummary(
         video_id=video_id,
         frames=layout.frames,
         sequences=[s.sequence_id for s in layout.sequences],
         placed_starfish=len(layout.tracks),
     )
-    assets = build_assets(layout)
     writer = None
     if config.write_video:
         (out / "videos").mkdir(exist_ok=True)
@@ -207,7 +257,7 @@ def _write_video(out: Path, layout: VideoLayout, config: SynthConfig, workers: i
             raise RuntimeError(f"OpenCV cannot open an mp4v writer for {video_path}")
     seen_tracks: set[int] = set()
     try:
-        for frame, annotations, image in _frames(layout, assets, image_dir, config, workers):
+        for frame, annotations, image in frames:
             seq = layout.sequence_at(frame)
             rows.append({
                 "video_id": video_id,
