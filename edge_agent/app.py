@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,9 +111,12 @@ class CameraSummary:
 class AgentSummary:
     elapsed_s: float
     frames: int
-    fps: float
+    fps: float  # throughput between the first and the last processed frame (start-up and shutdown excluded)
     inference_ms_p50: float | None
     cameras: list[CameraSummary]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class Agent:
@@ -136,6 +139,8 @@ class Agent:
         self._evidence = EvidenceWriter(cfg.snapshots, cfg.video_output)
         self._started = time.monotonic()
         self._processed = 0
+        self._first_frame_at: float | None = None  # monotonic time the first frame finished (throughput clock)
+        self._last_frame_at = 0.0
         self.detect_errors = 0
         self.commands_rejected = 0
         self._last_stats = time.monotonic()
@@ -224,6 +229,9 @@ class Agent:
         runtime.last_count = count
         runtime.counts.append(count)
         self._processed += 1
+        self._last_frame_at = time.monotonic()
+        if self._first_frame_at is None:
+            self._first_frame_at = self._last_frame_at
         for event in update.new:
             self.publisher.publish_track_event(camera_id, event)
         for event in update.ended:
@@ -334,7 +342,10 @@ class Agent:
             cameras.append(CameraSummary(camera_id, runtime.frames, runtime.tracker.unique_count, histogram,
                                          max(runtime.counts, default=0), stats.state.value, stats.frames_dropped))
         p50 = float(np.percentile(self._inference_ms, 50)) if self._inference_ms else None
-        return AgentSummary(elapsed, self._processed, self._processed / elapsed, p50, cameras)
+        fps = 0.0
+        if self._first_frame_at is not None and self._processed > 1 and self._last_frame_at > self._first_frame_at:
+            fps = (self._processed - 1) / (self._last_frame_at - self._first_frame_at)
+        return AgentSummary(elapsed, self._processed, fps, p50, cameras)
 
     # -- shutdown --------------------------------------------------------------------------------------------------
     def _shutdown(self) -> None:

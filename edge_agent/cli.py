@@ -23,6 +23,7 @@ EXIT_CONFIG = 2  # bad configuration or an unusable model bundle: fix the input,
 def run(
     config: Path = typer.Option(..., "--config", "-c", help="Agent YAML file (see `starfish agent config --example`)."),
     console: bool = typer.Option(True, "--console/--no-console", help="Print a live status line."),
+    summary_json: Path | None = typer.Option(None, help="Also write the end-of-run summary to this JSON file."),
 ) -> None:
     """Run the agent until SIGTERM/SIGINT (or until every non-looping video file has ended)."""
     from rich.console import Console
@@ -42,7 +43,12 @@ def run(
         out.print(f"[red]cannot start:[/red] {exc}")
         raise typer.Exit(EXIT_CONFIG) from exc
     code = run_until_signal(agent, console_interval=cfg.console_interval_s if console else None)
-    print_summary(out, agent.summary())
+    summary = agent.summary()
+    print_summary(out, summary)
+    if summary_json is not None:
+        import json
+
+        summary_json.write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     raise typer.Exit(code)
 
 
@@ -110,6 +116,47 @@ def config_cmd(
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from exc
     typer.echo(f"{check}: valid ({len(cfg.cameras)} camera(s), device {cfg.device_id})")
+
+
+measure_app = typer.Typer(no_args_is_help=True, help="Measure the agent's goals (numbers for reports).")
+app.add_typer(measure_app, name="measure")
+
+
+@measure_app.command("pipeline")
+def measure_pipeline_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="Agent YAML whose first camera is a video file."),
+    frames: int = typer.Option(200, min=10, help="Frames to measure (from the start of the file)."),
+) -> None:
+    """Detector-only fps vs end-to-end agent fps (same bundle, back end, clip) and the agent's peak RSS."""
+    import json
+
+    from edge_agent.config import ConfigError, load_config
+    from edge_agent.measure import measure_pipeline
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from exc
+    typer.echo(json.dumps(measure_pipeline(cfg, frames).to_dict(), indent=2))
+
+
+@measure_app.command("tracking")
+def measure_tracking_cmd(
+    data: Path = typer.Option(..., help="Synthetic dataset root (`starfish data synth --out`)."),
+    video: int = typer.Option(0, help="Held-out video id."),
+    miss: float = typer.Option(0.1, min=0, max=1, help="Share of true boxes the simulated detector misses."),
+    jitter: float = typer.Option(2.0, min=0, help="Box jitter (px, std)."),
+    false_positives: float = typer.Option(0.05, min=0, max=1, help="Chance of a one-frame false box per frame."),
+) -> None:
+    """Unique-count error of the tracker on a synthetic video's true tracks with detector-like noise."""
+    import json
+    from dataclasses import asdict
+
+    from edge_agent.measure import measure_tracking
+
+    result = measure_tracking(data, video, miss=miss, jitter=jitter, false_positives=false_positives)
+    typer.echo(json.dumps(asdict(result), indent=2))
 
 
 @app.command("demo")

@@ -266,3 +266,22 @@ def test_evidence_snapshots_and_video(tmp_path: Path, clip: Clip, agent_bundle, 
     annotated = cv2.imread(str(boxes[0]))
     assert np.abs(raw.astype(int) - annotated.astype(int)).max() > 100  # red boxes drawn on the copy only
     assert json.dumps(agent.summary().cameras[0].count_histogram)
+
+
+def test_agent_runs_end_to_end_without_torch(tmp_path: Path, clip: Clip, agent_bundle, mosquitto) -> None:
+    """As on a lean Jetson: the whole agent (bundle check, onnxruntime, capture, MQTT) with torch unimportable."""
+    from tests.helpers.no_torch import run_without_torch
+
+    config = write_config(tmp_path / "agent.yaml", agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port))
+    result = run_without_torch(f"""
+        import sys
+        from pathlib import Path
+        from edge_agent.app import build_agent
+        from edge_agent.config import load_config
+        agent = build_agent(load_config(Path({str(config)!r})))
+        assert agent.run() == 0
+        assert agent.summary().frames == {clip.frames}, agent.summary()
+        assert not any(name.split(".")[0] in ("torch", "torchvision") for name in sys.modules)
+        print("ok")
+    """, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

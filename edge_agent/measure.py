@@ -1,0 +1,139 @@
+"""Measurements for the agent's goals (reported, never asserted in tests): `starfish agent measure …`.
+
+* `pipeline`: detector-only throughput on decoded frames vs end-to-end agent throughput on the same clip with the
+  same bundle and back end (the agent runs as a real `starfish agent run` subprocess publishing to a real broker),
+  plus the agent's peak RSS.
+* `tracking`: unique-count error of the tracker on a synthetic video's true boxes and track ids, with detector-like
+  noise added (misses, jitter, false positives) - what the tracker contributes to the error, independent of the
+  model. With a trained bundle, the demo's summary gives the full pipeline's error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from edge_agent.config import AgentConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    frames: int
+    detector_fps: float
+    agent_fps: float
+    ratio: float
+    agent_peak_rss_mb: float
+    backend: str
+    variant: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _decode(source: str, limit: int) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(source)
+    frames = []
+    while len(frames) < limit:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    if not frames:
+        raise ValueError(f"{source}: no decodable frames")
+    return frames
+
+
+def measure_pipeline(cfg: AgentConfig, frames: int = 200) -> PipelineResult:
+    """Detector-only vs agent throughput on the first camera's video file, and the agent's peak RSS."""
+    from edge_agent.app import load_detector
+
+    source = str(cfg.cameras[0].source)
+    images = _decode(source, frames)
+    detector, _ = load_detector(cfg)  # verified and warmed up, exactly as the agent does
+    started = time.perf_counter()
+    for image in images:
+        detector.detect(image)
+    detector_fps = len(images) / (time.perf_counter() - started)
+    info = detector.describe()
+    detector.close()
+
+    with tempfile.TemporaryDirectory(prefix="starfish-measure-") as tmp:
+        data = cfg.model_dump(mode="json", exclude_unset=False)
+        data["cameras"] = [{**data["cameras"][0], "read_mode": "every_frame", "realtime": False, "loop": False,
+                            "enabled": True}]
+        data["mqtt"]["password"] = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
+        data["outbox_path"] = str(Path(tmp) / "outbox.sqlite3")
+        data["stop_when_sources_end"] = True
+        config_path, summary_path = Path(tmp) / "agent.yaml", Path(tmp) / "summary.json"
+        config_path.write_text(yaml.safe_dump(data))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        proc = subprocess.run(
+            [sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config_path), "--no-console",
+             "--summary-json", str(summary_path)],
+            capture_output=True, text=True, timeout=3600,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"agent run failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        summary = json.loads(summary_path.read_text())
+    if peak_kb <= before:
+        logger.warning("peak RSS of the agent is not above earlier children's; the figure is an upper bound")
+    processed = min(summary["frames"], frames)
+    return PipelineResult(
+        frames=processed, detector_fps=round(detector_fps, 2), agent_fps=round(summary["fps"], 2),
+        ratio=round(summary["fps"] / detector_fps, 3), agent_peak_rss_mb=round(peak_kb / 1024, 1),
+        backend=info["backend"], variant=info["variant"],
+    )
+
+
+@dataclass(frozen=True)
+class TrackingResult:
+    video_id: int
+    frames: int
+    true_unique: int
+    predicted_unique: int
+    error: float
+    miss_rate: float
+    jitter_px: float
+    false_positive_rate: float
+
+
+def measure_tracking(
+    data_root: Path, video_id: int, *, miss: float = 0.1, jitter: float = 2.0, false_positives: float = 0.05,
+    iou_threshold: float = 0.2, max_missed: int = 15, min_hits: int = 3, seed: int = 0,
+) -> TrackingResult:
+    """Unique-count error of the tracker on a synthetic video's true boxes with detector-like noise."""
+    from edge_agent.dataset import ReefDataset
+    from edge_agent.metrics import true_unique_count, unique_count_error
+    from edge_agent.tracking import Tracker
+
+    dataset = ReefDataset.open(data_root)
+    records = sorted((r for r in dataset.records if r.video_id == video_id), key=lambda r: r.video_frame)
+    if not records:
+        raise ValueError(f"{data_root}: no frames of video {video_id}")
+    rng = np.random.default_rng(seed)
+    tracker = Tracker(iou_threshold, max_missed, min_hits)
+    for record in records:
+        boxes = record.boxes[rng.random(len(record.boxes)) >= miss]
+        boxes = boxes + rng.normal(0, jitter, boxes.shape).astype(np.float32)
+        if rng.random() < false_positives:  # a one-frame blip somewhere on the frame
+            x, y = rng.uniform(0, 1200), rng.uniform(0, 650)
+            boxes = np.vstack([boxes, [[x, y, x + 40, y + 40]]]).astype(np.float32)
+        tracker.update(boxes, np.full(len(boxes), 0.8, np.float32), record.video_frame, record.video_frame / 10.0)
+    truth = true_unique_count([r.track_ids for r in records])
+    return TrackingResult(video_id, len(records), truth, tracker.unique_count,
+                          round(unique_count_error(tracker.unique_count, truth), 4), miss, jitter, false_positives)
