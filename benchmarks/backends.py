@@ -87,6 +87,11 @@ def precheck(spec: BackendSpec, variants: set[str], checkpoint: Path | None) -> 
         for module in ("torch", "export.source"):
             if importlib.util.find_spec(module) is None:
                 return f"{module} is not installed (needs the `train` extra)"
+        if spec.device == "cuda":
+            from benchmarks.torch_detector import TorchDetector
+
+            ok, reason = TorchDetector.available("cuda")  # imports torch; the fingerprint does so anyway
+            return None if ok else reason
         return None
     if spec.variant not in variants:
         return f"bundle has no {spec.variant!r} variant (it has {', '.join(sorted(variants))})"

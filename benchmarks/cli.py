@@ -43,6 +43,27 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def _resolve_bundle(path: Path) -> Path:
+    """Accept a model directory holding ``bundle/`` (``models/demo``) as well as the bundle itself."""
+    if path.is_dir() and not (path / "manifest.json").is_file() and (path / "bundle" / "manifest.json").is_file():
+        return path / "bundle"
+    return path
+
+
+def _fallback_frames() -> Path:
+    """Without --data/--clip: a cached synthetic reef dataset (needs the generator in `train.synth`)."""
+    import importlib.util
+
+    from benchmarks.frames import synthetic_dataset
+
+    if importlib.util.find_spec("train.synth") is None:
+        raise typer.BadParameter("timing needs real frames: give --data DIR (reef dataset) or --clip VIDEO",
+                                 param_hint="--data")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "starfish"
+    logger.warning("no --data or --clip: timing and accuracy use synthetic reef frames (%s)", cache)
+    return synthetic_dataset(cache)
+
+
 def _trusted_keys(bundle: Path, keys: list[Path] | None) -> list[Path]:
     if keys:
         return keys
@@ -57,17 +78,18 @@ def _trusted_keys(bundle: Path, keys: list[Path] | None) -> list[Path]:
 
 @app.command("run")
 def run_command(
-    bundle: Path = typer.Argument(..., help="Bundle directory or .tar to benchmark."),
+    bundle: Path = typer.Argument(..., help="Bundle directory or .tar (or a model dir holding bundle/)."),
     backends: str = typer.Option(DEFAULT_BACKENDS, "--backends", "-b",
                                  help="Comma-separated back ends, or 'all': torch-cpu, ort-cpu, ort-cpu-int8, "
                                       "torch-cuda, ort-cuda, ort-tensorrt, tensorrt-fp16, tensorrt-int8."),
     key: list[Path] = typer.Option(None, "--key", "-k", help="Trusted public key (repeatable). Default: *.pub "
                                    "files beside the bundle."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint for torch-cpu / torch-cuda."),
-    data: Path = typer.Option(None, "--data", help="Reef dataset dir: timing frames, and F2 / mAP@0.5."),
+    data: Path = typer.Option(None, "--data", help="Reef dataset dir: timing frames, and F2 / mAP@0.5. Default "
+                              "(no --clip either): a cached synthetic reef dataset."),
     clip: Path = typer.Option(None, "--clip", help="Video clip for timing frames (no accuracy)."),
     baseline: str = typer.Option(None, "--baseline", help="Back end the speed-ups are relative to (same run). "
-                                 "Default: the first requested one."),
+                                 "Default: the first one that ran."),
     warmup: int = typer.Option(5, min=0, help="Untimed calls before timing (at least this many)."),
     warmup_s: float = typer.Option(3.0, min=0, help="Untimed warm-up seconds (at least; PyTorch on CPU needs a few)."),
     iterations: int = typer.Option(50, min=1, help="Timed frames per repeat."),
@@ -96,13 +118,14 @@ def run_command(
         names = parse_backends(backends)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backends") from exc
+    bundle = _resolve_bundle(bundle)
     if data is None and clip is None:
-        raise typer.BadParameter("timing needs real frames: give --data DIR or --clip VIDEO", param_hint="--data")
+        data = _fallback_frames()
     if baseline is not None and baseline not in names:
         raise typer.BadParameter(f"{baseline!r} is not among --backends {names}", param_hint="--baseline")
     opts = BenchOptions(
         bundle=bundle, backends=names, trusted_keys=_trusted_keys(bundle, key), checkpoint=checkpoint, data=data,
-        clip=clip, baseline=baseline or names[0], warmup=warmup, warmup_s=warmup_s, iterations=iterations,
+        clip=clip, baseline=baseline, warmup=warmup, warmup_s=warmup_s, iterations=iterations,
         repeats=repeats,
         threads=threads or _default_threads(), batch=batch, pool_frames=pool_frames, accuracy_frames=accuracy_frames,
         measure_peak=peak, timeout_s=timeout, budget_s=budget, engine_cache_dir=engine_cache,

@@ -112,10 +112,10 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
             results.append(result)
             progress.backend_done(result)
 
-    _derive(results, opts.baseline, model.macs, peak)
+    baseline = _derive(results, opts.baseline, model.macs, peak)
     frame_source = f"clip:{opts.clip}" if opts.clip else f"dataset:{opts.data}"
     settings = Settings(
-        backends=opts.backends, baseline=opts.baseline, warmup=opts.warmup, warmup_s=opts.warmup_s,
+        backends=opts.backends, baseline=baseline, warmup=opts.warmup, warmup_s=opts.warmup_s,
         iterations=opts.iterations, repeats=opts.repeats, threads=opts.threads, batch=opts.batch,
         frame_source=frame_source,
         pool_frames=opts.pool_frames, accuracy_frames=opts.accuracy_frames if opts.data else 0, isolation=ISOLATION,
@@ -204,14 +204,14 @@ def _forward_event(name: str, line: str, progress: Progress) -> None:
         progress.phase(name, str(event.get("phase")), int(event.get("total", 0)))
 
 
-def _derive(results: list[BackendResult], baseline: str | None, macs: int | None, peak: MachinePeak) -> None:
-    """Speed-up against the same-run baseline; achieved GFLOPS and fraction of the machine's peak."""
-    base = next((r for r in results if r.backend == baseline and r.status == "ok" and r.latency), None)
+def _derive(results: list[BackendResult], baseline: str | None, macs: int | None, peak: MachinePeak) -> str | None:
+    """Speed-up against the same-run baseline (default: the first back end that ran); achieved GFLOPS and the
+    fraction of the machine's peak. Returns the baseline actually used."""
+    ran = [r for r in results if r.status == "ok" and r.latency]
+    base = next((r for r in ran if r.backend == baseline), None) if baseline else (ran[0] if ran else None)
     if baseline and base is None:
         logger.warning("baseline %s did not run; no speed-ups", baseline)
-    for result in results:
-        if result.status != "ok" or result.latency is None:
-            continue
+    for result in ran:
         if base is not None:
             result.speedup_vs_baseline = round(base.latency.p50_ms / result.latency.p50_ms, 3)
         if macs:
@@ -220,3 +220,4 @@ def _derive(results: list[BackendResult], baseline: str | None, macs: int | None
             result.peak_key = key
             if key in peak.values_gflops and peak.values_gflops[key] > 0:
                 result.peak_fraction = round(result.achieved_gflops / peak.values_gflops[key], 4)
+    return base.backend if base is not None else baseline
