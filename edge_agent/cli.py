@@ -126,6 +126,7 @@ app.add_typer(measure_app, name="measure")
 def measure_pipeline_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Agent YAML whose first camera is a video file."),
     frames: int = typer.Option(200, min=10, help="Frames to measure (from the start of the file)."),
+    repeats: int = typer.Option(3, min=1, help="Interleaved detector-only / agent runs; medians are reported."),
 ) -> None:
     """Detector-only fps vs end-to-end agent fps (same bundle, back end, clip) and the agent's peak RSS."""
     import json
@@ -138,7 +139,7 @@ def measure_pipeline_cmd(
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from exc
-    typer.echo(json.dumps(measure_pipeline(cfg, frames).to_dict(), indent=2))
+    typer.echo(json.dumps(measure_pipeline(cfg, frames, repeats).to_dict(), indent=2))
 
 
 @measure_app.command("tracking")
