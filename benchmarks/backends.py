@@ -137,35 +137,18 @@ def open_detector(spec: BackendSpec, bundle: object, checkpoint: Path | None, th
     except DetectorUnavailable as exc:
         raise BackendSkipped(str(exc)) from exc
     if spec.family == "onnxruntime":
-        _pin_providers(detector, spec, threads)
+        _pin_providers(detector, spec)
     return detector
 
 
-def _pin_providers(detector: object, spec: BackendSpec, threads: int) -> None:
-    """Make sure an onnxruntime detector runs on exactly the providers this back end names.
+def _pin_providers(detector: object, spec: BackendSpec) -> None:
+    """Check that an onnxruntime detector really runs on the provider this back end names.
 
-    The agent's detector picks the best provider present (TensorRT, then CUDA, then CPU); a benchmark must not let
-    ``ort-cpu`` silently run on a GPU, nor ``ort-tensorrt`` fall back to the CPU. When the detector's session uses
-    other providers than asked, its session is rebuilt with exactly these; a requested accelerator that the
-    session then does not use makes the back end skipped.
+    The providers are pinned through ``DetectorOptions.extra["providers"]``; the detector drops the ones this
+    onnxruntime build lacks, and onnxruntime itself may refuse one at session creation (a missing CUDA library).
+    Either way the session would silently run on the CPU: that makes the back end skipped, never mislabelled.
     """
-    import onnxruntime as ort
-
-    wanted = list(spec.providers)
-    if list(detector.session.get_providers()) != wanted:
-        logger.info("%s: detector chose %s; pinning %s", spec.name, detector.session.get_providers(), wanted)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        providers: list[object] = []
-        for provider in wanted:
-            if provider == "TensorrtExecutionProvider":
-                cache = detector.options.engine_cache_dir or detector.model_path.parent.with_suffix(".trt-cache")
-                providers.append((provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}))
-            else:
-                providers.append(provider)
-        detector.session = ort.InferenceSession(str(detector.model_path), options, providers=providers)
-        detector.providers = detector.session.get_providers()
-    in_force = detector.session.get_providers()
-    if in_force[0] != wanted[0]:
-        raise BackendSkipped(f"onnxruntime did not enable {wanted[0]} (session runs on {', '.join(in_force)})")
+    in_force = list(detector.session.get_providers())
+    if not in_force or in_force[0] != spec.providers[0]:
+        raise BackendSkipped(f"onnxruntime did not enable {spec.providers[0]} "
+                             f"(session runs on {', '.join(in_force) or 'nothing'})")

@@ -32,8 +32,8 @@ logger = logging.getLogger("benchmarks.gpu_check")
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_BACKENDS = "torch-cuda,ort-cuda,tensorrt-fp16,tensorrt-int8,ort-tensorrt,ort-cpu"
-OPTIONAL = ("torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "pynvml", "pytest", "matplotlib", "psutil",
-            "typer", "pydantic", "paho", "cryptography", "onnxslim")
+OPTIONAL = ("torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "cuda", "pynvml", "pytest", "matplotlib",
+            "psutil", "typer", "pydantic", "paho", "cryptography", "onnxslim")
 
 
 class Deadline:

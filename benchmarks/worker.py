@@ -113,6 +113,8 @@ def run(spec: WorkerSpec) -> BackendResult:
     result.details.update({k: v for k, v in detector.describe().items() if k in ("providers", "tensorrt_version",
                                                                                     "device", "checkpoint",
                                                                                     "checkpoint_matches_bundle")})
+    if getattr(detector, "precision", None):
+        result.details["engine_precision"] = detector.precision
     detector.close()
     return result
 
