@@ -164,3 +164,19 @@ def test_kill_9_and_restart_loses_nothing(
     assert [m.payload for m in sub.on("/status")][-1] == b"stopped"
     with Outbox(outbox) as box:
         assert box.depth == 0 and box.last_seq == max(second.seqs)
+
+
+def test_sigterm_flushes_and_publishes_stopped(
+    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber], tmp_path: Path
+) -> None:
+    sub = mqtt_subscriber(mosquitto, ["starfish/child/status", "starfish/child/+/counts"])
+    child = _Child(mosquitto, tmp_path / "outbox.db", "--rate", "200")
+    assert wait_until(lambda: len(child.seqs) >= 50, 30)
+    t0 = time.monotonic()
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.wait(10) == 0 and child.done.is_set()
+    assert time.monotonic() - t0 < 5
+    assert wait_until(lambda: [m.payload for m in sub.on("/status")][-1:] == [b"stopped"], 5)
+    assert set(child.seqs) <= set(sub.seqs())  # everything committed before the stop was flushed
+    with Outbox(tmp_path / "outbox.db") as box:
+        assert box.depth == 0
