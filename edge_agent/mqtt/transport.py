@@ -194,8 +194,13 @@ class MqttTransport:
         self.events.on_ready()
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
+        # paho gives no detail here; say what it can be, once per outage, then keep quiet while retrying.
+        first = self.last_error != "broker unreachable"
         self.last_error = "broker unreachable"
-        logger.debug("MQTT: connection to %s:%d failed; retrying", self.cfg.host, self.cfg.port)
+        log = logger.warning if first else logger.debug
+        log("MQTT: cannot connect to %s:%d (refused, unreachable, DNS or TLS failure); retrying with backoff "
+            "up to %.0f s; messages are kept in the outbox", self.cfg.host, self.cfg.port,
+            self.cfg.reconnect_max_delay_s)
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: object, mid: int, reasons: list[ReasonCode], _props: object
