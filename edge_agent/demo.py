@@ -165,8 +165,8 @@ def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path
     try:
         bundle, keys = find_bundle(bundle_path)
         console.print(f"demo bundle {bundle} (trusted keys: {', '.join(k.name for k in keys)})")
+        broker = ensure_broker(host, port, workdir, console)  # before the clip: fail fast without a broker
         clip, truth = synthetic_clip(workdir, frames, console)
-        broker = ensure_broker(host, port, workdir, console)
         cfg = load_config_data({
             "device_id": DEVICE_ID,
             "cameras": [{"id": "reef", "source": str(clip), "read_mode": "every_frame", "realtime": False}],

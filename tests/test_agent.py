@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -285,3 +286,51 @@ def test_agent_runs_end_to_end_without_torch(tmp_path: Path, clip: Clip, agent_b
         print("ok")
     """, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_aggregate_mode_summarises_windows(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
+                                           mqtt_subscriber) -> None:
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/+/counts"])
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0},
+                       mqtt={"counts": {"mode": "aggregate", "interval_s": 0.5}})
+    cfg["cameras"][0]["realtime"] = True  # 6 s of video at 10 fps -> about a dozen windows
+    assert build_agent(load_config_data(cfg)).run() == 0
+    assert wait_until(lambda: sum(c["aggregate"]["frames"] for c in _counts(sub)) == clip.frames, 10)
+    counts = _counts(sub)
+    assert 3 <= len(counts) < clip.frames
+    for c in counts:
+        agg = c["aggregate"]
+        assert agg["count_min"] <= agg["count_mean"] <= agg["count_max"] == c["count"]
+        assert "detections" not in c
+
+
+@pytest.mark.slow
+def test_demo_runs_on_the_committed_bundle(tmp_path: Path, mosquitto) -> None:
+    from tests.helpers.agent import REPO_ROOT
+
+    if not (REPO_ROOT / "models" / "demo").is_dir():
+        pytest.skip("models/demo is not in this checkout")
+    proc = subprocess.run(
+        [sys.executable, "-m", "starfish_cli", "agent", "demo", "--frames", "20", "--broker-port", str(mosquitto.port),
+         "--workdir", str(tmp_path / "demo")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "subscriber received 20 counts messages (20 distinct seq)" in out
+    assert "vs true distinct starfish in the clip" in out
+    assert "<- status online" in out and "<- status stopped" in out
+
+
+def test_demo_without_a_broker_says_how_to_get_one(tmp_path: Path) -> None:
+    from tests.helpers.agent import REPO_ROOT
+
+    if not (REPO_ROOT / "models" / "demo").is_dir():
+        pytest.skip("models/demo is not in this checkout")
+    proc = subprocess.run(
+        [sys.executable, "-m", "starfish_cli", "agent", "demo", "--frames", "20", "--broker-host", "192.0.2.1",
+         "--broker-port", str(free_port()), "--workdir", str(tmp_path / "demo")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "no MQTT broker at 192.0.2.1" in proc.stdout and "apt-get install mosquitto" in proc.stdout
