@@ -76,7 +76,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         calibration = calibration_tensors(train_records, opts.calibration_frames, width, height)
     else:
         calibration = random_calibration_frames(width, height, count=min(opts.calibration_frames, 8))
-    probe = _probe_tensors(eval_records, calibration, opts.parity_frames, width, height)
+    probe = _probe_tensors(val_records, calibration, opts.parity_frames, width, height)
     report: dict[str, Any] = {
         "created_at": datetime.now(timezone.utc).isoformat(),
         "checkpoint": str(opts.checkpoint) if opts.checkpoint else "untrained (demo)",
@@ -220,19 +220,18 @@ def _subset(records: list, limit: int | None) -> list:
     return [records[i] for i in picks]
 
 
-def _probe_tensors(eval_records: list, calibration: list, count: int, width: int, height: int) -> list[np.ndarray]:
-    """Held-out frames for parity and latency (calibration/random frames for the untrained demo), plus one
-    all-zero frame: zero detections must work too."""
+def _probe_tensors(records: list, calibration: list, count: int, width: int, height: int) -> list[np.ndarray]:
+    """``count`` frames for parity and latency — held-out frames first, topped up with calibration (training)
+    frames when the held-out video is shorter, random frames for the untrained demo — plus one all-zero frame:
+    zero detections must work too."""
     from edge_agent.dataset import load_image
     from edge_agent.preprocess import letterbox
 
-    if eval_records:
-        tensors = [letterbox(load_image(r.image_path), width, height)[0] for r in _subset(eval_records, count)]
-    else:
-        tensors = list(calibration[:count])
-        rng = np.random.default_rng(1)
-        while len(tensors) < count:
-            tensors.append(rng.random((1, 3, height, width), dtype=np.float32))
+    tensors = [letterbox(load_image(r.image_path), width, height)[0] for r in _subset(records, count)]
+    tensors += list(calibration[: max(0, count - len(tensors))])
+    rng = np.random.default_rng(1)
+    while len(tensors) < count:
+        tensors.append(rng.random((1, 3, height, width), dtype=np.float32))
     tensors.append(np.zeros((1, 3, height, width), np.float32))
     return tensors
 

@@ -1,0 +1,263 @@
+"""Export chain on a tiny detector trained for a few steps: ONNX parity, INT8, pruning, the whole chain, bad input.
+
+The checkpoint comes from the real training API (smoke preset, a few CPU steps on the generated reef dataset).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_agent.bundle import load_bundle
+from edge_agent.dataset import ReefDataset, load_image
+from edge_agent.preprocess import letterbox
+from export.checks import check_parity
+from export.onnx_export import ContractDetector, ExportError, check_onnx, export_onnx
+from export.quantize import CalibrationError, calibration_tensors, quantize_int8
+from export.runners import onnx_runner, torch_runner
+from export.source import load_source
+from tests.helpers.bundles import BundleKeys
+
+pytestmark = pytest.mark.slow
+
+WIDTH, HEIGHT = 224, 128  # the smoke preset's max_size, 32-aligned 16:9 height: the in-model resize is a no-op
+
+
+def _all_op_types(graph) -> set[str]:  # type: ignore[no-untyped-def]
+    """Op types of a graph including its If/Loop subgraphs (torchvision's NMS sits inside an If)."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attribute in node.attribute:
+            if attribute.g.node:
+                ops |= _all_op_types(attribute.g)
+    return ops
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from train.api import fit
+    from train.config import load_config
+
+    out = tmp_path_factory.mktemp("export-runs")
+    cfg = load_config("smoke", overrides=[
+        f"--data.root={synthetic_dataset}", "--data.image_size=[320,180]", f"--checkpoint.output_dir={out}",
+        "--checkpoint.name=export", "--data.check_images=exists", "--trainer.max_steps=3", "--data.train_limit=6",
+        f"--checkpoint.best_copy={out / 'best.ckpt'}",
+    ])
+    fit(cfg)
+    return out / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def frames(synthetic_dataset: Path) -> list[np.ndarray]:
+    """20 letterboxed frames plus an all-black one (zero detections must work)."""
+    records = ReefDataset.open(synthetic_dataset, image_size=(320, 180)).records
+    tensors = [letterbox(load_image(r.image_path), WIDTH, HEIGHT)[0] for r in records[::2][:20]]
+    return [*tensors, np.zeros((1, 3, HEIGHT, WIDTH), np.float32)]
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(smoke_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = load_source(smoke_checkpoint)
+    return export_onnx(source.model, tmp_path_factory.mktemp("onnx") / "fp32.onnx", WIDTH, HEIGHT)
+
+
+def test_onnx_matches_pytorch_on_20_frames_and_a_blank_one(smoke_checkpoint, fp32_onnx, frames) -> None:
+    import onnx
+
+    source = load_source(smoke_checkpoint)
+    proto = onnx.load(str(fp32_onnx))
+    assert proto.opset_import[0].version == 17
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, HEIGHT, WIDTH]
+    assert _all_op_types(proto.graph) >= {"RoiAlign", "NonMaxSuppression"}
+    result = check_parity(torch_runner(source.model, WIDTH, HEIGHT), onnx_runner(fp32_onnx), frames,
+                          score_floor=source.cfg.box_score_thresh, max_detections=source.cfg.box_detections_per_img)
+    assert result.frames == 21
+    assert result.reference_detections >= 20  # not a vacuous pass
+    assert result.passed, result.problems
+    assert result.min_iou >= 0.99 and result.max_score_diff <= 1e-3
+    blank = onnx_runner(fp32_onnx)(frames[-1])
+    assert [a.ndim for a in blank] == [2, 1, 1] and blank[0].shape[1] == 4
+
+
+def test_contract_wrapper_equals_the_full_torchvision_model(smoke_checkpoint, frames) -> None:
+    """Bypassing torchvision's resize/rescale is exact at the deployment size (scale 1)."""
+    source = load_source(smoke_checkpoint)
+    wrapper = ContractDetector(source.model, WIDTH, HEIGHT)
+    with torch.no_grad():
+        full = source.model([torch.from_numpy(frames[0])[0]])[0]
+        boxes, scores, labels = wrapper(torch.from_numpy(frames[0]))
+    assert torch.allclose(full["boxes"], boxes, atol=1e-4) and torch.allclose(full["scores"], scores, atol=1e-6)
+    assert torch.equal(full["labels"], labels)
+
+
+def test_int8_is_qdq_symmetric_keeps_the_tail_float_and_stays_close(fp32_onnx, frames, synthetic_dataset, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    records = ReefDataset.open(synthetic_dataset, image_size=(320, 180)).records
+    int8 = quantize_int8(fp32_onnx, tmp_path / "int8.onnx", calibration_tensors(records[:32], 8, WIDTH, HEIGHT))
+    graph = onnx.load(str(int8)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize, "no QuantizeLinear nodes: nothing was quantized"
+    zero_points = [inits[n.input[2]] for n in quantize if len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and all(np.all(z == 0) for z in zero_points)  # symmetric activations (TensorRT)
+    # int8 weights feed only Conv / Gemm / MatMul; the detection tail (RoiAlign, NMS, TopK, box decoding) and the
+    # final predictors keep float weights and compute in float (they read dequantized tensors).
+    weight_dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    quantized_ops = {n.op_type for n in graph.node if set(n.input) & weight_dq}
+    assert quantized_ops <= {"Conv", "Gemm", "MatMul"}, quantized_ops
+    for node in graph.node:
+        if "box_predictor" in node.name or "rpn/head/cls_logits" in node.name or "rpn/head/bbox_pred" in node.name:
+            if node.op_type in ("Conv", "Gemm"):
+                assert node.input[1] in inits, f"{node.name}: predictor weights were quantized"
+    assert sum(n.op_type == "Conv" and n.input[1] in weight_dq for n in graph.node) >= 40
+    assert _all_op_types(graph) >= {"RoiAlign", "NonMaxSuppression", "TopK"}
+    assert int8.stat().st_size < 0.5 * fp32_onnx.stat().st_size
+    agreement = check_parity(onnx_runner(fp32_onnx), onnx_runner(int8), frames, min_iou=0.5, max_score_diff=0.05,
+                             score_floor=0.3)
+    assert agreement.reference_detections > 0
+    assert agreement.matched / agreement.reference_detections >= 0.8, agreement.problems
+    assert agreement.max_score_diff <= 0.05
+
+
+def test_pruning_really_removes_channels_and_the_model_still_runs(smoke_checkpoint, frames, tmp_path) -> None:
+    from export.prune import PruneConfig, model_stats, prune_detector
+    from export.source import save_pruned
+
+    source = load_source(smoke_checkpoint)
+    before = model_stats(source.model, WIDTH, HEIGHT)
+    bn_before = source.model.backbone.body["4"].block[0][1].num_features
+    model, cfg = prune_detector(source.model, source.cfg, PruneConfig(ratio=0.5, proposals=20), WIDTH, HEIGHT)
+    after = model_stats(model, WIDTH, HEIGHT)
+    assert after.params < 0.7 * before.params and after.macs < 0.7 * before.macs
+    assert model.backbone.body["4"].block[0][1].num_features < bn_before
+    assert cfg.representation_size == model.roi_heads.box_head.fc7.out_features < source.cfg.representation_size
+    assert cfg.rpn_post_nms_top_n_test == 20
+    assert not any(hasattr(m, "weight_mask") for m in model.modules())  # real removal, not torch masks
+    # the pruned checkpoint reloads into the same shapes and the same outputs
+    path = save_pruned(model, cfg, dict(source.info), tmp_path / "pruned.ckpt")
+    reloaded = load_source(path)
+    ours, theirs = torch_runner(model, WIDTH, HEIGHT)(frames[0]), torch_runner(reloaded.model, WIDTH, HEIGHT)(frames[0])
+    assert len(ours[0]) > 0 and np.allclose(ours[1], theirs[1]) and np.allclose(ours[0], theirs[0])
+
+
+def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundle_keys: BundleKeys, tmp_path) -> None:
+    from export.chain import ChainOptions, run_chain
+    from export.prune import PruneConfig
+
+    out = tmp_path / "out"
+    report = run_chain(ChainOptions(
+        checkpoint=smoke_checkpoint, out=out, private_key=bundle_keys.private, prune=PruneConfig(ratio=0.5),
+        fine_tune_epochs=1, calibration_frames=8, parity_frames=6, eval_frames=4, latency_runs=2,
+        fine_tune_overrides={"data.train_limit": 2, "data.val_limit": 2},
+    ))
+    bundle = load_bundle(out / "bundle", bundle_keys.public)
+    assert set(bundle.manifest.variants) == {"fp32", "int8"} and bundle.manifest.default_variant == "int8"
+    assert bundle.manifest.training.checkpoint_sha256 == load_source(smoke_checkpoint).sha256
+    assert bundle.manifest.input.shape == (1, 3, HEIGHT, WIDTH)
+    variants = report["variants"]
+    assert set(variants) == {"pytorch_fp32", "pruned_pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8"}
+    for name in ("pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8"):
+        assert variants[name]["latency"]["median_ms"] > 0
+        assert 0.0 <= variants[name]["accuracy"]["f2"] <= 1.0 and "map50" in variants[name]["accuracy"]
+    assert variants["pruned_onnx_int8"]["macs"] < variants["pytorch_fp32"]["macs"]
+    # the pruned model's ONNX matches the pruned PyTorch model (the >= 20-frame parity is tested above)
+    assert report["parity_fp32"]["passed"] and report["parity_fp32"]["frames"] == 7
+    assert report["parity_fp32"]["reference_detections"] > 0
+    assert "latency_ratio" in report["goals"] and "f2_drop" in report["goals"]
+    assert json.loads((out / "report.json").read_text())["bundle"]["version"] == 1
+    markdown = (out / "report.md").read_text()
+    assert "| pruned_onnx_int8 |" in markdown and "latency ratio" in markdown
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+
+def test_not_our_checkpoint_is_refused(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, foreign)
+    with pytest.raises(ExportError, match="not a starfish-edge detector checkpoint"):
+        load_source(foreign)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ExportError, match="not a readable"):
+        load_source(garbage)
+    with pytest.raises(ExportError, match="not found"):
+        load_source(tmp_path / "missing.ckpt")
+
+
+def test_class_count_mismatch_is_refused(smoke_checkpoint: Path, tmp_path: Path) -> None:
+    data = torch.load(smoke_checkpoint, map_location="cpu", weights_only=True)
+    data["starfish"]["classes"] = ["background", "cots", "sea-urchin"]
+    bad = tmp_path / "three-classes.ckpt"
+    torch.save(data, bad)
+    with pytest.raises(ExportError, match="3 entries but the model predicts 2 classes"):
+        load_source(bad)
+    with pytest.raises(ExportError, match="differ from the expected"):
+        load_source(smoke_checkpoint, expected_classes=("background", "starfish"))
+
+
+def test_checker_failing_onnx_is_refused(fp32_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ExportError, match="garbage.onnx"):
+        check_onnx(garbage)
+    proto = onnx.load(str(fp32_onnx))
+    proto.graph.node[3].input[0] = "no_such_tensor"
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.raises(ExportError, match="fails the ONNX checker"):
+        check_onnx(broken)
+    with pytest.raises(ExportError, match="fails the ONNX checker"):
+        quantize_int8(broken, tmp_path / "never.onnx", [np.zeros((1, 3, HEIGHT, WIDTH), np.float32)])
+    assert not (tmp_path / "never.onnx").exists()
+
+
+def test_empty_calibration_is_refused(fp32_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match="calibration data is empty"):
+        quantize_int8(fp32_onnx, tmp_path / "int8.onnx", [])
+    with pytest.raises(CalibrationError, match="calibration data is empty"):
+        calibration_tensors([], 100, WIDTH, HEIGHT)
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_input_size_must_fit_the_network(smoke_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="multiples of 32"):
+        export_onnx(load_source(smoke_checkpoint).model, tmp_path / "x.onnx", 225, 128)
+    assert not list(tmp_path.iterdir())
+
+
+def test_frozen_batchnorm_cannot_be_pruned() -> None:
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from export.prune import PruneConfig, prune_detector
+    from train.model import ModelConfig, build_detector
+
+    cfg = ModelConfig(min_size=128, max_size=224, fpn_channels=64, representation_size=64)
+    model = build_detector(cfg)
+    model.backbone.body["0"][1] = FrozenBatchNorm2d(16)
+    with pytest.raises(ExportError, match="FrozenBatchNorm2d"):
+        prune_detector(model, cfg, PruneConfig(), WIDTH, HEIGHT)
+
+
+def test_cli_reports_bad_checkpoint_cleanly(tmp_path: Path, bundle_keys: BundleKeys) -> None:
+    from typer.testing import CliRunner
+
+    from export.cli import app
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"x": 1}, foreign)
+    result = CliRunner().invoke(app, ["onnx", str(foreign), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1 and "not a starfish-edge" in result.output
+    result = CliRunner().invoke(app, ["all", "--key", str(bundle_keys.private)])
+    assert result.exit_code != 0 and "--untrained" in result.output
