@@ -53,7 +53,8 @@ def _stamp(
 ) -> None:
     """Raise a lumpy dome (or a flat-topped plate) on the torus; where it is the highest surface, paint it."""
     size = height.shape[0]
-    half = int(np.ceil(radius * max(1.0, aspect) * 1.25)) + 1
+    # The wobble below can push the outline ~35 % beyond `radius`; the window must hold all of it.
+    half = int(np.ceil(radius * max(1.0, aspect) * 1.45)) + 1
     rows, cols = torus_window(size, int(cy), int(cx), half)
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
     angle = rng.uniform(0, np.pi)
@@ -152,12 +153,12 @@ def make_reef_texture(rng: np.random.Generator, size: int) -> np.ndarray:
         _stamp(height, albedo, y, x, radius, radius / (260.0 * s) + rng.uniform(0.05, 0.15),
                _jitter(rng, CORAL[rng.integers(len(CORAL))]), rng, aspect=rng.uniform(0.7, 1.4),
                detail=brain if rng.random() < 0.6 else rough)
-    for _ in range(int(18 * area_scale)):
+    for _ in range(int(12 * area_scale)):
         y, x = spot()
         _stamp(height, albedo, y, x, rng.uniform(40, 120) * s, rng.uniform(0.15, 0.3),
                _jitter(rng, CORAL[rng.integers(len(CORAL))]), rng, aspect=rng.uniform(0.8, 1.6), plateau=True,
                detail=rough)
-    for _ in range(int(45 * area_scale)):
+    for _ in range(int(90 * area_scale)):
         cy, cx = spot()
         colour = _jitter(rng, CORAL[rng.integers(len(CORAL))])
         spread = rng.uniform(25, 90) * s

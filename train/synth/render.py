@@ -3,6 +3,13 @@
 `render_frame` is a pure function of (layout, assets, frame index), so frames can be rendered in any order or
 process and a seed always gives the same pixels. Besides the image it returns a label map (which starfish each
 pixel shows) from which the written boxes are derived, so tests can check every box against drawn pixels.
+
+Box rule. A starfish pixel is one where the warped sprite's starfish coverage is >= 0.5 (spines included) and
+neither its own occluding coral nor a starfish drawn later covers it. The box is the tight box of those pixels,
+which are inside the frame by construction (clipped). The box is written only if it is wider and taller than
+1 px and at least `min_visible_fraction` (default 0.4) of the starfish's in-frame pixels are visible: a
+starfish mostly hidden under coral gets no box, one cut by the frame edge keeps its box (the cut is not
+occlusion). Boxes are measured before motion blur, which smears edges by a few pixels.
 """
 
 from __future__ import annotations
@@ -107,7 +114,7 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
     rng = stream(config, layout.video_id, STREAM_LOOK)
     # Water: blue-green veil; red is absorbed fastest, so the floor loses red with distance.
     water = np.array([rng.uniform(0.50, 0.62), rng.uniform(0.56, 0.70), rng.uniform(0.14, 0.26)], np.float32)
-    beta = np.array([0.32, 0.26, 0.95], np.float32) * rng.uniform(0.8, 1.25)
+    beta = np.array([0.28, 0.22, 0.8], np.float32) * rng.uniform(0.8, 1.25)
     light = rng.uniform(1.0, 1.35)
     # Path length through water per image row, relative to the bottom row (grows towards the top).
     rows = np.arange(height, dtype=np.float64)

@@ -61,7 +61,7 @@ def _outline(rng: np.random.Generator, radius: float, arms: int) -> np.ndarray:
     half_width = np.pi / arms * rng.uniform(0.75, 0.95)
     for i in range(arms):
         centre = phase + 2 * np.pi * i / arms + rng.normal(0, 0.12 * np.pi / arms)
-        length = radius * rng.uniform(0.72, 1.0)
+        length = radius * rng.uniform(0.8, 1.0)
         delta = np.angle(np.exp(1j * (theta - centre)))
         taper = np.clip(1.0 - np.abs(delta) / half_width, 0.0, 1.0) ** rng.uniform(0.55, 0.8)
         r = np.maximum(r, disk + (length - disk) * taper)
@@ -89,8 +89,8 @@ def make_starfish_sprite(
     body = _rgb01(body_rgb) * rng.uniform(0.85, 1.15, 3).astype(np.float32)
     tip = _rgb01(tip_rgb) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
 
-    # Body silhouette (without spines): polygon from the polar outline, 15 % inside the full diameter.
-    polar = _outline(rng, radius * 0.85 * ss, arms)
+    # Body silhouette (without spines): polygon from the polar outline; spines add the last ~10 %.
+    polar = _outline(rng, radius * 0.95 * ss, arms)
     theta = np.linspace(0, 2 * np.pi, polar.size, endpoint=False)
     points = np.stack([c + polar * np.cos(theta), c + polar * np.sin(theta)], axis=1)
     body_mask = np.zeros((big, big), np.float32)
@@ -131,7 +131,8 @@ def make_starfish_sprite(
         return cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
 
     star_alpha = down(star_alpha)
-    star_colour = np.clip(down(colour) * 1.1, 0, 1)
+    # Water absorbs red first; real COTS stay visibly red-purple because they are strongly red to begin with.
+    star_colour = np.clip(down(colour) * np.float32([1.15, 1.2, 1.6]), 0, 1)
     # Soft contact shadow, offset away from the light.
     shift = np.float32([[1, 0, radius * 0.06], [0, 1, radius * 0.08]])
     shadow = cv2.warpAffine(star_alpha, shift, (size, size))
