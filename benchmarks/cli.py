@@ -98,7 +98,8 @@ def run_command(
     batch: int = typer.Option(1, min=1, help="Also measure throughput at this batch size where supported."),
     pool_frames: int = typer.Option(32, min=1, help="Distinct real frames rotated through while timing."),
     accuracy_frames: int = typer.Option(100, min=0, help="Frames evaluated with --data (0: all)."),
-    output_dir: Path = typer.Option(RESULTS_DIR, "--output-dir", "-o", help="Where JSON, CSV and PNG go."),
+    output_dir: Path = typer.Option(None, "--output-dir", "-o", help="Where JSON, CSV, Markdown and PNG go. "
+                                    "Default: benchmarks/results/<machine>/."),
     name: str = typer.Option(None, help="File stem of the outputs. Default: model-version-machine-time."),
     peak: bool = typer.Option(True, help="Measure the machine's peak (matmul) for the '% of peak' column."),
     chart: bool = typer.Option(True, help="Write the PNG chart."),
@@ -133,9 +134,10 @@ def run_command(
     console = _console()
     with _RichProgress(console, opts) as progress:
         report = run_benchmark(opts, progress)
+    output_dir = output_dir or RESULTS_DIR / machine_slug(report.machine)
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    stem = name or f"{report.model.name}-v{report.model.version}-{machine_slug(report.machine)}-{stamp}"
+    stem = name or f"{report.model.name}-v{report.model.version}-{stamp}"
     written = [write_json(report, output_dir / f"{stem}.json"), write_csv(report, output_dir / f"{stem}.csv")]
     (output_dir / f"{stem}.md").write_text(markdown_table(report))
     written.append(output_dir / f"{stem}.md")
@@ -294,7 +296,8 @@ def pipeline_command(
     warmup_frames: int = typer.Option(5, min=0, help="Frames run first and left out of the statistics."),
     publish: bool = typer.Option(True, help="Publish counts to the configured broker (as <device_id>-bench, with "
                                  "a temporary outbox), timing the publish stage."),
-    output_dir: Path = typer.Option(RESULTS_DIR, "--output-dir", "-o", help="Where the JSON goes."),
+    output_dir: Path = typer.Option(None, "--output-dir", "-o", help="Where the JSON goes. Default: "
+                                    "benchmarks/results/<machine>/."),
     name: str = typer.Option(None, help="File stem. Default: pipeline-<backend>-<machine>-<time>."),
 ) -> None:
     """Time the agent's stages per frame (decode, preprocess, inference, postprocess + tracking, publish)."""
@@ -324,9 +327,10 @@ def pipeline_command(
     console.print(f"end to end (sequential): {report.sequential_fps:.1f} fps; agent loop bound (decode on its own "
                   f"thread): {report.agent_loop_fps:.1f} fps; load {report.load_s:.2f} s; "
                   f"{report.detections_per_frame:.2f} detections/frame")
+    output_dir = output_dir or RESULTS_DIR / machine_slug(report.machine)
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    stem = name or f"pipeline-{report.backend.get('backend')}-{machine_slug(report.machine)}-{stamp}"
+    stem = name or f"pipeline-{report.backend.get('backend')}-{stamp}"
     path = output_dir / f"{stem}.json"
     path.write_text(report.model_dump_json(indent=2) + "\n")
     console.print(f"wrote {path}")

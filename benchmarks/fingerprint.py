@@ -65,8 +65,8 @@ def fingerprint_id(info: dict[str, object]) -> str:
 
 
 def machine_slug(info: dict[str, object]) -> str:
-    """A file-name friendly label: GPU name when there is one, else the CPU model."""
-    label = str(info.get("gpu_name") or info.get("cpu_model") or "unknown")
+    """A file-name friendly label: the GPU name when there is one, else the CPU model and its thread count."""
+    label = str(info.get("gpu_name") or f"{info.get('cpu_model') or 'unknown'}-{info.get('cpu_logical_cores')}c")
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:40] or "unknown"
 
 

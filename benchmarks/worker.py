@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -108,8 +109,10 @@ def run(spec: WorkerSpec) -> BackendResult:
             result.details["peak_gpu"] = gpu.unavailable
     result.peak_rss_mb = round(peak_rss_mb(), 1)
     threads = getattr(detector, "thread_info", None)
-    result.threads = threads() if threads else {"requested": spec.threads}
-    result.threads.setdefault("requested", spec.threads)
+    result.threads = threads() if threads else {}
+    if backend.family == "onnxruntime":
+        result.threads.update(onnxruntime_intra_op=spec.threads, onnxruntime_inter_op=1)
+    result.threads.update(requested=spec.threads, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "unset"))
     result.details.update({k: v for k, v in detector.describe().items() if k in ("providers", "tensorrt_version",
                                                                                     "device", "checkpoint",
                                                                                     "checkpoint_matches_bundle")})
