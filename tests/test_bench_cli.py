@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from benchmarks.report import CSV_COLUMNS, read_json
 from benchmarks.schema import BenchReport
 from starfish_cli import app
+from tests.helpers.run_if import requires_cuda
 
 pytest.importorskip("torch", reason="the tiny bundle and the torch-cpu back end need the `train` extra")
 pytest.importorskip("onnxruntime", reason="the ort-* back ends need the `edge` extra")
@@ -250,3 +251,24 @@ def test_bad_options_fail_with_a_clear_message(bench_bundle: BenchBundle, args: 
     result = CliRunner().invoke(app, ["bench", str(bench_bundle.path), "--key", str(bench_bundle.public_key), *args])
     assert result.exit_code == 2
     assert message in _flat(result.output)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_backends_run_or_say_why(bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path: Path) -> None:
+    """On a CUDA machine: torch-cuda runs with its GPU memory measured; the onnxruntime / TensorRT GPU back ends run
+    too, or are skipped with a reason (their packages are optional) — none fails."""
+    gpu = ("torch-cuda", "ort-cuda", "ort-tensorrt", "tensorrt-fp16", "tensorrt-int8")
+    result = _invoke([str(bench_bundle.path), "--key", str(bench_bundle.public_key), "--checkpoint",
+                      str(bench_bundle.checkpoint), "--backends", ",".join(gpu), "--data", str(synthetic_dataset),
+                      "--accuracy-frames", "4", "-o", str(tmp_path), "--name", "gpu", *FAST])
+    assert result.exit_code == 0, result.output
+    report = read_json(tmp_path / "gpu.json")
+    torch_cuda = report.result("torch-cuda")
+    assert torch_cuda.status == "ok", torch_cuda.reason
+    assert torch_cuda.peak_gpu_mb and torch_cuda.peak_gpu_mb > 0 and torch_cuda.device == "cuda"
+    assert report.machine["gpu_name"] and report.peak.values_gflops.get("gpu_fp32", 0) > 0
+    for row in report.results:
+        assert row.status != "failed", f"{row.backend}: {row.reason}"
+        if row.status == "ok":
+            assert row.latency.p50_ms > 0 and row.peak_key.startswith("gpu_")
