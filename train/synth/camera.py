@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 GROUND_PER_PIXEL = 0.8  # ground px per image px at the bottom row (the floor texture is slightly magnified there)
-SHUTTER = 0.4  # fraction of the frame interval the shutter is open: motion blur = SHUTTER * image motion
+SHUTTER = 0.25  # fraction of the frame interval the shutter is open: motion blur = SHUTTER * image motion
 
 
 @dataclass(frozen=True)

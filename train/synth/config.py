@@ -42,7 +42,7 @@ class SynthConfig(BaseModel):
         "hidden by coral or another starfish.",
     )
     crossing_seconds: tuple[float, float] = Field(
-        (3.0, 8.0), description="Range of seconds a starfish takes to cross the frame (camera speed)."
+        (4.0, 10.0), description="Range of seconds a starfish takes to cross the frame (camera speed)."
     )
     jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of train_images.")
     write_video: bool = Field(True, description="Also write videos/video_{id}.mp4.")

@@ -94,7 +94,8 @@ def write_preview(root: Path | str, out: Path | str, *, frames: int = 12, column
     sheet = contact_sheet(pick_frames(dataset.records, frames), columns=columns, thumb_width=thumb_width)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), sheet):
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 9] if out.suffix.lower() == ".png" else [cv2.IMWRITE_JPEG_QUALITY, 90]
+    if not cv2.imwrite(str(out), sheet, params):
         raise OSError(f"could not write {out} (unsupported extension?)")
     return out
 
