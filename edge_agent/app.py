@@ -351,7 +351,7 @@ class Agent:
     def _shutdown(self) -> None:
         logger.info("stopping: capture, then flushing counts and the broker connection")
         for runtime in self.cameras.values():
-            runtime.camera._stop.set()  # ask all first so they wind down in parallel
+            runtime.camera.request_stop()  # ask all first so they wind down in parallel
         for runtime in self.cameras.values():
             runtime.camera.stop(timeout=3.0)
         for camera_id, runtime in self.cameras.items():

@@ -124,11 +124,15 @@ class Camera:
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.id}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to end and wait for it (a blocked network read ends within `read_timeout_s`)."""
+    def request_stop(self) -> None:
+        """Ask the thread to end without waiting (stop several cameras in parallel, then `stop()` each)."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to end and wait for it (a blocked network read ends within `read_timeout_s`)."""
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
