@@ -29,6 +29,7 @@ import numpy as np
 from edge_agent.capture import Camera, CameraState, Frame
 from edge_agent.config import AgentConfig, SnapshotConfig, VideoOutputConfig
 from edge_agent.detectors import Detections, Detector
+from edge_agent.outbox import OutboxError
 from edge_agent.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class Agent:
         self._first_frame_at: float | None = None  # monotonic time the first frame finished (throughput clock)
         self._last_frame_at = 0.0
         self.detect_errors = 0
+        self.publish_errors = 0
         self.commands_rejected = 0
         self._last_stats = time.monotonic()
         self._stopped = threading.Event()
@@ -250,7 +252,14 @@ class Agent:
                  "y2": round(float(b[3]), 1), "score": round(float(s), 4), "track_id": int(t) if t >= 0 else None}
                 for b, s, t in zip(detections.boxes, detections.scores, update.track_ids, strict=True)
             ]
-        self.publisher.publish_counts(camera_id, payload)
+        try:
+            self.publisher.publish_counts(camera_id, payload)
+        except OutboxError as exc:
+            # Disk full or failing flash: this frame's counts cannot be made durable. Keep detecting (the live
+            # count value and stats still flow) and say so loudly; the count of lost messages is in the summary.
+            self.publish_errors += 1
+            if self.publish_errors == 1 or self.publish_errors % 100 == 0:
+                logger.error("counts not stored (%d so far): %s", self.publish_errors, exc)
         self.publisher.publish_count_value(camera_id, count)
         self._evidence.offer(runtime, frame, detections, update.track_ids)
 
@@ -396,7 +405,7 @@ def load_detector(cfg: AgentConfig, bundle_path: Path | None = None) -> tuple[De
 def build_agent(cfg: AgentConfig) -> Agent:
     """Everything `starfish agent run` needs: verified detector, durable outbox, MQTT publisher."""
     from edge_agent.mqtt.publisher import AgentPublisher
-    from edge_agent.outbox import Outbox, OutboxError
+    from edge_agent.outbox import Outbox
 
     detector, load_time = load_detector(cfg)
     try:
