@@ -1,0 +1,1 @@
+"""Benchmark CLI (`starfish bench`): back-end latency, throughput, memory and accuracy; compare; pipeline."""

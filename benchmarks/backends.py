@@ -11,7 +11,11 @@ import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from edge_agent.bundle import VerifiedBundle
+    from edge_agent.detectors import Detector
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +114,9 @@ def precheck(spec: BackendSpec, variants: set[str], checkpoint: Path | None) -> 
     return None
 
 
-def open_detector(spec: BackendSpec, bundle: object, checkpoint: Path | None, threads: int, cache_dir: Path | None):
+def open_detector(
+    spec: BackendSpec, bundle: VerifiedBundle, checkpoint: Path | None, threads: int, cache_dir: Path | None
+) -> Detector:
     """Construct the back end's `Detector` for ``bundle`` (no warm-up: the caller times the first frames itself).
 
     Raises `BackendSkipped` when the library reports the back end unavailable here.

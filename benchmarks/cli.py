@@ -256,7 +256,6 @@ def backends_command(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint, to check the torch-* back ends."),
 ) -> None:
     """List the back ends and whether each can run here (library-level check, no model needed)."""
-    from rich.console import Console
     from rich.table import Table
 
     from benchmarks.backends import BACKENDS, precheck
@@ -267,7 +266,7 @@ def backends_command(
     for spec in BACKENDS.values():
         reason = precheck(spec, {"fp32", "int8"}, checkpoint)
         table.add_row(spec.name, spec.device, spec.precision, spec.description, reason or "[green]available[/green]")
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command("peak")

@@ -110,7 +110,10 @@ def compare(
             continue
         for name in metrics:
             metric = METRICS[name]
-            rows.append(_compare_metric(old.backend, metric, metric.get(old), metric.get(current),
+            before, after = metric.get(old), metric.get(current)
+            if before is None and after is None:  # not applicable (GPU memory of a CPU back end, no --data)
+                continue
+            rows.append(_compare_metric(old.backend, metric, before, after,
                                         accuracy_tolerance if metric.absolute else tolerance))
     return Comparison(rows=[r for r in rows if r.verdict != "missing"] + [r for r in rows if r.verdict == "missing"],
                       warnings=warnings)

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,7 +29,7 @@ GPU_SIZE = 8192
 TRIES = 5
 
 
-def _best_gflops(run: callable, flops: float, tries: int = TRIES) -> float:
+def _best_gflops(run: Callable[[], object], flops: float, tries: int = TRIES) -> float:
     run()  # warm-up: thread pools start, pages fault in, kernels are chosen
     best = float("inf")
     for _ in range(tries):
@@ -85,7 +86,7 @@ def gpu_peaks(size: int = GPU_SIZE) -> tuple[dict[str, float], dict[str, str]]:
     missing: dict[str, str] = {}
     device = torch.device("cuda")
 
-    def timed(fn: callable, flops: float) -> float:
+    def timed(fn: Callable[[], object], flops: float) -> float:
         fn()
         torch.cuda.synchronize()
         best = float("inf")
