@@ -64,12 +64,12 @@ def test_bad_config_names_the_field(change, field: str) -> None:
 
 def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump({**_valid(), "mqtt": {"host": "from-file", "port": 1883}}))
+    path.write_text(yaml.safe_dump({**_valid(), "mqtt": {"host": "from-file", "port": 1999}}))
     monkeypatch.setenv("STARFISH_MQTT__HOST", "from-env")
     monkeypatch.setenv("STARFISH_DEVICE_ID", "reef-env")
     monkeypatch.setenv("STARFISH_DETECTOR__BACKENDS", '["onnxruntime"]')
     cfg = load_config(path)
-    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.device_id) == ("from-env", 1883, "reef-env")
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.device_id) == ("from-env", 1999, "reef-env")  # merged, not replaced
     assert cfg.detector.backends == ["onnxruntime"]
     monkeypatch.setenv("STARFISH_MQTT__PORT", "not-a-port")
     with pytest.raises(ConfigError, match="mqtt.port"):
