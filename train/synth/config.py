@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 
 # The real Kaggle set is ~80 % empty frames. Half is the default here so that small synthetic sets still give a
 # detector enough positives to learn from while keeping "say zero" a frequent answer; `--empty-fraction 0.8`

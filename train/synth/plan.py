@@ -20,6 +20,7 @@ MIN_SEQUENCE = 4
 # A candidate starfish counts as "in" a frame while its centre is inside the frame grown by this share of its
 # image radius; used to aim at the requested empty-frame fraction (the written boxes decide the real figure).
 OCCUPANCY_MARGIN = 0.9
+MAX_PER_FRAME = 8  # the real set peaks at 18 in a frame, but more than a handful is rare
 
 
 def stream(config: SynthConfig, video: int, purpose: int, *extra: int) -> np.random.Generator:
@@ -157,49 +158,79 @@ def _place_tracks(layout: VideoLayout, rng: np.random.Generator, first_track_id:
     lo, hi = sorted((config.min_size * scale_lo, config.effective_max_size * GROUND_PER_PIXEL))
     tracks: list[TrackPlan] = []
     next_id = first_track_id
+
+    def candidate(t0: int, ground: np.ndarray) -> tuple[TrackPlan, np.ndarray] | None:
+        """A starfish at `ground` in the sequence of frame t0 and the frames it shows in; None if it cannot."""
+        seq = layout.sequence_at(t0)
+        diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        track = TrackPlan(
+            track_id=next_id,
+            sequence_id=seq.sequence_id,
+            ground=(float(ground[0]), float(ground[1])),
+            diameter=diameter,
+            occluded=bool(rng.random() < config.occlusion_probability),
+        )
+        # Starfish rarely lie on top of each other: skip a spot that overlaps one already there.
+        crowded = any(
+            t.sequence_id == track.sequence_id
+            and np.hypot(t.ground[0] - ground[0], t.ground[1] - ground[1]) < 0.5 * (t.diameter + diameter)
+            for t in tracks
+        )
+        near = _near_frame(layout, inverse, track, OCCUPANCY_MARGIN)
+        return None if crowded or not near.any() else (track, near)
+
+    def random_point(t0: int) -> np.ndarray:
+        u = rng.uniform(0.05, 0.95) * config.width
+        v = rng.uniform(0.1, 0.95) * config.height
+        vec = layout.homographies[t0] @ np.array([u, v, 1.0])
+        return vec[:2] / vec[2]
+
     attempts = 0
     while occupied.sum() < target and attempts < 50 + 20 * frames:
         attempts += 1
         t0 = int(rng.choice(np.flatnonzero(~occupied)))
-        seq = layout.sequence_at(t0)
-        u = rng.uniform(0.05, 0.95) * config.width
-        v = rng.uniform(0.1, 0.95) * config.height
-        vec = layout.homographies[t0] @ np.array([u, v, 1.0])
-        anchor = vec[:2] / vec[2]
+        anchor = random_point(t0)
         group = [anchor]
         if rng.random() < 0.5:
             for _ in range(int(rng.integers(1, 5))):
                 ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(1.2, 4.0) * hi
                 group.append(anchor + dist * np.array([np.cos(ang), np.sin(ang)]))
-        candidates = []
+        added: list[TrackPlan] = []
         union = occupied.copy()
         for ground in group:
-            diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-            track = TrackPlan(
-                track_id=next_id + len(candidates),
-                sequence_id=seq.sequence_id,
-                ground=(float(ground[0]), float(ground[1])),
-                diameter=diameter,
-                occluded=bool(rng.random() < config.occlusion_probability),
-            )
-            # Starfish rarely lie on top of each other: skip a spot that overlaps one already there.
-            crowded = any(
-                t.sequence_id == track.sequence_id
-                and np.hypot(t.ground[0] - ground[0], t.ground[1] - ground[1]) < 0.5 * (t.diameter + diameter)
-                for t in tracks + candidates
-            )
-            near = _near_frame(layout, inverse, track, OCCUPANCY_MARGIN)
-            if crowded or not near.any():
+            made = candidate(t0, ground)
+            if made is None:
                 continue
-            candidates.append(track)
+            track, near = made
+            tracks.append(track)  # provisionally, so the group's members do not overlap each other
+            added.append(track)
+            next_id += 1
             union |= near
-        if not candidates:
+        if not added:
             continue
-        if union.sum() > target + tolerance and (tracks or attempts < 10 + 10 * frames):
-            continue  # would overshoot the requested share of frames with starfish (late on, accept one)
-        tracks.extend(candidates)
-        next_id += len(candidates)
+        if union.sum() > target + tolerance and (len(tracks) > len(added) or attempts < 10 + 10 * frames):
+            # Would overshoot the requested share of frames with starfish (late on, accept one anyway).
+            del tracks[-len(added):]
+            next_id -= len(added)
+            continue
         occupied = union
+    # Second pass: more starfish only where starfish already are, so frames hold several and the number of
+    # distinct starfish grows without changing the empty-frame share.
+    wanted = max(2, len(tracks) // 2)
+    per_frame = np.zeros(frames, int)
+    for track in tracks:
+        per_frame += _near_frame(layout, inverse, track, OCCUPANCY_MARGIN)
+    for _ in range(10 * wanted):
+        if wanted <= 0 or not occupied.any():
+            break
+        t0 = int(rng.choice(np.flatnonzero(occupied)))
+        made = candidate(t0, random_point(t0))
+        if made is None or (made[1] & ~occupied).any() or (per_frame + made[1]).max() > MAX_PER_FRAME:
+            continue
+        tracks.append(made[0])
+        next_id += 1
+        per_frame += made[1]
+        wanted -= 1
     layout.tracks = tracks
     # Draw a starfish in every frame where any of it may show (its whole radius plus spines and shadow).
     draw = [np.flatnonzero(_near_frame(layout, inverse, t, 1.4)) for t in tracks]

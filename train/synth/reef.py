@@ -55,37 +55,55 @@ def _stamp(
     size = height.shape[0]
     # The wobble below can push the outline ~35 % beyond `radius`; the window must hold all of it.
     half = int(np.ceil(radius * max(1.0, aspect) * 1.45)) + 1
-    rows, cols = torus_window(size, int(cy), int(cx), half)
-    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
+    yy, xx = _grid(half)
     angle = rng.uniform(0, np.pi)
     ca, sa = np.cos(angle), np.sin(angle)
     u = (xx * ca + yy * sa) / (radius * aspect)
     v = (-xx * sa + yy * ca) / radius
-    # Irregular outline: the radius wobbles with a few random harmonics of the polar angle.
-    theta = np.arctan2(v, u)
-    wobble = np.ones_like(theta)
-    for k in (2, 3, 5, 7):
-        wobble += rng.uniform(0.0, 0.18 / np.sqrt(k)) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
-    d2 = (u * u + v * v) / (wobble * wobble)
+    d2 = u * u + v * v
+    if radius >= 4:
+        # Irregular outline: the radius wobbles with a few random harmonics of the polar angle. (Small stamps
+        # skip it: invisible at their size, and it is most of their cost.)
+        theta = np.arctan2(v, u)
+        wobble = np.ones_like(theta)
+        for k in (2, 3, 5, 7):
+            wobble += rng.uniform(0.0, 0.18 / np.sqrt(k)) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
+        d2 = d2 / (wobble * wobble)
     if plateau:
-        profile = np.clip((1.0 - d2) * 5.0, 0.0, 1.0) ** 0.5
+        profile = np.sqrt(np.clip((1.0 - d2) * 5.0, 0.0, 1.0))
     else:
-        profile = np.sqrt(np.clip(1.0 - d2, 0.0, 1.0))
+        profile = np.sqrt(np.maximum(1.0 - d2, 0.0))
     inside = profile > 0
-    if not inside.any():
-        return
-    window = np.ix_(rows, cols)
+    y0, x0 = int(cy) - half, int(cx) - half
+    if 0 <= y0 and y0 + 2 * half + 1 <= size and 0 <= x0 and x0 + 2 * half + 1 <= size:
+        # Fast path: the window does not cross the tile's edge, so plain slices (views) work.
+        window: tuple = (slice(y0, y0 + 2 * half + 1), slice(x0, x0 + 2 * half + 1))
+    else:
+        rows, cols = torus_window(size, int(cy), int(cx), half)
+        window = np.ix_(rows, cols)
     current = height[window]
-    new = current.copy()
-    base = np.where(inside, current, 0).max() if plateau else 0.0
+    base = current[inside].max() if plateau and inside.any() else 0.0
     candidate = (base if plateau else current) + peak * profile
     top = inside & (candidate > current)
+    if not top.any():
+        return
+    new = current.copy()
     new[top] = candidate[top]
     height[window] = new
     paint = albedo[window]
     shade = 1.0 if detail is None else detail[window][top][:, None]
     paint[top] = colour[None, :] * shade
     albedo[window] = paint
+
+
+_GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cached pixel offsets (-half..half) of a stamp window."""
+    if half not in _GRIDS:
+        _GRIDS[half] = tuple(np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32))
+    return _GRIDS[half]
 
 
 def make_reef_texture(rng: np.random.Generator, size: int) -> np.ndarray:
