@@ -3,9 +3,13 @@
 What is pruned, and why this way:
 * Backbone body (MobileNetV3 / ResNet): torch-pruning's dependency graph removes coupled channel groups (expansion
   convs, depthwise convs, squeeze-excitation, BatchNorm, residual adds) and, as dependents, the input channels of
-  the FPN lateral convs. The FPN *outputs* stay at their width: they feed the shared RPN head at every level and,
-  through RoIAlign and a flatten, the box head — couplings the tracer cannot see through torchvision's RoIAlign op,
-  so pruning them there breaks the model (tried: the RPN conv then receives fewer channels than it expects).
+  the FPN lateral convs.
+* FPN channels, by hand with torch-pruning's pruning functions, because the dependency graph cannot see all the
+  couplings (it does not trace through torchvision's RoIAlign and the shared RPN head; letting it prune the FPN
+  broke the model: the RPN conv then received fewer channels than it expected). Two coupled groups, one index set
+  per group for every level: (1) the lateral ("inner") conv outputs with the 3x3 ("layer") conv inputs — the
+  top-down path adds levels together; (2) the 3x3 conv outputs with the RPN conv's inputs and, through RoIAlign
+  and the flatten of [C, 7, 7], fc6's input columns c*49 .. c*49+48.
 * RPN head conv (3x3, applied at every level): its output channels, with the matching inputs of the objectness and
   box-delta convs.
 * Box head (TwoMLPHead fc6/fc7): the representation width, with the predictor's inputs. The profile in the issue
@@ -37,11 +41,12 @@ class PruneConfig:
     ratio: float = 0.5
     head_ratio: float | None = None  # box head representation; default: ratio
     rpn_ratio: float | None = None  # RPN conv channels; default: ratio
+    fpn_ratio: float | None = None  # FPN channels; default: ratio
     proposals: int | None = None  # rpn_post_nms_top_n_test; None keeps the trained value
     round_to: int = 8  # keep channel counts multiples of 8 (friendlier to int8 kernels and TensorRT)
 
     def __post_init__(self) -> None:
-        for name in ("ratio", "head_ratio", "rpn_ratio"):
+        for name in ("ratio", "head_ratio", "rpn_ratio", "fpn_ratio"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ExportError(f"pruning {name} must be in [0, 1), got {value}")
@@ -100,6 +105,9 @@ def prune_detector(
         after = {k: tuple(v.shape) for k, v in backbone(example).items()}
         if before != after:
             raise ExportError(f"backbone pruning changed the FPN outputs {before} -> {after}")
+    fpn_ratio = prune.ratio if prune.fpn_ratio is None else prune.fpn_ratio
+    if fpn_ratio > 0:
+        _prune_fpn(model, fpn_ratio, prune.round_to)
     rpn_ratio = prune.ratio if prune.rpn_ratio is None else prune.rpn_ratio
     if rpn_ratio > 0:
         head = model.rpn.head
@@ -129,6 +137,33 @@ def prune_detector(
     with torch.no_grad():
         ContractDetector(model, width, height)(example)  # the pruned model must still run end to end
     return model, new_cfg
+
+
+def _prune_fpn(model: nn.Module, ratio: float, round_to: int) -> None:
+    import torch_pruning as tp
+
+    fpn = model.backbone.fpn
+    inner = [block[0] for block in fpn.inner_blocks]
+    layer = [block[0] for block in fpn.layer_blocks]
+    fc6 = model.roi_heads.box_head.fc6
+    pooled = fc6.in_features // layer[0].out_channels
+    if pooled * layer[0].out_channels != fc6.in_features:
+        raise ExportError(f"fc6 takes {fc6.in_features} inputs, not a multiple of {layer[0].out_channels} channels")
+    # group 1: lateral outputs == 3x3 inputs (summed across levels by the top-down path)
+    importance = sum(conv.weight.detach().flatten(1).norm(dim=1) for conv in inner)
+    drop = _complement(_keep(importance[:, None], ratio, round_to), inner[0].out_channels)
+    for conv in inner:
+        tp.prune_conv_out_channels(conv, drop)
+    for conv in layer:
+        tp.prune_conv_in_channels(conv, drop)
+    # group 2: FPN outputs == RPN conv inputs == fc6 input blocks
+    importance = sum(conv.weight.detach().flatten(1).norm(dim=1) for conv in layer)
+    drop = _complement(_keep(importance[:, None], ratio, round_to), layer[0].out_channels)
+    for conv in layer:
+        tp.prune_conv_out_channels(conv, drop)
+    tp.prune_conv_in_channels(model.rpn.head.conv[0][0], drop)
+    tp.prune_linear_in_channels(fc6, [c * pooled + k for c in drop for k in range(pooled)])
+    model.backbone.out_channels = layer[0].out_channels
 
 
 def set_test_proposals(model: nn.Module, pre_nms: int, post_nms: int) -> None:
