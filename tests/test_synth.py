@@ -195,8 +195,8 @@ def test_empty_fraction_extremes() -> None:
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32),
-    width=st.integers(64, 200),
-    height=st.integers(64, 140),
+    width=st.integers(32, 100).map(lambda half: 2 * half),
+    height=st.integers(32, 70).map(lambda half: 2 * half),
     empty_fraction=st.floats(0.0, 1.0),
     fps=st.floats(2.0, 60.0),
 )
@@ -224,6 +224,7 @@ def test_api_rejects_impossible_settings(tmp_path: Path) -> None:
         (["--videos", "0"], "--videos"),
         (["--width", "-5"], "--width"),
         (["--height", "10"], "--height"),
+        (["--width", "321"], "--width"),
         (["--fps", "0"], "--fps"),
         (["--empty-fraction", "1.5"], "--empty-fraction"),
         (["--min-size", "60", "--max-size", "30"], "min_size"),

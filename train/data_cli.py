@@ -122,3 +122,7 @@ def stats(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         console.print(f"[green]wrote[/green] {json_out}")
+
+
+if __name__ == "__main__":
+    app()

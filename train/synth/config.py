@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 GENERATOR_VERSION = "1.1.0"
 
@@ -47,6 +47,15 @@ class SynthConfig(BaseModel):
     jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of train_images.")
     write_video: bool = Field(True, description="Also write videos/video_{id}.mp4.")
     workers: int = Field(0, ge=0, le=64, description="Render processes; 0 = one per CPU core, 1 = in-process.")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _even(cls, value: int, info: ValidationInfo) -> int:
+        # MPEG-4 video stores 4:2:0 chroma: odd sizes get silently cropped by the encoder, so the .mp4 would no
+        # longer match the JPEG frames.
+        if value % 2:
+            raise ValueError(f"{info.field_name} must be even (video encoders need even frame sizes), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _check_ranges(self) -> SynthConfig:
