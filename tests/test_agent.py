@@ -334,3 +334,20 @@ def test_demo_without_a_broker_says_how_to_get_one(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "no MQTT broker at 192.0.2.1" in proc.stdout and "apt-get install mosquitto" in proc.stdout
+
+
+def test_two_cameras_share_one_detector_with_separate_trackers(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
+                                                               mqtt_subscriber) -> None:
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/+/counts"])
+    other = make_clip(tmp_path / "other.mp4", frames=30, seed=5)
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0})
+    cfg["cameras"].append({**cfg["cameras"][0], "id": "cam1", "source": str(other.path)})
+    agent = build_agent(load_config_data(cfg))
+    assert agent.run() == 0  # ends by itself once both clips have ended
+    assert wait_until(lambda: len(_counts(sub)) == clip.frames + other.frames, 10)
+    by_camera = {cam: [c for c in _counts(sub) if c["camera_id"] == cam] for cam in ("cam0", "cam1")}
+    assert [c["frame"] for c in by_camera["cam0"]] == list(range(clip.frames))
+    assert [c["frame"] for c in by_camera["cam1"]] == list(range(other.frames))
+    seqs = sorted(c["seq"] for c in _counts(sub))
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one device-wide sequence across cameras
+    assert agent.cameras["cam0"].tracker is not agent.cameras["cam1"].tracker
