@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 
 import typer
 
@@ -37,12 +38,14 @@ app = typer.Typer(
 def _configure_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("STARFISH_LOG_LEVEL", "INFO").upper())
     try:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(rich_tracebacks=False, show_path=False)
+        # Logs go to stderr so that commands printing JSON or counts on stdout stay machine-readable.
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), rich_tracebacks=False, show_path=False)
         fmt = "%(message)s"
     except ImportError:  # rich is a core dependency; this only guards a broken install
-        handler = logging.StreamHandler()
+        handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
 
