@@ -100,6 +100,7 @@ def prune(
     ratio: float = typer.Option(0.5, "--ratio", "-r", help="Fraction of backbone channels to remove."),
     head_ratio: float | None = typer.Option(None, help="Fraction of box-head width to remove (default: ratio)."),
     rpn_ratio: float | None = typer.Option(None, help="Fraction of RPN conv channels to remove (default: ratio)."),
+    fpn_ratio: float | None = typer.Option(None, help="Fraction of FPN channels to remove (default: ratio)."),
     proposals: int | None = typer.Option(None, help="Test-time proposals kept (default: as trained)."),
     epochs: int = typer.Option(1, help="Fine-tuning epochs after pruning (0: none)."),
     data: Path | None = typer.Option(None, help="Dataset root (default: the checkpoint's training data)."),
@@ -137,8 +138,9 @@ def prune(
                           "f2": acc.best_f2, "threshold": acc.best_threshold, "map50": acc.map50}
 
         measure("before", source.model)
-        model, cfg = prune_detector(source.model, source.cfg, PruneConfig(ratio, head_ratio, rpn_ratio, proposals),
-                                    width, height)
+        plan = PruneConfig(ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio, fpn_ratio=fpn_ratio,
+                           proposals=proposals)
+        model, cfg = prune_detector(source.model, source.cfg, plan, width, height)
         if epochs > 0:
             model, _ = _fine_tune(model, source, ChainOptions(checkpoint, out.parent, Path(), data_root=data,
                                                               fine_tune_epochs=epochs))
@@ -202,6 +204,7 @@ def all_(
     ratio: float = typer.Option(0.5, help="Fraction of backbone channels to prune."),
     head_ratio: float | None = typer.Option(None, help="Fraction of box-head width to prune (default: ratio)."),
     rpn_ratio: float | None = typer.Option(None, help="Fraction of RPN conv channels to prune (default: ratio)."),
+    fpn_ratio: float | None = typer.Option(None, help="Fraction of FPN channels to prune (default: ratio)."),
     proposals: int | None = typer.Option(None, help="Test-time proposals kept (default: as trained)."),
     epochs: int = typer.Option(1, help="Fine-tuning epochs after pruning (0: none)."),
     size: str | None = typer.Option(None, help="Input WIDTHxHEIGHT (default from the config)."),
@@ -223,7 +226,8 @@ def all_(
     try:
         report = run_chain(ChainOptions(
             checkpoint=checkpoint, out=out, private_key=key, data_root=data,
-            prune=PruneConfig(ratio, head_ratio, rpn_ratio, proposals), fine_tune_epochs=epochs,
+            prune=PruneConfig(ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio,
+                                fpn_ratio=fpn_ratio, proposals=proposals), fine_tune_epochs=epochs,
             input_size=_size(size), calibration_frames=calibration_frames, eval_frames=eval_frames,
             latency_runs=latency_runs, threads=threads, version=version, keep_fp32=not no_fp32,
         ))
