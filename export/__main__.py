@@ -1,0 +1,5 @@
+"""`python -m export …` is `starfish export …`."""
+
+from export.cli import app
+
+app()
