@@ -45,6 +45,7 @@ class ChainOptions:
     fine_tune_epochs: int = 1
     input_size: tuple[int, int] | None = None
     calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
+    calibration_method: str = "minmax"
     parity_frames: int = 20
     eval_frames: int | None = None  # cap on held-out frames for F2/mAP (None: all)
     latency_runs: int = 30
@@ -86,6 +87,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         "threads": opts.threads,
         "eval_frames": len(eval_records),
         "calibration_frames": len(calibration),
+        "calibration_method": opts.calibration_method,
         "prune": {k: v for k, v in vars(opts.prune).items()},
         "variants": {},
     }
@@ -126,7 +128,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             "pruned_onnx_fp32", fp32, pruned_stats, fp32_path, eval_records, width, height)
 
         step(f"quantizing to INT8 (QDQ) with {len(calibration)} calibration frames")
-        int8_path = quantize_int8(fp32_path, Path(tmp) / "int8.onnx", calibration)
+        int8_path = quantize_int8(fp32_path, Path(tmp) / "int8.onnx", calibration, method=opts.calibration_method)
         int8 = onnx_runner(int8_path, opts.threads)
         agreement = checks.check_parity(fp32, int8, probe, min_iou=0.5, max_score_diff=0.1,
                                         score_floor=max(0.3, source.score_threshold),

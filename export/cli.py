@@ -73,6 +73,7 @@ def int8(
     out: Path = typer.Option(Path("model-int8.onnx"), "--out", "-o", help="INT8 QDQ ONNX file to write."),
     data: Path | None = typer.Option(None, help="Dataset root (default: the checkpoint's training data)."),
     frames: int = typer.Option(100, help="Calibration frames drawn evenly from the training split."),
+    method: str = typer.Option("minmax", help="Calibration: minmax, percentile or entropy."),
 ) -> None:
     """Static INT8 quantization (QDQ, per-channel, symmetric) calibrated on training frames."""
     from export.onnx_export import ExportError
@@ -86,7 +87,7 @@ def int8(
         height, width = shape[2].dim_value, shape[3].dim_value
         source = load_source(checkpoint)
         train_records, _ = _split(source, data)
-        path = quantize_int8(model, out, calibration_tensors(train_records, frames, width, height))
+        path = quantize_int8(model, out, calibration_tensors(train_records, frames, width, height), method=method)
     except (ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     except Exception as exc:  # noqa: BLE001  onnx raises protobuf DecodeError for non-ONNX files
@@ -209,6 +210,7 @@ def all_(
     epochs: int = typer.Option(1, help="Fine-tuning epochs after pruning (0: none)."),
     size: str | None = typer.Option(None, help="Input WIDTHxHEIGHT (default from the config)."),
     calibration_frames: int = typer.Option(100, help="INT8 calibration frames from the training split."),
+    calibration_method: str = typer.Option("minmax", help="INT8 calibration: minmax, percentile or entropy."),
     eval_frames: int | None = typer.Option(None, help="Cap on held-out frames for F2/mAP (default: all)."),
     latency_runs: int = typer.Option(30, help="Timed inferences per variant."),
     threads: int = typer.Option(2, help="CPU threads for every variant."),
@@ -228,7 +230,8 @@ def all_(
             checkpoint=checkpoint, out=out, private_key=key, data_root=data,
             prune=PruneConfig(ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio,
                                 fpn_ratio=fpn_ratio, proposals=proposals), fine_tune_epochs=epochs,
-            input_size=_size(size), calibration_frames=calibration_frames, eval_frames=eval_frames,
+            input_size=_size(size), calibration_frames=calibration_frames, calibration_method=calibration_method,
+            eval_frames=eval_frames,
             latency_runs=latency_runs, threads=threads, version=version, keep_fp32=not no_fp32,
         ))
     except (BundleError, ExportError, OSError, ValueError) as exc:

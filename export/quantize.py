@@ -74,6 +74,7 @@ def quantize_int8(
     *,
     keep_tail_float: bool = True,
     per_channel: bool = True,
+    method: str = "minmax",
 ) -> Path:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path`` (written atomically, checker-clean)."""
     from onnxruntime.quantization import (
@@ -87,6 +88,10 @@ def quantize_int8(
 
     if len(frames) == 0:
         raise CalibrationError("calibration data is empty: pass at least one frame")
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise CalibrationError(f"unknown calibration method {method!r}; choose one of {', '.join(methods)}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     check_onnx(fp32_path)
     shape = frames[0].shape
@@ -122,7 +127,7 @@ def quantize_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=methods[method],
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
         check_onnx(staged, source=str(out_path))
