@@ -66,6 +66,10 @@ class AugmentConfig:
     noise: float = 0.2
     # Bbox-safe random resized crop (keeps every box) and scale/translate jitter (may push boxes out: counted).
     crop: float = 0.3
+    # Train on square crops of this side (pixels at the working size) instead of whole frames; a crop holds at
+    # least one starfish when the frame has any. A step then costs ~crop area / frame area of a full-frame step,
+    # which is what makes CPU training affordable. Validation and inference always see whole frames.
+    train_crop: int | None = None
     affine: float = 0.3
     scale: tuple[float, float] = (0.75, 1.25)
     # Boxes cut by a geometric op keep at least this fraction of their area, else they are dropped (and counted).
@@ -170,7 +174,8 @@ def _plain(value: Any) -> Any:
 def _parser():  # -> jsonargparse.ArgumentParser (imported lazily: the CLI root must stay light)
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog="starfish train fit", exit_on_error=False, default_env=False)
+    # allow_abbrev=False: a misspelt `--trainer.max_epoch` must fail, not be expanded to `max_epochs`.
+    parser = ArgumentParser(prog="starfish train fit", exit_on_error=False, default_env=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable; later wins).")
     parser.add_class_arguments(TrainConfig, None)
     return parser

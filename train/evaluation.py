@@ -62,6 +62,8 @@ def evaluate(
     """
     if not records:
         raise ValueError("nothing to evaluate: the record list is empty")
+    if all(r.is_empty for r in records):
+        raise ValueError(f"nothing to score: all {len(records)} frames are empty (no starfish boxes)")
     device = torch.device(device)
     model = model.to(device).eval()
     min_size, max_size = working_sizes(model)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -45,6 +47,24 @@ def summarise_predictions(
     }
 
 
+@contextmanager
+def native_size(model: torch.nn.Module, images: list[torch.Tensor] | None) -> Iterator[None]:
+    """Let the detector's transform take ``images`` at their own size (training crops are already at the working
+    scale; its usual short-side resize would blow them up). Restores the deployment sizes on exit."""
+    transform = getattr(model, "transform", None)
+    if images is None or transform is None:
+        yield
+        return
+    saved = (transform.min_size, transform.max_size)
+    short = min(min(img.shape[-2:]) for img in images)
+    long = max(max(img.shape[-2:]) for img in images)
+    transform.min_size, transform.max_size = (int(short),), int(max(long, saved[1]))
+    try:
+        yield
+    finally:
+        transform.min_size, transform.max_size = saved
+
+
 class DetectorModule(L.LightningModule):
     def __init__(self, train_config: dict[str, Any], model: torch.nn.Module | None = None) -> None:
         super().__init__()
@@ -76,7 +96,8 @@ class DetectorModule(L.LightningModule):
 
     def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        losses = self.model(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        with native_size(self.model, images if self.cfg.augment.train_crop else None):
+            losses = self.model(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
         loss = sum(losses.values())
         batch_size = len(images)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)

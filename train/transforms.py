@@ -80,9 +80,14 @@ class Augmenter:
         if key in self._pipelines:
             return self._pipelines[key]
         c = self.cfg
+        if c.train_crop:
+            # Fully convolutional detector: it learns from crops what it later finds in whole frames.
+            crop = A.AtLeastOneBBoxRandomCrop(height=min(c.train_crop, height), width=min(c.train_crop, width), p=1.0)
+        else:
+            crop = A.RandomSizedBBoxSafeCrop(height=height, width=width, erosion_rate=0.0, p=c.crop)
         transforms = [
             # Geometry first, so colour ops work on the final pixels.
-            A.RandomSizedBBoxSafeCrop(height=height, width=width, erosion_rate=0.0, p=c.crop),
+            crop,
             A.Affine(scale=c.scale, translate_percent=(-0.1, 0.1), keep_ratio=True, p=c.affine),
             A.HorizontalFlip(p=c.hflip),
             A.VerticalFlip(p=c.vflip),
@@ -121,7 +126,10 @@ class Augmenter:
         return pipeline
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, seed: int) -> Augmented:
-        """Augment an RGB uint8 image and its xyxy boxes (pixels); the output image has the input's size."""
+        """Augment an RGB uint8 image and its xyxy boxes (pixels).
+
+        The output has the input's size, or ``train_crop`` x ``train_crop`` when training on crops.
+        """
         height, width = image.shape[:2]
         clean, keep = clip_and_filter(boxes, width, height, min_side=1e-3)
         index = np.flatnonzero(keep)
@@ -131,6 +139,7 @@ class Augmenter:
         out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         out_index = np.asarray(out["box_index"], dtype=np.int64).reshape(-1)
         # Belt and braces: whatever albumentations returns, boxes leave here inside the image and non-degenerate.
-        final, ok = clip_and_filter(out_boxes, width, height, self.cfg.min_box_side)
+        out_height, out_width = out["image"].shape[:2]
+        final, ok = clip_and_filter(out_boxes, out_width, out_height, self.cfg.min_box_side)
         kept = out_index[ok]
         return Augmented(image=out["image"], boxes=final, kept=kept, dropped=int(len(boxes) - len(kept)))
