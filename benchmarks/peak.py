@@ -24,7 +24,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-CPU_SIZE = 1024
+CPU_SIZE = 2048
 GPU_SIZE = 8192
 TRIES = 5
 
