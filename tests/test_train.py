@@ -263,3 +263,16 @@ def test_capped_validation_spans_the_whole_video(synthetic_dataset: Path, tmp_pa
     frames = [r.video_frame for r in val]
     assert len(val) == 4 and frames[0] == 0 and frames[-1] == 15
     assert np.all(np.diff(frames) > 0)
+
+
+def test_wandb_logger_runs_offline_and_logs_example_images(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = smoke_config(synthetic_dataset, tmp_path, "--logger.wandb=true", "--data.train_limit=2",
+                       "--data.val_limit=4", "--logger.image_every_n_val=1")
+    fit(cfg)
+    runs = list((tmp_path / "test" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "W&B should have written exactly one offline run (and never asked for a login)"
+    assert list(runs[0].glob("files/media/images/val/examples_*.png")), "no example images with boxes logged"
