@@ -85,6 +85,21 @@ def test_two_step_fit_writes_config_checkpoints_and_metrics(trained_run: tuple[T
     assert 0.0 <= info["score_threshold"] <= 1.01
 
 
+def test_init_weights_starts_from_a_checkpoint(trained_run: tuple[TrainConfig, dict], tmp_path: Path) -> None:
+    cfg, _ = trained_run
+    second = smoke_config(Path(cfg.data.root), tmp_path, "--trainer.max_steps=1", "--data.train_limit=2",
+                          "--data.val_limit=2", f"--checkpoint.init_weights={cfg.checkpoint.best_copy}",
+                          f"--checkpoint.best_copy={tmp_path / 'second.ckpt'}")
+    fit(second)
+    first_model, _, _ = load_detector(cfg.checkpoint.best_copy)
+    second_model, _, _ = load_detector(tmp_path / "second.ckpt")
+    fresh = build_detector(cfg.model).state_dict()
+    # One step from the first run's weights stays close to them, far from a fresh initialisation.
+    key = "backbone.fpn.layer_blocks.0.0.weight"
+    start, after = first_model.state_dict()[key], second_model.state_dict()[key]
+    assert (after - start).abs().mean() < 0.2 * (fresh[key] - start).abs().mean()
+
+
 def test_overfitting_one_batch_drives_the_loss_down(synthetic_dataset: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = smoke_config(synthetic_dataset, tmp_path, "--augment.enabled=false")

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from train.checkpoint import slim_copy
+from train.checkpoint import load_detector, slim_copy
 from train.config import TrainConfig, config_from_dict, dump_yaml
 from train.data import ReefDataModule
 from train.evaluation import evaluate
@@ -171,6 +171,11 @@ def fit(cfg: TrainConfig | dict[str, Any]) -> dict[str, float]:
     # Fail on a bad dataset or split before building the model or starting loggers.
     datamodule.setup("fit")
     module = DetectorModule(cfg.to_dict())
+    if cfg.checkpoint.init_weights:
+        start, _, start_info = load_detector(cfg.checkpoint.init_weights, expected=cfg.model)
+        module.model.load_state_dict(start.state_dict())
+        logger.info("starting from %s (validation F2 %.4f there)", cfg.checkpoint.init_weights,
+                    float(start_info.get("best_val_f2", float("nan"))))
     checkpoint = StarfishCheckpoint(
         early_copy=cfg.checkpoint.early_copy,
         best_copy=cfg.checkpoint.best_copy,

@@ -141,6 +141,9 @@ class CheckpointConfig:
     best_copy: str | None = None
     # Resume from this Lightning checkpoint (optimizer, scheduler and loop state included).
     resume: str | None = None
+    # Start from these weights (a checkpoint of the same architecture) with a fresh optimizer and schedule,
+    # e.g. a second, lower-learning-rate stage.
+    init_weights: str | None = None
 
 
 @dataclass
