@@ -320,8 +320,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- checkpoint: `{report['checkpoint']}` (sha256 `{report['checkpoint_sha256']}`)",
         f"- created: {report['created_at']}; input {width}x{height}; CPU, {report['threads']} threads; "
         f"{report['eval_frames']} held-out frames; {report['calibration_frames']} calibration frames",
-        f"- load average (1/5/15 min) before timing {_load(report.get('load_average_before_timing'))}, after "
-        f"{_load(report.get('load_average_after_timing'))} (2-core machine shared with training and other jobs)",
+        f"- load average (1/5/15 min) before timing {_loadavg(report.get('load_average_before_timing'))}, after "
+        f"{_loadavg(report.get('load_average_after_timing'))} (2-core machine shared with training and other jobs)",
         f"- pruning: {report['prune']}",
         "",
         "| variant | params | GMACs | file MB | median ms | p90 ms | F2 (best thr) | thr | mAP@0.5 |",
@@ -365,7 +365,7 @@ def _verdict(parity: dict[str, Any]) -> str:
     return "PASS" if parity["passed"] else "FAIL"
 
 
-def _load(values: list[float] | None) -> str:
+def _loadavg(values: list[float] | None) -> str:
     return "/".join(f"{v:.1f}" for v in values) if values else "-"
 
 
