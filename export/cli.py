@@ -208,6 +208,7 @@ def all_(
     fpn_ratio: float | None = typer.Option(None, help="Fraction of FPN channels to prune (default: ratio)."),
     proposals: int | None = typer.Option(None, help="Test-time proposals kept (default: as trained)."),
     epochs: int = typer.Option(1, help="Fine-tuning epochs after pruning (0: none)."),
+    fine_tune_frames: int | None = typer.Option(None, help="Cap on training frames per fine-tuning epoch."),
     size: str | None = typer.Option(None, help="Input WIDTHxHEIGHT (default from the config)."),
     calibration_frames: int = typer.Option(100, help="INT8 calibration frames from the training split."),
     calibration_method: str = typer.Option("minmax", help="INT8 calibration: minmax, percentile or entropy."),
@@ -233,6 +234,7 @@ def all_(
             input_size=_size(size), calibration_frames=calibration_frames, calibration_method=calibration_method,
             eval_frames=eval_frames,
             latency_runs=latency_runs, threads=threads, version=version, keep_fp32=not no_fp32,
+            fine_tune_overrides={"data.train_limit": fine_tune_frames} if fine_tune_frames else {},
         ))
     except (BundleError, ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
