@@ -291,3 +291,29 @@ def test_wandb_logger_runs_offline_and_logs_example_images(
     runs = list((tmp_path / "test" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "W&B should have written exactly one offline run (and never asked for a login)"
     assert list(runs[0].glob("files/media/images/val/examples_*.png")), "no example images with boxes logged"
+
+
+def test_cli_evaluate_and_predict(
+    trained_run: tuple[TrainConfig, dict], synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    cfg, _ = trained_run
+    runner = CliRunner()
+    out = tmp_path / "eval.json"
+    result = runner.invoke(app, ["evaluate", cfg.checkpoint.best_copy, "--data", str(synthetic_dataset), "--video",
+                                 "2", "--image-width", "320", "--image-height", "180", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert written["videos"] == [2] and written["frames"] == 16 and 0 <= written["f2"] <= 1
+    frames = synthetic_dataset / "train_images" / "video_2"
+    result = runner.invoke(app, ["predict", cfg.checkpoint.best_copy, str(frames), "--out", str(tmp_path / "pred"),
+                                 "--threshold", "0.0"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "pred").glob("*_pred.jpg"))) == 16
+    detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert detections["threshold"] == 0.0 and len(detections["frames"]) == 16
+    bad = runner.invoke(app, ["evaluate", str(tmp_path / "nope.ckpt"), "--data", str(synthetic_dataset)])
+    assert bad.exit_code == 2 and "checkpoint not found" in bad.output
