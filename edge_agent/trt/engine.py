@@ -23,8 +23,9 @@ from edge_agent.trt.runtime import TrtLogger, gpu_identity, require_tensorrt
 logger = logging.getLogger(__name__)
 
 TIMING_CACHE_NAME = "timing.cache"
-# Ops the engine must support for our exported Faster R-CNN (opset 17); TensorRT >= 8.5 parses all of them
-# natively (RoiAlign since 8.5, NonMaxSuppression since 8.5 through the ONNX parser).
+# Ops the engine must support for our exported Faster R-CNN (opset 17). TensorRT's ONNX parser maps
+# NonMaxSuppression to its NMS layer and RoiAlign to the ROIAlign_TRT plugin (libnvinfer_plugin, which must be
+# registered before parsing and before deserializing: `_init_plugins`). Targets TensorRT 8.5+ (JetPack 5.1+).
 REQUIRED_ONNX_OPS = (
     "Conv", "Relu", "HardSwish", "HardSigmoid", "GlobalAveragePool", "MaxPool", "Resize", "Add", "Mul", "Sub",
     "Div", "Exp", "Log", "Sqrt", "Gemm", "Flatten", "Reshape", "Transpose", "Concat", "Slice", "Gather",
@@ -62,6 +63,7 @@ def build_engine(
         return engine_path
     cache_dir.mkdir(parents=True, exist_ok=True)
     trt_logger = TrtLogger.create(trt)
+    _init_plugins(trt, trt_logger)
     builder = trt.Builder(trt_logger)
     flags = 0
     if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode (and the flag deprecated) in 10
@@ -112,10 +114,17 @@ def load_engine_file(engine_path: Path, sidecar: Path, expected: EngineKey) -> A
     trt = require_tensorrt()
     check_sidecar(sidecar, expected, engine_path)
     trt_logger = TrtLogger.create(trt)
+    _init_plugins(trt, trt_logger)
     engine = trt.Runtime(trt_logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise TensorRTError(f"TensorRT could not deserialize {engine_path}: {'; '.join(trt_logger.errors)}")
     return engine
+
+
+def _init_plugins(trt: Any, trt_logger: Any) -> None:
+    """Register TensorRT's standard plugins (ROIAlign_TRT among them); idempotent."""
+    if not trt.init_libnvinfer_plugins(trt_logger, ""):
+        raise TensorRTError("TensorRT's plugin library (libnvinfer_plugin) could not be initialised")
 
 
 def _has_qdq(network: Any, trt: Any) -> bool:
