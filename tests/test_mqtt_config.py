@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -200,9 +200,10 @@ _INBOUND_TOPICS = ["starfish/d/cam0/reset", "starfish/d/model/set", "starfish/fl
 
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(_INBOUND_TOPICS), st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+@example("starfish/d/cam0/reset", b"\x1c")  # found by hypothesis: str.strip() swallowed it
 def test_arbitrary_inbound_payloads_never_raise(topic: str, payload: bytes) -> None:
     gate = InboundGate(Topics("starfish", "d"), "reef", max_bytes=200)
     verdict = gate.check(topic, payload, {"cam0"})
     assert gate.rejected == (0 if verdict.reason is None else 1)
     if verdict.reason is None and not verdict.ignore and verdict.kind is not InboundKind.HA_STATUS:
-        assert payload.strip() == b"" or isinstance(json.loads(payload), dict)
+        assert payload.strip(b" \t\r\n") == b"" or isinstance(json.loads(payload), dict)

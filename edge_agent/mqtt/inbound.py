@@ -94,7 +94,8 @@ class InboundGate:
         if kind is InboundKind.RESET:
             if camera not in known_cameras:
                 return Verdict(kind, f"reset for unknown camera {camera!r}", camera)
-            if text.strip() == "":
+            # JSON's own whitespace only: str.strip() would also swallow control characters such as \x1c.
+            if text.strip(" \t\r\n") == "":
                 return Verdict(kind, None, camera)
             return Verdict(kind, None if _is_json_object(text) else "reset payload must be empty or a JSON object",
                            camera)
