@@ -88,6 +88,8 @@ def run_command(
     data: Path = typer.Option(None, "--data", help="Reef dataset dir: timing frames, and F2 / mAP@0.5. Default "
                               "(no --clip either): a cached synthetic reef dataset."),
     clip: Path = typer.Option(None, "--clip", help="Video clip for timing frames (no accuracy)."),
+    video_ids: str = typer.Option(None, "--video-ids", help="Comma-separated video ids of --data to use (e.g. the "
+                                  "held-out validation video). Default: all."),
     baseline: str = typer.Option(None, "--baseline", help="Back end the speed-ups are relative to (same run). "
                                  "Default: the first one that ran."),
     warmup: int = typer.Option(5, min=0, help="Untimed calls before timing (at least this many)."),
@@ -120,20 +122,32 @@ def run_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backends") from exc
     bundle = _resolve_bundle(bundle)
+    try:
+        videos = [int(v) for v in video_ids.split(",") if v.strip()] if video_ids else None
+    except ValueError as exc:
+        raise typer.BadParameter(f"video ids must be integers, got {video_ids!r}", param_hint="--video-ids") from exc
     if data is None and clip is None:
         data = _fallback_frames()
     if baseline is not None and baseline not in names:
         raise typer.BadParameter(f"{baseline!r} is not among --backends {names}", param_hint="--baseline")
     opts = BenchOptions(
         bundle=bundle, backends=names, trusted_keys=_trusted_keys(bundle, key), checkpoint=checkpoint, data=data,
-        clip=clip, baseline=baseline, warmup=warmup, warmup_s=warmup_s, iterations=iterations,
+        clip=clip, video_ids=videos, baseline=baseline, warmup=warmup, warmup_s=warmup_s, iterations=iterations,
         repeats=repeats,
         threads=threads or _default_threads(), batch=batch, pool_frames=pool_frames, accuracy_frames=accuracy_frames,
         measure_peak=peak, timeout_s=timeout, budget_s=budget, engine_cache_dir=engine_cache,
     )
     console = _console()
-    with _RichProgress(console, opts) as progress:
-        report = run_benchmark(opts, progress)
+    from benchmarks.frames import FrameSourceError
+    from edge_agent.bundle import BundleError
+
+    try:
+        with _RichProgress(console, opts) as progress:
+            report = run_benchmark(opts, progress)
+    except BundleError as exc:  # refused before any back end ran: signature, hashes, schema
+        raise typer.BadParameter(f"bundle {bundle} refused: {exc}", param_hint="BUNDLE") from exc
+    except FrameSourceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data / --clip / --video-ids") from exc
     output_dir = output_dir or RESULTS_DIR / machine_slug(report.machine)
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

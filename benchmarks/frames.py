@@ -36,14 +36,20 @@ def evenly_spaced(count: int, total: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, total - 1, count).round()})
 
 
-def dataset_frames(root: Path, count: int) -> list[LabelledFrame]:
-    """``count`` evenly spaced frames of a reef dataset (Kaggle layout), with their boxes."""
+def dataset_frames(root: Path, count: int, video_ids: list[int] | None = None) -> list[LabelledFrame]:
+    """``count`` evenly spaced frames of a reef dataset (Kaggle layout), with their boxes; only the videos in
+    ``video_ids`` when given (e.g. the held-out validation video, so accuracy is not measured on training frames)."""
     from edge_agent.dataset import ReefDataset
 
     if not root.is_dir():
         raise FrameSourceError(f"--data {root} is not a directory")
     dataset = ReefDataset.open(root)
     records = sorted(dataset.records, key=lambda r: (str(r.video_id), int(r.video_frame)))
+    if video_ids:
+        present = sorted({int(r.video_id) for r in records})
+        records = [r for r in records if int(r.video_id) in set(video_ids)]
+        if not records:
+            raise FrameSourceError(f"--data {root} has no frames of video(s) {video_ids} (videos: {present})")
     if not records:
         raise FrameSourceError(f"--data {root} holds no usable frames ({dataset.report})")
     return [
@@ -52,11 +58,11 @@ def dataset_frames(root: Path, count: int) -> list[LabelledFrame]:
     ]
 
 
-def load_dataset_pool(root: Path, count: int) -> list[np.ndarray]:
+def load_dataset_pool(root: Path, count: int, video_ids: list[int] | None = None) -> list[np.ndarray]:
     """Decoded BGR frames for the timing pool."""
     from edge_agent.dataset import load_image
 
-    return [load_image(frame.image_path) for frame in dataset_frames(root, count)]
+    return [load_image(frame.image_path) for frame in dataset_frames(root, count, video_ids)]
 
 
 def load_clip_pool(clip: Path, count: int) -> list[np.ndarray]:
@@ -89,12 +95,14 @@ def load_clip_pool(clip: Path, count: int) -> list[np.ndarray]:
     return frames
 
 
-def load_pool(data: Path | None, clip: Path | None, count: int) -> tuple[list[np.ndarray], str]:
+def load_pool(
+    data: Path | None, clip: Path | None, count: int, video_ids: list[int] | None = None
+) -> tuple[list[np.ndarray], str]:
     """The timing pool and a description of where it came from; ``--clip`` wins when both are given."""
     if clip is not None:
         return load_clip_pool(clip, count), f"clip:{clip}"
     if data is not None:
-        return load_dataset_pool(data, count), f"dataset:{data}"
+        return load_dataset_pool(data, count, video_ids), f"dataset:{data}"
     raise FrameSourceError("give --data DIR (reef dataset) or --clip VIDEO: timing needs real frames")
 
 

@@ -40,6 +40,7 @@ class BenchOptions:
     checkpoint: Path | None = None
     data: Path | None = None
     clip: Path | None = None
+    video_ids: list[int] | None = None
     baseline: str | None = None
     warmup: int = 5
     warmup_s: float = 3.0
@@ -114,6 +115,8 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
 
     baseline = _derive(results, opts.baseline, model.macs, peak)
     frame_source = f"clip:{opts.clip}" if opts.clip else f"dataset:{opts.data}"
+    if opts.video_ids and not opts.clip:
+        frame_source += f" (videos {','.join(map(str, opts.video_ids))})"
     settings = Settings(
         backends=opts.backends, baseline=baseline, warmup=opts.warmup, warmup_s=opts.warmup_s,
         iterations=opts.iterations, repeats=opts.repeats, threads=opts.threads, batch=opts.batch,
@@ -144,7 +147,7 @@ def _count_model_macs(model: ModelInfo, bundle: object, opts: BenchOptions) -> N
 
     variant = "fp32" if "fp32" in bundle.manifest.variants else bundle.manifest.default_variant
     try:
-        frame = load_pool(opts.data, opts.clip, 1)[0][0]
+        frame = load_pool(opts.data, opts.clip, 1, opts.video_ids)[0][0]
         tensor, _ = preprocess.letterbox(frame, bundle.manifest.input.width, bundle.manifest.input.height)
         count = count_macs(bundle.variant_path(variant), {preprocess.INPUT_NAME: tensor})
     except ImportError as exc:
@@ -162,6 +165,7 @@ def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, ti
         backend=name, bundle=str(opts.bundle), trusted_keys=[str(k) for k in opts.trusted_keys],
         checkpoint=str(opts.checkpoint) if opts.checkpoint else None,
         data=str(opts.data) if opts.data else None, clip=str(opts.clip) if opts.clip else None,
+        video_ids=opts.video_ids,
         pool_frames=opts.pool_frames, warmup=opts.warmup, warmup_s=opts.warmup_s, iterations=opts.iterations,
         repeats=opts.repeats,
         threads=opts.threads, batch=opts.batch, accuracy_frames=opts.accuracy_frames,

@@ -40,6 +40,7 @@ class WorkerSpec(BaseModel):
     checkpoint: str | None = Field(None, description="PyTorch checkpoint for torch-* back ends.")
     data: str | None = Field(None, description="Reef dataset directory (timing frames and accuracy).")
     clip: str | None = Field(None, description="Video clip for timing frames.")
+    video_ids: list[int] | None = Field(None, description="Only these videos of `data` (e.g. the validation one).")
     pool_frames: int = Field(32, ge=1, description="Distinct frames rotated through while timing.")
     warmup: int = Field(ge=0)
     warmup_s: float = Field(0.0, ge=0, description="Minimum warm-up time in seconds (on top of `warmup` calls).")
@@ -65,7 +66,7 @@ def run(spec: WorkerSpec) -> BackendResult:
                            variant=None if backend.family == "torch" else backend.variant)
     emit("phase", phase="frames", total=0)
     pool, _ = load_pool(Path(spec.data) if spec.data else None, Path(spec.clip) if spec.clip else None,
-                        spec.pool_frames)
+                        spec.pool_frames, spec.video_ids)
     bundle = load_bundle(spec.bundle, [Path(k) for k in spec.trusted_keys])
     result.base_rss_mb = round(current_rss_mb(), 1)
 
@@ -94,7 +95,7 @@ def run(spec: WorkerSpec) -> BackendResult:
             result.details["batch"] = f"{backend.name} runs a fixed batch-1 graph; --batch {spec.batch} not measured"
 
     if spec.data:
-        frames = dataset_frames(Path(spec.data), spec.accuracy_frames)
+        frames = dataset_frames(Path(spec.data), spec.accuracy_frames, spec.video_ids)
         emit("phase", phase="accuracy", total=len(frames))
         result.accuracy = _accuracy(detector, frames, bundle.manifest.score_threshold)
 

@@ -84,7 +84,8 @@ def bench_run(bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path_facto
     # `starfish bench BUNDLE …` (no `run`): the spelling the docs use.
     result = _invoke([str(bench_bundle.path), "--key", str(bench_bundle.public_key), "--checkpoint",
                       str(bench_bundle.checkpoint), "--backends", ",".join(ALL_BACKENDS), "--data",
-                      str(synthetic_dataset), "--accuracy-frames", "6", "--threads", "1", "--baseline", "ort-cpu",
+                      str(synthetic_dataset), "--video-ids", "1,2", "--accuracy-frames", "6", "--threads", "1",
+                      "--baseline", "ort-cpu",
                       "-o", str(out), "--name", "tiny", *FAST])
     assert result.exit_code == 0, result.output
     return BenchRun(read_json(out / "tiny.json"), out / "tiny.json", out / "tiny.csv", out / "tiny.png",
@@ -95,6 +96,7 @@ def test_available_backends_run_and_report_every_measure(bench_run: BenchRun, be
     report = bench_run.report
     assert [r.backend for r in report.results] == list(ALL_BACKENDS)
     assert report.settings.threads == 1 and report.settings.iterations == 3 and report.settings.repeats == 2
+    assert report.settings.frame_source.endswith("(videos 1,2)")
     assert report.model.macs and report.model.macs > 10**7, report.model.macs_method
     assert report.peak.values_gflops.get("cpu_fp32", 0) > 0
     for name in HERE_BACKENDS:
@@ -245,10 +247,22 @@ def test_a_broken_backend_fails_alone(bench_bundle: BenchBundle, synthetic_datas
     [
         (["--backends", "ort-cpu,warp-drive"], "unknown back end(s) warp-drive"),
         (["--backends", "ort-cpu", "--baseline", "torch-cpu", "--clip", "x.mp4"], "not among --backends"),
+        (["--backends", "ort-cpu", "--video-ids", "7", "--data", "{data}"], "no frames of video(s) [7]"),
+        (["--backends", "ort-cpu", "--video-ids", "one"], "video ids must be integers"),
+        (["--backends", "ort-cpu", "--key", "{other_key}", "--data", "{data}"], "refused"),
     ],
 )
-def test_bad_options_fail_with_a_clear_message(bench_bundle: BenchBundle, args: list[str], message: str) -> None:
-    result = CliRunner().invoke(app, ["bench", str(bench_bundle.path), "--key", str(bench_bundle.public_key), *args])
+def test_bad_options_fail_with_a_clear_message(
+    bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path: Path,
+    args: list[str], message: str,
+) -> None:
+    from edge_agent.bundle import generate_keypair
+
+    other = tmp_path / "other.pub"
+    generate_keypair(tmp_path / "other.pem", other)
+    args = [a.format(data=synthetic_dataset, other_key=other) for a in args]
+    key = [] if "--key" in args else ["--key", str(bench_bundle.public_key)]
+    result = CliRunner().invoke(app, ["bench", str(bench_bundle.path), *key, *args, "-o", str(tmp_path)])
     assert result.exit_code == 2
     assert message in _flat(result.output)
 
