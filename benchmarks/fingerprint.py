@@ -46,6 +46,8 @@ def machine_fingerprint() -> dict[str, object]:
         "cpu_physical_cores": _physical_cores(),
         "cpu_governor": _read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "memory_gb": _memory_gb(),
+        # Not identity: how busy the machine was when the run started (other work skews shared machines).
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     for key, dists in _PACKAGES:
         info[key] = _package_version(dists)

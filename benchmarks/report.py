@@ -85,7 +85,7 @@ def results_table(report: BenchReport) -> Table:
     baseline = report.settings.baseline
     table = Table(title=f"{report.model.name} v{report.model.version} on "
                         f"{report.machine.get('gpu_name') or report.machine.get('cpu_model')} "
-                        f"({report.settings.threads} threads)")
+                        f"({report.settings.threads} threads, load average {report.machine.get('load_average_1m')})")
     for column in ("back end", "load s", "p50 ms", "p99 ms", "fps", "RSS MB", "GPU MB", "size MB", "F2", "mAP50",
                    f"x {baseline}" if baseline else "speed-up", "% peak"):
         table.add_column(column, justify="left" if column == "back end" else "right", no_wrap=True)
