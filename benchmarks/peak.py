@@ -146,6 +146,9 @@ def thread_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         env[var] = str(threads)
+    # Idle OpenMP threads sleep instead of spinning: on a machine shared with other work, spinning threads fight
+    # for the cores and PyTorch's latency explodes (seconds instead of ms). A dedicated machine may set ACTIVE.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 

@@ -113,7 +113,8 @@ def run(spec: WorkerSpec) -> BackendResult:
     result.threads = threads() if threads else {}
     if backend.family == "onnxruntime":
         result.threads.update(onnxruntime_intra_op=spec.threads, onnxruntime_inter_op=1)
-    result.threads.update(requested=spec.threads, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "unset"))
+    result.threads.update(requested=spec.threads, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "unset"),
+                          OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "unset"))
     result.details.update({k: v for k, v in detector.describe().items() if k in ("providers", "tensorrt_version",
                                                                                     "device", "checkpoint",
                                                                                     "checkpoint_matches_bundle")})
