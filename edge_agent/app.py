@@ -409,7 +409,12 @@ def build_agent(cfg: AgentConfig) -> Agent:
 
     detector, load_time = load_detector(cfg)
     try:
-        outbox = Outbox(cfg.outbox_path, max_messages=cfg.outbox_max_messages, max_age_s=cfg.outbox_max_age_s)
+        outbox = Outbox(
+            cfg.outbox_path,
+            max_messages=cfg.outbox_max_messages,
+            max_age_s=cfg.outbox_max_age_s,
+            synchronous=cfg.outbox_synchronous,
+        )
     except OutboxError as exc:
         detector.close()
         raise StartupError(f"outbox {cfg.outbox_path}: {exc}") from exc

@@ -160,6 +160,14 @@ class AgentConfig(BaseSettings):
     outbox_max_age_s: float = Field(
         7 * 86400, gt=0, description="Messages older than this are dropped from the outbox (counted)."
     )
+    outbox_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description=(
+            "SQLite durability of the outbox. FULL fsyncs every commit and survives a power cut; NORMAL is several "
+            "times faster but a power cut may roll back published seq numbers, which subscribers would then "
+            "mistake for duplicates. Both survive a killed process."
+        ),
+    )
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="JPEG evidence for people.")
     video_output: VideoOutputConfig = Field(default_factory=VideoOutputConfig, description="Annotated video.")
     console_interval_s: float = Field(1.0, gt=0, description="How often the live console line refreshes.")
@@ -281,6 +289,7 @@ mqtt:
 outbox_path: /var/lib/starfish/outbox.sqlite3   # counts are durable here before they are published
 outbox_max_messages: 1000000       # drop-oldest beyond this (counted in stats)
 outbox_max_age_s: 604800           # drop messages older than a week (counted)
+outbox_synchronous: FULL           # FULL survives power cuts; NORMAL is faster but only survives a killed process
 
 snapshots:
   enabled: false
