@@ -218,8 +218,9 @@ def _derive(results: list[BackendResult], baseline: str | None, macs: int | None
     for result in ran:
         if base is not None:
             result.speedup_vs_baseline = round(base.latency.p50_ms / result.latency.p50_ms, 3)
-        if macs:
-            result.achieved_gflops = round(2 * macs / (result.latency.p50_ms / 1000) / 1e9, 2)
+        own_macs = result.details.get("macs") or macs  # the torch source model counts its own (it may be unpruned)
+        if own_macs:
+            result.achieved_gflops = round(2 * own_macs / (result.latency.p50_ms / 1000) / 1e9, 2)
             key = f"{'gpu' if result.device == 'cuda' else 'cpu'}_{result.precision}"
             result.peak_key = key
             if key in peak.values_gflops and peak.values_gflops[key] > 0:

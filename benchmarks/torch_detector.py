@@ -25,7 +25,9 @@ class TorchDetector(Detector):
     def __init__(
         self, bundle: object, variant: str | None, options: DetectorOptions, *, checkpoint: Path, device: str
     ) -> None:
-        super().__init__(bundle, variant, options)
+        # The ONNX variants are not used here; the default one only satisfies the base class's bookkeeping.
+        super().__init__(bundle, None, options)
+        self.variant = "pytorch"
         import torch
 
         from export.onnx_export import ContractDetector
@@ -82,6 +84,16 @@ class TorchDetector(Detector):
             detections, _ = model.roi_heads(features, proposals, images.image_sizes)
             return [(d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(), d["labels"].cpu().numpy())
                     for d in detections]
+
+    def count_macs(self, tensor: np.ndarray) -> int:
+        """MACs of one forward pass on ``tensor`` (torch's FLOP counter / 2): the source model may differ from the
+        bundle's (pruned) graph, so its arithmetic is counted on its own."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        torch = self._torch
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            self.module(torch.from_numpy(tensor).to(self.device))
+        return int(counter.get_total_flops() // 2)
 
     def thread_info(self) -> dict[str, int | str]:
         torch = self._torch

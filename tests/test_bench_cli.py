@@ -114,6 +114,8 @@ def test_available_backends_run_and_report_every_measure(bench_run: BenchRun, be
         assert r.speedup_vs_baseline > 0
     assert report.result("ort-cpu").speedup_vs_baseline == 1.0
     assert report.result("torch-cpu").threads["torch_intra_op"] == 1
+    # torch's FLOP counter on the source model and the ONNX graph count agree on the same network.
+    assert report.result("torch-cpu").details["macs"] == pytest.approx(report.model.macs, rel=0.01)
     assert report.result("torch-cpu").model_file == str(bench_bundle.checkpoint)
     assert report.result("ort-cpu").variant == "fp32" and report.result("ort-cpu-int8").variant == "int8"
     assert report.result("ort-cpu").details["providers"][0] == "CPUExecutionProvider"
