@@ -5,7 +5,7 @@ set -euo pipefail
 # Data: synthetic reef generator 1.1 (train/synth), 6 videos x 300 frames at 1280x720; video 5 is held out.
 starfish data synth --out /work/artifacts/synth_train --videos 6 --frames 300 --seed 1 --workers 1 --no-video
 
-# Stage 1 (selected): the `synthetic` preset at a 768x432 working size (scale 0.6), 1000 steps of 8 crops.
+# Stage 1: the `synthetic` preset at a 768x432 working size (scale 0.6), 1000 steps of 8 crops.
 starfish train fit --preset synthetic --data.root /work/artifacts/synth_train \
   --model.min_size 432 --model.max_size 768 \
   --model.anchor_sizes "[[16,24],[32,48],[64,96],[128,192]]" \
@@ -22,6 +22,16 @@ starfish train fit --preset synthetic --data.root /work/artifacts/synth_train \
   --optim.lr 0.0006 --optim.warmup_steps 20 --seed 2 \
   --checkpoint.init_weights /work/artifacts/best_hires.ckpt \
   --checkpoint.name synthetic_hires_stage2 --checkpoint.early_copy null --checkpoint.best_copy /work/artifacts/best_stage2.ckpt
+
+# Stage 3 (selected, = /work/artifacts/best.ckpt): from stage 2's best weights, lr 3e-4, 300 steps.
+starfish train fit --preset synthetic --data.root /work/artifacts/synth_train \
+  --model.min_size 432 --model.max_size 768 \
+  --model.anchor_sizes "[[16,24],[32,48],[64,96],[128,192]]" \
+  --augment.blur 0.15 --augment.haze 0.1 --augment.noise 0.1 --augment.seed 3 \
+  --data.val_limit 100 --trainer.max_steps 300 --trainer.val_check_interval 150 \
+  --optim.lr 0.0003 --optim.warmup_steps 10 --seed 3 \
+  --checkpoint.init_weights /work/artifacts/best_stage2.ckpt \
+  --checkpoint.name synthetic_hires_stage3 --checkpoint.early_copy null --checkpoint.best_copy /work/artifacts/best_stage3.ckpt
 
 # Baseline for comparison (ran at the same time as stage 1): the plain preset, 576x324, 1100 steps.
 starfish train fit --preset synthetic --data.root /work/artifacts/synth_train
