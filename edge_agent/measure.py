@@ -111,8 +111,10 @@ def _agent_run(cfg: AgentConfig, frames: int) -> tuple[float, int, float]:
         if proc.returncode != 0:
             raise RuntimeError(f"agent run failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
         summary = json.loads(summary_path.read_text())
-    # RUSAGE_CHILDREN's ru_maxrss is the largest child's peak (KB on Linux); the agent is the only big child.
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # The agent reports its own VmHWM; RUSAGE_CHILDREN's ru_maxrss would include this (forking) process's peak.
+    peak_mb = summary.get("peak_rss_mb")
+    if peak_mb is None:
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return float(summary["fps"]), int(summary["frames"]), peak_mb
 
 

@@ -122,3 +122,13 @@ def test_cli_example_and_check(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(bad)],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "cameras.0.fps" in run.stderr
+
+
+def test_summary_peak_rss_is_this_process_high_water_mark() -> None:
+    from edge_agent.cli import _peak_rss_mb
+
+    psutil = pytest.importorskip("psutil")
+    peak = _peak_rss_mb()
+    assert peak is not None
+    # The high-water mark is at least the current resident size and far below the machine's memory.
+    assert psutil.Process().memory_info().rss / 2**20 - 1 <= peak < psutil.virtual_memory().total / 2**20
