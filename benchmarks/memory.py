@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
-from pathlib import Path
+
+from edge_agent.process_memory import peak_rss_mb  # noqa: F401  re-exported: workers and tests use it here
 
 logger = logging.getLogger(__name__)
 
@@ -22,30 +22,6 @@ def current_rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
-
-
-def peak_rss_mb() -> float:
-    """Highest RSS this process has had so far.
-
-    Linux: ``VmHWM`` from /proc/self/status, which belongs to this process's address space. Not
-    ``getrusage().ru_maxrss``: Linux keeps that across ``execve``, so a worker would inherit the high-water mark of
-    the (larger) parent that forked it.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
-    import psutil
-
-    info = psutil.Process().memory_info()
-    if hasattr(info, "peak_wset"):  # Windows
-        return info.peak_wset / 2**20
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # macOS reports bytes
 
 
 class GpuMemorySampler:

@@ -48,20 +48,11 @@ def run(
     if summary_json is not None:
         import json
 
-        record = {**summary.to_dict(), "peak_rss_mb": _peak_rss_mb()}
+        from edge_agent.process_memory import peak_rss_mb
+
+        record = {**summary.to_dict(), "peak_rss_mb": round(peak_rss_mb(), 1)}
         summary_json.write_text(json.dumps(record, indent=2, default=str) + "\n")
     raise typer.Exit(code)
-
-
-def _peak_rss_mb() -> float | None:
-    """This process's own resident-memory high-water mark (VmHWM); ru_maxrss would include the forking parent's."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 def run_until_signal(agent, console_interval: float | None, on_line=None) -> int:

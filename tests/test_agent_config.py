@@ -125,10 +125,9 @@ def test_cli_example_and_check(tmp_path: Path) -> None:
 
 
 def test_summary_peak_rss_is_this_process_high_water_mark() -> None:
-    from edge_agent.cli import _peak_rss_mb
+    from edge_agent.process_memory import peak_rss_mb
 
     psutil = pytest.importorskip("psutil")
-    peak = _peak_rss_mb()
-    assert peak is not None
+    peak = peak_rss_mb()
     # The high-water mark is at least the current resident size and far below the machine's memory.
     assert psutil.Process().memory_info().rss / 2**20 - 1 <= peak < psutil.virtual_memory().total / 2**20
