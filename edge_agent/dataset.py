@@ -107,7 +107,7 @@ def _jpeg_looks_complete(path: Path) -> bool:
             tail = handle.read(2)
     except OSError:
         return False
-    # Some encoders pad after EOI, so a missing EOI at the very end is tolerated only for non-JPEG decoders later.
+    # A complete JPEG starts with SOI and ends with EOI; a truncated copy (the usual corruption) loses its EOI.
     return head == b"\xff\xd8" and tail == b"\xff\xd9"
 
 
