@@ -176,6 +176,20 @@ def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundl
     assert json.loads((out / "report.json").read_text())["bundle"]["version"] == 1
     markdown = (out / "report.md").read_text()
     assert "| pruned_onnx_int8 |" in markdown and "latency ratio" in markdown
+    agreement = report["int8_vs_fp32"]
+    assert agreement["score_floor"] == 0.5
+    assert "INT8 vs fp32 ONNX (fp32 score > 0.50)" in markdown
+
+
+def test_int8_agreement_with_nothing_above_the_floor_says_so() -> None:
+    from export.chain import _int8_agreement_line
+
+    empty = {"frames": 21, "reference_detections": 0, "matched": 0, "min_iou": 1.0, "max_score_diff": 0.0,
+             "score_floor": 0.5}
+    assert _int8_agreement_line(empty).endswith("no fp32 detection above the floor on 21 frames, nothing compared")
+    some = {**empty, "reference_detections": 63, "matched": 54, "min_iou": 0.299, "max_score_diff": 0.376}
+    assert _int8_agreement_line(some) == ("- INT8 vs fp32 ONNX (fp32 score > 0.50): 54/63 matched, min IoU 0.299, "
+                                          "max |Δscore| 0.376")
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------
