@@ -5,6 +5,7 @@
   truth of highest IoU, a match needing IoU >= t; TP, FP and FN are summed over the whole set and
   F2 = 5TP / (5TP + 4FN + FP); the reported F2 is the mean over the thresholds.
 * COCO mAP@[.5:.95] and mAP@0.5 come from pycocotools, not from here.
+* Recall per ground-truth size bucket (where the misses are), with the F2's own matching.
 * Unique-count error for tracked counting.
 
 Conventions (documented, tested): a set with no ground truth and no predictions scores F2 = 1.0 at that IoU (nothing
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * i, 2) for i in range(11))
+# Starfish are 20-150 px in 1280x720 frames; these buckets split where detectors differ (small ones are the hard part).
+SIZE_EDGES_PX: tuple[float, ...] = (30.0, 45.0, 60.0, 90.0)
 
 Boxes = np.ndarray  # [N, 4] xyxy
 Prediction = tuple[np.ndarray, np.ndarray]  # (boxes [N, 4] xyxy, scores [N])
@@ -82,20 +86,21 @@ def _canonical_order(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -scores))
 
 
-def _greedy_match(pred_boxes: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """For predictions already in canonical order: which of them are true positives at this IoU."""
+def _greedy_match(pred_boxes: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """For predictions already in canonical order: which of them are true positives at this IoU, and which ground
+    truths they took."""
     matched = np.zeros(len(pred_boxes), dtype=bool)
-    if len(pred_boxes) == 0 or len(gt_boxes) == 0:
-        return matched
-    ious = box_iou(pred_boxes, gt_boxes)
     gt_taken = np.zeros(len(gt_boxes), dtype=bool)
+    if len(pred_boxes) == 0 or len(gt_boxes) == 0:
+        return matched, gt_taken
+    ious = box_iou(pred_boxes, gt_boxes)
     for i in range(len(pred_boxes)):
         candidates = np.where(gt_taken, -1.0, ious[i])
         best = int(np.argmax(candidates))
         if candidates[best] >= iou_threshold:
             gt_taken[best] = True
             matched[i] = True
-    return matched
+    return matched, gt_taken
 
 
 def _validate(predictions: Sequence[Prediction], ground_truths: Sequence[Boxes]) -> None:
@@ -126,7 +131,7 @@ def _match_all(
         total_gt += len(gt)
         all_scores.append(scores)
         for t in iou_thresholds:
-            all_matched[t].append(_greedy_match(boxes, gt, t))
+            all_matched[t].append(_greedy_match(boxes, gt, t)[0])
     scores_flat = np.concatenate(all_scores) if all_scores else np.zeros(0)
     matched_flat = {
         t: (np.concatenate(m) if m else np.zeros(0, dtype=bool)) for t, m in all_matched.items()
@@ -185,6 +190,50 @@ def best_f2_threshold(
             best = result
     assert best is not None  # candidates always holds at least 1.01
     return ThresholdSearch(threshold=best.score_threshold, f2=best.f2, per_iou=best.per_iou, result=best)
+
+
+def recall_by_size(
+    predictions: Sequence[Prediction],
+    ground_truths: Sequence[Boxes],
+    score_threshold: float,
+    edges: Sequence[float] = SIZE_EDGES_PX,
+    iou_thresholds: Sequence[float] = (0.3, 0.5, 0.8),
+) -> list[dict]:
+    """Recall per ground-truth size bucket (size = sqrt(width * height) in the boxes' pixels), with the same greedy
+    one-to-one matching as the F2 at ``score_threshold``: where a detector loses its starfish.
+
+    Returns one dict per bucket: ``size_px`` ("30-45", "90+"), ``boxes`` and ``recall`` per IoU ("0.50": 0.93;
+    None for an empty bucket).
+    """
+    _validate(predictions, ground_truths)
+    if list(edges) != sorted(edges) or any(e <= 0 for e in edges):
+        raise ValueError(f"size edges must be positive and increasing, got {list(edges)}")
+    bounds = [0.0, *edges, float("inf")]
+    sizes: list[np.ndarray] = []
+    found: dict[float, list[np.ndarray]] = {t: [] for t in iou_thresholds}
+    for (boxes, scores), gt in zip(predictions, ground_truths, strict=True):
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+        keep = scores >= score_threshold
+        boxes, scores = boxes[keep], scores[keep]
+        order = _canonical_order(boxes, scores)
+        sizes.append(np.sqrt(np.clip(gt[:, 2] - gt[:, 0], 0, None) * np.clip(gt[:, 3] - gt[:, 1], 0, None)))
+        for t in iou_thresholds:
+            found[t].append(_greedy_match(boxes[order], gt, t)[1])
+    all_sizes = np.concatenate(sizes) if sizes else np.zeros(0)
+    all_found = {t: (np.concatenate(f) if f else np.zeros(0, dtype=bool)) for t, f in found.items()}
+    buckets = []
+    for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+        inside = (all_sizes >= low) & (all_sizes < high)
+        label = f"{low:g}+" if math.isinf(high) else f"{low:g}-{high:g}"
+        count = int(inside.sum())
+        buckets.append({
+            "size_px": label,
+            "boxes": count,
+            "recall": {f"{t:.2f}": (float(all_found[t][inside].mean()) if count else None) for t in iou_thresholds},
+        })
+    return buckets
 
 
 def coco_map(predictions: Sequence[Prediction], ground_truths: Sequence[Boxes]) -> dict[str, float]:

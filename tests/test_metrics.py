@@ -15,6 +15,7 @@ from edge_agent.metrics import (
     box_iou,
     coco_map,
     f2_score,
+    recall_by_size,
     true_unique_count,
     unique_count_error,
 )
@@ -180,3 +181,38 @@ def test_unique_count_error() -> None:
     assert true_unique_count([np.array([1, 2]), np.array([2, 3]), np.zeros(0, dtype=np.int64)]) == 3
     with pytest.raises(ValueError, match="no track ids"):
         true_unique_count([np.array([1]), None])
+
+
+def test_recall_by_size_buckets_and_iou_levels() -> None:
+    small = [0.0, 0.0, 20.0, 20.0]  # size 20 -> bucket 0-30
+    large = [100.0, 100.0, 200.0, 200.0]  # size 100 -> bucket 90+
+    gt = [np.array([small, large]), np.zeros((0, 4))]
+    # The small one is found loosely (IoU 0.64), the large one exactly; a false alarm in the empty frame.
+    preds = [(np.array([[0.0, 0.0, 20.0, 12.8], large]), np.array([0.9, 0.8])),
+             (np.array([[300.0, 300.0, 340.0, 340.0]]), np.array([0.95]))]
+    buckets = {b["size_px"]: b for b in recall_by_size(preds, gt, score_threshold=0.5)}
+    assert list(buckets) == ["0-30", "30-45", "45-60", "60-90", "90+"]
+    assert buckets["0-30"]["boxes"] == 1 and buckets["0-30"]["recall"] == {"0.30": 1.0, "0.50": 1.0, "0.80": 0.0}
+    assert buckets["90+"]["recall"] == {"0.30": 1.0, "0.50": 1.0, "0.80": 1.0}
+    assert buckets["45-60"] == {"size_px": "45-60", "boxes": 0, "recall": {"0.30": None, "0.50": None, "0.80": None}}
+    # Above the large box's score (0.8) it is no longer kept and becomes a miss; the small one (0.9) stays found.
+    above = {b["size_px"]: b for b in recall_by_size(preds, gt, score_threshold=0.85)}
+    assert above["0-30"]["recall"]["0.30"] == 1.0 and above["90+"]["recall"]["0.30"] == 0.0
+
+
+@given(frames_strategy(), st.data())
+@settings(max_examples=60, deadline=None)
+def test_recall_by_size_agrees_with_the_f2_true_positives(gts: list[np.ndarray], data: st.DataObject) -> None:
+    preds = [(g + data.draw(st.integers(-10, 10)), np.linspace(0.9, 0.2, len(g))) for g in gts]
+    threshold = data.draw(st.floats(0.0, 1.0))
+    buckets = recall_by_size(preds, gts, threshold)
+    result = f2_score(preds, gts, threshold)
+    assert sum(b["boxes"] for b in buckets) == sum(len(g) for g in gts)
+    for iou in (0.3, 0.5, 0.8):
+        found = sum(round(b["recall"][f"{iou:.2f}"] * b["boxes"]) for b in buckets if b["boxes"])
+        assert found == result.tp[iou]
+
+
+def test_recall_by_size_rejects_unordered_edges() -> None:
+    with pytest.raises(ValueError, match="positive and increasing"):
+        recall_by_size([(np.zeros((0, 4)), np.zeros(0))], [np.zeros((0, 4))], 0.5, edges=(45, 30))

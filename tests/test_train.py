@@ -168,6 +168,9 @@ def test_evaluation_json_schema(trained_run: tuple[TrainConfig, dict], synthetic
     assert result["frames"] == 6
     assert result["boxes"] == sum(len(r.boxes) for r in records)
     assert result["schema_version"] == 1
+    buckets = result["recall_by_size"]
+    assert sum(b["boxes"] for b in buckets) == result["boxes"]
+    assert all(set(b["recall"]) == {"0.30", "0.50", "0.80"} for b in buckets)
 
 
 def test_fine_tune_accepts_a_modified_detector(synthetic_dataset: Path, tmp_path: Path) -> None:

@@ -57,8 +57,9 @@ def evaluate(
     """Score ``model`` on ``records`` (every frame, empty ones included) and return a JSON-ready dict.
 
     Keys: ``f2``/``threshold`` (best F2 and the score threshold that gives it), ``per_iou_f2``, ``map``
-    (mAP@[.5:.95]), ``map_50``, ``frames``, ``frames_with_starfish``, ``boxes``, ``frames_per_second`` and, when
-    ``score_threshold`` is given (e.g. the one stored in the checkpoint), ``f2_at_given_threshold``.
+    (mAP@[.5:.95]), ``map_50``, ``recall_by_size`` (per box-size bucket, at the best threshold), ``frames``,
+    ``frames_with_starfish``, ``boxes``, ``frames_per_second`` and, when ``score_threshold`` is given (e.g. the one
+    stored in the checkpoint), ``f2_at_given_threshold``.
     """
     if not records:
         raise ValueError("nothing to evaluate: the record list is empty")
@@ -88,6 +89,7 @@ def evaluate(
         truths.append(record.boxes.reshape(-1, 4))
     result: dict[str, Any] = {"schema_version": EVALUATION_SCHEMA_VERSION}
     result.update(summarise_predictions(predictions, truths))
+    result["recall_by_size"] = reef_metrics.recall_by_size(predictions, truths, result["threshold"])
     if score_threshold is not None:
         result["f2_at_given_threshold"] = float(reef_metrics.f2_score(predictions, truths, score_threshold).f2)
         result["given_threshold"] = float(score_threshold)
