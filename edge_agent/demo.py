@@ -47,7 +47,7 @@ def find_bundle(path: Path) -> tuple[Path, list[Path]]:
 
 def synthetic_clip(workdir: Path, frames: int, console: Console) -> tuple[Path, int | None]:
     """A cached synthetic clip and its true distinct starfish count (generated on first use)."""
-    out = workdir / f"clip-{frames}"
+    out = workdir / f"clip-{frames}-1280x720"
     video, meta = out / "videos" / "video_0.mp4", out / "synth.json"
     if video.is_file() and meta.is_file():
         console.print(f"using cached synthetic clip {video}")
@@ -58,9 +58,10 @@ def synthetic_clip(workdir: Path, frames: int, console: Console) -> tuple[Path, 
             raise DemoError(f"the synthetic reef generator (train.synth) is not installed here: {exc}") from exc
         console.print(f"generating a {frames}-frame synthetic reef clip in {out} (first run only) ...")
         started = time.monotonic()
-        # 640x360 keeps generation and inference quick on two cores; the seed is fixed so counts are comparable.
-        generate_dataset(out, videos=1, frames=frames, width=640, height=360, seed=7, empty_fraction=0.3,
-                         min_size=20, max_size=90, overwrite=True, workers=1)
+        # The camera's 1280x720 with the generator's usual starfish sizes: the detector's own domain. The seed is
+        # fixed so counts are comparable between runs and bundles.
+        generate_dataset(out, videos=1, frames=frames, width=1280, height=720, seed=7, empty_fraction=0.3,
+                         overwrite=True, workers=1)
         console.print(f"clip ready in {time.monotonic() - started:.0f} s")
     truth = json.loads(meta.read_text()).get("videos", [{}])[0].get("distinct_starfish")
     return video, truth
