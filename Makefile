@@ -20,4 +20,4 @@ lint:
 	$(PYTHON) -m ruff check .
 
 bench: setup
-	starfish bench models/demo --backends torch-cpu,ort-cpu,ort-cpu-int8
+	starfish bench models/demo --backends torch-cpu,ort-cpu,ort-cpu-int8,ort-cpu-int8-u8

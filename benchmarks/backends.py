@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from edge_agent.bundle.manifest import CPU_INT8_VARIANT
+
 if TYPE_CHECKING:
     from edge_agent.bundle import VerifiedBundle
     from edge_agent.detectors import Detector
@@ -50,7 +52,9 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec("ort-cpu", "onnxruntime", "cpu", "fp32", "fp32", ("CPUExecutionProvider",),
                     description="onnxruntime CPU EP, fp32 variant"),
         BackendSpec("ort-cpu-int8", "onnxruntime", "cpu", "int8", "int8", ("CPUExecutionProvider",),
-                    description="onnxruntime CPU EP, int8 variant"),
+                    description="onnxruntime CPU EP, int8 variant (TensorRT-ready Q/DQ)"),
+        BackendSpec("ort-cpu-int8-u8", "onnxruntime", "cpu", "int8", CPU_INT8_VARIANT, ("CPUExecutionProvider",),
+                    description="onnxruntime CPU EP, int8_cpu variant (uint8 activations, CPU integer kernels)"),
         BackendSpec("torch-cuda", "torch", "cuda", "fp32", "fp32", description="source PyTorch model on CUDA"),
         BackendSpec("ort-cuda", "onnxruntime", "cuda", "fp32", "fp32",
                     ("CUDAExecutionProvider", "CPUExecutionProvider"), description="onnxruntime CUDA EP"),

@@ -81,7 +81,8 @@ def run_command(
     bundle: Path = typer.Argument(..., help="Bundle directory or .tar (or a model dir holding bundle/)."),
     backends: str = typer.Option(DEFAULT_BACKENDS, "--backends", "-b",
                                  help="Comma-separated back ends, or 'all': torch-cpu, ort-cpu, ort-cpu-int8, "
-                                      "torch-cuda, ort-cuda, ort-tensorrt, tensorrt-fp16, tensorrt-int8."),
+                                      "ort-cpu-int8-u8, torch-cuda, ort-cuda, ort-tensorrt, tensorrt-fp16, "
+                                      "tensorrt-int8."),
     key: list[Path] = typer.Option(None, "--key", "-k", help="Trusted public key (repeatable). Default: *.pub "
                                    "files beside the bundle."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint for torch-cpu / torch-cuda."),

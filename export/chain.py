@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_agent.bundle import InputSpec, TrainingInfo, VariantSource, load_private_key, write_bundle
 from edge_agent.bundle.loader import load_bundle
-from edge_agent.bundle.manifest import MANIFEST_NAME, parse_manifest
+from edge_agent.bundle.manifest import CPU_INT8_VARIANT, MANIFEST_NAME, parse_manifest
 from export import checks
 from export.onnx_export import ExportError, default_input_size, export_onnx
 from export.provenance import MODEL_NAME, config_digest
@@ -55,6 +55,8 @@ class ChainOptions:
     threads: int = DEFAULT_THREADS
     version: int | None = None
     keep_fp32: bool = True
+    # A second INT8 model with uint8 activations for onnxruntime on CPUs (the `int8` one is TensorRT's).
+    cpu_int8: bool = True
     fine_tune_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -139,10 +141,18 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         report["int8_vs_fp32"] = {**agreement.to_dict(), "score_floor": INT8_AGREEMENT_FLOOR}
         report["variants"]["pruned_onnx_int8"] = _measure(
             "pruned_onnx_int8", int8, pruned_stats, int8_path, eval_records, width, height)
-
-        step(f"timing every variant ({opts.latency_runs} interleaved runs, {opts.threads} threads)")
         runners = {"pytorch_fp32": base, "pruned_pytorch_fp32": pruned_torch, "pruned_onnx_fp32": fp32,
                    "pruned_onnx_int8": int8}
+        int8_cpu_path = None
+        if opts.cpu_int8:
+            int8_cpu_path = quantize_int8(fp32_path, Path(tmp) / "int8_cpu.onnx", calibration,
+                                          method=opts.calibration_method, activations="asymmetric")
+            runners["pruned_onnx_int8_cpu"] = onnx_runner(int8_cpu_path, opts.threads)
+            report["variants"]["pruned_onnx_int8_cpu"] = _measure(
+                "pruned_onnx_int8_cpu", runners["pruned_onnx_int8_cpu"], pruned_stats, int8_cpu_path, eval_records,
+                width, height)
+
+        step(f"timing every variant ({opts.latency_runs} interleaved runs, {opts.threads} threads)")
         report["load_average_before_timing"] = list(os.getloadavg())  # a shared machine: say how busy it was
         for name, latency in checks.measure_latencies(runners, probe, runs=opts.latency_runs).items():
             report["variants"].setdefault(name, {"params": pruned_stats["params"], "macs": pruned_stats["macs"],
@@ -156,6 +166,8 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         threshold = int8_acc["best_threshold"] if int8_acc else source.score_threshold
         threshold = float(min(1.0, max(0.0, threshold)))
         variants = {"int8": _variant_source(int8_path, variants_report["pruned_onnx_int8"])}
+        if int8_cpu_path is not None:
+            variants[CPU_INT8_VARIANT] = _variant_source(int8_cpu_path, variants_report["pruned_onnx_int8_cpu"])
         if opts.keep_fp32:
             variants["fp32"] = _variant_source(fp32_path, variants_report["pruned_onnx_fp32"])
         bundle_dir = opts.out / BUNDLE_DIR
@@ -296,9 +308,18 @@ def _next_version(bundle_dir: Path, requested: int | None) -> tuple[int, int | N
 
 
 def _goals(report: dict[str, Any]) -> dict[str, Any]:
-    base, int8 = report["variants"]["pytorch_fp32"], report["variants"]["pruned_onnx_int8"]
+    """The export goals, judged on the INT8 model onnxruntime runs on a CPU (`int8_cpu` when built), with the
+    TensorRT-ready `int8` model's latency ratio beside it."""
+    variants = report["variants"]
+    base, tensorrt_int8 = variants["pytorch_fp32"], variants["pruned_onnx_int8"]
+    int8 = variants.get("pruned_onnx_int8_cpu", tensorrt_int8)
     ratio = base["latency"]["median_ms"] / int8["latency"]["median_ms"]
-    goals: dict[str, Any] = {"latency_ratio": ratio, "latency_goal_met": ratio >= 3.0}
+    goals: dict[str, Any] = {
+        "judged_variant": "int8_cpu" if "pruned_onnx_int8_cpu" in variants else "int8",
+        "latency_ratio": ratio,
+        "latency_goal_met": ratio >= 3.0,
+        "latency_ratio_tensorrt_int8": base["latency"]["median_ms"] / tensorrt_int8["latency"]["median_ms"],
+    }
     if "accuracy" in base and "accuracy" in int8:
         # Each variant at its own best-F2 threshold (what the bundle deploys), and at the baseline's threshold.
         drop = base["accuracy"]["best_f2"] - int8["accuracy"]["best_f2"]
@@ -342,17 +363,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     p, q = report["parity_fp32"], report["int8_vs_fp32"]
     goals = report["goals"]
+    judged = goals.get("judged_variant", "int8")
     lines += [
         "",
         f"- fp32 ONNX vs PyTorch parity on {p['frames']} frames: {p['matched']}/{p['reference_detections']} matched,"
         f" min IoU {p['min_iou']:.4f}, max |Δscore| {p['max_score_diff']:.1e} -> {_verdict(p)}",
         _int8_agreement_line(q),
-        f"- latency ratio unpruned PyTorch fp32 / pruned INT8 ONNX: **{goals['latency_ratio']:.2f}x** "
+        f"- latency ratio unpruned PyTorch fp32 / pruned INT8 ONNX ({judged}): **{goals['latency_ratio']:.2f}x** "
         f"(goal >= 3x: {'met' if goals['latency_goal_met'] else 'MISSED'})",
     ]
+    if "latency_ratio_tensorrt_int8" in goals and judged != "int8":
+        lines.append(f"- the same ratio for the TensorRT-ready `int8` variant (zero-point-0 activations, which "
+                     f"onnxruntime's CPU kernels run in float): {goals['latency_ratio_tensorrt_int8']:.2f}x")
     if "f2_drop" in goals:
-        lines.append(f"- F2 drop (best-threshold F2, unpruned PyTorch -> pruned INT8): **{goals['f2_drop']:+.4f}** "
-                     f"(goal <= 0.02: {'met' if goals['f2_goal_met'] else 'MISSED'})")
+        lines.append(f"- F2 drop (best-threshold F2, unpruned PyTorch -> pruned INT8 ({judged})): "
+                     f"**{goals['f2_drop']:+.4f}** (goal <= 0.02: {'met' if goals['f2_goal_met'] else 'MISSED'})")
     if "fine_tune" in report:
         lines.append(f"- fine-tune validation: {report['fine_tune']}")
     b = report["bundle"]

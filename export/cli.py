@@ -222,7 +222,9 @@ def all_(
     latency_runs: int = typer.Option(30, help="Timed inferences per variant."),
     threads: int = typer.Option(2, help="CPU threads for every variant."),
     version: int | None = typer.Option(None, help="Bundle version (default: previous in --out + 1)."),
-    no_fp32: bool = typer.Option(False, "--no-fp32", help="Ship only the INT8 variant (smaller bundle)."),
+    no_fp32: bool = typer.Option(False, "--no-fp32", help="Ship only the INT8 variants (smaller bundle)."),
+    cpu_int8: bool = typer.Option(True, "--cpu-int8/--no-cpu-int8",
+                                  help="Also build `int8_cpu` (uint8 activations) for onnxruntime on CPUs."),
 ) -> None:
     """prune -> fine-tune -> fp32 ONNX -> INT8 ONNX -> parity/accuracy -> signed bundle -> report."""
     from edge_agent.bundle import BundleError
@@ -239,7 +241,7 @@ def all_(
                                 fpn_ratio=fpn_ratio, proposals=proposals), fine_tune_epochs=epochs,
             input_size=_size(size), calibration_frames=calibration_frames, calibration_method=calibration_method,
             eval_frames=eval_frames,
-            latency_runs=latency_runs, threads=threads, version=version, keep_fp32=not no_fp32,
+            latency_runs=latency_runs, threads=threads, version=version, keep_fp32=not no_fp32, cpu_int8=cpu_int8,
             fine_tune_overrides={"data.train_limit": fine_tune_frames} if fine_tune_frames else {},
         ))
     except (BundleError, ExportError, OSError, ValueError) as exc:

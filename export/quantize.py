@@ -31,6 +31,7 @@ QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # Weight name fragments of the layers kept in float (see module docstring).
 FLOAT_TAIL = ("rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_predictor")
 DEFAULT_CALIBRATION_FRAMES = 100
+ACTIVATION_MODES = ("symmetric", "asymmetric")
 
 
 class CalibrationError(ExportError):
@@ -75,8 +76,14 @@ def quantize_int8(
     keep_tail_float: bool = True,
     per_channel: bool = True,
     method: str = "minmax",
+    activations: str = "symmetric",
 ) -> Path:
-    """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path`` (written atomically, checker-clean)."""
+    """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path`` (written atomically, checker-clean).
+
+    ``activations``: ``"symmetric"`` (int8, zero point 0: what TensorRT's explicit quantization accepts) or
+    ``"asymmetric"`` (uint8 with a zero point: onnxruntime's x86/ARM integer kernels run it, where they fall back to
+    float for the symmetric model). Weights are per-channel symmetric int8 either way.
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -92,6 +99,9 @@ def quantize_int8(
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
         raise CalibrationError(f"unknown calibration method {method!r}; choose one of {', '.join(methods)}")
+    if activations not in ACTIVATION_MODES:
+        raise CalibrationError(f"unknown activation mode {activations!r}; choose one of {', '.join(ACTIVATION_MODES)}")
+    symmetric = activations == "symmetric"
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     check_onnx(fp32_path)
     shape = frames[0].shape
@@ -124,16 +134,16 @@ def quantize_int8(
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 per_channel=per_channel,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
                 calibrate_method=methods[method],
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
             )
         check_onnx(staged, source=str(out_path))
         os.replace(staged, out_path) if _same_fs(staged, out_path) else _copy_atomic(staged, out_path)
-    logger.info("wrote INT8 QDQ model %s (%.1f MB, %d calibration frames, %d nodes kept float)", out_path,
-                out_path.stat().st_size / 1e6, len(frames), len(exclude))
+    logger.info("wrote INT8 QDQ model %s (%s activations, %.1f MB, %d calibration frames, %d nodes kept float)",
+                out_path, activations, out_path.stat().st_size / 1e6, len(frames), len(exclude))
     return out_path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from edge_agent import preprocess
 from edge_agent.app import StartupError, load_detector
 from edge_agent.bundle import generate_keypair, load_bundle
+from edge_agent.bundle.manifest import CPU_INT8_VARIANT, MANIFEST_NAME, parse_manifest
 from edge_agent.config import load_config_data
 from edge_agent.detectors import (
     Detections,
@@ -21,6 +23,7 @@ from edge_agent.detectors import (
     detector_class,
 )
 from tests.helpers.agent import agent_config
+from tests.helpers.bundles import rebundle
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +128,40 @@ def test_load_detector_from_config(tmp_path: Path, agent_bundle) -> None:
     assert seconds > 0
     assert detector.describe()["backend"] in ("onnxruntime", "tensorrt")
     assert len(detector.detect(np.zeros((192, 320, 3), np.uint8)).boxes.shape) == 2
+
+
+def _int8_default_bundle(tmp_path: Path, agent_bundle, private_key: Path, cpu_int8: bool) -> Path:
+    """The tiny (fp32) bundle plus real INT8 models quantized from it: `int8` (symmetric, the default) and
+    optionally `int8_cpu` (uint8 activations), re-signed."""
+    from export.quantize import quantize_int8, random_calibration_frames
+
+    source = tmp_path / f"source-{cpu_int8}"
+    shutil.copytree(agent_bundle.path, source)
+    manifest = parse_manifest((source / MANIFEST_NAME).read_bytes())
+    variants = manifest.model_dump(mode="json")["variants"]
+    fp32 = source / variants["fp32"]["file"]
+    frames = random_calibration_frames(manifest.input.width, manifest.input.height, count=4)
+    modes = {"int8": "symmetric", **({CPU_INT8_VARIANT: "asymmetric"} if cpu_int8 else {})}
+    for name, activations in modes.items():
+        path = quantize_int8(fp32, source / f"{name}.onnx", frames, activations=activations)
+        variants[name] = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                          "size": path.stat().st_size, "f2": None, "map50": None, "latency_ms": None}
+    return rebundle(source, tmp_path / f"bundle-{cpu_int8}", private_key, variants=variants, default_variant="int8")
+
+
+def test_onnxruntime_on_cpu_runs_the_cpu_int8_variant_unless_told_otherwise(tmp_path: Path, agent_bundle,
+                                                                            bundle_keys) -> None:
+    keys = [bundle_keys.public]
+    verified = load_bundle(_int8_default_bundle(tmp_path, agent_bundle, bundle_keys.private, True), keys)
+    cpu_only = DetectorOptions(threads=1, extra={"providers": ["CPUExecutionProvider"]})
+    chosen = create_detector(["onnxruntime"], verified, None, cpu_only)
+    assert chosen.variant == CPU_INT8_VARIANT and chosen.model_path.name == "int8_cpu.onnx"
+    assert chosen.describe()["variant"] == CPU_INT8_VARIANT  # what the counts and model topics report
+    frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    assert isinstance(chosen.detect(frame), Detections)  # the uint8-activation model really runs
+    assert create_detector(["onnxruntime"], verified, "int8", cpu_only).variant == "int8"  # configured wins
+    without = load_bundle(_int8_default_bundle(tmp_path, agent_bundle, bundle_keys.private, False), keys)
+    assert create_detector(["onnxruntime"], without, None, cpu_only).variant == "int8"  # no int8_cpu: the default
+    fp32_default = load_bundle(agent_bundle.path, [agent_bundle.public_key])
+    assert fp32_default.manifest.default_variant == "fp32"
+    assert create_detector(["onnxruntime"], fp32_default, None, cpu_only).variant == "fp32"  # only int8 is swapped

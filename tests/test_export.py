@@ -128,6 +128,30 @@ def test_int8_is_qdq_symmetric_keeps_the_tail_float_and_stays_close(fp32_onnx, f
     assert agreement.max_score_diff <= 0.05
 
 
+def test_cpu_int8_has_uint8_activations_with_zero_points_and_stays_close(fp32_onnx, frames, synthetic_dataset,
+                                                                          tmp_path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    records = ReefDataset.open(synthetic_dataset, image_size=(320, 180)).records
+    calibration = calibration_tensors(records[:32], 8, WIDTH, HEIGHT)
+    int8_cpu = quantize_int8(fp32_onnx, tmp_path / "int8_cpu.onnx", calibration, activations="asymmetric")
+    graph = onnx.load(str(int8_cpu)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    activation_zero_points = [inits[n.input[2]] for n in graph.node
+                              if n.op_type == "QuantizeLinear" and n.input[0] not in weights and n.input[2] in inits]
+    assert activation_zero_points and all(z.dtype == np.uint8 for z in activation_zero_points)
+    assert any(np.any(z != 0) for z in activation_zero_points)  # real zero points, not a symmetric range
+    assert {inits[w].dtype for w in weights} == {np.dtype(np.int8), np.dtype(np.int32)}  # int8 weights, int32 biases
+    agreement = check_parity(onnx_runner(fp32_onnx), onnx_runner(int8_cpu), frames, min_iou=0.5, max_score_diff=0.05,
+                             score_floor=0.3)
+    assert agreement.reference_detections > 0
+    assert agreement.matched / agreement.reference_detections >= 0.8, agreement.problems
+    with pytest.raises(CalibrationError, match="unknown activation mode 'unsigned'"):
+        quantize_int8(fp32_onnx, tmp_path / "bad.onnx", calibration, activations="unsigned")
+
+
 def test_pruning_really_removes_channels_and_the_model_still_runs(smoke_checkpoint, frames, tmp_path) -> None:
     from export.prune import PruneConfig, model_stats, prune_detector
     from export.source import save_pruned
@@ -160,12 +184,13 @@ def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundl
         fine_tune_overrides={"data.train_limit": 2, "data.val_limit": 2},
     ))
     bundle = load_bundle(out / "bundle", bundle_keys.public)
-    assert set(bundle.manifest.variants) == {"fp32", "int8"} and bundle.manifest.default_variant == "int8"
+    assert set(bundle.manifest.variants) == {"fp32", "int8", "int8_cpu"} and bundle.manifest.default_variant == "int8"
     assert bundle.manifest.training.checkpoint_sha256 == load_source(smoke_checkpoint).sha256
     assert bundle.manifest.input.shape == (1, 3, HEIGHT, WIDTH)
     variants = report["variants"]
-    assert set(variants) == {"pytorch_fp32", "pruned_pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8"}
-    for name in ("pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8"):
+    assert set(variants) == {"pytorch_fp32", "pruned_pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8",
+                             "pruned_onnx_int8_cpu"}
+    for name in ("pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8", "pruned_onnx_int8_cpu"):
         assert variants[name]["latency"]["median_ms"] > 0
         assert 0.0 <= variants[name]["accuracy"]["f2"] <= 1.0 and "map50" in variants[name]["accuracy"]
     assert variants["pruned_onnx_int8"]["macs"] < variants["pytorch_fp32"]["macs"]
@@ -173,6 +198,12 @@ def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundl
     assert report["parity_fp32"]["passed"] and report["parity_fp32"]["frames"] == 7
     assert report["parity_fp32"]["reference_detections"] > 0
     assert "latency_ratio" in report["goals"] and "f2_drop" in report["goals"]
+    goals = report["goals"]
+    assert goals["judged_variant"] == "int8_cpu"
+    assert goals["latency_ratio"] == pytest.approx(variants["pytorch_fp32"]["latency"]["median_ms"]
+                                                   / variants["pruned_onnx_int8_cpu"]["latency"]["median_ms"])
+    assert goals["latency_ratio_tensorrt_int8"] == pytest.approx(variants["pytorch_fp32"]["latency"]["median_ms"]
+                                                                 / variants["pruned_onnx_int8"]["latency"]["median_ms"])
     assert json.loads((out / "report.json").read_text())["bundle"]["version"] == 1
     markdown = (out / "report.md").read_text()
     assert "| pruned_onnx_int8 |" in markdown and "latency ratio" in markdown

@@ -20,6 +20,8 @@ from edge_agent.bundle.errors import ManifestError, UnsupportedSchemaError
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
+# The INT8 variant with uint8 activations for onnxruntime on CPUs; `int8` (zero-point-0 activations) is TensorRT's.
+CPU_INT8_VARIANT = "int8_cpu"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 
 # torchvision's GeneralizedRCNNTransform defaults (ImageNet statistics), applied inside the exported graph.

@@ -66,7 +66,7 @@ class Detector(abc.ABC):
 
     def __init__(self, bundle: VerifiedBundle, variant: str | None, options: DetectorOptions) -> None:
         self.bundle = bundle
-        self.variant = variant or bundle.manifest.default_variant
+        self.variant = variant or self.default_variant(bundle, options)
         self.model_path = bundle.variant_path(self.variant)
         self.options = options
         spec = bundle.manifest.input
@@ -74,6 +74,12 @@ class Detector(abc.ABC):
         self.score_threshold = (
             options.score_threshold if options.score_threshold is not None else bundle.manifest.score_threshold
         )
+
+    @classmethod
+    def default_variant(cls, bundle: VerifiedBundle, options: DetectorOptions) -> str:
+        """The variant to run when the configuration names none: the bundle's default unless a back end knows
+        better for where it runs."""
+        return bundle.manifest.default_variant
 
     @classmethod
     @abc.abstractmethod

@@ -8,6 +8,7 @@ import numpy as np
 
 from edge_agent import preprocess
 from edge_agent.bundle import VerifiedBundle
+from edge_agent.bundle.manifest import CPU_INT8_VARIANT
 from edge_agent.detectors.base import Detector, DetectorOptions, DetectorUnavailable
 
 logger = logging.getLogger(__name__)
@@ -27,19 +28,23 @@ _PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExe
 class OnnxRuntimeDetector(Detector):
     name = "onnxruntime"
 
+    @classmethod
+    def default_variant(cls, bundle: VerifiedBundle, options: DetectorOptions) -> str:
+        """On CPU only, the bundle's `int8_cpu` model instead of a default `int8`: onnxruntime's CPU kernels run the
+        TensorRT-ready `int8` (zero-point-0 activations) as float convolutions plus Q/DQ, slower than fp32."""
+        default = bundle.manifest.default_variant
+        if default != "int8" or CPU_INT8_VARIANT not in bundle.manifest.variants:
+            return default
+        return CPU_INT8_VARIANT if _providers(options) == ["CPUExecutionProvider"] else default
+
     def __init__(self, bundle: VerifiedBundle, variant: str | None, options: DetectorOptions) -> None:
         super().__init__(bundle, variant, options)
         session_options = ort.SessionOptions()
         if options.threads:
             session_options.intra_op_num_threads = options.threads
             session_options.inter_op_num_threads = 1
-        present = set(ort.get_available_providers())
-        # `extra["providers"]` pins an exact list (benchmarks must not let "CPU" silently run on a GPU).
-        wanted = options.extra.get("providers") or _PROVIDER_ORDER
-        providers = []
-        for provider in wanted:
-            if provider not in present:
-                continue
+        providers: list = []
+        for provider in _providers(options):
             if provider == "TensorrtExecutionProvider":
                 cache = options.engine_cache_dir or (bundle.root.parent / f"{bundle.root.name}.trt-cache")
                 providers.append((provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}))
@@ -70,3 +75,12 @@ class OnnxRuntimeDetector(Detector):
         info = super().describe()
         info["providers"] = self.providers
         return info
+
+
+def _providers(options: DetectorOptions) -> list[str]:
+    """The execution providers this session will use, in order: the wanted ones this onnxruntime build has."""
+    if ort is None:
+        return []
+    present = set(ort.get_available_providers())
+    # `extra["providers"]` pins an exact list (benchmarks must not let "CPU" silently run on a GPU).
+    return [p for p in (options.extra.get("providers") or _PROVIDER_ORDER) if p in present]
