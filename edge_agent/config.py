@@ -89,7 +89,8 @@ class DetectorConfig(_Strict):
     trusted_keys: list[Path] = Field(
         min_length=1, description="ed25519 public key files (PEM) whose signature on the bundle is accepted."
     )
-    variant: str | None = Field(None, description="Bundle variant to run (fp32, int8, ...); None: the default one.")
+    variant: str | None = Field(None, description="Bundle variant to run (fp32, int8, int8_cpu, ...); None: the "
+                                "bundle's default, or int8_cpu instead of int8 for onnxruntime on CPU only.")
     backends: list[Literal["tensorrt", "onnxruntime"]] = Field(
         default_factory=lambda: ["tensorrt", "onnxruntime"],
         min_length=1,
@@ -261,7 +262,7 @@ cameras:                           # REQUIRED: one or more sources, each on its 
 detector:
   bundle: models/demo              # REQUIRED: signed model bundle (directory or .tar)
   trusted_keys: [models/demo/demo_public_key.pem]   # REQUIRED: ed25519 public keys accepted for signatures
-  variant: null                    # fp32 | int8 | ...; null = the bundle's default variant
+  variant: null                    # fp32 | int8 | int8_cpu; null = bundle default (int8_cpu on a CPU)
   backends: [tensorrt, onnxruntime]  # first available wins (TensorRT needs a Jetson/CUDA host)
   score_threshold: null            # null = the bundle's best-F2 threshold
   threads: null                    # onnxruntime intra-op threads

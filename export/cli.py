@@ -80,8 +80,10 @@ def int8(
     data: Path | None = typer.Option(None, help="Dataset root (default: the checkpoint's training data)."),
     frames: int = typer.Option(100, help="Calibration frames drawn evenly from the training split."),
     method: str = typer.Option("minmax", help="Calibration: minmax, percentile or entropy."),
+    activations: str = typer.Option("symmetric", help="symmetric (int8, zero point 0: TensorRT) or asymmetric "
+                                    "(uint8: onnxruntime on CPUs, the bundle's int8_cpu)."),
 ) -> None:
-    """Static INT8 quantization (QDQ, per-channel, symmetric) calibrated on training frames."""
+    """Static INT8 quantization (QDQ, per-channel int8 weights) calibrated on training frames."""
     from export.onnx_export import ExportError
     from export.quantize import calibration_tensors, quantize_int8
     from export.source import load_source
@@ -93,7 +95,8 @@ def int8(
         height, width = shape[2].dim_value, shape[3].dim_value
         source = load_source(checkpoint)
         train_records, _ = _split(source, data)
-        path = quantize_int8(model, out, calibration_tensors(train_records, frames, width, height), method=method)
+        path = quantize_int8(model, out, calibration_tensors(train_records, frames, width, height), method=method,
+                             activations=activations)
     except (ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     except Exception as exc:  # noqa: BLE001  onnx raises protobuf DecodeError for non-ONNX files
