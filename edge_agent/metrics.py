@@ -20,6 +20,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,20 +88,20 @@ def _canonical_order(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def _greedy_match(pred_boxes: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """For predictions already in canonical order: which of them are true positives at this IoU, and which ground
-    truths they took."""
+    """For predictions already in canonical order: which of them are true positives at this IoU, and for each ground
+    truth the index of the prediction that took it (-1: none)."""
     matched = np.zeros(len(pred_boxes), dtype=bool)
-    gt_taken = np.zeros(len(gt_boxes), dtype=bool)
+    taken_by = np.full(len(gt_boxes), -1, dtype=np.int64)
     if len(pred_boxes) == 0 or len(gt_boxes) == 0:
-        return matched, gt_taken
+        return matched, taken_by
     ious = box_iou(pred_boxes, gt_boxes)
     for i in range(len(pred_boxes)):
-        candidates = np.where(gt_taken, -1.0, ious[i])
+        candidates = np.where(taken_by >= 0, -1.0, ious[i])
         best = int(np.argmax(candidates))
         if candidates[best] >= iou_threshold:
-            gt_taken[best] = True
+            taken_by[best] = i
             matched[i] = True
-    return matched, gt_taken
+    return matched, taken_by
 
 
 def _validate(predictions: Sequence[Prediction], ground_truths: Sequence[Boxes]) -> None:
@@ -108,17 +109,27 @@ def _validate(predictions: Sequence[Prediction], ground_truths: Sequence[Boxes])
         raise ValueError(f"{len(predictions)} prediction frames but {len(ground_truths)} ground-truth frames")
 
 
+class _Matches(NamedTuple):
+    scores: np.ndarray  # every prediction's score
+    matched: dict[float, np.ndarray]  # per IoU threshold: is each prediction a TP
+    total_gt: int
+    found_at: dict[float, np.ndarray]  # per IoU threshold: score of the prediction that took each ground truth (-inf)
+
+
 def _match_all(
     predictions: Sequence[Prediction], ground_truths: Sequence[Boxes], iou_thresholds: Sequence[float]
-) -> tuple[np.ndarray, dict[float, np.ndarray], int]:
-    """Scores of every prediction and, per IoU threshold, whether each is a TP.
+) -> _Matches:
+    """Scores of every prediction and, per IoU threshold, whether each is a TP and which score found each ground
+    truth.
 
     Greedy matching in descending score means a prediction's fate never depends on lower-scored ones, so one pass
-    at score threshold 0 gives the answer for every score threshold.
+    at score threshold 0 gives the answer for every score threshold: at threshold s the TPs are the matched
+    predictions scoring >= s, and the ground truths found are those whose ``found_at`` is >= s.
     """
     _validate(predictions, ground_truths)
     all_scores: list[np.ndarray] = []
     all_matched: dict[float, list[np.ndarray]] = {t: [] for t in iou_thresholds}
+    all_found_at: dict[float, list[np.ndarray]] = {t: [] for t in iou_thresholds}
     total_gt = 0
     for (boxes, scores), gt in zip(predictions, ground_truths, strict=True):
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -131,12 +142,21 @@ def _match_all(
         total_gt += len(gt)
         all_scores.append(scores)
         for t in iou_thresholds:
-            all_matched[t].append(_greedy_match(boxes, gt, t)[0])
-    scores_flat = np.concatenate(all_scores) if all_scores else np.zeros(0)
-    matched_flat = {
-        t: (np.concatenate(m) if m else np.zeros(0, dtype=bool)) for t, m in all_matched.items()
-    }
-    return scores_flat, matched_flat, total_gt
+            matched, taken_by = _greedy_match(boxes, gt, t)
+            found_at = np.full(len(gt), -np.inf)
+            found_at[taken_by >= 0] = scores[taken_by[taken_by >= 0]]
+            all_matched[t].append(matched)
+            all_found_at[t].append(found_at)
+
+    def flat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    return _Matches(
+        scores=flat(all_scores, np.float64),
+        matched={t: flat(m, bool) for t, m in all_matched.items()},
+        total_gt=total_gt,
+        found_at={t: flat(f, np.float64) for t, f in all_found_at.items()},
+    )
 
 
 def _f2(tp: int, fp: int, fn: int) -> float:
@@ -165,8 +185,8 @@ def f2_score(
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
 ) -> F2Result:
     """The competition F2 over a whole set at one score threshold."""
-    scores, matched, total_gt = _match_all(predictions, ground_truths, iou_thresholds)
-    return _result_at(scores, matched, total_gt, score_threshold)
+    matches = _match_all(predictions, ground_truths, iou_thresholds)
+    return _result_at(matches.scores, matches.matched, matches.total_gt, score_threshold)
 
 
 def best_f2_threshold(
@@ -180,12 +200,12 @@ def best_f2_threshold(
     By default every distinct prediction score is a candidate (exact: F2 only changes at those), plus 1.01 meaning
     "predict nothing". Among equal F2 the highest threshold wins (fewer boxes for the same score).
     """
-    scores, matched, total_gt = _match_all(predictions, ground_truths, iou_thresholds)
+    matches = _match_all(predictions, ground_truths, iou_thresholds)
     if candidates is None:
-        candidates = np.unique(np.concatenate([scores, [1.01]]))
+        candidates = np.unique(np.concatenate([matches.scores, [1.01]]))
     best: F2Result | None = None
     for threshold in sorted(candidates, reverse=True):
-        result = _result_at(scores, matched, total_gt, float(threshold))
+        result = _result_at(matches.scores, matches.matched, matches.total_gt, float(threshold))
         if best is None or result.f2 > best.f2 + 1e-12:
             best = result
     assert best is not None  # candidates always holds at least 1.01
@@ -205,24 +225,13 @@ def recall_by_size(
     Returns one dict per bucket: ``size_px`` ("30-45", "90+"), ``boxes`` and ``recall`` per IoU ("0.50": 0.93;
     None for an empty bucket).
     """
-    _validate(predictions, ground_truths)
     if list(edges) != sorted(edges) or any(e <= 0 for e in edges):
         raise ValueError(f"size edges must be positive and increasing, got {list(edges)}")
     bounds = [0.0, *edges, float("inf")]
-    sizes: list[np.ndarray] = []
-    found: dict[float, list[np.ndarray]] = {t: [] for t in iou_thresholds}
-    for (boxes, scores), gt in zip(predictions, ground_truths, strict=True):
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
-        keep = scores >= score_threshold
-        boxes, scores = boxes[keep], scores[keep]
-        order = _canonical_order(boxes, scores)
-        sizes.append(np.sqrt(np.clip(gt[:, 2] - gt[:, 0], 0, None) * np.clip(gt[:, 3] - gt[:, 1], 0, None)))
-        for t in iou_thresholds:
-            found[t].append(_greedy_match(boxes[order], gt, t)[1])
-    all_sizes = np.concatenate(sizes) if sizes else np.zeros(0)
-    all_found = {t: (np.concatenate(f) if f else np.zeros(0, dtype=bool)) for t, f in found.items()}
+    matches = _match_all(predictions, ground_truths, iou_thresholds)
+    gt = np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1, 4) for g in ground_truths] or [np.zeros((0, 4))])
+    all_sizes = np.sqrt(np.clip(gt[:, 2] - gt[:, 0], 0, None) * np.clip(gt[:, 3] - gt[:, 1], 0, None))
+    all_found = {t: found_at >= score_threshold for t, found_at in matches.found_at.items()}
     buckets = []
     for low, high in zip(bounds[:-1], bounds[1:], strict=True):
         inside = (all_sizes >= low) & (all_sizes < high)
