@@ -315,7 +315,7 @@ def _goals(report: dict[str, Any]) -> dict[str, Any]:
     int8 = variants.get("pruned_onnx_int8_cpu", tensorrt_int8)
     ratio = base["latency"]["median_ms"] / int8["latency"]["median_ms"]
     goals: dict[str, Any] = {
-        "judged_variant": "int8_cpu" if "pruned_onnx_int8_cpu" in variants else "int8",
+        "judged_variant": CPU_INT8_VARIANT if "pruned_onnx_int8_cpu" in variants else "int8",
         "latency_ratio": ratio,
         "latency_goal_met": ratio >= 3.0,
         "latency_ratio_tensorrt_int8": base["latency"]["median_ms"] / tensorrt_int8["latency"]["median_ms"],
