@@ -320,3 +320,29 @@ def test_cli_evaluate_and_predict(
     assert detections["threshold"] == 0.0 and len(detections["frames"]) == 16
     bad = runner.invoke(app, ["evaluate", str(tmp_path / "nope.ckpt"), "--data", str(synthetic_dataset)])
     assert bad.exit_code == 2 and "checkpoint not found" in bad.output
+
+
+def test_out_of_distribution_set_drives_selection_and_both_are_logged(
+    synthetic_dataset: Path, make_synthetic_dataset, tmp_path: Path
+) -> None:
+    # A second, differently seeded set stands in for the out-of-distribution renderer here; the mechanism is the
+    # same for any root in the Kaggle layout.
+    other = make_synthetic_dataset(seed=99, videos=1, frames=6)
+    cfg = smoke_config(
+        synthetic_dataset, tmp_path, "--trainer.max_steps=2", "--data.train_limit=4",
+        f"--data.ood_root={other}", f"--data.extra_roots=[{other}]",
+    )
+    uncapped = smoke_config(synthetic_dataset, tmp_path, f"--data.extra_roots=[{other}]", "--data.train_limit=null")
+    train, _ = split_records(uncapped)
+    assert sum(str(r.image_path).startswith(str(other)) for r in train) == 6  # every extra-root frame trains
+    metrics = fit(cfg)
+    assert "val/f2" in metrics and "val_ood/f2" in metrics
+    assert metrics["val/select_f2"] == pytest.approx(metrics["val_ood/f2"])
+    assert metrics["best_threshold"] == pytest.approx(metrics["val_ood/threshold"])
+    info = torch.load(metrics_best(tmp_path), map_location="cpu", weights_only=True)["starfish"]
+    assert info["val"]["selected_on"] == "out_of_distribution"
+    assert set(info["val"]["ood"]) >= {"f2", "threshold", "map_50"}
+
+
+def metrics_best(out: Path) -> Path:
+    return Path(json.loads((out / "test" / "metrics.json").read_text())["best_checkpoint"])

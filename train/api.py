@@ -181,7 +181,7 @@ def fit(cfg: TrainConfig | dict[str, Any]) -> dict[str, float]:
         best_copy=cfg.checkpoint.best_copy,
         dirpath=str(directory / "checkpoints"),
         filename="best-{step}",
-        monitor="val/f2",
+        monitor="val/select_f2",
         mode="max",
         save_top_k=1,
         save_last=cfg.checkpoint.save_last,

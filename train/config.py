@@ -48,6 +48,14 @@ class DataConfig:
     val_limit: int | None = None
     # "header" checks every JPEG up front; "exists" is faster for large sets.
     check_images: Literal["none", "exists", "header"] = "exists"
+    # More dataset roots whose every frame trains (e.g. the domain-randomized reef next to the plain one, or real
+    # footage next to synthetic); only `root` is split.
+    extra_roots: list[str] = field(default_factory=list)
+    # An out-of-distribution validation set (every video; e.g. `starfish data ood`, never trained on). When set,
+    # checkpoint and score-threshold selection use its F2; the in-distribution held-out split is still scored and
+    # logged beside it.
+    ood_root: str | None = None
+    ood_limit: int | None = None
 
 
 @dataclass

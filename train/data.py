@@ -103,6 +103,12 @@ def split_records(cfg: TrainConfig) -> tuple[list[FrameRecord], list[FrameRecord
         raise DatasetError(f"{d.root} holds no usable frames ({dataset.report.summary()})")
     val_ids = list(d.val) or [dataset.groups(d.split_by)[-1]]
     train, val = dataset.split(by=d.split_by, val=val_ids)
+    for extra in d.extra_roots:
+        more = ReefDataset.open(extra, image_size=tuple(d.image_size), check_images=d.check_images)
+        if not more.records:
+            raise DatasetError(f"{extra} (data.extra_roots) holds no usable frames ({more.report.summary()})")
+        logger.info("training also on every frame of %s: %d frames", extra, len(more.records))
+        train = [*train, *more.records]
     train = _even_subset(train, d.train_limit)
     val = _even_subset(val, d.val_limit)
     check_split(train, "training")
@@ -112,6 +118,18 @@ def split_records(cfg: TrainConfig) -> tuple[list[FrameRecord], list[FrameRecord
         d.split_by, val_ids, len(train), sum(r.is_empty for r in train), len(val), sum(r.is_empty for r in val),
     )
     return train, val
+
+
+def ood_records(cfg: TrainConfig) -> list[FrameRecord]:
+    """Every frame (evenly capped by ``data.ood_limit``) of the out-of-distribution set, or [] when none is set."""
+    d = cfg.data
+    if not d.ood_root:
+        return []
+    dataset = ReefDataset.open(d.ood_root, image_size=tuple(d.image_size), check_images=d.check_images)
+    records = _even_subset(list(dataset.records), d.ood_limit)
+    check_split(records, "out-of-distribution validation")
+    logger.info("out-of-distribution validation: %d frames of %s", len(records), d.ood_root)
+    return records
 
 
 class ReefDataModule(L.LightningDataModule):
@@ -126,6 +144,7 @@ class ReefDataModule(L.LightningDataModule):
         self._given = (train_records, val_records)
         self.train_set: FrameDataset | None = None
         self.val_set: FrameDataset | None = None
+        self.ood_set: FrameDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -138,6 +157,8 @@ class ReefDataModule(L.LightningDataModule):
         m = self.cfg.model
         self.train_set = FrameDataset(train, m.min_size, m.max_size, augment=self.cfg.augment)
         self.val_set = FrameDataset(val, m.min_size, m.max_size, augment=None)
+        ood = ood_records(self.cfg)
+        self.ood_set = FrameDataset(ood, m.min_size, m.max_size, augment=None) if ood else None
 
     def _loader(self, dataset: FrameDataset, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.cfg.seed + dataset.epoch)
@@ -160,6 +181,10 @@ class ReefDataModule(L.LightningDataModule):
             self.train_set.epoch = self.trainer.current_epoch
         return self._loader(self.train_set, self.cfg.data.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The in-distribution held-out split, then (when configured) the out-of-distribution set."""
         assert self.val_set is not None
-        return self._loader(self.val_set, self.cfg.data.val_batch_size, shuffle=False)
+        loaders = [self._loader(self.val_set, self.cfg.data.val_batch_size, shuffle=False)]
+        if self.ood_set is not None:
+            loaders.append(self._loader(self.ood_set, self.cfg.data.val_batch_size, shuffle=False))
+        return loaders if len(loaders) > 1 else loaders[0]

