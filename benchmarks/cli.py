@@ -348,3 +348,57 @@ def pipeline_command(
     path = output_dir / f"{stem}.json"
     path.write_text(report.model_dump_json(indent=2) + "\n")
     console.print(f"wrote {path}")
+
+
+@app.command("counting")
+def counting_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory (or a model directory holding bundle/)."),
+    data: Path = typer.Option(..., "--data", help="Dataset root with videos/*.mp4 and synth.json (true counts)."),
+    videos: str = typer.Option(None, help="Comma-separated video ids (default: every video in synth.json)."),
+    key: list[Path] = typer.Option(None, "--key", help="Trusted public key(s). Default: *.pub beside the bundle."),
+    variant: str = typer.Option(None, help="Bundle variant to run (default: the agent's own choice)."),
+    threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads."),
+    host: str = typer.Option("127.0.0.1", help="MQTT broker the agent publishes to (loopback)."),
+    port: int = typer.Option(1883, help="MQTT broker port."),
+    out: Path = typer.Option(None, "--out", help="Write the result JSON here."),
+) -> None:
+    """Unique-count error of the real agent on whole clips (one camera per clip), against the true counts."""
+    import json
+    import tempfile
+
+    from rich.table import Table
+
+    from benchmarks.counting import measure_counting
+    from edge_agent.app import StartupError
+
+    bundle = _resolve_bundle(bundle)
+    if not (bundle / "manifest.json").is_file():
+        raise typer.BadParameter(f"no bundle at {bundle} (no manifest.json)", param_hint="BUNDLE")
+    if not data.is_dir():
+        raise typer.BadParameter(f"no dataset directory {data}", param_hint="--data")
+    try:
+        ids = [int(v) for v in videos.split(",")] if videos else None
+    except ValueError:
+        raise typer.BadParameter(f"--videos must be comma-separated integers, got {videos!r}") from None
+    keys = _trusted_keys(bundle, key)
+    with tempfile.TemporaryDirectory(prefix="starfish-counting-") as work:
+        try:
+            result = measure_counting(bundle, keys, data, videos=ids, host=host, port=port, workdir=Path(work),
+                                      variant=variant, threads=threads)
+        except (ValueError, StartupError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    console = _console()
+    table = Table(title=f"unique counts by the agent ({result.backend}, {result.variant}) on {data}")
+    for column in ("clip", "frames", "counted", "true", "error"):
+        table.add_column(column, justify="right")
+    for c in result.clips:
+        table.add_row(str(c.video_id), str(c.frames), str(c.counted), str(c.true), f"{c.error:.0%}")
+    table.add_row("all", str(sum(c.frames for c in result.clips)), str(result.total_counted),
+                  str(result.total_true), f"{result.total_error:.0%}")
+    console.print(table)
+    console.print(f"mean per-clip error {result.mean_clip_error:.1%}, worst {result.worst_clip_error:.1%}, "
+                  f"{result.fps:.1f} fps")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        console.print(f"wrote {out}")

@@ -17,7 +17,7 @@ import torch
 
 from edge_agent import metrics as reef_metrics
 from edge_agent.dataset import FrameRecord, load_image
-from train.module import summarise_predictions
+from train.module import operating_point, summarise_predictions
 from train.transforms import resize_to_working
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,10 @@ def evaluate(
     result.update(summarise_predictions(predictions, truths))
     result["recall_by_size"] = reef_metrics.recall_by_size(predictions, truths, result["threshold"])
     if score_threshold is not None:
-        result["f2_at_given_threshold"] = float(reef_metrics.f2_score(predictions, truths, score_threshold).f2)
+        given = reef_metrics.f2_score(predictions, truths, score_threshold)
+        result["f2_at_given_threshold"] = float(given.f2)
         result["given_threshold"] = float(score_threshold)
+        result["at_given_threshold"] = operating_point(given, len(predictions))
     result.update(
         {
             "frames": len(records),

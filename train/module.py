@@ -44,6 +44,17 @@ def summarise_predictions(
         "per_iou_f2": {f"{k:.2f}": float(v) for k, v in sorted(search.per_iou.items())},
         "map": float(coco["map"]),
         "map_50": float(coco["map_50"]),
+        **operating_point(search.result, len(predictions)),
+    }
+
+
+def operating_point(result: reef_metrics.F2Result, frames: int) -> dict[str, float]:
+    """False positives per frame and precision / recall at IoU 0.5 of one thresholded F2 result."""
+    tp, fp, fn = result.tp[0.5], result.fp[0.5], result.fn[0.5]
+    return {
+        "false_positives_per_frame": fp / max(1, frames),
+        "precision_iou50": tp / (tp + fp) if tp + fp else 1.0,
+        "recall_iou50": tp / (tp + fn) if tp + fn else 1.0,
     }
 
 

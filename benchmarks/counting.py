@@ -1,0 +1,126 @@
+"""Unique-count error of the real agent on whole clips: `starfish bench counting BUNDLE --data ROOT`.
+
+Every video of a dataset root (the synthetic generator's or the out-of-distribution renderer's; both write
+``videos/video_{id}.mp4`` and ``synth.json`` with the true number of distinct starfish) becomes one camera of one
+real agent (file source, every frame, not real-time) that publishes to a real broker on loopback. The agent's own
+run summary gives each camera's unique count; the error is |counted - true| / true per clip, and the headline is
+the error of the summed counts next to the mean and the worst per-clip error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipCount:
+    video_id: int
+    frames: int
+    counted: int
+    true: int
+    error: float  # |counted - true| / max(true, 1)
+
+
+@dataclass(frozen=True)
+class CountingResult:
+    bundle: str
+    variant: str
+    backend: str
+    data: str
+    clips: list[ClipCount]
+    total_counted: int
+    total_true: int
+    total_error: float
+    mean_clip_error: float
+    worst_clip_error: float
+    fps: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def true_counts(root: Path) -> dict[int, int]:
+    """video_id -> true distinct starfish, from the dataset's ``synth.json``."""
+    meta_path = root / "synth.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{root} has no synth.json (true distinct-starfish counts): use a generated dataset")
+    try:
+        videos = json.loads(meta_path.read_text())["videos"]
+        return {int(v["video_id"]): int(v["distinct_starfish"]) for v in videos}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{meta_path} does not list videos with video_id and distinct_starfish: {exc}") from None
+
+
+def measure_counting(
+    bundle: Path,
+    keys: list[Path],
+    root: Path,
+    *,
+    videos: list[int] | None,
+    host: str,
+    port: int,
+    workdir: Path,
+    variant: str | None = None,
+    threads: int | None = None,
+) -> CountingResult:
+    """Run one agent over every requested clip of ``root`` and compare its unique counts with the truth."""
+    from edge_agent.app import build_agent
+    from edge_agent.config import load_config_data
+
+    truth = true_counts(root)
+    wanted = sorted(truth) if not videos else videos
+    missing = [v for v in wanted if v not in truth]
+    if missing:
+        raise ValueError(f"{root} has no video(s) {missing}; it has {sorted(truth)}")
+    clips = {v: root / "videos" / f"video_{v}.mp4" for v in wanted}
+    absent = [str(p) for p in clips.values() if not p.is_file()]
+    if absent:
+        raise ValueError(f"clip(s) missing (generate the dataset with videos): {', '.join(absent)}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    detector: dict = {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]}
+    if variant:
+        detector["variant"] = variant
+    if threads:
+        detector["threads"] = threads
+    cfg = load_config_data({
+        "device_id": "bench-counting",
+        "cameras": [
+            {"id": f"clip{v}", "source": str(path), "read_mode": "every_frame", "realtime": False}
+            for v, path in clips.items()
+        ],
+        "detector": detector,
+        "mqtt": {"host": host, "port": port},
+        "outbox_path": str(workdir / "outbox.sqlite3"),
+    })
+    agent = build_agent(cfg)
+    agent.run()
+    summary = agent.summary()
+    by_camera = {c.camera_id: c for c in summary.cameras}
+    results = []
+    for v in wanted:
+        camera = by_camera[f"clip{v}"]
+        error = abs(camera.unique_count - truth[v]) / max(truth[v], 1)
+        results.append(ClipCount(video_id=v, frames=camera.frames, counted=camera.unique_count, true=truth[v],
+                                 error=error))
+        logger.info("clip %d: counted %d, true %d (error %.0f %%)", v, camera.unique_count, truth[v], 100 * error)
+    total_counted = sum(c.counted for c in results)
+    total_true = sum(c.true for c in results)
+    running = agent.slot.detector
+    return CountingResult(
+        bundle=str(bundle),
+        variant=str(getattr(running, "variant", variant or "")),
+        backend=str(getattr(running, "name", "")),
+        data=str(root),
+        clips=results,
+        total_counted=total_counted,
+        total_true=total_true,
+        total_error=abs(total_counted - total_true) / max(total_true, 1),
+        mean_clip_error=sum(c.error for c in results) / len(results),
+        worst_clip_error=max(c.error for c in results),
+        fps=summary.fps,
+    )
