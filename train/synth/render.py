@@ -14,16 +14,26 @@ occlusion). Boxes are measured before motion blur, which smears edges by a few p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from train.synth.camera import SHUTTER
 from train.synth.noise import torus_window
-from train.synth.plan import STREAM_LOOK, STREAM_SPRITE, STREAM_TEXTURE, VideoLayout, stream
+from train.synth.distractors import make_distractor_sprite
+from train.synth.plan import (
+    STREAM_DISTRACTOR_SPRITE,
+    STREAM_LOOK,
+    STREAM_SPRITE,
+    STREAM_STYLE,
+    STREAM_TEXTURE,
+    VideoLayout,
+    stream,
+)
+from train.synth.randomize import random_reef_look, random_water_look
 from train.synth.reef import make_reef_texture
-from train.synth.starfish import Sprite, make_starfish_sprite
+from train.synth.starfish import Sprite, make_starfish_sprite, random_starfish_look
 
 CAUSTIC_DOWNSCALE = 6  # caustics are smooth: evaluate on a 6x coarser grid and upscale
 NOISE_FRAMES = 3  # sensor-noise fields cycled through (drawing fresh noise per frame costs more than the rest)
@@ -50,6 +60,8 @@ class FrameRender:
     image: np.ndarray  # (H, W, 3) uint8 BGR
     labels: np.ndarray  # (H, W) uint16: 0 = no starfish, else Instance.label
     instances: list[Instance]
+    # Pixels where a distractor (not a COTS) shows, before any starfish is drawn over it; None without distractors.
+    distractor_mask: np.ndarray | None = None
 
     def mask(self, track_id: int) -> np.ndarray:
         """Bool mask of the visible pixels of one starfish."""
@@ -91,6 +103,9 @@ class VideoAssets:
     particles: Particles
     particle_colour: tuple[float, float, float]
     cumulative_flow: np.ndarray  # (frames, 2) summed camera motion, moves the marine snow
+    distractor_sprites: list[tuple[Sprite, Sprite]] = field(default_factory=list)  # per layout.distractors
+    defocus: float = 0.0  # Gaussian blur sigma (px) of the scene before sensor noise; 0 = sharp
+    shutter: float = 1.0  # multiplies the camera-motion blur
 
 
 def build_assets(layout: VideoLayout) -> VideoAssets:
@@ -98,7 +113,11 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
     config = layout.config
     width, height = config.width, config.height
     size = layout.texture_size
-    texture = make_reef_texture(stream(config, layout.video_id, STREAM_TEXTURE), size)
+    randomized = config.style == "randomized"
+    # Randomized style: its own streams, so the classic draws below stay exactly as they were.
+    reef_look = random_reef_look(stream(config, layout.video_id, STREAM_STYLE, 0)) if randomized else None
+    water_look = random_water_look(stream(config, layout.video_id, STREAM_STYLE, 1)) if randomized else None
+    texture = make_reef_texture(stream(config, layout.video_id, STREAM_TEXTURE), size, reef_look)
     sprites = []
     for index, track in enumerate(layout.tracks):
         rng = stream(config, layout.video_id, STREAM_SPRITE, index)
@@ -108,14 +127,22 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
             ox, oy = _sprite_origin(track, half)
             rows, cols = torus_window(size, oy + half, ox + half, half)
             occluder = texture[np.ix_(rows, cols)]
-        sprite = make_starfish_sprite(rng, track.diameter, occluder)
+        look = random_starfish_look(stream(config, layout.video_id, STREAM_STYLE, 2, index)) if randomized else None
+        sprite = make_starfish_sprite(rng, track.diameter, occluder, look)
         sprites.append((sprite, sprite.half()))
+    distractor_sprites = []
+    for index, item in enumerate(layout.distractors):
+        rng = stream(config, layout.video_id, STREAM_DISTRACTOR_SPRITE, index)
+        sprite = make_distractor_sprite(rng, item.kind, item.diameter)
+        distractor_sprites.append((sprite, sprite.half()))
 
     rng = stream(config, layout.video_id, STREAM_LOOK)
     # Water: blue-green veil; red is absorbed fastest, so the floor loses red with distance.
     water = np.array([rng.uniform(0.50, 0.62), rng.uniform(0.56, 0.70), rng.uniform(0.14, 0.26)], np.float32)
     beta = np.array([0.28, 0.22, 0.8], np.float32) * rng.uniform(0.8, 1.25)
     light = rng.uniform(1.0, 1.35)
+    if water_look is not None:
+        water, beta, light = water_look.water, water_look.beta, water_look.light
     # Path length through water per image row, relative to the bottom row (grows towards the top).
     rows = np.arange(height, dtype=np.float64)
     h0 = layout.homographies[0]
@@ -126,16 +153,17 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
     transmission = np.exp(-beta[None, :] * distance[:, None])  # (H, 3)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     r2 = ((xx - width / 2) / (width / 2)) ** 2 + ((yy - height / 2) / (height / 2)) ** 2
-    vignette = (1.0 - 0.22 * r2)[..., None]
+    vignette = (1.0 - (0.22 if water_look is None else water_look.vignette) * r2)[..., None]
     gain = (light * transmission[:, None, :] * vignette).astype(np.float32)
     veil = (water[None, None, :] * (1 - transmission[:, None, :]) * (0.85 + 0.15 * vignette)).astype(np.float32)
     noise = []
+    sigma, chroma_sigma = (0.014, 0.006) if water_look is None else (water_look.noise, water_look.noise * 0.43)
     for _ in range(NOISE_FRAMES):
-        luma = rng.normal(0, 0.014, (height, width, 1)).astype(np.float32)
-        chroma = rng.normal(0, 0.006, (height, width, 3)).astype(np.float32)
+        luma = rng.normal(0, sigma, (height, width, 1)).astype(np.float32)
+        chroma = rng.normal(0, chroma_sigma, (height, width, 3)).astype(np.float32)
         noise.append(luma + chroma)
 
-    count = int(260 * width * height / (1280 * 720)) + 5
+    count = int(260 * width * height / (1280 * 720) * (1.0 if water_look is None else water_look.snow)) + 5
     px_scale = width / 1280
     far = rng.random(count) < 0.85  # most particles are small and sharp; a few big, soft and close
     radius = np.where(far, rng.uniform(0.6, 1.8, count), rng.uniform(3, 9, count)) * max(px_scale, 0.5)
@@ -147,17 +175,24 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
         brightness=np.where(far, rng.uniform(0.35, 0.9, count), rng.uniform(0.08, 0.22, count)),
     )
     snow = np.clip(water * 1.6 + 0.25, 0, 1)
+    waves = caustic_waves(rng, float(rng.uniform(120, 220)))
+    caustic_strength = float(rng.uniform(0.35, 0.7))
+    if water_look is not None:
+        caustic_strength = water_look.caustics
     return VideoAssets(
         texture=texture,
         sprites=sprites,
         gain=gain,
         veil=veil,
         noise=noise,
-        caustic_waves=caustic_waves(rng, float(rng.uniform(120, 220))),
-        caustic_strength=float(rng.uniform(0.35, 0.7)),
+        caustic_waves=waves,
+        caustic_strength=caustic_strength,
         particles=particles,
         particle_colour=tuple(float(c) for c in snow),
         cumulative_flow=np.cumsum(np.concatenate([np.zeros((1, 2)), layout.flow[:-1]]), axis=0),
+        distractor_sprites=distractor_sprites,
+        defocus=0.0 if water_look is None else water_look.defocus * width / 1280,
+        shutter=1.0 if water_look is None else water_look.shutter,
     )
 
 
@@ -195,45 +230,78 @@ def caustic_waves(rng: np.random.Generator, cell: float) -> np.ndarray:
     ).astype(np.float32)
 
 
+def _warp_sprite(
+    layout: VideoLayout, g: np.ndarray, g_inv: np.ndarray, sprites: tuple[Sprite, Sprite],
+    ground: tuple[float, float], diameter: float,
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """Warp a ground sprite into the frame: (roi, colour, masks) over the frame's roi, or None if not in view."""
+    config = layout.config
+    width, height = config.width, config.height
+    full, half_res = sprites
+    # Far objects use the half-resolution sprite so their spines do not alias.
+    centre = g_inv @ np.array([ground[0], ground[1], 1.0])
+    side = g_inv @ np.array([ground[0] + 1.0, ground[1], 1.0])
+    if centre[2] <= 0 or side[2] <= 0:
+        return None
+    px_per_ground = np.hypot(*(side[:2] / side[2] - centre[:2] / centre[2]))
+    sprite = half_res if px_per_ground < 0.6 else full
+    half = int(np.ceil(diameter / 2 * 1.25)) + 2
+    ox, oy = int(round(ground[0])) - half, int(round(ground[1])) - half
+    sprite_to_ground = np.array([[sprite.scale, 0, ox], [0, sprite.scale, oy], [0, 0, 1.0]])
+    h, w = sprite.colour.shape[:2]
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64) - [0.5, 0.5, 0]
+    img = (g_inv @ sprite_to_ground @ corners.T).T
+    if (img[:, 2] <= 0).any():
+        return None
+    img = img[:, :2] / img[:, 2:]
+    x0, y0 = np.floor(img.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(img.max(axis=0)).astype(int) + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    # ROI pixel -> sprite pixel
+    roi_to_sprite = np.linalg.inv(sprite_to_ground) @ g @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1.0]])
+    size = (x1 - x0, y1 - y0)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    colour = cv2.warpPerspective(sprite.colour, roi_to_sprite, size, flags=flags, borderValue=0)
+    masks = cv2.warpPerspective(sprite.masks, roi_to_sprite, size, flags=flags, borderValue=0)
+    return (int(x0), int(y0), int(x1), int(y1)), colour, masks
+
+
+def _draw_distractors(layout: VideoLayout, assets: VideoAssets, frame: int, image: np.ndarray) -> np.ndarray | None:
+    """Composite the frame's distractors onto the floor; returns where they show (None when the video has none)."""
+    if not layout.distractors:
+        return None
+    config = layout.config
+    g = layout.homographies[frame]
+    g_inv = np.linalg.inv(g)
+    shown = np.zeros((config.height, config.width), bool)
+    for index in layout.frame_distractors[frame]:
+        item = layout.distractors[index]
+        warped = _warp_sprite(layout, g, g_inv, assets.distractor_sprites[index], item.ground, item.diameter)
+        if warped is None:
+            continue
+        (x0, y0, x1, y1), colour, masks = warped
+        roi = image[y0:y1, x0:x1]
+        roi *= 1.0 - colour[..., 3:4]
+        roi += colour[..., :3]
+        shown[y0:y1, x0:x1] |= masks[..., 0] >= 0.5
+    return shown
+
+
 def _draw_starfish(
     layout: VideoLayout, assets: VideoAssets, frame: int, image: np.ndarray, labels: np.ndarray
 ) -> list[tuple[int, int, tuple[int, int, int, int], int]]:
     """Composite the frame's starfish; returns (track index, label, roi, full pixel count) for each drawn."""
-    config = layout.config
-    width, height = config.width, config.height
     g = layout.homographies[frame]
     g_inv = np.linalg.inv(g)
     drawn = []
     for label, index in enumerate(layout.frame_tracks[frame], start=1):
         track = layout.tracks[index]
-        full, half_res = assets.sprites[index]
-        # Far starfish use the half-resolution sprite so their spines do not alias.
-        centre = g_inv @ np.array([track.ground[0], track.ground[1], 1.0])
-        side = g_inv @ np.array([track.ground[0] + 1.0, track.ground[1], 1.0])
-        if centre[2] <= 0 or side[2] <= 0:
+        warped = _warp_sprite(layout, g, g_inv, assets.sprites[index], track.ground, track.diameter)
+        if warped is None:
             continue
-        px_per_ground = np.hypot(*(side[:2] / side[2] - centre[:2] / centre[2]))
-        sprite = half_res if px_per_ground < 0.6 else full
-        half = int(np.ceil(track.diameter / 2 * 1.25)) + 2
-        ox, oy = _sprite_origin(track, half)
-        sprite_to_ground = np.array([[sprite.scale, 0, ox], [0, sprite.scale, oy], [0, 0, 1.0]])
-        h, w = sprite.colour.shape[:2]
-        corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64) - [0.5, 0.5, 0]
-        img = (g_inv @ sprite_to_ground @ corners.T).T
-        if (img[:, 2] <= 0).any():
-            continue
-        img = img[:, :2] / img[:, 2:]
-        x0, y0 = np.floor(img.min(axis=0)).astype(int)
-        x1, y1 = np.ceil(img.max(axis=0)).astype(int) + 1
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        # ROI pixel -> sprite pixel
-        roi_to_sprite = np.linalg.inv(sprite_to_ground) @ g @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1.0]])
-        size = (x1 - x0, y1 - y0)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        colour = cv2.warpPerspective(sprite.colour, roi_to_sprite, size, flags=flags, borderValue=0)
-        masks = cv2.warpPerspective(sprite.masks, roi_to_sprite, size, flags=flags, borderValue=0)
+        (x0, y0, x1, y1), colour, masks = warped
         roi = image[y0:y1, x0:x1]
         roi *= 1.0 - colour[..., 3:4]
         roi += colour[..., :3]
@@ -308,6 +376,8 @@ def render_frame(layout: VideoLayout, assets: VideoAssets, frame: int) -> FrameR
     image = floor.astype(np.float32) * np.float32(1 / 255)
 
     # 2. Starfish (ground objects: they get the same light, water and blur as the floor).
+    #    Distractors lie on the floor first; a starfish may sit on one, and then its pixels are starfish.
+    distractor_mask = _draw_distractors(layout, assets, frame, image)
     labels = np.zeros((height, width), np.uint16)
     drawn = _draw_starfish(layout, assets, frame, image, labels)
     instances = _instances(layout, labels, drawn)
@@ -328,13 +398,16 @@ def render_frame(layout: VideoLayout, assets: VideoAssets, frame: int) -> FrameR
     image *= assets.gain
     image *= light[..., None]
     image += assets.veil
+    if assets.defocus > 0:  # an out-of-focus or soft lens blurs the scene, not the sensor noise
+        image = cv2.GaussianBlur(image, (0, 0), assets.defocus)
     image += assets.noise[frame % NOISE_FRAMES]
     out = cv2.convertScaleAbs(image, alpha=255.0)
 
     # 5. Marine snow in the water column, then motion blur of the whole frame from the camera's motion.
     _draw_snow(assets, frame, out, width, height)
-    out = _motion_blur(out, layout.flow[frame])
-    return FrameRender(image=out, labels=labels, instances=instances)
+    flow = layout.flow[frame] if assets.shutter == 1.0 else layout.flow[frame] * assets.shutter
+    out = _motion_blur(out, flow)
+    return FrameRender(image=out, labels=labels, instances=instances, distractor_mask=distractor_mask)
 
 
 def _draw_snow(assets: VideoAssets, frame: int, out: np.ndarray, width: int, height: int) -> None:

@@ -1,0 +1,130 @@
+"""Randomized reef style: determinism, boxes only on drawn starfish, distractors never boxed, outbreak crowds."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from tests.test_synth import check_boxes_over_starfish, read_rows, render_all
+from train.synth import SynthConfig, build_assets, plan_dataset, render_frame
+from train.synth.distractors import KINDS, make_distractor_sprite
+from train.synth.starfish import random_starfish_look
+
+RANDOM = {"style": "randomized", "videos": 1, "width": 320, "height": 180, "min_size": 8, "sequence_length": 8,
+          "workers": 1}
+
+
+def test_same_seed_same_bytes_and_differs_from_classic(make_synthetic_dataset) -> None:
+    first = make_synthetic_dataset(seed=21, frames=4, **{**RANDOM, "outbreak_fraction": 0.5})
+    again = make_synthetic_dataset(seed=21, frames=4, **{**RANDOM, "outbreak_fraction": 0.5})
+    classic = make_synthetic_dataset(seed=21, frames=4, **{**RANDOM, "style": "classic"})
+    assert (first / "train.csv").read_bytes() == (again / "train.csv").read_bytes()
+    assert (first / "synth.json").read_bytes() == (again / "synth.json").read_bytes()
+    images = sorted((first / "train_images").rglob("*.jpg"))
+    assert len(images) == 4
+    for path in images:
+        assert path.read_bytes() == (again / path.relative_to(first)).read_bytes()
+        assert path.read_bytes() != (classic / path.relative_to(first)).read_bytes()
+
+
+def test_worker_processes_give_identical_randomized_output(make_synthetic_dataset) -> None:
+    serial = make_synthetic_dataset(seed=4, frames=4, **RANDOM)
+    pooled = make_synthetic_dataset(seed=4, frames=4, **{**RANDOM, "workers": 2})
+    assert (serial / "train.csv").read_bytes() == (pooled / "train.csv").read_bytes()
+    for path in sorted((serial / "train_images").rglob("*.jpg")):
+        assert path.read_bytes() == (pooled / path.relative_to(serial)).read_bytes()
+
+
+def test_distractors_never_carry_boxes_nor_starfish_labels() -> None:
+    """Removing every distractor from a layout leaves labels and boxes exactly as they were; the image changes."""
+    config = SynthConfig(frames=6, seed=5, empty_fraction=0.0, occlusion_probability=0.5, **RANDOM)
+    layout = plan_dataset(config)[0]
+    assert layout.distractors, "the randomized style lays distractors"
+    bare = dataclasses.replace(layout, distractors=[], frame_distractors=[[] for _ in range(layout.frames)])
+    assets = build_assets(layout)
+    boxes = changed = 0
+    for frame in range(layout.frames):
+        with_d = render_frame(layout, assets, frame)
+        without = render_frame(bare, assets, frame)
+        assert without.distractor_mask is None and with_d.distractor_mask is not None
+        assert np.array_equal(with_d.labels, without.labels)
+        assert with_d.annotations == without.annotations
+        boxes += check_boxes_over_starfish(with_d, config.width, config.height)
+        # (So a pixel labelled starfish over a distractor is one where a starfish is drawn on top of it.)
+        changed += int(np.abs(with_d.image.astype(int) - without.image.astype(int)).max() > 30)
+    assert boxes > 0
+    assert changed >= layout.frames - 1, "distractors were planned but not drawn"
+
+
+def test_frames_with_only_distractors_have_no_annotations() -> None:
+    config = SynthConfig(frames=8, seed=9, empty_fraction=1.0, outbreak_fraction=0.0, **RANDOM)
+    layout = plan_dataset(config)[0]
+    assert not layout.tracks
+    kinds = {d.kind for d in layout.distractors}
+    assert len(kinds) >= 4, kinds
+    for _, _, rendered in render_all(config):
+        assert rendered.annotations == [] and rendered.instances == []
+        assert not rendered.labels.any()
+        assert rendered.distractor_mask is not None and rendered.distractor_mask.sum() > 200
+
+
+def test_outbreak_sequences_hold_dozens_of_boxed_starfish() -> None:
+    config = SynthConfig(frames=8, seed=3, outbreak_fraction=1.0, **{**RANDOM, "width": 640, "height": 360})
+    layouts = plan_dataset(config)
+    assert layouts[0].outbreaks == [s.sequence_id for s in layouts[0].sequences]
+    ids = [t.track_id for t in layouts[0].tracks]
+    assert ids == list(range(1, len(ids) + 1)), "track ids stay unique and dense"
+    per_frame, sizes = [], []
+    for _, _, rendered in render_all(config):
+        per_frame.append(check_boxes_over_starfish(rendered, config.width, config.height))
+        sizes += [max(a["width"], a["height"]) for a in rendered.annotations]
+    assert max(per_frame) >= 20, per_frame
+    # Many small ones: the classic detector missed starfish under 30 px (at 1280 wide; this frame is 640).
+    assert np.mean(np.array(sizes) < 15) >= 0.2, np.percentile(sizes, [10, 50, 90])
+
+
+def test_starfish_looks_span_the_requested_ranges() -> None:
+    rng = np.random.default_rng(0)
+    looks = [random_starfish_look(rng) for _ in range(400)]
+    arms = {look.arms for look in looks}
+    assert min(arms) == 7 and max(arms) == 23
+    assert {look.texture for look in looks} == {"mottled", "striped", "solid"}
+    assert any(look.curl != 0 for look in looks) and any(look.curl == 0 for look in looks)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_distractor_kind_draws_something(kind: str) -> None:
+    sprite = make_distractor_sprite(np.random.default_rng(1), kind, 40.0)
+    coverage = sprite.masks[..., 0]
+    assert coverage.max() > 0.9 and (coverage > 0.5).sum() > 20
+    with pytest.raises(ValueError, match="unknown distractor"):
+        make_distractor_sprite(np.random.default_rng(1), "whale", 40.0)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), empty_fraction=st.floats(0.0, 1.0), outbreak=st.floats(0.0, 1.0))
+def test_property_randomized_boxes_always_over_drawn_starfish(seed, empty_fraction, outbreak) -> None:
+    config = SynthConfig(frames=3, seed=seed, empty_fraction=empty_fraction, outbreak_fraction=outbreak,
+                         **{**RANDOM, "width": 160, "height": 96})
+    for _, _, rendered in render_all(config):
+        check_boxes_over_starfish(rendered, config.width, config.height)
+
+
+def test_cli_style_randomized_and_unknown_style(tmp_path: Path) -> None:
+    from starfish_cli import app
+
+    runner = CliRunner()
+    root = tmp_path / "ds"
+    base = ["data", "synth", "--out", str(root), "--videos", "1", "--frames", "3", "--width", "192", "--height",
+            "108", "--min-size", "8", "--workers", "1", "--no-video"]
+    result = runner.invoke(app, [*base, "--style", "randomized", "--outbreak-fraction", "1"])
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(root)) == 3
+    bad = runner.invoke(app, [*base, "--style", "fancy", "--overwrite"])
+    assert bad.exit_code == 2 and "--style" in bad.output and "Traceback" not in bad.output
