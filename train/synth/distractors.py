@@ -35,7 +35,7 @@ def _random_colour(rng: np.random.Generator, muted_bias: float = 0.6) -> np.ndar
     if rng.random() < muted_bias:
         base = np.array(MUTED[int(rng.integers(len(MUTED)))], np.float32) * rng.uniform(0.8, 1.15, 3)
         return np.clip(_bgr01(base), 0, 1)
-    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(0, 256), rng.integers(60, 250)]]])
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(0, 256), rng.integers(60, 250)]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32) / 255.0
 
 
@@ -73,8 +73,8 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
         return np.ones((size, size), np.float32)
     sigma = 0.8 if kind == 1 else max(1.5, size / 12)
     noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), sigma)
-    noise /= max(1e-6, float(noise.std()))
-    return (1 + rng.uniform(0.05, 0.25) * noise).astype(np.float32)
+    scale = rng.uniform(0.05, 0.25) / max(1e-6, float(noise.std()))
+    return (1 + scale * noise).astype(np.float32)
 
 
 def make_distractor_sprite(rng: np.random.Generator, kind: str, diameter: float) -> Sprite:
@@ -168,7 +168,7 @@ def make_distractor_sprite(rng: np.random.Generator, kind: str, diameter: float)
     body = colour[None, None, :] * shade[..., None]
     body = body * (1 - 0.6 * (details * mask)[..., None])
     body = np.clip(body, 0, 1)
-    shift = np.float32([[1, 0, radius * 0.08], [0, 1, radius * 0.1]])
+    shift = np.array([[1, 0, radius * 0.08], [0, 1, radius * 0.1]], np.float32)
     shadow = 0.45 * cv2.GaussianBlur(cv2.warpAffine(mask, shift, (size, size)), (0, 0), max(1.0, radius * 0.1))
     alpha = mask + (1 - mask) * shadow
     colour4 = np.concatenate([body * mask[..., None], alpha[..., None]], axis=2).astype(np.float32)

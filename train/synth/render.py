@@ -399,7 +399,7 @@ def render_frame(layout: VideoLayout, assets: VideoAssets, frame: int) -> FrameR
     image *= light[..., None]
     image += assets.veil
     if assets.defocus > 0:  # an out-of-focus or soft lens blurs the scene, not the sensor noise
-        image = cv2.GaussianBlur(image, (0, 0), assets.defocus)
+        image = np.asarray(cv2.GaussianBlur(image, (0, 0), assets.defocus), np.float32)
     image += assets.noise[frame % NOISE_FRAMES]
     out = cv2.convertScaleAbs(image, alpha=255.0)
 

@@ -45,15 +45,17 @@ def random_starfish_look(rng: np.random.Generator) -> StarfishLook:
     body_rgb, tip_rgb = PALETTES[int(rng.integers(len(PALETTES)))]
     # Rotate the palette's hue a little and scale its saturation: many shades, none outside what COTS show.
     shift = rng.uniform(0.7, 1.3, 3).astype(np.float32)
-    grey = rng.uniform(0.0, 0.5)  # towards grey: some COTS are dull, like the coral around them
+    # Towards grey and darker: many COTS are as dull as the coral around them, so colour must not be the cue.
+    grey, dim = rng.uniform(0.0, 0.7), rng.uniform(0.6, 1.1)
     body = _rgb01(body_rgb) * shift
-    body = np.clip(body * (1 - grey) + body.mean() * grey, 0, 1)
-    tip = np.clip(_rgb01(tip_rgb) * rng.uniform(0.8, 1.2, 3).astype(np.float32), 0, 1)
+    body = np.clip((body * (1 - grey) + body.mean() * grey) * dim, 0, 1)
+    tip = _rgb01(tip_rgb) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
+    tip = np.clip((tip * (1 - grey) + tip.mean() * grey) * dim, 0, 1)
     return StarfishLook(
         arms=int(rng.integers(7, 24)),
         body=body.astype(np.float32),
         tip=tip.astype(np.float32),
-        curl=float(rng.choice([0.0, 1.0]) * rng.normal(0, 0.5)),
+        curl=float(rng.choice([0.0, 1.0]) * np.clip(rng.normal(0, 0.35), -0.7, 0.7)),
         spine_density=float(np.exp(rng.uniform(np.log(0.25), np.log(3.0)))),
         spine_length=(float(rng.uniform(0.02, 0.08)), float(rng.uniform(0.1, 0.22))),
         texture=str(rng.choice(["mottled", "striped", "solid"], p=[0.5, 0.25, 0.25])),
