@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from train.synth.camera import SHUTTER
-from train.synth.noise import torus_window
 from train.synth.distractors import make_distractor_sprite
+from train.synth.noise import torus_window
 from train.synth.plan import (
     STREAM_DISTRACTOR_SPRITE,
     STREAM_LOOK,
@@ -212,9 +212,9 @@ def caustics(x: np.ndarray, y: np.ndarray, time: float, waves: np.ndarray) -> np
     wx = x + 0.35 / np.hypot(warp[0], warp[1]) * np.sin(warp[0] * y + warp[1] * x + warp[2] * time + warp[3])
     wy = y + 0.35 / np.hypot(warp[0], warp[1]) * np.cos(warp[1] * y - warp[0] * x + warp[2] * time)
     out = np.zeros_like(x)
-    for field in (waves[1:4], waves[4:7]):
+    for group in (waves[1:4], waves[4:7]):
         f = np.zeros_like(x)
-        for kx, ky, omega, phase in field:
+        for kx, ky, omega, phase in group:
             f += np.sin(kx * wx + ky * wy + omega * time + phase)
         out = np.maximum(out, np.exp(-((f / 0.25) ** 2)))
     return out
