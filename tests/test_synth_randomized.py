@@ -41,25 +41,49 @@ def test_worker_processes_give_identical_randomized_output(make_synthetic_datase
         assert path.read_bytes() == (pooled / path.relative_to(serial)).read_bytes()
 
 
+def _only(layout, keep) -> object:
+    """The layout with only the distractors for which keep(d) holds (indices renumbered)."""
+    chosen = [d for d in layout.distractors if keep(d)]
+    index = {id(d): i for i, d in enumerate(chosen)}
+    frames = [[index[id(layout.distractors[i])] for i in f if id(layout.distractors[i]) in index]
+              for f in layout.frame_distractors]
+    return dataclasses.replace(layout, distractors=chosen, frame_distractors=frames)
+
+
+def _assets_for(assets, layout, kept_layout):
+    pick = {id(d): sprite for d, sprite in zip(layout.distractors, assets.distractor_sprites, strict=True)}
+    return dataclasses.replace(assets, distractor_sprites=[pick[id(d)] for d in kept_layout.distractors])
+
+
 def test_distractors_never_carry_boxes_nor_starfish_labels() -> None:
-    """Removing every distractor from a layout leaves labels and boxes exactly as they were; the image changes."""
+    """Distractors under the starfish leave labels and boxes exactly as without them; those over the starfish only
+    take pixels away (where they cover, nothing is starfish); neither ever adds a labelled pixel or a box."""
     config = SynthConfig(frames=6, seed=5, empty_fraction=0.0, occlusion_probability=0.5, **RANDOM)
     layout = plan_dataset(config)[0]
-    assert layout.distractors, "the randomized style lays distractors"
-    bare = dataclasses.replace(layout, distractors=[], frame_distractors=[[] for _ in range(layout.frames)])
+    assert any(d.on_top for d in layout.distractors) and any(not d.on_top for d in layout.distractors)
     assets = build_assets(layout)
-    boxes = changed = 0
+    bare = _only(layout, lambda d: False)
+    under = _only(layout, lambda d: not d.on_top)
+    over = _only(layout, lambda d: d.on_top)
+    boxes = changed = covered = 0
     for frame in range(layout.frames):
-        with_d = render_frame(layout, assets, frame)
-        without = render_frame(bare, assets, frame)
-        assert without.distractor_mask is None and with_d.distractor_mask is not None
-        assert np.array_equal(with_d.labels, without.labels)
-        assert with_d.annotations == without.annotations
-        boxes += check_boxes_over_starfish(with_d, config.width, config.height)
-        # (So a pixel labelled starfish over a distractor is one where a starfish is drawn on top of it.)
-        changed += int(np.abs(with_d.image.astype(int) - without.image.astype(int)).max() > 30)
+        plain = render_frame(bare, assets, frame)
+        below = render_frame(under, _assets_for(assets, layout, under), frame)
+        above = render_frame(over, _assets_for(assets, layout, over), frame)
+        full = render_frame(layout, assets, frame)
+        assert plain.distractor_mask is None
+        assert np.array_equal(below.labels, plain.labels)
+        assert below.annotations == plain.annotations
+        assert above.distractor_mask is not None
+        assert np.array_equal(above.labels, np.where(above.distractor_mask, 0, plain.labels))
+        assert not (full.labels[(plain.labels == 0)]).any(), "a distractor pixel was labelled starfish"
+        assert {a["track_id"] for a in full.annotations} <= {a["track_id"] for a in plain.annotations}
+        boxes += check_boxes_over_starfish(full, config.width, config.height)
+        covered += int((above.distractor_mask & (plain.labels > 0)).sum())
+        changed += int(np.abs(full.image.astype(int) - plain.image.astype(int)).max() > 30)
     assert boxes > 0
     assert changed >= layout.frames - 1, "distractors were planned but not drawn"
+    assert covered > 0, "no distractor lay over a starfish: the occlusion rule went untested"
 
 
 def test_frames_with_only_distractors_have_no_annotations() -> None:

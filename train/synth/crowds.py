@@ -25,6 +25,8 @@ from train.synth.plan import (
     starfish_diameter,
 )
 
+TOP_SHARE = 0.2
+
 
 def _size_range(layout: VideoLayout) -> tuple[float, float]:
     """Ground diameters from the smallest starfish at the far edge to the largest at the near edge."""
@@ -107,7 +109,10 @@ def place_distractors(layout: VideoLayout, rng: np.random.Generator) -> None:
     for seq in layout.sequences:
 
         def make(t0: int, ground: np.ndarray, added: list, seq: SequencePlan = seq) -> DistractorPlan:
+            kind = pick_kind(rng)
+            # Fish swim over everything; a share of the rest lies over starfish (partial occlusion, not by coral).
+            on_top = kind == "fish" or bool(rng.random() < TOP_SHARE)
             return DistractorPlan(sequence_id=seq.sequence_id, ground=(float(ground[0]), float(ground[1])),
-                                  diameter=starfish_diameter(rng, lo, hi, True), kind=pick_kind(rng))
+                                  diameter=starfish_diameter(rng, lo, hi, True), kind=kind, on_top=on_top)
 
         layout.distractors.extend(_fill_sequence(layout, rng, seq, target, make, counts, 4 * target, inverse))

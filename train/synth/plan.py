@@ -60,6 +60,7 @@ class DistractorPlan:
     ground: tuple[float, float]
     diameter: float  # ground px
     kind: str
+    on_top: bool = False  # lies over the starfish (hides parts of them) instead of under them
 
 
 @dataclass

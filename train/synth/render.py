@@ -5,7 +5,8 @@ process and a seed always gives the same pixels. Besides the image it returns a 
 pixel shows) from which the written boxes are derived, so tests can check every box against drawn pixels.
 
 Box rule. A starfish pixel is one where the warped sprite's starfish coverage is >= 0.5 (spines included) and
-neither its own occluding coral nor a starfish drawn later covers it. The box is the tight box of those pixels,
+neither its own occluding coral, nor a starfish drawn later, nor a distractor lying over it (coverage >= 0.5,
+randomized style) covers it. The box is the tight box of those pixels,
 which are inside the frame by construction (clipped). The box is written only if it is wider and taller than
 1 px and at least `min_visible_fraction` (default 0.4) of the starfish's in-frame pixels are visible: a
 starfish mostly hidden under coral gets no box, one cut by the frame edge keeps its box (the cut is not
@@ -60,7 +61,8 @@ class FrameRender:
     image: np.ndarray  # (H, W, 3) uint8 BGR
     labels: np.ndarray  # (H, W) uint16: 0 = no starfish, else Instance.label
     instances: list[Instance]
-    # Pixels where a distractor (not a COTS) shows, before any starfish is drawn over it; None without distractors.
+    # Pixels a distractor (not a COTS) covers, whether a starfish lies over it or it over a starfish; None when the
+    # video has no distractors. Distractors lying over a starfish are never part of its labelled pixels.
     distractor_mask: np.ndarray | None = None
 
     def mask(self, track_id: int) -> np.ndarray:
@@ -268,16 +270,26 @@ def _warp_sprite(
     return (int(x0), int(y0), int(x1), int(y1)), colour, masks
 
 
-def _draw_distractors(layout: VideoLayout, assets: VideoAssets, frame: int, image: np.ndarray) -> np.ndarray | None:
-    """Composite the frame's distractors onto the floor; returns where they show (None when the video has none)."""
+def _draw_distractors(
+    layout: VideoLayout, assets: VideoAssets, frame: int, image: np.ndarray, shown: np.ndarray | None,
+    labels: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """Composite the frame's distractors below the starfish (labels None) or over them (labels given).
+
+    Adds where they show to `shown` (made here if None; None returned when the video has no distractors). One
+    lying over a starfish hides it like coral does: its covered pixels stop being starfish pixels.
+    """
     if not layout.distractors:
         return None
     config = layout.config
+    if shown is None:
+        shown = np.zeros((config.height, config.width), bool)
     g = layout.homographies[frame]
     g_inv = np.linalg.inv(g)
-    shown = np.zeros((config.height, config.width), bool)
     for index in layout.frame_distractors[frame]:
         item = layout.distractors[index]
+        if item.on_top != (labels is not None):
+            continue
         warped = _warp_sprite(layout, g, g_inv, assets.distractor_sprites[index], item.ground, item.diameter)
         if warped is None:
             continue
@@ -285,7 +297,10 @@ def _draw_distractors(layout: VideoLayout, assets: VideoAssets, frame: int, imag
         roi = image[y0:y1, x0:x1]
         roi *= 1.0 - colour[..., 3:4]
         roi += colour[..., :3]
-        shown[y0:y1, x0:x1] |= masks[..., 0] >= 0.5
+        cover = masks[..., 0] >= 0.5
+        shown[y0:y1, x0:x1] |= cover
+        if labels is not None:
+            labels[y0:y1, x0:x1][cover] = 0
     return shown
 
 
@@ -377,9 +392,11 @@ def render_frame(layout: VideoLayout, assets: VideoAssets, frame: int) -> FrameR
 
     # 2. Starfish (ground objects: they get the same light, water and blur as the floor).
     #    Distractors lie on the floor first; a starfish may sit on one, and then its pixels are starfish.
-    distractor_mask = _draw_distractors(layout, assets, frame, image)
+    distractor_mask = _draw_distractors(layout, assets, frame, image, None)
     labels = np.zeros((height, width), np.uint16)
     drawn = _draw_starfish(layout, assets, frame, image, labels)
+    #    Some distractors (fish, loose coral, debris) lie over starfish: partial occlusion by things that are not COTS.
+    distractor_mask = _draw_distractors(layout, assets, frame, image, distractor_mask, labels)
     instances = _instances(layout, labels, drawn)
 
     # 3. Caustics projected on the floor, evaluated coarse in ground coordinates (they stay on the reef while
