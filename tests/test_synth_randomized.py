@@ -152,3 +152,14 @@ def test_cli_style_randomized_and_unknown_style(tmp_path: Path) -> None:
     assert len(read_rows(root)) == 3
     bad = runner.invoke(app, [*base, "--style", "fancy", "--overwrite"])
     assert bad.exit_code == 2 and "--style" in bad.output and "Traceback" not in bad.output
+
+
+def test_each_sequence_gets_its_own_water_and_classic_gets_none() -> None:
+    config = SynthConfig(frames=8, seed=2, **RANDOM)
+    layout = plan_dataset(config)[0]
+    looks = build_assets(layout).sequence_looks
+    assert set(looks) == {s.sequence_id for s in layout.sequences} and len(looks) >= 2
+    tints = [tuple(np.round(tint, 4)) for tint, _ in looks.values()]
+    assert len(set(tints)) == len(tints)
+    classic = SynthConfig(frames=8, seed=2, **{**RANDOM, "style": "classic"})
+    assert build_assets(plan_dataset(classic)[0]).sequence_looks == {}

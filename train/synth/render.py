@@ -108,6 +108,8 @@ class VideoAssets:
     distractor_sprites: list[tuple[Sprite, Sprite]] = field(default_factory=list)  # per layout.distractors
     defocus: float = 0.0  # Gaussian blur sigma (px) of the scene before sensor noise; 0 = sharp
     shutter: float = 1.0  # multiplies the camera-motion blur
+    # Randomized style: per sequence (a separate dive), a colour/brightness gain (3,) and a haze factor on the veil.
+    sequence_looks: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict)
 
 
 def build_assets(layout: VideoLayout) -> VideoAssets:
@@ -195,7 +197,18 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
         distractor_sprites=distractor_sprites,
         defocus=0.0 if water_look is None else water_look.defocus * width / 1280,
         shutter=1.0 if water_look is None else water_look.shutter,
+        sequence_looks={} if water_look is None else _sequence_looks(layout),
     )
+
+
+def _sequence_looks(layout: VideoLayout) -> dict[int, tuple[np.ndarray, float]]:
+    """Per-sequence tweaks over the video's water: each pass has its own light, tint and haze."""
+    rng = stream(layout.config, layout.video_id, STREAM_STYLE, 3)
+    looks = {}
+    for seq in layout.sequences:
+        tint = rng.uniform(0.85, 1.15, 3) * rng.uniform(0.75, 1.25)
+        looks[seq.sequence_id] = (tint.astype(np.float32), float(rng.uniform(0.6, 1.5)))
+    return looks
 
 
 def _sprite_origin(track, half: int) -> tuple[int, int]:
@@ -414,7 +427,12 @@ def render_frame(layout: VideoLayout, assets: VideoAssets, frame: int) -> FrameR
     # 4. Water: attenuation (less red, darker with distance), caustic light, scattered veil, sensor noise.
     image *= assets.gain
     image *= light[..., None]
-    image += assets.veil
+    look = assets.sequence_looks.get(layout.sequence_at(frame).sequence_id)
+    if look is None:
+        image += assets.veil
+    else:
+        image *= look[0]
+        image += assets.veil * np.float32(look[1])
     if assets.defocus > 0:  # an out-of-focus or soft lens blurs the scene, not the sensor noise
         image = np.asarray(cv2.GaussianBlur(image, (0, 0), assets.defocus), np.float32)
     image += assets.noise[frame % NOISE_FRAMES]
