@@ -104,11 +104,21 @@ def test_outbreak_sequences_hold_dozens_of_boxed_starfish() -> None:
     assert layouts[0].outbreaks == [s.sequence_id for s in layouts[0].sequences]
     ids = [t.track_id for t in layouts[0].tracks]
     assert ids == list(range(1, len(ids) + 1)), "track ids stay unique and dense"
-    per_frame, sizes = [], []
+    per_frame, sizes, cut, merged = [], [], 0, 0
     for _, _, rendered in render_all(config):
         per_frame.append(check_boxes_over_starfish(rendered, config.width, config.height))
         sizes += [max(a["width"], a["height"]) for a in rendered.annotations]
+        cut += sum(a["x"] == 0 or a["y"] == 0 or a["x"] + a["width"] == config.width
+                   or a["y"] + a["height"] == config.height for a in rendered.annotations)
+        # Crowded or overlapping starfish: a kept box that also holds visible pixels of another kept starfish.
+        kept = [i for i in rendered.instances if i.kept and i.box is not None]
+        for inst in kept:
+            x, y, w, h = inst.box
+            window = rendered.labels[y : y + h, x : x + w]
+            merged += any(other is not inst and (window == other.label).any() for other in kept)
     assert max(per_frame) >= 20, per_frame
+    assert cut > 0, "no starfish cut by the frame edge"
+    assert merged > 0, "no overlapping starfish"
     # Many small ones: the classic detector missed starfish under 30 px (at 1280 wide; this frame is 640).
     assert np.mean(np.array(sizes) < 15) >= 0.2, np.percentile(sizes, [10, 50, 90])
 
