@@ -206,7 +206,7 @@ def _sequence_looks(layout: VideoLayout) -> dict[int, tuple[np.ndarray, float]]:
     rng = stream(layout.config, layout.video_id, STREAM_STYLE, 3)
     looks = {}
     for seq in layout.sequences:
-        tint = rng.uniform(0.85, 1.15, 3) * rng.uniform(0.75, 1.25)
+        tint = rng.uniform(0.9, 1.1, 3) * rng.uniform(0.75, 1.25)  # mostly brightness, a little colour
         looks[seq.sequence_id] = (tint.astype(np.float32), float(rng.uniform(0.6, 1.5)))
     return looks
 
