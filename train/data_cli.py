@@ -33,6 +33,13 @@ def synth(
     max_size: int = typer.Option(150, help="Largest starfish diameter in pixels."),
     jpeg_quality: int = typer.Option(90, help="JPEG quality of train_images."),
     video: bool = typer.Option(True, "--video/--no-video", help="Also write videos/video_{id}.mp4."),
+    style: str = typer.Option(
+        "classic", help="classic (the original reef) or randomized (domain randomization: distractors, many "
+        "starfish styles, outbreak crowds, wide water/light/blur ranges; see train/README.md)."
+    ),
+    outbreak_fraction: float = typer.Option(
+        0.3, help="--style randomized: share of sequences that are COTS outbreaks (20-50 starfish per frame)."
+    ),
     workers: int = typer.Option(0, help="Render processes (0 = one per CPU core, 1 = in-process)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
 ) -> None:
@@ -46,7 +53,8 @@ def synth(
         config = SynthConfig(
             videos=videos, frames=frames, seed=seed, width=width, height=height, fps=fps,
             empty_fraction=empty_fraction, sequence_length=sequence_length, min_size=min_size, max_size=max_size,
-            jpeg_quality=jpeg_quality, write_video=video, workers=workers,
+            jpeg_quality=jpeg_quality, write_video=video, workers=workers, style=style,
+            outbreak_fraction=outbreak_fraction,
         )
     except ValidationError as exc:
         problems = "; ".join(

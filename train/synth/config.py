@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "1.2.0"
+
+# Named looks of the generator (fail loudly on anything else). "classic" is the original reef, byte for byte, so
+# the held-out video and every test built on it stay put; "randomized" is domain randomization (see randomize.py).
+STYLES = ("classic", "randomized")
 
 # The real Kaggle set is ~80 % empty frames. Half is the default here so that small synthetic sets still give a
 # detector enough positives to learn from while keeping "say zero" a frequent answer; `--empty-fraction 0.8`
@@ -46,6 +52,15 @@ class SynthConfig(BaseModel):
     )
     jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of train_images.")
     write_video: bool = Field(True, description="Also write videos/video_{id}.mp4.")
+    style: Literal["classic", "randomized"] = Field(
+        "classic",
+        description="classic: the original reef. randomized: domain randomization (distractors that are not COTS, "
+        "starfish drawn in many styles, outbreak crowds, wide ranges of floor, water, light, blur and noise).",
+    )
+    outbreak_fraction: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="randomized style only: share of sequences that are COTS outbreaks (20-50 starfish in a frame).",
+    )
     workers: int = Field(0, ge=0, le=64, description="Render processes; 0 = one per CPU core, 1 = in-process.")
 
     @field_validator("width", "height")

@@ -16,11 +16,17 @@ from train.synth.config import SynthConfig
 
 # Purposes for independent random streams: SeedSequence(seed, spawn_key=(video, purpose, ...)).
 STREAM_LAYOUT, STREAM_TEXTURE, STREAM_SPRITE, STREAM_LOOK = 1, 2, 3, 4
+# Randomized style only (new streams, so the classic reef's draws, and therefore its bytes, are unchanged).
+STREAM_CROWD, STREAM_DISTRACTOR, STREAM_DISTRACTOR_SPRITE, STREAM_STYLE = 5, 6, 7, 8
 MIN_SEQUENCE = 4
 # A candidate starfish counts as "in" a frame while its centre is inside the frame grown by this share of its
 # image radius; used to aim at the requested empty-frame fraction (the written boxes decide the real figure).
 OCCUPANCY_MARGIN = 0.9
 MAX_PER_FRAME = 8  # the real set peaks at 18 in a frame, but more than a handful is rare
+# COTS outbreaks (randomized style): dozens in one frame. The cap keeps frames drawable and counts plausible.
+OUTBREAK_PER_FRAME = (20, 50)
+MAX_PER_OUTBREAK_FRAME = 60
+DISTRACTORS_PER_FRAME = (3, 14)  # drawn per video: distractors as frequent as starfish, or more
 
 
 def stream(config: SynthConfig, video: int, purpose: int, *extra: int) -> np.random.Generator:
@@ -46,6 +52,17 @@ class TrackPlan:
     occluded: bool
 
 
+@dataclass(frozen=True)
+class DistractorPlan:
+    """Something on the floor that is not a COTS (coral blob, urchin, other starfish, ...): never gets a box."""
+
+    sequence_id: int
+    ground: tuple[float, float]
+    diameter: float  # ground px
+    kind: str
+    on_top: bool = False  # lies over the starfish (hides parts of them) instead of under them
+
+
 @dataclass
 class VideoLayout:
     config: SynthConfig
@@ -57,6 +74,9 @@ class VideoLayout:
     flow: np.ndarray  # (frames, 2) image motion of the frame centre, px per frame
     tracks: list[TrackPlan] = field(default_factory=list)
     frame_tracks: list[list[int]] = field(default_factory=list)  # per frame: indices into `tracks` to draw
+    outbreaks: list[int] = field(default_factory=list)  # sequence ids of outbreak sequences (randomized style)
+    distractors: list[DistractorPlan] = field(default_factory=list)
+    frame_distractors: list[list[int]] = field(default_factory=list)  # per frame: indices into `distractors`
 
     @property
     def frames(self) -> int:
@@ -93,7 +113,9 @@ def _image_positions(inverse: np.ndarray, point: tuple[float, float]) -> np.ndar
     return pos
 
 
-def _near_frame(layout: VideoLayout, inverse: np.ndarray, track: TrackPlan, margin: float) -> np.ndarray:
+def _near_frame(
+    layout: VideoLayout, inverse: np.ndarray, track: TrackPlan | DistractorPlan, margin: float
+) -> np.ndarray:
     """Bool per frame: the track's centre is inside the frame grown by `margin` x its image radius."""
     config = layout.config
     centre = _image_positions(inverse, track.ground)
@@ -139,7 +161,24 @@ def plan_video(config: SynthConfig, video_id: int, sequence_ids: list[int], firs
         flow=np.concatenate(flows),
     )
     _place_tracks(layout, rng, first_track_id)
+    if config.style == "randomized":
+        from train.synth.crowds import place_distractors, place_outbreaks
+
+        place_outbreaks(layout, stream(config, video_id, STREAM_CROWD), first_track_id)
+        place_distractors(layout, stream(config, video_id, STREAM_DISTRACTOR))
+    layout.frame_tracks = frames_to_draw(layout, layout.tracks)
+    layout.frame_distractors = frames_to_draw(layout, layout.distractors)
     return layout
+
+
+def frames_to_draw(layout: VideoLayout, items: list) -> list[list[int]]:
+    """Per frame, the indices of the items to draw: every frame where any of one may show (radius, spines, shadow)."""
+    inverse = np.linalg.inv(layout.homographies)
+    out: list[list[int]] = [[] for _ in range(layout.frames)]
+    for index, item in enumerate(items):
+        for f in np.flatnonzero(_near_frame(layout, inverse, item, 1.4)):
+            out[f].append(index)
+    return out
 
 
 def _place_tracks(layout: VideoLayout, rng: np.random.Generator, first_track_id: int) -> None:
@@ -159,10 +198,12 @@ def _place_tracks(layout: VideoLayout, rng: np.random.Generator, first_track_id:
     tracks: list[TrackPlan] = []
     next_id = first_track_id
 
+    randomized = config.style == "randomized"
+
     def candidate(t0: int, ground: np.ndarray) -> tuple[TrackPlan, np.ndarray] | None:
         """A starfish at `ground` in the sequence of frame t0 and the frames it shows in; None if it cannot."""
         seq = layout.sequence_at(t0)
-        diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        diameter = starfish_diameter(rng, lo, hi, randomized)
         track = TrackPlan(
             track_id=next_id,
             sequence_id=seq.sequence_id,
@@ -171,17 +212,23 @@ def _place_tracks(layout: VideoLayout, rng: np.random.Generator, first_track_id:
             occluded=bool(rng.random() < config.occlusion_probability),
         )
         # Starfish rarely lie on top of each other: skip a spot that overlaps one already there.
+        # (The randomized style lets them overlap by up to half: the detector must learn to split touching ones.)
+        spacing = 0.25 if randomized else 0.5
         crowded = any(
             t.sequence_id == track.sequence_id
-            and np.hypot(t.ground[0] - ground[0], t.ground[1] - ground[1]) < 0.5 * (t.diameter + diameter)
+            and np.hypot(t.ground[0] - ground[0], t.ground[1] - ground[1]) < spacing * (t.diameter + diameter)
             for t in tracks
         )
         near = _near_frame(layout, inverse, track, OCCUPANCY_MARGIN)
         return None if crowded or not near.any() else (track, near)
 
     def random_point(t0: int) -> np.ndarray:
-        u = rng.uniform(0.05, 0.95) * config.width
-        v = rng.uniform(0.1, 0.95) * config.height
+        if randomized:  # reach past the frame's edges too: starfish cut by the edge must be common
+            u = rng.uniform(-0.04, 1.04) * config.width
+            v = rng.uniform(-0.04, 1.04) * config.height
+        else:
+            u = rng.uniform(0.05, 0.95) * config.width
+            v = rng.uniform(0.1, 0.95) * config.height
         vec = layout.homographies[t0] @ np.array([u, v, 1.0])
         return vec[:2] / vec[2]
 
@@ -232,12 +279,14 @@ def _place_tracks(layout: VideoLayout, rng: np.random.Generator, first_track_id:
         per_frame += made[1]
         wanted -= 1
     layout.tracks = tracks
-    # Draw a starfish in every frame where any of it may show (its whole radius plus spines and shadow).
-    draw = [np.flatnonzero(_near_frame(layout, inverse, t, 1.4)) for t in tracks]
-    layout.frame_tracks = [[] for _ in range(frames)]
-    for index, frames_of_track in enumerate(draw):
-        for f in frames_of_track:
-            layout.frame_tracks[f].append(index)
+
+
+def starfish_diameter(rng: np.random.Generator, lo: float, hi: float, randomized: bool) -> float:
+    """Log-uniform between lo and hi; the randomized style leans towards small ones (the detector missed < 30 px)."""
+    if not randomized:
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    u = rng.uniform(0.0, 1.0) ** 1.8
+    return float(np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo))))
 
 
 def plan_dataset(config: SynthConfig) -> list[VideoLayout]:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from train.synth.noise import fbm, tile_noise, torus_window, wrap_filter
+from train.synth.randomize import ReefLook, repaint
 
 # Reef colours as RGB 0..255 before the water's colour cast. The water later removes most of the red, which is
 # why these look warmer than the final frames.
@@ -106,12 +107,13 @@ def _grid(half: int) -> tuple[np.ndarray, np.ndarray]:
     return _GRIDS[half]
 
 
-def make_reef_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+def make_reef_texture(rng: np.random.Generator, size: int, look: ReefLook | None = None) -> np.ndarray:
     """Return a (size, size, 3) uint8 BGR reef-floor tile that wraps seamlessly in both directions.
 
     The structure is built at half resolution (4x cheaper; underwater footage is soft anyway) and upscaled, then
     a full-resolution grain is added so the floor close to the camera does not look smeared. `size` must be a
-    multiple of 256.
+    multiple of 256. `look` (randomized style) sets how much sand and coral there is and repaints the colours;
+    None is the classic floor.
     """
     if size % 256:
         raise ValueError(f"reef texture size must be a multiple of 256, got {size}")
@@ -128,7 +130,9 @@ def make_reef_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     albedo = np.where(
         (rock_mix > 0.1)[..., None], _bgr(ROCK[0])[None, None, :], _bgr(ROCK[1])[None, None, :]
     ).astype(np.float32)
-    sand_level = np.quantile(sand_noise, rng.uniform(0.55, 0.8))
+    quantile = rng.uniform(0.55, 0.8)
+    sand_level = np.quantile(sand_noise, quantile if look is None else look.sand_quantile)
+    density = 1.0 if look is None else look.coral_density
     sand = np.clip((sand_noise - sand_level) * 6.0, 0.0, 1.0)
     albedo = albedo * (1 - sand[..., None]) + _bgr(SAND)[None, None, :] * sand[..., None]
     # Sand ripples: a gently bent sine, only in sandy parts.
@@ -161,22 +165,22 @@ def make_reef_texture(rng: np.random.Generator, size: int) -> np.ndarray:
         y, x = rng.uniform(0, size, 2)
         _stamp(height, albedo, y, x, rng.uniform(2, 6) * s, rng.uniform(0.02, 0.05),
                _jitter(rng, ROCK[rng.integers(len(ROCK))], 0.25), rng, aspect=rng.uniform(0.6, 1.6))
-    for _ in range(int(260 * area_scale)):
+    for _ in range(int(260 * area_scale * density)):
         y, x = spot()
         _stamp(height, albedo, y, x, rng.uniform(10, 40) * s, rng.uniform(0.05, 0.12),
                _jitter(rng, CORAL[rng.integers(len(CORAL))]), rng, aspect=rng.uniform(0.7, 1.5), detail=rough)
-    for _ in range(int(170 * area_scale)):
+    for _ in range(int(170 * area_scale * density)):
         y, x = spot()
         radius = float(np.exp(rng.uniform(np.log(18), np.log(110)))) * s
         _stamp(height, albedo, y, x, radius, radius / (260.0 * s) + rng.uniform(0.05, 0.15),
                _jitter(rng, CORAL[rng.integers(len(CORAL))]), rng, aspect=rng.uniform(0.7, 1.4),
                detail=brain if rng.random() < 0.6 else rough)
-    for _ in range(int(12 * area_scale)):
+    for _ in range(int(12 * area_scale * density)):
         y, x = spot()
         _stamp(height, albedo, y, x, rng.uniform(40, 120) * s, rng.uniform(0.15, 0.3),
                _jitter(rng, CORAL[rng.integers(len(CORAL))]), rng, aspect=rng.uniform(0.8, 1.6), plateau=True,
                detail=rough)
-    for _ in range(int(90 * area_scale)):
+    for _ in range(int(90 * area_scale * density)):
         cy, cx = spot()
         colour = _jitter(rng, CORAL[rng.integers(len(CORAL))])
         spread = rng.uniform(25, 90) * s
@@ -204,4 +208,5 @@ def make_reef_texture(rng: np.random.Generator, size: int) -> np.ndarray:
                          interpolation=cv2.INTER_CUBIC)[4:-4, 4:-4]
     grain = 0.9 + 0.1 * tile_noise(rng, full, 2) + 0.06 * tile_noise(rng, full, 8)
     texture *= grain[..., None]
-    return np.clip(texture * 255.0, 0, 255).astype(np.uint8)
+    out = np.clip(texture * 255.0, 0, 255).astype(np.uint8)
+    return out if look is None else repaint(out, look)

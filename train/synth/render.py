@@ -5,7 +5,8 @@ process and a seed always gives the same pixels. Besides the image it returns a 
 pixel shows) from which the written boxes are derived, so tests can check every box against drawn pixels.
 
 Box rule. A starfish pixel is one where the warped sprite's starfish coverage is >= 0.5 (spines included) and
-neither its own occluding coral nor a starfish drawn later covers it. The box is the tight box of those pixels,
+neither its own occluding coral, nor a starfish drawn later, nor a distractor lying over it (coverage >= 0.5,
+randomized style) covers it. The box is the tight box of those pixels,
 which are inside the frame by construction (clipped). The box is written only if it is wider and taller than
 1 px and at least `min_visible_fraction` (default 0.4) of the starfish's in-frame pixels are visible: a
 starfish mostly hidden under coral gets no box, one cut by the frame edge keeps its box (the cut is not
@@ -14,16 +15,26 @@ occlusion). Boxes are measured before motion blur, which smears edges by a few p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from train.synth.camera import SHUTTER
+from train.synth.distractors import make_distractor_sprite
 from train.synth.noise import torus_window
-from train.synth.plan import STREAM_LOOK, STREAM_SPRITE, STREAM_TEXTURE, VideoLayout, stream
+from train.synth.plan import (
+    STREAM_DISTRACTOR_SPRITE,
+    STREAM_LOOK,
+    STREAM_SPRITE,
+    STREAM_STYLE,
+    STREAM_TEXTURE,
+    VideoLayout,
+    stream,
+)
+from train.synth.randomize import random_reef_look, random_water_look
 from train.synth.reef import make_reef_texture
-from train.synth.starfish import Sprite, make_starfish_sprite
+from train.synth.starfish import Sprite, make_starfish_sprite, random_starfish_look
 
 CAUSTIC_DOWNSCALE = 6  # caustics are smooth: evaluate on a 6x coarser grid and upscale
 NOISE_FRAMES = 3  # sensor-noise fields cycled through (drawing fresh noise per frame costs more than the rest)
@@ -50,6 +61,9 @@ class FrameRender:
     image: np.ndarray  # (H, W, 3) uint8 BGR
     labels: np.ndarray  # (H, W) uint16: 0 = no starfish, else Instance.label
     instances: list[Instance]
+    # Pixels a distractor (not a COTS) covers, whether a starfish lies over it or it over a starfish; None when the
+    # video has no distractors. Distractors lying over a starfish are never part of its labelled pixels.
+    distractor_mask: np.ndarray | None = None
 
     def mask(self, track_id: int) -> np.ndarray:
         """Bool mask of the visible pixels of one starfish."""
@@ -91,6 +105,11 @@ class VideoAssets:
     particles: Particles
     particle_colour: tuple[float, float, float]
     cumulative_flow: np.ndarray  # (frames, 2) summed camera motion, moves the marine snow
+    distractor_sprites: list[tuple[Sprite, Sprite]] = field(default_factory=list)  # per layout.distractors
+    defocus: float = 0.0  # Gaussian blur sigma (px) of the scene before sensor noise; 0 = sharp
+    shutter: float = 1.0  # multiplies the camera-motion blur
+    # Randomized style: per sequence (a separate dive), a colour/brightness gain (3,) and a haze factor on the veil.
+    sequence_looks: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict)
 
 
 def build_assets(layout: VideoLayout) -> VideoAssets:
@@ -98,7 +117,11 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
     config = layout.config
     width, height = config.width, config.height
     size = layout.texture_size
-    texture = make_reef_texture(stream(config, layout.video_id, STREAM_TEXTURE), size)
+    randomized = config.style == "randomized"
+    # Randomized style: its own streams, so the classic draws below stay exactly as they were.
+    reef_look = random_reef_look(stream(config, layout.video_id, STREAM_STYLE, 0)) if randomized else None
+    water_look = random_water_look(stream(config, layout.video_id, STREAM_STYLE, 1)) if randomized else None
+    texture = make_reef_texture(stream(config, layout.video_id, STREAM_TEXTURE), size, reef_look)
     sprites = []
     for index, track in enumerate(layout.tracks):
         rng = stream(config, layout.video_id, STREAM_SPRITE, index)
@@ -108,14 +131,22 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
             ox, oy = _sprite_origin(track, half)
             rows, cols = torus_window(size, oy + half, ox + half, half)
             occluder = texture[np.ix_(rows, cols)]
-        sprite = make_starfish_sprite(rng, track.diameter, occluder)
+        look = random_starfish_look(stream(config, layout.video_id, STREAM_STYLE, 2, index)) if randomized else None
+        sprite = make_starfish_sprite(rng, track.diameter, occluder, look)
         sprites.append((sprite, sprite.half()))
+    distractor_sprites = []
+    for index, item in enumerate(layout.distractors):
+        rng = stream(config, layout.video_id, STREAM_DISTRACTOR_SPRITE, index)
+        sprite = make_distractor_sprite(rng, item.kind, item.diameter)
+        distractor_sprites.append((sprite, sprite.half()))
 
     rng = stream(config, layout.video_id, STREAM_LOOK)
     # Water: blue-green veil; red is absorbed fastest, so the floor loses red with distance.
     water = np.array([rng.uniform(0.50, 0.62), rng.uniform(0.56, 0.70), rng.uniform(0.14, 0.26)], np.float32)
     beta = np.array([0.28, 0.22, 0.8], np.float32) * rng.uniform(0.8, 1.25)
     light = rng.uniform(1.0, 1.35)
+    if water_look is not None:
+        water, beta, light = water_look.water, water_look.beta, water_look.light
     # Path length through water per image row, relative to the bottom row (grows towards the top).
     rows = np.arange(height, dtype=np.float64)
     h0 = layout.homographies[0]
@@ -126,16 +157,17 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
     transmission = np.exp(-beta[None, :] * distance[:, None])  # (H, 3)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     r2 = ((xx - width / 2) / (width / 2)) ** 2 + ((yy - height / 2) / (height / 2)) ** 2
-    vignette = (1.0 - 0.22 * r2)[..., None]
+    vignette = (1.0 - (0.22 if water_look is None else water_look.vignette) * r2)[..., None]
     gain = (light * transmission[:, None, :] * vignette).astype(np.float32)
     veil = (water[None, None, :] * (1 - transmission[:, None, :]) * (0.85 + 0.15 * vignette)).astype(np.float32)
     noise = []
+    sigma, chroma_sigma = (0.014, 0.006) if water_look is None else (water_look.noise, water_look.noise * 0.43)
     for _ in range(NOISE_FRAMES):
-        luma = rng.normal(0, 0.014, (height, width, 1)).astype(np.float32)
-        chroma = rng.normal(0, 0.006, (height, width, 3)).astype(np.float32)
+        luma = rng.normal(0, sigma, (height, width, 1)).astype(np.float32)
+        chroma = rng.normal(0, chroma_sigma, (height, width, 3)).astype(np.float32)
         noise.append(luma + chroma)
 
-    count = int(260 * width * height / (1280 * 720)) + 5
+    count = int(260 * width * height / (1280 * 720) * (1.0 if water_look is None else water_look.snow)) + 5
     px_scale = width / 1280
     far = rng.random(count) < 0.85  # most particles are small and sharp; a few big, soft and close
     radius = np.where(far, rng.uniform(0.6, 1.8, count), rng.uniform(3, 9, count)) * max(px_scale, 0.5)
@@ -147,18 +179,36 @@ def build_assets(layout: VideoLayout) -> VideoAssets:
         brightness=np.where(far, rng.uniform(0.35, 0.9, count), rng.uniform(0.08, 0.22, count)),
     )
     snow = np.clip(water * 1.6 + 0.25, 0, 1)
+    waves = caustic_waves(rng, float(rng.uniform(120, 220)))
+    caustic_strength = float(rng.uniform(0.35, 0.7))
+    if water_look is not None:
+        caustic_strength = water_look.caustics
     return VideoAssets(
         texture=texture,
         sprites=sprites,
         gain=gain,
         veil=veil,
         noise=noise,
-        caustic_waves=caustic_waves(rng, float(rng.uniform(120, 220))),
-        caustic_strength=float(rng.uniform(0.35, 0.7)),
+        caustic_waves=waves,
+        caustic_strength=caustic_strength,
         particles=particles,
         particle_colour=tuple(float(c) for c in snow),
         cumulative_flow=np.cumsum(np.concatenate([np.zeros((1, 2)), layout.flow[:-1]]), axis=0),
+        distractor_sprites=distractor_sprites,
+        defocus=0.0 if water_look is None else water_look.defocus * width / 1280,
+        shutter=1.0 if water_look is None else water_look.shutter,
+        sequence_looks={} if water_look is None else _sequence_looks(layout),
     )
+
+
+def _sequence_looks(layout: VideoLayout) -> dict[int, tuple[np.ndarray, float]]:
+    """Per-sequence tweaks over the video's water: each pass has its own light, tint and haze."""
+    rng = stream(layout.config, layout.video_id, STREAM_STYLE, 3)
+    looks = {}
+    for seq in layout.sequences:
+        tint = rng.uniform(0.9, 1.1, 3) * rng.uniform(0.75, 1.25)  # mostly brightness, a little colour
+        looks[seq.sequence_id] = (tint.astype(np.float32), float(rng.uniform(0.6, 1.5)))
+    return looks
 
 
 def _sprite_origin(track, half: int) -> tuple[int, int]:
@@ -177,9 +227,9 @@ def caustics(x: np.ndarray, y: np.ndarray, time: float, waves: np.ndarray) -> np
     wx = x + 0.35 / np.hypot(warp[0], warp[1]) * np.sin(warp[0] * y + warp[1] * x + warp[2] * time + warp[3])
     wy = y + 0.35 / np.hypot(warp[0], warp[1]) * np.cos(warp[1] * y - warp[0] * x + warp[2] * time)
     out = np.zeros_like(x)
-    for field in (waves[1:4], waves[4:7]):
+    for group in (waves[1:4], waves[4:7]):
         f = np.zeros_like(x)
-        for kx, ky, omega, phase in field:
+        for kx, ky, omega, phase in group:
             f += np.sin(kx * wx + ky * wy + omega * time + phase)
         out = np.maximum(out, np.exp(-((f / 0.25) ** 2)))
     return out
@@ -195,45 +245,91 @@ def caustic_waves(rng: np.random.Generator, cell: float) -> np.ndarray:
     ).astype(np.float32)
 
 
+def _warp_sprite(
+    layout: VideoLayout, g: np.ndarray, g_inv: np.ndarray, sprites: tuple[Sprite, Sprite],
+    ground: tuple[float, float], diameter: float,
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """Warp a ground sprite into the frame: (roi, colour, masks) over the frame's roi, or None if not in view."""
+    config = layout.config
+    width, height = config.width, config.height
+    full, half_res = sprites
+    # Far objects use the half-resolution sprite so their spines do not alias.
+    centre = g_inv @ np.array([ground[0], ground[1], 1.0])
+    side = g_inv @ np.array([ground[0] + 1.0, ground[1], 1.0])
+    if centre[2] <= 0 or side[2] <= 0:
+        return None
+    px_per_ground = np.hypot(*(side[:2] / side[2] - centre[:2] / centre[2]))
+    sprite = half_res if px_per_ground < 0.6 else full
+    half = int(np.ceil(diameter / 2 * 1.25)) + 2
+    ox, oy = int(round(ground[0])) - half, int(round(ground[1])) - half
+    sprite_to_ground = np.array([[sprite.scale, 0, ox], [0, sprite.scale, oy], [0, 0, 1.0]])
+    h, w = sprite.colour.shape[:2]
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64) - [0.5, 0.5, 0]
+    img = (g_inv @ sprite_to_ground @ corners.T).T
+    if (img[:, 2] <= 0).any():
+        return None
+    img = img[:, :2] / img[:, 2:]
+    x0, y0 = np.floor(img.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(img.max(axis=0)).astype(int) + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    # ROI pixel -> sprite pixel
+    roi_to_sprite = np.linalg.inv(sprite_to_ground) @ g @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1.0]])
+    size = (x1 - x0, y1 - y0)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    colour = cv2.warpPerspective(sprite.colour, roi_to_sprite, size, flags=flags, borderValue=0)
+    masks = cv2.warpPerspective(sprite.masks, roi_to_sprite, size, flags=flags, borderValue=0)
+    return (int(x0), int(y0), int(x1), int(y1)), colour, masks
+
+
+def _draw_distractors(
+    layout: VideoLayout, assets: VideoAssets, frame: int, image: np.ndarray, shown: np.ndarray | None,
+    labels: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """Composite the frame's distractors below the starfish (labels None) or over them (labels given).
+
+    Adds where they show to `shown` (made here if None; None returned when the video has no distractors). One
+    lying over a starfish hides it like coral does: its covered pixels stop being starfish pixels.
+    """
+    if not layout.distractors:
+        return None
+    config = layout.config
+    if shown is None:
+        shown = np.zeros((config.height, config.width), bool)
+    g = layout.homographies[frame]
+    g_inv = np.linalg.inv(g)
+    for index in layout.frame_distractors[frame]:
+        item = layout.distractors[index]
+        if item.on_top != (labels is not None):
+            continue
+        warped = _warp_sprite(layout, g, g_inv, assets.distractor_sprites[index], item.ground, item.diameter)
+        if warped is None:
+            continue
+        (x0, y0, x1, y1), colour, masks = warped
+        roi = image[y0:y1, x0:x1]
+        roi *= 1.0 - colour[..., 3:4]
+        roi += colour[..., :3]
+        cover = masks[..., 0] >= 0.5
+        shown[y0:y1, x0:x1] |= cover
+        if labels is not None:
+            labels[y0:y1, x0:x1][cover] = 0
+    return shown
+
+
 def _draw_starfish(
     layout: VideoLayout, assets: VideoAssets, frame: int, image: np.ndarray, labels: np.ndarray
 ) -> list[tuple[int, int, tuple[int, int, int, int], int]]:
     """Composite the frame's starfish; returns (track index, label, roi, full pixel count) for each drawn."""
-    config = layout.config
-    width, height = config.width, config.height
     g = layout.homographies[frame]
     g_inv = np.linalg.inv(g)
     drawn = []
     for label, index in enumerate(layout.frame_tracks[frame], start=1):
         track = layout.tracks[index]
-        full, half_res = assets.sprites[index]
-        # Far starfish use the half-resolution sprite so their spines do not alias.
-        centre = g_inv @ np.array([track.ground[0], track.ground[1], 1.0])
-        side = g_inv @ np.array([track.ground[0] + 1.0, track.ground[1], 1.0])
-        if centre[2] <= 0 or side[2] <= 0:
+        warped = _warp_sprite(layout, g, g_inv, assets.sprites[index], track.ground, track.diameter)
+        if warped is None:
             continue
-        px_per_ground = np.hypot(*(side[:2] / side[2] - centre[:2] / centre[2]))
-        sprite = half_res if px_per_ground < 0.6 else full
-        half = int(np.ceil(track.diameter / 2 * 1.25)) + 2
-        ox, oy = _sprite_origin(track, half)
-        sprite_to_ground = np.array([[sprite.scale, 0, ox], [0, sprite.scale, oy], [0, 0, 1.0]])
-        h, w = sprite.colour.shape[:2]
-        corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64) - [0.5, 0.5, 0]
-        img = (g_inv @ sprite_to_ground @ corners.T).T
-        if (img[:, 2] <= 0).any():
-            continue
-        img = img[:, :2] / img[:, 2:]
-        x0, y0 = np.floor(img.min(axis=0)).astype(int)
-        x1, y1 = np.ceil(img.max(axis=0)).astype(int) + 1
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        # ROI pixel -> sprite pixel
-        roi_to_sprite = np.linalg.inv(sprite_to_ground) @ g @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1.0]])
-        size = (x1 - x0, y1 - y0)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        colour = cv2.warpPerspective(sprite.colour, roi_to_sprite, size, flags=flags, borderValue=0)
-        masks = cv2.warpPerspective(sprite.masks, roi_to_sprite, size, flags=flags, borderValue=0)
+        (x0, y0, x1, y1), colour, masks = warped
         roi = image[y0:y1, x0:x1]
         roi *= 1.0 - colour[..., 3:4]
         roi += colour[..., :3]
@@ -308,8 +404,12 @@ def render_frame(layout: VideoLayout, assets: VideoAssets, frame: int) -> FrameR
     image = floor.astype(np.float32) * np.float32(1 / 255)
 
     # 2. Starfish (ground objects: they get the same light, water and blur as the floor).
+    #    Distractors lie on the floor first; a starfish may sit on one, and then its pixels are starfish.
+    distractor_mask = _draw_distractors(layout, assets, frame, image, None)
     labels = np.zeros((height, width), np.uint16)
     drawn = _draw_starfish(layout, assets, frame, image, labels)
+    #    Some distractors (fish, loose coral, debris) lie over starfish: partial occlusion by things that are not COTS.
+    distractor_mask = _draw_distractors(layout, assets, frame, image, distractor_mask, labels)
     instances = _instances(layout, labels, drawn)
 
     # 3. Caustics projected on the floor, evaluated coarse in ground coordinates (they stay on the reef while
@@ -327,14 +427,22 @@ def render_frame(layout: VideoLayout, assets: VideoAssets, frame: int) -> FrameR
     # 4. Water: attenuation (less red, darker with distance), caustic light, scattered veil, sensor noise.
     image *= assets.gain
     image *= light[..., None]
-    image += assets.veil
+    look = assets.sequence_looks.get(layout.sequence_at(frame).sequence_id)
+    if look is None:
+        image += assets.veil
+    else:
+        image *= look[0]
+        image += assets.veil * np.float32(look[1])
+    if assets.defocus > 0:  # an out-of-focus or soft lens blurs the scene, not the sensor noise
+        image = np.asarray(cv2.GaussianBlur(image, (0, 0), assets.defocus), np.float32)
     image += assets.noise[frame % NOISE_FRAMES]
     out = cv2.convertScaleAbs(image, alpha=255.0)
 
     # 5. Marine snow in the water column, then motion blur of the whole frame from the camera's motion.
     _draw_snow(assets, frame, out, width, height)
-    out = _motion_blur(out, layout.flow[frame])
-    return FrameRender(image=out, labels=labels, instances=instances)
+    flow = layout.flow[frame] if assets.shutter == 1.0 else layout.flow[frame] * assets.shutter
+    out = _motion_blur(out, flow)
+    return FrameRender(image=out, labels=labels, instances=instances, distractor_mask=distractor_mask)
 
 
 def _draw_snow(assets: VideoAssets, frame: int, out: np.ndarray, width: int, height: int) -> None:

@@ -26,6 +26,57 @@ PALETTES = (
 
 
 @dataclass(frozen=True)
+class StarfishLook:
+    """How one starfish is drawn in the randomized style; the classic style uses fixed rules instead."""
+
+    arms: int
+    body: np.ndarray  # BGR 0..1
+    tip: np.ndarray
+    curl: float  # radians of swirl at the arm tips (curved arms), 0 = straight
+    spine_density: float  # multiplies the classic spine count
+    spine_length: tuple[float, float]  # share of the radius
+    texture: str  # "mottled", "striped" or "solid"
+    relief: float  # strength of the per-arm ridge shading (3-D look), 0..1
+    light: float  # strength of the top-left light gradient
+
+
+def random_starfish_look(rng: np.random.Generator) -> StarfishLook:
+    """A look drawn from wide ranges: COTS are grey-green to purple to brick red, with 7-23 arms."""
+    body_rgb, tip_rgb = PALETTES[int(rng.integers(len(PALETTES)))]
+    # Rotate the palette's hue a little and scale its saturation: many shades, none outside what COTS show.
+    shift = rng.uniform(0.7, 1.3, 3).astype(np.float32)
+    # Towards grey and darker: many COTS are as dull as the coral around them, so colour must not be the cue.
+    grey, dim = rng.uniform(0.0, 0.7), rng.uniform(0.6, 1.1)
+    body = _rgb01(body_rgb) * shift
+    body = np.clip((body * (1 - grey) + body.mean() * grey) * dim, 0, 1)
+    tip = _rgb01(tip_rgb) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
+    tip = np.clip((tip * (1 - grey) + tip.mean() * grey) * dim, 0, 1)
+    return StarfishLook(
+        arms=int(rng.integers(7, 24)),
+        body=body.astype(np.float32),
+        tip=tip.astype(np.float32),
+        curl=float(rng.choice([0.0, 1.0]) * np.clip(rng.normal(0, 0.35), -0.7, 0.7)),
+        spine_density=float(np.exp(rng.uniform(np.log(0.25), np.log(3.0)))),
+        spine_length=(float(rng.uniform(0.02, 0.08)), float(rng.uniform(0.1, 0.22))),
+        texture=str(rng.choice(["mottled", "striped", "solid"], p=[0.5, 0.25, 0.25])),
+        relief=float(rng.uniform(0.1, 1.0)),
+        light=float(rng.uniform(0.0, 0.5)),
+    )
+
+
+def _swirl(layers: list[np.ndarray], c: float, radius: float, curl: float) -> list[np.ndarray]:
+    """Bend the arms: rotate each pixel about the centre by an angle growing with its distance (curl at the rim)."""
+    big = layers[0].shape[0]
+    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32)
+    dx, dy = xx - c, yy - c
+    angle = curl * np.clip(np.hypot(dx, dy) / radius, 0, 1.2) ** 2
+    ca, sa = np.cos(angle), np.sin(angle)
+    map_x = (c + dx * ca - dy * sa).astype(np.float32)
+    map_y = (c + dx * sa + dy * ca).astype(np.float32)
+    return [cv2.remap(a, map_x, map_y, cv2.INTER_LINEAR, borderValue=0) for a in layers]
+
+
+@dataclass(frozen=True)
 class Sprite:
     """One starfish (plus shadow and optional occluding coral), axis-aligned in ground pixels.
 
@@ -72,11 +123,13 @@ def make_starfish_sprite(
     rng: np.random.Generator,
     diameter: float,
     occluder_ground: np.ndarray | None = None,
+    look: StarfishLook | None = None,
 ) -> Sprite:
     """Draw one starfish of the given diameter (ground px, spines included).
 
     `occluder_ground`: the reef texture (uint8 BGR) under the sprite; when given, a piece of it is drawn over part
-    of the starfish, so the coral that hides it matches the floor around it.
+    of the starfish, so the coral that hides it matches the floor around it. `look`: the randomized style's
+    drawing (arm count, curl, spines, texture, shading); None draws the classic starfish, byte for byte.
     """
     radius = diameter / 2.0
     half = int(np.ceil(radius * 1.25)) + 2
@@ -84,10 +137,13 @@ def make_starfish_sprite(
     ss = SUPERSAMPLE
     big = size * ss
     c = half * ss + ss / 2.0  # centre in supersampled pixels
-    arms = int(rng.integers(10, 21))
-    body_rgb, tip_rgb = PALETTES[int(rng.integers(len(PALETTES)))]
-    body = _rgb01(body_rgb) * rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    tip = _rgb01(tip_rgb) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    if look is None:
+        arms = int(rng.integers(10, 21))
+        body_rgb, tip_rgb = PALETTES[int(rng.integers(len(PALETTES)))]
+        body = _rgb01(body_rgb) * rng.uniform(0.85, 1.15, 3).astype(np.float32)
+        tip = _rgb01(tip_rgb) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    else:
+        arms, body, tip = look.arms, look.body, look.tip
 
     # Body silhouette (without spines): polygon from the polar outline; spines add the last ~10 %.
     polar = _outline(rng, radius * 0.95 * ss, arms)
@@ -103,22 +159,33 @@ def make_starfish_sprite(
     colour = body[None, None, :] * (1 - 0.45 * along) + tip[None, None, :] * 0.45 * along
     mottle = cv2.GaussianBlur(rng.uniform(0.6, 1.3, (big, big)).astype(np.float32), (0, 0), 1.0 * ss)
     light = 0.9 + 0.2 * np.clip(((c - xx) * 0.5 + (c - yy) * 0.7) / (radius * ss), -1, 1)
+    if look is not None:
+        if look.texture == "solid":
+            mottle = np.ones_like(mottle)
+        elif look.texture == "striped":  # bands across the arms (concentric), as on some banded COTS
+            period = radius * ss * rng.uniform(0.12, 0.3)
+            mottle = (0.8 + 0.3 * (np.sin(2 * np.pi * dist * radius * ss / period) > 0)).astype(np.float32)
+        light = 1 - look.light / 2 + look.light * np.clip(((c - xx) * 0.5 + (c - yy) * 0.7) / (radius * ss), -1, 1)
+        if look.curl:
+            body_mask, colour = _swirl([body_mask, colour], c, radius * ss, look.curl)
     # Each arm is a rounded ridge: the distance to the silhouette edge makes arms read as separate volumes.
     ridge = cv2.distanceTransform((body_mask > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
     ridge = np.sqrt(np.clip(ridge / max(1.0, 0.12 * radius * ss), 0, 1))
-    colour = colour * (mottle * light * (0.5 + 0.6 * ridge))[..., None]
+    relief = (0.5 + 0.6 * ridge) if look is None else (1 - 0.5 * look.relief + 0.6 * look.relief * ridge)
+    colour = colour * (mottle * light * relief)[..., None]
 
     # Spines: short light-tipped strokes, radial with jitter; those near the rim make the outline spiky.
     spines = np.zeros((big, big), np.float32)
     spine_colour = colour.copy()
-    count = int(arms * (3 + diameter / 10))
+    count = int(arms * (3 + diameter / 10) * (1.0 if look is None else look.spine_density))
+    reach = (0.05, 0.13) if look is None else look.spine_length
     inside = np.argwhere(body_mask > 0.5)
     if len(inside):
         picks = inside[rng.integers(len(inside), size=count)]
         thickness = max(1, int(round(ss * max(1.0, diameter / 90))))
         for py, px in picks:
             ang = np.arctan2(py - c, px - c) + rng.normal(0, 0.5)
-            length = radius * ss * rng.uniform(0.05, 0.13)
+            length = radius * ss * rng.uniform(*reach)
             ex, ey = px + length * np.cos(ang), py + length * np.sin(ang)
             shade = (0.5 * tip + 0.5 * body) * rng.uniform(0.75, 1.1)
             cv2.line(spine_colour, (int(px), int(py)), (int(ex), int(ey)), shade.tolist(), thickness, cv2.LINE_AA)
