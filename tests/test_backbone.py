@@ -97,3 +97,24 @@ def test_detection_cap_comes_from_the_config():
 def test_bad_returned_layers_are_refused(layers):
     with pytest.raises(ValueError, match="returned_layers"):
         build_detector(ModelConfig(backbone="efficientnet_lite0_fpn", returned_layers=tuple(layers)))
+
+
+@pytest.mark.parametrize("cap", [7, 120])
+def test_detection_cap_flows_from_config_into_the_exported_graph(cap, tmp_path):
+    """An untrained detector scoring every proposal above 0 returns exactly `cap` boxes from onnxruntime."""
+    import onnxruntime as ort
+
+    from export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        backbone="efficientnet_lite0_fpn", min_size=192, max_size=320, fpn_channels=32, representation_size=64,
+        anchor_sizes=((16, 32),), box_score_thresh=0.0, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+        box_detections_per_img=cap,
+    )
+    model = build_detector(cfg).eval()
+    path = export_onnx(model, tmp_path / "capped.onnx", 320, 192)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).random((1, 3, 192, 320), dtype=np.float32)
+    boxes = session.run(None, {session.get_inputs()[0].name: image})[0]
+    assert len(boxes) == cap
