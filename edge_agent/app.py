@@ -380,21 +380,37 @@ class StartupError(RuntimeError):
 
 
 def load_detector(cfg: AgentConfig, bundle_path: Path | None = None) -> tuple[Detector, float]:
-    """Verify the bundle against the trusted keys, then load and warm up the first available back end.
+    """Verify the bundle against the trusted keys and this device's anti-rollback floor, then load and warm up
+    the first back end that works (`create_detector` falls through on any back-end failure).
 
-    Also the entry point for a hot swap: build the new detector with this, then `Agent.swap_detector()`.
+    Also the entry point for a hot swap: build the new detector with this, then `Agent.swap_detector()`, and
+    raise the floor (`commit_model`) only once the new model is committed.
     """
     from edge_agent.bundle import BundleError, load_bundle
     from edge_agent.detectors import DetectorOptions, DetectorUnavailable, create_detector
+    from edge_agent.device_state import DeviceState, DeviceStateError
 
     det = cfg.detector
+    path = bundle_path or det.bundle
     started = time.perf_counter()
     try:
-        bundle = load_bundle(bundle_path or det.bundle, det.trusted_keys)
+        bundle = load_bundle(path, det.trusted_keys)
     except BundleError as exc:
-        raise StartupError(f"model bundle {bundle_path or det.bundle} refused: {exc}") from exc
+        raise StartupError(f"model bundle {path} refused: {exc}") from exc
+    state_dir = Path(cfg.state_dir).resolve()
+    if not bundle.is_tar and state_dir.is_relative_to(bundle.root):
+        raise StartupError(f"state_dir {cfg.state_dir} lies inside the bundle {bundle.root}: device state must be "
+                           "somewhere no bundle can write")
+    manifest = bundle.manifest
+    try:
+        with DeviceState(state_dir) as state:
+            state.check_rollback(manifest.name, manifest.version, allow_rollback=det.allow_rollback)
+    except BundleError as exc:
+        raise StartupError(f"model bundle {path} refused: {exc}") from exc
+    except DeviceStateError as exc:
+        raise StartupError(str(exc)) from exc
     options = DetectorOptions(score_threshold=det.score_threshold, threads=det.threads,
-                              engine_cache_dir=det.engine_cache_dir)
+                              engine_cache_dir=det.engine_cache_dir, state_dir=state_dir)
     try:
         detector = create_detector(det.backends, bundle, det.variant, options)
     except (DetectorUnavailable, BundleError) as exc:
@@ -402,12 +418,32 @@ def load_detector(cfg: AgentConfig, bundle_path: Path | None = None) -> tuple[De
     return detector, time.perf_counter() - started
 
 
+def commit_model(cfg: AgentConfig, detector: Detector) -> int:
+    """The commit point: raise this device's anti-rollback floor to the running model's version (never lowers
+    it). Start-up commits once the detector has loaded and warmed up; an update commits after its probation."""
+    from edge_agent.device_state import DeviceState
+
+    manifest = detector.bundle.manifest
+    with DeviceState(cfg.state_dir) as state:
+        floor = state.raise_floor(manifest.name, manifest.version)
+    if floor > manifest.version:
+        logger.warning("running %s v%d below this device's floor v%d (explicit rollback)", manifest.name,
+                       manifest.version, floor)
+    return floor
+
+
 def build_agent(cfg: AgentConfig) -> Agent:
     """Everything `starfish agent run` needs: verified detector, durable outbox, MQTT publisher."""
+    from edge_agent.device_state import DeviceStateError
     from edge_agent.mqtt.publisher import AgentPublisher
     from edge_agent.outbox import Outbox
 
     detector, load_time = load_detector(cfg)
+    try:
+        commit_model(cfg, detector)
+    except DeviceStateError as exc:
+        detector.close()
+        raise StartupError(str(exc)) from exc
     try:
         outbox = Outbox(
             cfg.outbox_path,

@@ -24,9 +24,14 @@ def run(
     config: Path = typer.Option(..., "--config", "-c", help="Agent YAML file (see `starfish agent config --example`)."),
     console: bool = typer.Option(True, "--console/--no-console", help="Print a live status line."),
     summary_json: Path | None = typer.Option(None, help="Also write the end-of-run summary to this JSON file."),
+    allow_rollback: bool = typer.Option(
+        False, "--allow-rollback",
+        help="Accept a bundle older than the newest this device has run (explicit rollback, logged).",
+    ),
 ) -> None:
     """Run the agent until SIGTERM/SIGINT (or until every non-looping video file has ended)."""
     from rich.console import Console
+    from rich.markup import escape
 
     from edge_agent.app import StartupError, build_agent
     from edge_agent.config import ConfigError, load_config
@@ -37,10 +42,14 @@ def run(
     except ConfigError as exc:
         out.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(EXIT_CONFIG) from exc
+    if allow_rollback:
+        logger.warning("--allow-rollback: an older model bundle will be accepted for this start")
+        cfg.detector.allow_rollback = True
     try:
         agent = build_agent(cfg)
     except StartupError as exc:
-        out.print(f"[red]cannot start:[/red] {exc}")
+        # One line (systemd's journal and RestartPreventExitStatus=2 take it from here), no markup from the text.
+        out.print(f"[red]cannot start:[/red] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
         raise typer.Exit(EXIT_CONFIG) from exc
     code = run_until_signal(agent, console_interval=cfg.console_interval_s if console else None)
     summary = agent.summary()

@@ -103,6 +103,11 @@ class DetectorConfig(_Strict):
     engine_cache_dir: Path | None = Field(
         None, description="Where built TensorRT engines are cached (None: beside the bundle)."
     )
+    allow_rollback: bool = Field(
+        False,
+        description="Run a bundle older than the highest version this device has accepted (an explicit, logged "
+        "rollback; `starfish agent run --allow-rollback` sets it for one start).",
+    )
 
     @field_validator("backends")
     @classmethod
@@ -154,6 +159,11 @@ class AgentConfig(BaseSettings):
     outbox_path: Path = Field(
         Path("/var/lib/starfish/outbox.sqlite3"),
         description="SQLite store-and-forward outbox: counts survive broker outages and power cuts.",
+    )
+    state_dir: Path = Field(
+        Path("/var/lib/starfish/state"),
+        description="Device state no bundle can write (created 0700): the anti-rollback floor per model and the "
+        "key that authenticates cached TensorRT engines. Must not lie inside the bundle.",
     )
     outbox_max_messages: int = Field(
         1_000_000, ge=100, description="Outbox size bound; beyond it the oldest messages are dropped (counted)."
@@ -264,8 +274,9 @@ detector:
   trusted_keys: [models/demo/demo_public_key.pem]   # REQUIRED: ed25519 public keys accepted for signatures
   variant: null                    # fp32 | int8 | int8_cpu; null = bundle default (int8_cpu on a CPU)
   backends: [tensorrt, onnxruntime]  # first available wins (TensorRT needs a Jetson/CUDA host)
-  score_threshold: null            # null = the bundle's best-F2 threshold
+  score_threshold: null            # null = the variant's best-F2 threshold from the bundle
   threads: null                    # onnxruntime intra-op threads
+  allow_rollback: false            # true: accept a bundle older than the newest this device ran (logged)
 
 tracker:
   iou_threshold: 0.2
@@ -288,6 +299,7 @@ mqtt:
   discovery: {enabled: true, prefix: homeassistant}
 
 outbox_path: /var/lib/starfish/outbox.sqlite3   # counts are durable here before they are published
+state_dir: /var/lib/starfish/state # anti-rollback floor + engine-cache key; no bundle can write here
 outbox_max_messages: 1000000       # drop-oldest beyond this (counted in stats)
 outbox_max_age_s: 604800           # drop messages older than a week (counted)
 outbox_synchronous: FULL           # FULL survives power cuts; NORMAL is faster but only survives a killed process

@@ -174,6 +174,7 @@ def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path
             "detector": {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]},
             "mqtt": {"host": host, "port": port, "stats_interval_s": 5.0},
             "outbox_path": str(workdir / "outbox.sqlite3"),
+            "state_dir": str(workdir / "state"),
             "snapshots": {"enabled": True, "directory": str(workdir / "snapshots"), "min_interval_s": 3.0},
         })
         agent = build_agent(cfg)

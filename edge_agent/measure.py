@@ -100,6 +100,7 @@ def _agent_run(cfg: AgentConfig, frames: int) -> tuple[float, int, float]:
                             "enabled": True}]
         data["mqtt"]["password"] = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
         data["outbox_path"] = str(Path(tmp) / "outbox.sqlite3")
+        data["state_dir"] = str(Path(tmp) / "state")  # a measurement must not raise the device's rollback floor
         data["stop_when_sources_end"] = True
         config_path, summary_path = Path(tmp) / "agent.yaml", Path(tmp) / "summary.json"
         config_path.write_text(yaml.safe_dump(data))

@@ -112,16 +112,11 @@ def test_refuses_to_overwrite_and_overwrites_when_asked(bundle: Path, bundle_key
 
 
 def test_crash_while_writing_leaves_nothing(tmp_path: Path, bundle_keys: BundleKeys, monkeypatch) -> None:
-    calls = []
-    real_copy = shutil.copyfile
+    def failing_fsync(root: Path) -> None:
+        assert (root / MANIFEST_NAME).is_file()  # everything was written into the staging directory...
+        raise OSError("disk full (simulated)")  # ... and then the disk failed before the rename
 
-    def failing_copy(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError("disk full (simulated)")
-        return real_copy(src, dst)
-
-    monkeypatch.setattr("edge_agent.bundle.writer.shutil.copyfile", failing_copy)
+    monkeypatch.setattr("edge_agent.bundle.writer._fsync_tree", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         _write(tmp_path / "bundle", bundle_keys, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
@@ -238,7 +233,7 @@ def test_cli_verify_info_and_keys(bundle: Path, bundle_keys: BundleKeys, other_k
     assert ok.exit_code == 0, ok.output
     assert "OK: starfish-cots v3" in ok.output
     bad = runner.invoke(bundle_app, ["verify", str(bundle), "--key", str(other_keys.public)])
-    assert bad.exit_code == 1 and "SignatureError" in bad.output
+    assert bad.exit_code == 2 and "SignatureError" in bad.output
     info = runner.invoke(bundle_app, ["info", str(bundle), "--json"])
     assert info.exit_code == 0 and json.loads(info.output)["version"] == 3
     new = runner.invoke(keys_app, ["--private", str(tmp_path / "k" / "new.pem")])

@@ -4,7 +4,7 @@ Typical use on a device::
 
     from edge_agent.bundle import load_bundle
     bundle = load_bundle("models/demo/bundle", ["models/demo/demo_key.pub"])
-    onnx_path = bundle.variant_path()          # default variant, e.g. int8.onnx
+    onnx_bytes = bundle.read_variant()         # default variant's bytes, checked again against the manifest
     spec = bundle.manifest.input                # shape, colour order, normalisation, resize rule
 """
 
@@ -13,13 +13,15 @@ from edge_agent.bundle.errors import (
     HashMismatchError,
     ManifestError,
     SignatureError,
+    TooLargeError,
     UnsupportedSchemaError,
     VersionError,
 )
-from edge_agent.bundle.files import sha256_file, unpack_tar
+from edge_agent.bundle.files import sha256_bytes, sha256_file, unpack_tar
 from edge_agent.bundle.loader import VerifiedBundle, check_version, load_bundle, verify_bundle
 from edge_agent.bundle.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     SCHEMA_VERSION,
     SIGNATURE_NAME,
     InputSpec,
@@ -42,6 +44,7 @@ from edge_agent.bundle.writer import VariantSource, write_bundle
 
 __all__ = [
     "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
     "SCHEMA_VERSION",
     "SIGNATURE_NAME",
     "BundleError",
@@ -52,6 +55,7 @@ __all__ = [
     "Normalisation",
     "OutputSpec",
     "SignatureError",
+    "TooLargeError",
     "TrainingInfo",
     "UnsupportedSchemaError",
     "Variant",
@@ -66,6 +70,7 @@ __all__ = [
     "load_public_key",
     "parse_manifest",
     "public_key_pem",
+    "sha256_bytes",
     "sha256_file",
     "unpack_tar",
     "verify_bundle",

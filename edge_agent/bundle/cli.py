@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -17,15 +18,15 @@ def verify(
     running_version: int | None = typer.Option(None, help="Refuse versions not newer than this one."),
     allow_rollback: bool = typer.Option(False, help="Accept an older version (explicit rollback)."),
 ) -> None:
-    """Check signature, manifest and every file hash; exit 1 naming the problem if any check fails."""
+    """Check signature, manifest and every file hash; exit 2 with one line naming the problem if any check fails."""
     from edge_agent.bundle import BundleError
     from edge_agent.bundle import verify_bundle as _verify
 
     try:
         manifest = _verify(bundle, key, running_version=running_version, allow_rollback=allow_rollback)
     except BundleError as exc:
-        typer.secho(f"REFUSED ({type(exc).__name__}): {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
+        typer.secho(f"REFUSED ({type(exc).__name__}): {' '.join(str(exc).split())}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     typer.secho(f"OK: {manifest.name} v{manifest.version}, variants {', '.join(manifest.variants)}", fg="green")
 
 
@@ -40,23 +41,22 @@ def info(
     from rich.console import Console
     from rich.table import Table
 
-    from edge_agent.bundle import MANIFEST_NAME, BundleError, parse_manifest
+    from edge_agent.bundle import MANIFEST_NAME, MAX_MANIFEST_BYTES, BundleError, parse_manifest
+    from edge_agent.bundle.files import TarMembers, read_bundle_file
 
+    root = Path(os.path.realpath(bundle))
     try:
-        if bundle.is_file() and tarfile.is_tarfile(bundle):
-            with tarfile.open(bundle) as tar:
-                member = tar.extractfile(MANIFEST_NAME)
-                if member is None:
-                    raise BundleError(f"{bundle} has no {MANIFEST_NAME}")
-                raw = member.read()
-        elif (bundle / MANIFEST_NAME).is_file():
-            raw = (bundle / MANIFEST_NAME).read_bytes()
+        if root.is_file() and tarfile.is_tarfile(root):
+            with TarMembers(root) as members:
+                raw = members.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+        elif root.is_dir():
+            raw = read_bundle_file(root, MANIFEST_NAME, MAX_MANIFEST_BYTES)
         else:
-            raise BundleError(f"{bundle} is not a bundle (no {MANIFEST_NAME})")
+            raise BundleError(f"{bundle} is not a bundle directory or .tar")
         manifest = parse_manifest(raw)
-    except (BundleError, KeyError, OSError, tarfile.TarError) as exc:
-        typer.secho(f"cannot read {bundle}: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
+    except (BundleError, OSError, tarfile.TarError) as exc:
+        typer.secho(f"cannot read {bundle}: {' '.join(str(exc).split())}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     if as_json:
         typer.echo(json.dumps(manifest.model_dump(mode="json"), indent=2))
         return
@@ -69,12 +69,11 @@ def info(
         f"classes {list(manifest.classes)}; input {list(manifest.input.shape)} {manifest.input.dtype} "
         f"{manifest.input.colour_order} {manifest.input.resize}; score_threshold {manifest.score_threshold}"
     )
-    table = Table("variant", "file", "size", "sha256", "F2", "mAP@0.5", "latency ms")
+    table = Table("variant", "file", "size", "sha256", "threshold", "F2", "mAP@0.5", "latency ms")
     for name, v in manifest.variants.items():
         marker = " (default)" if name == manifest.default_variant else ""
-        table.add_row(
-            name + marker, v.file, f"{v.size:,}", v.sha256[:12], _fmt(v.f2), _fmt(v.map50), _fmt(v.latency_ms)
-        )
+        table.add_row(name + marker, v.file, f"{v.size:,}", v.sha256[:12], _fmt(manifest.threshold_for(name)),
+                      _fmt(v.f2), _fmt(v.map50), _fmt(v.latency_ms))
     console.print(table)
     t = manifest.training
     console.print(f"training: config {t.config_digest}, data {t.data_fingerprint}, checkpoint {t.checkpoint_sha256}")

@@ -29,3 +29,7 @@ class UnsupportedSchemaError(ManifestError):
 
 class VersionError(BundleError):
     """The bundle's version is not newer than the running one (and no explicit rollback was asked)."""
+
+
+class TooLargeError(BundleError):
+    """A file inside the bundle holds more bytes than allowed (the manifest's size, or a fixed cap)."""

@@ -1,43 +1,98 @@
 """Verify and load a signed bundle, torch-free: signature first, then manifest schema, then every file hash.
 
 Order matters: nothing in `manifest.json` is trusted (not even parsed as a manifest) before its signature verifies
-against one of the device's trusted keys.
+against one of the device's trusted keys, and model files are read no further than the size the signed manifest
+states (TUF's rule: trust the metadata, then fetch bounded bytes).
+
+The bundle path is resolved once (`realpath`) before anything is read, so a `current -> v7` link that flips while
+the agent starts cannot mix two bundles. A `.tar` is read in place (no temporary directory to leave behind).
+Detectors never reopen a model by path: `VerifiedBundle.read_variant` reads the file once, checks its size and
+sha256 against the signed manifest again, and returns those very bytes to build the session from — a file swapped
+after `load_bundle` returned is refused, not loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.bundle.errors import BundleError, HashMismatchError, ManifestError, SignatureError, VersionError
-from edge_agent.bundle.files import is_tar, sha256_file, unpack_tar
-from edge_agent.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
-from edge_agent.bundle.signing import PublicKeyLike, as_public_keys, key_id, verify_signature
+from edge_agent.bundle.errors import (
+    BundleError,
+    HashMismatchError,
+    ManifestError,
+    SignatureError,
+    TooLargeError,
+    VersionError,
+)
+from edge_agent.bundle.files import TarMembers, is_tar, read_bundle_file, sha256_bytes, unpack_tar
+from edge_agent.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME, Manifest, parse_manifest
+from edge_agent.bundle.signing import SIGNATURE_LENGTH, PublicKeyLike, as_public_keys, key_id, verify_signature
 
 logger = logging.getLogger(__name__)
+
+# (file name, max bytes) -> the file's bytes; FileNotFoundError when absent.
+_Reader = Callable[[str, int], bytes]
 
 
 @dataclass(frozen=True)
 class VerifiedBundle:
-    """A bundle directory whose signature and file hashes have been checked."""
+    """A bundle whose signature and file hashes have been checked.
+
+    ``root`` is the resolved bundle directory, or the resolved `.tar` file when ``is_tar``.
+    """
 
     root: Path
     manifest: Manifest
     key_id: str
+    is_tar: bool = False
 
-    def variant_path(self, name: str | None = None) -> Path:
-        """Path of a variant's model file (``None``: the manifest's `default_variant`)."""
+    def variant_name(self, name: str | None = None) -> str:
+        """``name`` checked against the manifest (``None``: the manifest's `default_variant`)."""
         variant = self.manifest.default_variant if name is None else name
         if variant not in self.manifest.variants:
             raise BundleError(
                 f"bundle {self.manifest.name} v{self.manifest.version} has no variant {variant!r}; "
                 f"it has {sorted(self.manifest.variants)}"
             )
-        return self.root / self.manifest.variants[variant].file
+        return variant
+
+    def variant_path(self, name: str | None = None) -> Path:
+        """Path of a variant's model file, for tools that need one on disk (detectors use `read_variant`)."""
+        entry = self.manifest.variants[self.variant_name(name)]
+        if self.is_tar:
+            raise BundleError(f"{self.root} is a .tar read in place: its files have no path of their own "
+                              "(use read_variant, or load_bundle(..., unpack_to=DIR))")
+        return self.root / entry.file
+
+    def display_path(self, name: str | None = None) -> Path:
+        """Where a variant's file lives, for messages (inside the `.tar` for a tar bundle)."""
+        return self.root / self.manifest.variants[self.variant_name(name)].file
+
+    def read_variant(self, name: str | None = None) -> bytes:
+        """The variant's model bytes, read once and checked again against the signed size and sha256.
+
+        Build sessions / parsers from these bytes, never by reopening the path: what runs is what was verified.
+        """
+        variant = self.variant_name(name)
+        entry = self.manifest.variants[variant]
+        with ExitStack() as stack:
+            reader = _reader(self.root, self.is_tar, stack)
+            data = _read_variant_bytes(reader, variant, entry.file, entry.size)
+        digest = sha256_bytes(data)
+        if len(data) != entry.size or digest != entry.sha256:
+            raise HashMismatchError(
+                f"variant {variant!r}: {entry.file} changed since the bundle was verified "
+                f"({len(data)} bytes, sha256 {digest}; the manifest says {entry.size} bytes, {entry.sha256})"
+            )
+        return data
+
+    def engine_cache_dir(self) -> Path:
+        """Default home of TensorRT engines built from this bundle: beside it, never inside it."""
+        return self.root.parent / f"{self.root.name}.trt-cache"
 
 
 def check_version(manifest: Manifest, running_version: int | None, *, allow_rollback: bool = False) -> None:
@@ -67,14 +122,10 @@ def verify_bundle(
 
     Checks, in order: signature over `manifest.json` (`SignatureError`), manifest schema (`ManifestError`,
     `UnsupportedSchemaError`), model name (`ManifestError`), version vs ``running_version`` (`VersionError`), every
-    named file's size and sha256 (`HashMismatchError`).
+    named file's size and sha256 (`HashMismatchError`; a file resolving outside the bundle: `BundleError`).
     """
-    path = Path(path)
-    if is_tar(path):
-        with tempfile.TemporaryDirectory(prefix="starfish-verify-") as tmp:
-            root = unpack_tar(path, Path(tmp) / "bundle")
-            return _verify_dir(root, trusted_keys, running_version, allow_rollback, expected_name)[0]
-    return _verify_dir(path, trusted_keys, running_version, allow_rollback, expected_name)[0]
+    return load_bundle(path, trusted_keys, running_version=running_version, allow_rollback=allow_rollback,
+                       expected_name=expected_name).manifest
 
 
 def load_bundle(
@@ -88,57 +139,81 @@ def load_bundle(
 ) -> VerifiedBundle:
     """Verify a bundle (see `verify_bundle`) and return it ready to use.
 
-    A `.tar` is unpacked first into ``unpack_to`` (a new directory; default: a fresh temporary directory that the
-    caller owns) and verified there, so the files used afterwards are exactly the ones that were checked.
+    A `.tar` is read in place; with ``unpack_to`` (a new directory) it is unpacked there first and the directory
+    is verified and returned instead, for tools that need the model files on disk.
     """
-    path = Path(path)
-    if is_tar(path):
-        dest = Path(unpack_to) if unpack_to is not None else Path(tempfile.mkdtemp(prefix="starfish-bundle-")) / "b"
-        root = unpack_tar(path, dest)
-    else:
-        root = path
-    manifest, signer = _verify_dir(root, trusted_keys, running_version, allow_rollback, expected_name)
-    return VerifiedBundle(root=root.resolve(), manifest=manifest, key_id=signer)
+    root = Path(os.path.realpath(path))
+    tar = is_tar(root)
+    if tar and unpack_to is not None:
+        root = Path(os.path.realpath(unpack_tar(root, Path(unpack_to))))
+        tar = False
+    elif not tar and not root.is_dir():
+        raise BundleError(f"{path} is neither a bundle directory nor a bundle .tar")
+    with ExitStack() as stack:
+        reader = _reader(root, tar, stack)
+        manifest, signer = _verify(root, reader, trusted_keys, running_version, allow_rollback, expected_name)
+        present = stack.enter_context(TarMembers(root)).names() if tar else [p.name for p in root.iterdir()]
+    expected = {MANIFEST_NAME, SIGNATURE_NAME, *(v.file for v in manifest.variants.values())}
+    unexpected = sorted(name for name in present if name not in expected)
+    if unexpected:
+        # Harmless (nothing reads them) but worth a word: unsigned files do not belong inside a bundle.
+        logger.warning("bundle %s holds files the manifest does not name (ignored): %s", root, unexpected)
+    return VerifiedBundle(root=root, manifest=manifest, key_id=signer, is_tar=tar)
 
 
-def _verify_dir(
+def _reader(root: Path, tar: bool, stack: ExitStack) -> _Reader:
+    if tar:
+        return stack.enter_context(TarMembers(root)).read
+    return lambda name, max_bytes: read_bundle_file(root, name, max_bytes)
+
+
+def _read_variant_bytes(reader: _Reader, variant: str, file: str, size: int) -> bytes:
+    try:
+        return reader(file, size)
+    except FileNotFoundError as exc:
+        raise HashMismatchError(f"variant {variant!r}: file {file} named by the manifest is missing") from exc
+    except TooLargeError as exc:
+        raise HashMismatchError(f"variant {variant!r}: {exc}; the manifest says {size} bytes") from exc
+
+
+def _verify(
     root: Path,
+    reader: _Reader,
     trusted_keys: PublicKeyLike | Iterable[PublicKeyLike],
     running_version: int | None,
     allow_rollback: bool,
     expected_name: str | None,
 ) -> tuple[Manifest, str]:
-    if not root.is_dir():
-        raise BundleError(f"{root} is neither a bundle directory nor a bundle .tar")
     keys = as_public_keys(trusted_keys)
-    manifest_path, signature_path = root / MANIFEST_NAME, root / SIGNATURE_NAME
-    if not manifest_path.is_file():
-        raise ManifestError(f"{root} has no {MANIFEST_NAME}: not a bundle")
-    if not signature_path.is_file():
-        raise SignatureError(f"{root} has no {SIGNATURE_NAME}: unsigned bundles are refused")
-    raw = manifest_path.read_bytes()
-    signer = verify_signature(raw, signature_path.read_bytes(), keys)
+    try:
+        raw = reader(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{root} has no {MANIFEST_NAME}: not a bundle") from exc
+    except TooLargeError as exc:
+        raise ManifestError(f"{root}: {exc}") from exc
+    try:
+        # One byte more than a signature holds: a longer file is refused by length, without reading it all.
+        signature = reader(SIGNATURE_NAME, SIGNATURE_LENGTH + 1)
+    except FileNotFoundError as exc:
+        raise SignatureError(f"{root} has no {SIGNATURE_NAME}: unsigned bundles are refused") from exc
+    except TooLargeError as exc:
+        raise SignatureError(f"{SIGNATURE_NAME} must be {SIGNATURE_LENGTH} bytes of ed25519: {exc}") from exc
+    signer = verify_signature(raw, signature, keys)
     manifest = parse_manifest(raw)
     if expected_name is not None and manifest.name != expected_name:
         raise ManifestError(f"bundle is for model {manifest.name!r}, expected {expected_name!r}")
     check_version(manifest, running_version, allow_rollback=allow_rollback)
     for variant, entry in manifest.variants.items():
-        file_path = root / entry.file
-        if not file_path.is_file():
-            raise HashMismatchError(f"variant {variant!r}: file {entry.file} named by the manifest is missing")
-        size = file_path.stat().st_size
-        if size != entry.size:
-            raise HashMismatchError(f"variant {variant!r}: {entry.file} is {size} bytes, manifest says {entry.size}")
-        digest = sha256_file(file_path)
+        data = _read_variant_bytes(reader, variant, entry.file, entry.size)
+        if len(data) != entry.size:
+            raise HashMismatchError(
+                f"variant {variant!r}: {entry.file} is {len(data)} bytes, manifest says {entry.size}"
+            )
+        digest = sha256_bytes(data)
         if digest != entry.sha256:
             raise HashMismatchError(
                 f"variant {variant!r}: sha256 of {entry.file} is {digest}, manifest says {entry.sha256}"
             )
-    expected = {MANIFEST_NAME, SIGNATURE_NAME, *(v.file for v in manifest.variants.values())}
-    unexpected = sorted(p.name for p in root.iterdir() if p.name not in expected)
-    if unexpected:
-        # Harmless (nothing reads them) but worth a word: unsigned files do not belong inside a bundle.
-        logger.warning("bundle %s holds files the manifest does not name (ignored): %s", root, unexpected)
     signer_id = key_id(signer)
     logger.info("verified bundle %s v%d (%s) signed by key %s", manifest.name, manifest.version, root, signer_id)
     return manifest, signer_id

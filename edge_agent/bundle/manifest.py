@@ -10,19 +10,22 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent import preprocess
 from edge_agent.bundle.errors import ManifestError, UnsupportedSchemaError
 
-SCHEMA_VERSION = 1
+# 2: variants carry their own best-F2 `score_threshold`. Version 1 manifests (without it) are still read.
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 # The INT8 variant with uint8 activations for onnxruntime on CPUs; `int8` (zero-point-0 activations) is TensorRT's.
 CPU_INT8_VARIANT = "int8_cpu"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+# A manifest is a few KiB; anything near this cap is an attack or a mistake, and is refused before it is read whole.
+MAX_MANIFEST_BYTES = 1 << 20
 
 # torchvision's GeneralizedRCNNTransform defaults (ImageNet statistics), applied inside the exported graph.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,6 +113,10 @@ class Variant(_Strict):
     latency_ms: float | None = Field(
         description="Median single-frame latency measured at export time, CPU onnxruntime (None: not measured)."
     )
+    score_threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="This variant's own best-F2 threshold on validation (None: use the manifest's `score_threshold`)."
+    )
 
     @field_validator("file")
     @classmethod
@@ -145,7 +152,11 @@ class Manifest(_Strict):
     classes: tuple[str, ...] = Field(min_length=2, description="Class names indexed by label; index 0 is background.")
     input: InputSpec = Field(description="Input tensor contract.")
     outputs: OutputSpec = Field(description="Output tensors contract.")
-    score_threshold: float = Field(ge=0.0, le=1.0, description="Best-F2 score threshold found on validation.")
+    score_threshold: float = Field(
+        ge=0.0, le=1.0,
+        description="Best-F2 score threshold found on validation for the default variant (and for every variant "
+        "that carries none of its own).",
+    )
     default_variant: str = Field(description="Variant the runtime uses unless told otherwise.")
     variants: dict[str, Variant] = Field(min_length=1, description="Model files by variant name (fp32, int8, ...).")
     training: TrainingInfo = Field(description="Training provenance.")
@@ -187,16 +198,45 @@ class Manifest(_Strict):
             raise ValueError(f"variants must name distinct files, got {files}")
         return self
 
+    def threshold_for(self, variant: str) -> float:
+        """The best-F2 score threshold of ``variant``: its own when the manifest records one, else the default."""
+        own = self.variants[variant].score_threshold
+        return self.score_threshold if own is None else own
+
     def to_json_bytes(self) -> bytes:
         """Canonical serialisation (sorted keys, UTF-8): the exact bytes that get signed."""
         data = self.model_dump(mode="json")
         return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of two equal keys; a signed manifest must mean one thing to every reader, so refuse.
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
 def parse_manifest(raw: bytes) -> Manifest:
-    """Parse and validate manifest bytes; raise `ManifestError` / `UnsupportedSchemaError` naming the problem."""
+    """Parse and validate manifest bytes; raise `ManifestError` / `UnsupportedSchemaError` naming the problem.
+
+    Refused before validation: more than `MAX_MANIFEST_BYTES`, invalid UTF-8 / JSON, a key repeated in one object,
+    nesting too deep for the parser.
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{MANIFEST_NAME} is {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        raise ManifestError(f"{MANIFEST_NAME} repeats the key {exc.args[0]!r} in one object") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"{MANIFEST_NAME} is nested too deeply to be a manifest") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{MANIFEST_NAME} is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -1,17 +1,21 @@
-"""Write a signed bundle: copy the model files, hash them, sign the manifest, rename into place.
+"""Write a signed bundle: read the model files, hash those bytes, sign the manifest, write, rename into place.
 
-Everything is assembled in a temporary sibling directory (or file, for `.tar`) and renamed at the end, so a crash
-leaves either no bundle or a complete one, never half of one.
+Each source file is read once; the bytes that are hashed are the bytes that are written (a symlinked source is
+stored as its content, in a directory and in a `.tar` alike). Everything is assembled in a temporary sibling
+directory (or file, for `.tar`) and renamed at the end, so a crash leaves either no bundle or a complete one, never
+half of one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,7 +24,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle.errors import BundleError, ManifestError
-from edge_agent.bundle.files import sha256_file
 from edge_agent.bundle.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -44,6 +47,7 @@ class VariantSource:
     f2: float | None = None
     map50: float | None = None
     latency_ms: float | None = None
+    score_threshold: float | None = None  # this variant's own best-F2 threshold (None: the bundle's default)
 
 
 def write_bundle(
@@ -54,7 +58,7 @@ def write_bundle(
     classes: Sequence[str],
     input_spec: InputSpec,
     variants: Mapping[str, VariantSource],
-    score_threshold: float,
+    score_threshold: float | None,
     training: TrainingInfo,
     private_key: Ed25519PrivateKey,
     parent_version: int | None = None,
@@ -66,7 +70,8 @@ def write_bundle(
     """Write a signed bundle to ``dest`` (a directory, or a `.tar` file when ``dest`` ends in `.tar`).
 
     Each variant's file is stored as ``<variant><suffix>`` (e.g. ``int8.onnx``). ``default_variant`` defaults to
-    ``int8`` when present, else the first variant. Returns the manifest that was signed.
+    ``int8`` when present, else the first variant. ``score_threshold`` is the manifest's top-level threshold; None
+    takes the default variant's own. Returns the manifest that was signed.
     """
     dest = Path(dest)
     if dest.exists() and not overwrite:
@@ -78,17 +83,27 @@ def write_bundle(
             raise BundleError(f"variant {variant!r}: model file {source.path} does not exist")
     if default_variant is None:
         default_variant = "int8" if "int8" in variants else next(iter(variants))
-    entries = {
-        variant: Variant(
-            file=f"{variant}{Path(source.path).suffix}",
-            sha256=sha256_file(source.path),
-            size=Path(source.path).stat().st_size,
-            f2=source.f2,
-            map50=source.map50,
-            latency_ms=source.latency_ms,
-        )
-        for variant, source in variants.items()
-    }
+    if score_threshold is None:
+        default_source = variants.get(default_variant)
+        score_threshold = default_source.score_threshold if default_source is not None else None
+        if score_threshold is None:
+            raise BundleError(f"no score_threshold given and the default variant {default_variant!r} has none")
+    contents = {variant: Path(source.path).read_bytes() for variant, source in variants.items()}
+    try:
+        entries = {
+            variant: Variant(
+                file=f"{variant}{Path(source.path).suffix}",
+                sha256=hashlib.sha256(contents[variant]).hexdigest(),
+                size=len(contents[variant]),
+                f2=source.f2,
+                map50=source.map50,
+                latency_ms=source.latency_ms,
+                score_threshold=source.score_threshold,
+            )
+            for variant, source in variants.items()
+        }
+    except ValueError as exc:
+        raise ManifestError(f"cannot build the manifest: {exc}") from exc
     try:
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -108,7 +123,7 @@ def write_bundle(
         raise ManifestError(f"cannot build the manifest: {exc}") from exc
     manifest_bytes = manifest.to_json_bytes()
     signature = sign(private_key, manifest_bytes)
-    payload = {entries[v].file: Path(s.path) for v, s in variants.items()}
+    payload = {entries[v].file: contents[v] for v in variants}
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.suffix == ".tar":
         _write_tar(dest, manifest_bytes, signature, payload)
@@ -125,11 +140,11 @@ def write_bundle(
     return manifest
 
 
-def _write_dir(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Mapping[str, Path]) -> None:
+def _write_dir(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Mapping[str, bytes]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        for file_name, source in payload.items():
-            shutil.copyfile(source, staging / file_name)
+        for file_name, data in payload.items():
+            (staging / file_name).write_bytes(data)
         (staging / SIGNATURE_NAME).write_bytes(signature)
         # The manifest goes last: a staging dir with a manifest has everything the manifest names.
         (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
@@ -149,7 +164,7 @@ def _write_dir(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Map
         raise
 
 
-def _write_tar(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Mapping[str, Path]) -> None:
+def _write_tar(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Mapping[str, bytes]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
@@ -157,13 +172,9 @@ def _write_tar(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Map
             with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 _add_bytes(tar, MANIFEST_NAME, manifest_bytes)
                 _add_bytes(tar, SIGNATURE_NAME, signature)
-                for file_name, source in payload.items():
-                    info = tar.gettarinfo(str(source), arcname=file_name)
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    info.mode = 0o644
-                    with open(source, "rb") as src:
-                        tar.addfile(info, src)
+                for file_name, data in payload.items():
+                    # Regular-file members built from the bytes that were hashed: never a link to the source.
+                    _add_bytes(tar, file_name, data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, dest)
@@ -176,6 +187,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = 0o644
+    info.mtime = int(time.time())
     tar.addfile(info, io.BytesIO(data))
 
 

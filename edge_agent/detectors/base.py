@@ -2,7 +2,12 @@
 
 A back end is one file, one class, registered under its name (`@register("onnxruntime")`). Optional
 accelerators are guarded at import: a back end whose library is missing reports `available() -> (False, reason)`
-and `create_detector` falls through to the next name in the configured order, logging why.
+and `create_detector` falls through to the next name in the configured order, logging why. Any other failure while
+a back end loads or warms up (an unwritable engine cache, a CUDA error, a model that does not fit the input
+contract) falls through the same way: it is logged, the half-built detector is closed, the next one is tried.
+
+Back ends build their session from `VerifiedBundle.read_variant()` bytes, never from a path: what runs is exactly
+what was verified.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent import preprocess
-from edge_agent.bundle import VerifiedBundle
+from edge_agent.bundle import BundleError, VerifiedBundle
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +53,11 @@ class Detections:
 class DetectorOptions:
     """Back-end independent knobs (from `DetectorConfig`)."""
 
-    score_threshold: float | None = None  # None: the bundle's best-F2 threshold
+    score_threshold: float | None = None  # None: the variant's best-F2 threshold from the manifest
     threads: int | None = None
     engine_cache_dir: Path | None = None
+    # Device-local state (edge_agent.device_state): holds the key that authenticates cached TensorRT engines.
+    state_dir: Path | None = None
     warmup_runs: int = 2
     extra: dict = field(default_factory=dict)
 
@@ -66,13 +73,16 @@ class Detector(abc.ABC):
 
     def __init__(self, bundle: VerifiedBundle, variant: str | None, options: DetectorOptions) -> None:
         self.bundle = bundle
-        self.variant = variant or self.default_variant(bundle, options)
-        self.model_path = bundle.variant_path(self.variant)
+        self.variant = bundle.variant_name(variant or self.default_variant(bundle, options))
+        self.model_path = bundle.display_path(self.variant)  # for messages and reports; never reopened
+        self.model_size = bundle.manifest.variants[self.variant].size
         self.options = options
         spec = bundle.manifest.input
         self.input_width, self.input_height = spec.width, spec.height
+        # Each variant's own best-F2 threshold: an INT8 model's scores are not the fp32 model's.
         self.score_threshold = (
-            options.score_threshold if options.score_threshold is not None else bundle.manifest.score_threshold
+            options.score_threshold if options.score_threshold is not None
+            else bundle.manifest.threshold_for(self.variant)
         )
 
     @classmethod
@@ -121,7 +131,7 @@ class Detector(abc.ABC):
         }
 
     def close(self) -> None:  # noqa: B027 - optional hook, most back ends free on garbage collection
-        """Release native resources."""
+        """Release native resources. Must also work on a detector whose `__init__` failed half-way."""
 
 
 # name -> "module:Class"; modules are imported on demand so one broken accelerator cannot break the others.
@@ -147,7 +157,11 @@ def available(name: str) -> tuple[bool, str]:
 def create_detector(
     names: list[str] | tuple[str, ...], bundle: VerifiedBundle, variant: str | None, options: DetectorOptions
 ) -> Detector:
-    """Instantiate and warm up the first back end in ``names`` that is available and loads this bundle."""
+    """Instantiate and warm up the first back end in ``names`` that is available and loads this bundle.
+
+    Any exception from one back end (not only `DetectorUnavailable`) is logged, the partial detector closed, and
+    the next name tried; `DetectorUnavailable` lists every back end's reason when none works.
+    """
     reasons = []
     for name in names:
         cls = detector_class(name)
@@ -156,14 +170,39 @@ def create_detector(
             logger.info("detector back end %s unavailable: %s", name, reason)
             reasons.append(f"{name}: {reason}")
             continue
+        # Allocated before __init__ runs, so a constructor that fails half-way (a CUDA stream created, then an
+        # engine that does not load) can still be closed.
+        detector = cls.__new__(cls)
         try:
-            detector = cls(bundle, variant, options)
+            detector.__init__(bundle, variant, options)  # type: ignore[misc]
             detector.warm_up()
-        except DetectorUnavailable as exc:
-            logger.warning("detector back end %s cannot load this bundle: %s", name, exc)
-            reasons.append(f"{name}: {exc}")
+        except BundleError:
+            _close_quietly(name, detector)
+            raise  # the bundle itself is wrong (no such variant, a file changed): no back end can fix that
+        except Exception as exc:  # noqa: BLE001 - native back ends raise anything; the next one may still work
+            if isinstance(exc, DetectorUnavailable):
+                logger.warning("detector back end %s cannot load this bundle: %s", name, exc)
+            else:
+                logger.warning("detector back end %s failed to start, trying the next one", name, exc_info=True)
+            reasons.append(f"{name}: {_one_line(exc)}")
+            _close_quietly(name, detector)
             continue
         logger.info("detector: %s (%s v%d, variant %s, threshold %.3f)", name, bundle.manifest.name,
                     bundle.manifest.version, detector.variant, detector.score_threshold)
         return detector
     raise DetectorUnavailable("no detector back end could run: " + "; ".join(reasons))
+
+
+def _close_quietly(name: str, detector: Detector) -> None:
+    try:
+        detector.close()
+    except Exception:  # noqa: BLE001 - a failing close must not hide why the back end failed
+        logger.warning("closing the failed %s detector raised too", name, exc_info=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (native libraries put whole reports in their messages)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, DetectorUnavailable):
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= 300 else text[:297] + "..."

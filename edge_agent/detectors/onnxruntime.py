@@ -46,12 +46,14 @@ class OnnxRuntimeDetector(Detector):
         providers: list = []
         for provider in _providers(options):
             if provider == "TensorrtExecutionProvider":
-                cache = options.engine_cache_dir or (bundle.root.parent / f"{bundle.root.name}.trt-cache")
+                cache = options.engine_cache_dir or bundle.engine_cache_dir()
                 providers.append((provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}))
             else:
                 providers.append(provider)
+        # From the verified bytes, not the path: a file swapped after verification cannot be what runs.
+        model = bundle.read_variant(self.variant)
         try:
-            self.session = ort.InferenceSession(str(self.model_path), session_options, providers=providers)
+            self.session = ort.InferenceSession(model, session_options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors (Fail, InvalidGraph...)
             raise DetectorUnavailable(f"onnxruntime cannot load {self.model_path.name}: {exc}") from exc
         self.providers = self.session.get_providers()
@@ -75,6 +77,10 @@ class OnnxRuntimeDetector(Detector):
         info = super().describe()
         info["providers"] = self.providers
         return info
+
+    def close(self) -> None:
+        # onnxruntime frees the session (and any GPU arena) when the last reference goes.
+        self.session = None
 
 
 def _providers(options: DetectorOptions) -> list[str]:

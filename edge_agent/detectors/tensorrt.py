@@ -66,16 +66,18 @@ class TensorRTDetector(Detector):
             raise DetectorUnavailable(reason)
         import tensorrt as trt
 
-        from edge_agent.trt import TensorRTError, build_engine, load_engine
+        from edge_agent.trt import TensorRTError, deserialize_engine, ensure_engine
 
         self._cudart, _ = _import_cudart()
         # An int8 variant is a Q/DQ model (explicit quantization); anything else runs in fp16.
         precision = options.extra.get("precision") or ("int8" if self.variant == "int8" else "fp16")
-        cache_dir = options.engine_cache_dir or (bundle.root.parent / f"{bundle.root.name}.trt-cache")
+        cache_dir = options.engine_cache_dir or bundle.engine_cache_dir()
         try:
-            # Builds on first use (minutes on a Jetson), then only checks the cache key and loads (about a second).
-            build_engine(self.model_path, cache_dir, precision=precision)
-            self.engine = load_engine(self.model_path, cache_dir, precision)
+            # Builds on first use (minutes on a Jetson), then only checks the cache key and MAC (about a second).
+            # The ONNX bytes are the verified ones, and the engine bytes deserialized are the authenticated ones.
+            _, engine_bytes = ensure_engine(bundle.read_variant(self.variant), cache_dir, precision=precision,
+                                            state_dir=options.state_dir, name=self.model_path.name)
+            self.engine = deserialize_engine(engine_bytes)
         except TensorRTError as exc:
             raise DetectorUnavailable(f"TensorRT engine for {self.model_path.name}: {exc}") from exc
         self.trt_version = trt.__version__
@@ -124,15 +126,23 @@ class TensorRTDetector(Detector):
         return info
 
     def close(self) -> None:
-        cudart = self._cudart
-        for ptr, _size in getattr(self._allocator, "buffers", {}).values():
+        # Also called on a detector whose __init__ failed half-way: every attribute may be missing.
+        cudart = getattr(self, "_cudart", None)
+        if cudart is None:
+            return
+        for ptr, _size in getattr(getattr(self, "_allocator", None), "buffers", {}).values():
             cudart.cudaFree(ptr)
+        if getattr(self, "_allocator", None) is not None:
+            self._allocator.buffers = {}
         if getattr(self, "_input_ptr", None):
             cudart.cudaFree(self._input_ptr)
             self._input_ptr = None
         if getattr(self, "_stream", None) is not None:
             cudart.cudaStreamDestroy(self._stream)
             self._stream = None
+        # Drop the execution context before the engine that owns it (TensorRT frees device memory with them).
+        self.context = None
+        self.engine = None
 
 
 def _make_output_allocator(trt: Any, cudart: Any) -> Any:

@@ -13,3 +13,7 @@ class TensorRTUnavailable(TensorRTError):
 
 class EngineKeyMismatch(TensorRTError):
     """A cached engine was built for another ONNX file, TensorRT version, GPU or precision."""
+
+
+class EngineTampered(EngineKeyMismatch):
+    """A cached engine's MAC does not verify with this device's key: planted or copied in, never loaded."""

@@ -106,6 +106,7 @@ def agent_config(
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive_s": 5, "reconnect_min_delay_s": 0.2,
                  "reconnect_max_delay_s": 1.0, "stats_interval_s": 1.0, "discovery": {"enabled": True}},
         "outbox_path": str(tmp / "outbox.sqlite3"),
+        "state_dir": str(tmp / "state"),
         "console_interval_s": 1.0,
     }
     for key, value in overrides.items():
