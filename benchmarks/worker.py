@@ -85,7 +85,8 @@ def run(spec: WorkerSpec) -> BackendResult:
         tensor, _ = preprocess.letterbox(pool[0], detector.input_width, detector.input_height)
         result.details["macs"] = detector.count_macs(tensor)
     result.model_file = str(detector.model_path)
-    result.model_size_bytes = Path(detector.model_path).stat().st_size
+    on_disk = Path(detector.model_path)  # a checkpoint, or a bundle file; inside a .tar: the manifest's size
+    result.model_size_bytes = on_disk.stat().st_size if on_disk.is_file() else detector.model_size
 
     emit("phase", phase="timing", total=spec.warmup + spec.iterations * spec.repeats)
     repeats = time_repeats(detector.detect, pool, warmup=spec.warmup, iterations=spec.iterations,
@@ -102,7 +103,10 @@ def run(spec: WorkerSpec) -> BackendResult:
     if spec.data:
         frames = dataset_frames(Path(spec.data), spec.accuracy_frames, spec.video_ids)
         emit("phase", phase="accuracy", total=len(frames))
-        result.accuracy = _accuracy(detector, frames, bundle.manifest.score_threshold)
+        variant = getattr(detector, "variant", None)
+        threshold = (bundle.manifest.threshold_for(variant) if variant in bundle.manifest.variants
+                     else bundle.manifest.score_threshold)
+        result.accuracy = _accuracy(detector, frames, threshold)
 
     if gpu is not None:
         peak = gpu.stop()

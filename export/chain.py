@@ -163,8 +163,8 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         step("writing the signed bundle")
         variants_report = report["variants"]
         int8_acc = variants_report["pruned_onnx_int8"].get("accuracy")
-        threshold = int8_acc["best_threshold"] if int8_acc else source.score_threshold
-        threshold = float(min(1.0, max(0.0, threshold)))
+        # Top level: the default (int8) variant's own threshold, also used by variants measured without one.
+        threshold = _clamp(int8_acc["best_threshold"] if int8_acc else source.score_threshold)
         variants = {"int8": _variant_source(int8_path, variants_report["pruned_onnx_int8"])}
         if int8_cpu_path is not None:
             variants[CPU_INT8_VARIANT] = _variant_source(int8_cpu_path, variants_report["pruned_onnx_int8_cpu"])
@@ -192,6 +192,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         )
     load_bundle(bundle_dir, [key.public_key()])  # what we wrote must verify
     report["bundle"] = {"path": str(bundle_dir), "version": manifest.version, "score_threshold": threshold,
+                        "variant_thresholds": {v: manifest.threshold_for(v) for v in manifest.variants},
                         "size_bytes": sum(v.size for v in manifest.variants.values())}
     report["goals"] = _goals(report)
     step("writing the report")
@@ -290,9 +291,16 @@ def _measure(name, runner, stats, path, eval_records, width, height):  # type: i
 
 
 def _variant_source(path: Path, entry: dict[str, Any]) -> VariantSource:
+    """A bundle variant with its own best-F2 threshold: INT8 scores are not the fp32 model's, so one threshold
+    for every variant would run all but one of them off their best F2."""
     acc = entry.get("accuracy")
     return VariantSource(path, f2=acc["best_f2"] if acc else None, map50=acc["map50"] if acc else None,
-                         latency_ms=entry["latency"]["median_ms"])
+                         latency_ms=entry["latency"]["median_ms"],
+                         score_threshold=_clamp(acc["best_threshold"]) if acc else None)
+
+
+def _clamp(threshold: float) -> float:
+    return float(min(1.0, max(0.0, threshold)))
 
 
 def _next_version(bundle_dir: Path, requested: int | None) -> tuple[int, int | None]:

@@ -260,8 +260,12 @@ def tensorrt(
     precision: str = typer.Option("fp16", help="fp16 (from the fp32 ONNX) or int8 (explicit, from the QDQ ONNX)."),
     cache_dir: Path | None = typer.Option(None, help="Engine cache (default: <bundle>.engines beside it)."),
     workspace_mb: int = typer.Option(1024, help="Builder workspace limit in MiB."),
+    state_dir: Path | None = typer.Option(
+        None, help="Device state dir holding the engine-cache key (use the agent's `state_dir` so it accepts the "
+        "engine; default: $STARFISH_STATE_DIR or ~/.local/state/starfish)."),
 ) -> None:
-    """Build a TensorRT engine for this device from a bundle and store it under its cache key."""
+    """Build a TensorRT engine for this device from a bundle and store it under its cache key (authenticated with
+    the device's engine-cache key)."""
     from edge_agent.bundle import BundleError, load_bundle
     from edge_agent.trt import TensorRTError, TensorRTUnavailable, build_engine
 
@@ -274,8 +278,9 @@ def tensorrt(
             raise BundleError(f"{precision} needs the {'int8' if precision == 'int8' else 'fp32'} variant; "
                               f"bundle has {sorted(verified.manifest.variants)}")
         cache = cache_dir or bundle_path.parent / f"{bundle_path.name}.engines"
-        engine = build_engine(verified.variant_path(variant), cache, precision=precision,
-                              workspace_bytes=workspace_mb << 20)
+        # The verified bytes, not the path: what is built is what was checked.
+        engine = build_engine(verified.read_variant(variant), cache, precision=precision,
+                              workspace_bytes=workspace_mb << 20, state_dir=state_dir)
     except TensorRTUnavailable as exc:
         raise _fail(exc) from exc
     except (BundleError, TensorRTError, OSError) as exc:

@@ -188,6 +188,12 @@ def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundl
     assert bundle.manifest.training.checkpoint_sha256 == load_source(smoke_checkpoint).sha256
     assert bundle.manifest.input.shape == (1, 3, HEIGHT, WIDTH)
     variants = report["variants"]
+    # Each variant carries its own best-F2 threshold; the top-level one is the default (int8) variant's.
+    for variant, measured in (("fp32", "pruned_onnx_fp32"), ("int8", "pruned_onnx_int8"),
+                              ("int8_cpu", "pruned_onnx_int8_cpu")):
+        best = min(1.0, max(0.0, variants[measured]["accuracy"]["best_threshold"]))
+        assert bundle.manifest.variants[variant].score_threshold == pytest.approx(best)
+    assert bundle.manifest.score_threshold == bundle.manifest.variants["int8"].score_threshold
     assert set(variants) == {"pytorch_fp32", "pruned_pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8",
                              "pruned_onnx_int8_cpu"}
     for name in ("pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8", "pruned_onnx_int8_cpu"):
