@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from edge_agent.bundle import generate_keypair, load_bundle
 from edge_agent.bundle.manifest import CPU_INT8_VARIANT, MANIFEST_NAME, parse_manifest
 from edge_agent.config import load_config_data
 from edge_agent.detectors import (
+    REGISTRY,
     Detections,
     DetectorOptions,
     DetectorUnavailable,
@@ -22,7 +27,8 @@ from edge_agent.detectors import (
     create_detector,
     detector_class,
 )
-from tests.helpers.agent import agent_config
+from edge_agent.detectors.onnxruntime import OnnxRuntimeDetector
+from tests.helpers.agent import REPO_ROOT, agent_config, write_config
 from tests.helpers.bundles import rebundle
 
 
@@ -165,3 +171,84 @@ def test_onnxruntime_on_cpu_runs_the_cpu_int8_variant_unless_told_otherwise(tmp_
     fp32_default = load_bundle(agent_bundle.path, [agent_bundle.public_key])
     assert fp32_default.manifest.default_variant == "fp32"
     assert create_detector(["onnxruntime"], fp32_default, None, cpu_only).variant == "fp32"  # only int8 is swapped
+
+
+# -- back-end fallback that really falls back ------------------------------------------------------------------------
+class WarmUpFails(OnnxRuntimeDetector):
+    """A real onnxruntime detector whose warm-up hits a (back-end) error, as a CUDA fault would."""
+
+    name = "warmup-fails"
+    closed: list[str] = []
+
+    def warm_up(self) -> None:
+        self.detect(np.zeros((self.input_height, self.input_width, 3), np.uint8))  # really runs once
+        raise RuntimeError("CUDA error 700: an illegal memory access was encountered\n(second line of the report)")
+
+    def close(self) -> None:
+        type(self).closed.append("closed")
+        super().close()
+
+
+class CacheUnwritable(OnnxRuntimeDetector):
+    """Builds its session, then fails half-way through __init__ writing an engine cache that cannot be created."""
+
+    name = "cache-unwritable"
+    closed: list[bool] = []
+
+    def __init__(self, bundle, variant, options) -> None:
+        super().__init__(bundle, variant, options)
+        (options.engine_cache_dir / "engines").mkdir(parents=True)  # the cache "dir" is a file: a real OSError
+
+    def close(self) -> None:
+        type(self).closed.append(self.session is not None)  # the partial detector had a session to free
+        super().close()
+
+
+@pytest.fixture
+def failing_backends(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "warmup-fails", f"{__name__}:WarmUpFails")
+    monkeypatch.setitem(REGISTRY, "cache-unwritable", f"{__name__}:CacheUnwritable")
+    WarmUpFails.closed, CacheUnwritable.closed = [], []
+
+
+def test_any_back_end_failure_falls_back_to_the_next(verified, failing_backends, tmp_path: Path, caplog) -> None:
+    not_a_dir = tmp_path / "cache"
+    not_a_dir.write_text("a file where the engine cache should be")
+    options = DetectorOptions(threads=1, engine_cache_dir=not_a_dir)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.detectors.base"):
+        detector = create_detector(["warmup-fails", "cache-unwritable", "onnxruntime"], verified, None, options)
+    assert type(detector) is OnnxRuntimeDetector and detector.name == "onnxruntime"
+    assert WarmUpFails.closed == ["closed"] and CacheUnwritable.closed == [True]  # the partial ones were closed
+    assert "warmup-fails failed to start" in caplog.text and "CUDA error 700" in caplog.text
+    assert "cache-unwritable failed to start" in caplog.text
+    with pytest.raises(DetectorUnavailable) as failed:
+        create_detector(["warmup-fails", "cache-unwritable"], verified, None, options)
+    message = str(failed.value)
+    assert "\n" not in message  # one line, however long the native report
+    assert "warmup-fails: RuntimeError: CUDA error 700" in message and "cache-unwritable: " in message
+
+
+def test_model_that_breaks_the_input_contract_exits_2_with_one_line(tmp_path: Path, agent_bundle,
+                                                                   bundle_keys) -> None:
+    """A real onnxruntime model whose warm-up fails: the manifest (signed) says 160x96, the graph is fixed at
+    another size, so the first inference raises inside onnxruntime."""
+    manifest = parse_manifest((agent_bundle.path / MANIFEST_NAME).read_bytes())
+    assert manifest.input.shape != (1, 3, 96, 160)
+    bundle = rebundle(agent_bundle.path, tmp_path / "bundle", bundle_keys.private,
+                      input=manifest.input.model_dump(mode="json") | {"shape": [1, 3, 96, 160]})
+    cfg = _cfg(tmp_path, bundle, bundle_keys.public)
+    cfg.detector.backends = ["onnxruntime"]
+    with pytest.raises(StartupError, match="no detector back end could run: onnxruntime: .*"):
+        load_detector(cfg)
+    config = write_config(tmp_path / "agent.yaml", cfg.model_dump(mode="json"))
+    proc = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config),
+                           "--no-console"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "60"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and "onnxruntime: " in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_systemd_does_not_restart_on_exit_2() -> None:
+    unit = (REPO_ROOT / "edge_agent/systemd/starfish-agent.service").read_text()
+    assert "\nRestartPreventExitStatus=2\n" in unit and "\nRestart=always\n" in unit

@@ -180,11 +180,14 @@ def create_detector(
             _close_quietly(name, detector)
             raise  # the bundle itself is wrong (no such variant, a file changed): no back end can fix that
         except Exception as exc:  # noqa: BLE001 - native back ends raise anything; the next one may still work
+            reason = _one_line(exc)
             if isinstance(exc, DetectorUnavailable):
-                logger.warning("detector back end %s cannot load this bundle: %s", name, exc)
+                logger.warning("detector back end %s cannot load this bundle: %s", name, reason)
             else:
-                logger.warning("detector back end %s failed to start, trying the next one", name, exc_info=True)
-            reasons.append(f"{name}: {_one_line(exc)}")
+                logger.warning("detector back end %s failed to start (%s); trying the next one", name, reason)
+                # The native traceback helps a developer, not the operator reading the journal: debug level.
+                logger.debug("detector back end %s start-up failure", name, exc_info=True)
+            reasons.append(f"{name}: {reason}")
             _close_quietly(name, detector)
             continue
         logger.info("detector: %s (%s v%d, variant %s, threshold %.3f)", name, bundle.manifest.name,
