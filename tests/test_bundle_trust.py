@@ -269,3 +269,14 @@ def test_agent_run_refuses_a_hostile_bundle_with_exit_2_and_one_line(tmp_path: P
     lines = [line for line in proc.stderr.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and "repeats the key 'version'" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_truncated_tar_is_a_refusal_not_a_traceback(tmp_path: Path, bundle_keys: BundleKeys) -> None:
+    bundle = _byte_bundle(tmp_path / "b", bundle_keys, tmp_path)
+    archive = _tar_of(bundle, tmp_path / "b.tar")
+    data = archive.read_bytes()
+    cut = data.index(b"fp32 model bytes") + 100  # inside the model member
+    archive.write_bytes(data[:cut])
+    with pytest.raises(BundleError):
+        verify_bundle(archive, bundle_keys.public)
+    assert _verify_cli(archive, bundle_keys.public)[0] == 2

@@ -54,7 +54,10 @@ def read_bundle_file(root: Path, name: str, max_bytes: int) -> bytes:
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise BundleError(f"{name} in the bundle {root} is not a regular file: refused")
-        data = handle.read(max_bytes + 1)
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:  # a failing card: a refusal with the reason, not a traceback
+            raise BundleError(f"cannot read {name} in the bundle {root}: {exc.strerror or exc}") from exc
     if len(data) > max_bytes:
         raise TooLargeError(f"{name} holds more than the {max_bytes} bytes allowed")
     return data
@@ -72,7 +75,7 @@ class TarMembers:
         try:
             self._tar = tarfile.open(archive)
             members = self._tar.getmembers()
-        except tarfile.TarError as exc:
+        except (OSError, EOFError, tarfile.TarError) as exc:
             raise BundleError(f"{archive} is not a readable tar archive: {exc}") from exc
         self._members: dict[str, tarfile.TarInfo] = {}
         for member in members:
@@ -97,10 +100,13 @@ class TarMembers:
             raise FileNotFoundError(f"{name} is missing from {self.archive}")
         if member.size > max_bytes:
             raise TooLargeError(f"{name} is {member.size} bytes, more than the {max_bytes} allowed")
-        handle = self._tar.extractfile(member)
-        if handle is None:  # pragma: no cover - regular members always extract
-            raise BundleError(f"{self.archive}: cannot read {name}")
-        return handle.read(max_bytes + 1)
+        try:
+            handle = self._tar.extractfile(member)
+            if handle is None:  # pragma: no cover - regular members always extract
+                raise BundleError(f"{self.archive}: cannot read {name}")
+            return handle.read(max_bytes + 1)
+        except (OSError, EOFError, tarfile.TarError) as exc:  # truncated archive, failing storage
+            raise BundleError(f"{self.archive}: cannot read {name}: {exc}") from exc
 
     def close(self) -> None:
         self._tar.close()

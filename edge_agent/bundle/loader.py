@@ -80,8 +80,8 @@ class VerifiedBundle:
         variant = self.variant_name(name)
         entry = self.manifest.variants[variant]
         with ExitStack() as stack:
-            reader = _reader(self.root, self.is_tar, stack)
-            data = _read_variant_bytes(reader, variant, entry.file, entry.size)
+            members = stack.enter_context(TarMembers(self.root)) if self.is_tar else None
+            data = _read_variant_bytes(_reader(self.root, members), variant, entry.file, entry.size)
         digest = sha256_bytes(data)
         if len(data) != entry.size or digest != entry.sha256:
             raise HashMismatchError(
@@ -150,9 +150,13 @@ def load_bundle(
     elif not tar and not root.is_dir():
         raise BundleError(f"{path} is neither a bundle directory nor a bundle .tar")
     with ExitStack() as stack:
-        reader = _reader(root, tar, stack)
+        members = stack.enter_context(TarMembers(root)) if tar else None
+        reader = _reader(root, members)
         manifest, signer = _verify(root, reader, trusted_keys, running_version, allow_rollback, expected_name)
-        present = stack.enter_context(TarMembers(root)).names() if tar else [p.name for p in root.iterdir()]
+        try:
+            present = members.names() if members is not None else [p.name for p in root.iterdir()]
+        except OSError as exc:
+            raise BundleError(f"cannot list the bundle {root}: {exc.strerror or exc}") from exc
     expected = {MANIFEST_NAME, SIGNATURE_NAME, *(v.file for v in manifest.variants.values())}
     unexpected = sorted(name for name in present if name not in expected)
     if unexpected:
@@ -161,9 +165,9 @@ def load_bundle(
     return VerifiedBundle(root=root, manifest=manifest, key_id=signer, is_tar=tar)
 
 
-def _reader(root: Path, tar: bool, stack: ExitStack) -> _Reader:
-    if tar:
-        return stack.enter_context(TarMembers(root)).read
+def _reader(root: Path, members: TarMembers | None) -> _Reader:
+    if members is not None:
+        return members.read
     return lambda name, max_bytes: read_bundle_file(root, name, max_bytes)
 
 
