@@ -252,3 +252,16 @@ def test_model_that_breaks_the_input_contract_exits_2_with_one_line(tmp_path: Pa
 def test_systemd_does_not_restart_on_exit_2() -> None:
     unit = (REPO_ROOT / "edge_agent/systemd/starfish-agent.service").read_text()
     assert "\nRestartPreventExitStatus=2\n" in unit and "\nRestart=always\n" in unit
+
+
+def test_onnxruntime_tensorrt_ep_caches_engines_in_the_state_dir(verified, tmp_path: Path) -> None:
+    """onnxruntime's TensorRT EP loads cached engines unauthenticated: by default they go where no bundle (and
+    no other user) can write, the 0700 state directory."""
+    from edge_agent.detectors.onnxruntime import ort_trt_cache_dir
+
+    state = tmp_path / "state"
+    assert ort_trt_cache_dir(verified, DetectorOptions(state_dir=state)) == state / "ort-trt-engines"
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert ort_trt_cache_dir(verified, DetectorOptions(state_dir=state, engine_cache_dir=tmp_path / "c")) == (
+        tmp_path / "c")  # configured wins
+    assert ort_trt_cache_dir(verified, DetectorOptions()) == verified.engine_cache_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class OnnxRuntimeDetector(Detector):
         providers: list = []
         for provider in _providers(options):
             if provider == "TensorrtExecutionProvider":
-                cache = options.engine_cache_dir or bundle.engine_cache_dir()
+                cache = ort_trt_cache_dir(bundle, options)
                 providers.append((provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}))
             else:
                 providers.append(provider)
@@ -81,6 +82,22 @@ class OnnxRuntimeDetector(Detector):
     def close(self) -> None:
         # onnxruntime frees the session (and any GPU arena) when the last reference goes.
         self.session = None
+
+
+def ort_trt_cache_dir(bundle: VerifiedBundle, options: DetectorOptions) -> Path:
+    """Where onnxruntime's TensorRT execution provider caches engines.
+
+    onnxruntime loads those engines without authenticating them (unlike `edge_agent.trt`'s MAC-checked cache), so
+    by default they live in the device state directory (0700, checked by `ensure_state_dir`), where a bundle or
+    another user cannot plant one; beside the bundle only when no state directory is known.
+    """
+    if options.engine_cache_dir is not None:
+        return options.engine_cache_dir
+    if options.state_dir is not None:
+        from edge_agent.device_state import ensure_state_dir
+
+        return ensure_state_dir(options.state_dir) / "ort-trt-engines"
+    return bundle.engine_cache_dir()
 
 
 def _providers(options: DetectorOptions) -> list[str]:
