@@ -440,11 +440,6 @@ def build_agent(cfg: AgentConfig) -> Agent:
 
     detector, load_time = load_detector(cfg)
     try:
-        commit_model(cfg, detector)
-    except DeviceStateError as exc:
-        detector.close()
-        raise StartupError(str(exc)) from exc
-    try:
         outbox = Outbox(
             cfg.outbox_path,
             max_messages=cfg.outbox_max_messages,
@@ -455,6 +450,13 @@ def build_agent(cfg: AgentConfig) -> Agent:
         detector.close()
         raise StartupError(f"outbox {cfg.outbox_path}: {exc}") from exc
     publisher = AgentPublisher(cfg.mqtt, cfg.device_id, outbox, software_version=software_version())
+    try:
+        # Last, once everything started: a start that fails later (the outbox) does not raise the floor.
+        commit_model(cfg, detector)
+    except DeviceStateError as exc:
+        detector.close()
+        outbox.close()
+        raise StartupError(str(exc)) from exc
     agent = Agent(cfg, publisher, detector, load_time)
     agent.closers.append(outbox.close)
     return agent

@@ -74,8 +74,12 @@ class TarMembers:
         self.archive = archive
         try:
             self._tar = tarfile.open(archive)
+        except (OSError, EOFError, tarfile.TarError) as exc:
+            raise BundleError(f"{archive} is not a readable tar archive: {exc}") from exc
+        try:
             members = self._tar.getmembers()
         except (OSError, EOFError, tarfile.TarError) as exc:
+            self.close()
             raise BundleError(f"{archive} is not a readable tar archive: {exc}") from exc
         self._members: dict[str, tarfile.TarInfo] = {}
         for member in members:
