@@ -186,6 +186,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
                 config_digest=source.config_digest or config_digest(source.cfg.to_dict()),
                 data_fingerprint=source.data_fingerprint,
                 checkpoint_sha256=source.sha256,
+                backbone_weights=source.info.get("backbone_weights"),
             ),
             private_key=key,
             overwrite=True,

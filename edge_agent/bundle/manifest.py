@@ -139,6 +139,11 @@ class TrainingInfo(_Strict):
     config_digest: str | None = Field(description="sha256 of the canonical training/model config.")
     data_fingerprint: str | None = Field(description="Fingerprint of the training data (from the dataset reader).")
     checkpoint_sha256: str | None = Field(description="sha256 of the checkpoint file the bundle was exported from.")
+    backbone_weights: dict[str, str] | None = Field(
+        None,
+        description="Pretrained backbone weights the model started from: package, version, file, sha256, licence "
+        "(None: trained from scratch).",
+    )
 
 
 class Manifest(_Strict):
