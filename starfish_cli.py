@@ -18,7 +18,7 @@ logger = logging.getLogger("starfish")
 
 # (command name, module holding `app`, what it is for)
 SUB_APPS: tuple[tuple[str, str, str], ...] = (
-    ("data", "train.data_cli", "Reef datasets: synthetic generator, previews, statistics."),
+    ("data", "train.data_cli", "Reef datasets: synthetic generator, OOD validation renderer, previews, statistics."),
     ("train", "train.cli", "Train and evaluate the Faster R-CNN detector (needs the `train` extra)."),
     ("export", "export.cli", "Prune, quantize and export a checkpoint to ONNX / TensorRT bundles."),
     ("keys", "export.keys_cli", "Generate ed25519 signing keys for model bundles."),

@@ -1,4 +1,4 @@
-"""`starfish data …`: the synthetic reef generator, contact-sheet previews and dataset statistics.
+"""`starfish data …`: the synthetic reef generator, the out-of-distribution validation renderer, previews, statistics.
 
 Heavy imports (OpenCV, numpy, the generator) happen inside the commands so `starfish --help` stays fast.
 """
@@ -71,6 +71,46 @@ def synth(
         f"({100 * summary.empty_fraction:.0f} % empty frames, "
         f"{sum(v.distinct_starfish for v in summary.videos)} distinct starfish) to {out} "
         f"in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s)"
+    )
+
+
+@app.command()
+def ood(
+    out: Path = typer.Option(..., "--out", help="Output directory (Kaggle layout is written inside)."),
+    videos: int = typer.Option(6, help="Number of videos."),
+    frames: int = typer.Option(150, help="Frames per video."),
+    seed: int = typer.Option(0, help="Random seed: same seed, same dataset byte for byte."),
+    width: int = typer.Option(1280, help="Frame width in pixels."),
+    height: int = typer.Option(720, help="Frame height in pixels."),
+    fps: float = typer.Option(10.0, help="Frame rate written into the .mp4 files."),
+    sequence_length: int = typer.Option(50, help="Mean frames per sequence (one camera pass)."),
+    jpeg_quality: int = typer.Option(90, help="JPEG quality of train_images."),
+    video: bool = typer.Option(True, "--video/--no-video", help="Also write videos/video_{id}.mp4."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
+) -> None:
+    """Render an out-of-distribution reef set (independent of `synth`) for VALIDATION ONLY, never training."""
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from train.ood import OodConfig, generate_ood
+
+    try:
+        config = OodConfig(videos=videos, frames=frames, seed=seed, width=width, height=height, fps=fps,
+                           sequence_length=sequence_length, jpeg_quality=jpeg_quality, write_video=video)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_option_name(str(err['loc'][0])) if err['loc'] else 'arguments'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise typer.BadParameter(problems) from None
+    try:
+        summary = generate_ood(out, config, overwrite=overwrite, progress=True)
+    except FileExistsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
+    Console().print(
+        f"[green]wrote[/green] {summary.frames} validation-only frames, {summary.boxes} boxes "
+        f"({summary.empty_frames} empty frames, {sum(v.distinct_starfish for v in summary.videos)} distinct "
+        f"starfish) to {out} in {summary.seconds:.1f} s ({summary.frames_per_second:.2f} frames/s)"
     )
 
 
