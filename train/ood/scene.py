@@ -95,13 +95,15 @@ def _camera(config: OodConfig, rng: np.random.Generator, n: int) -> tuple[np.nda
     """Camera path in relative canvas coordinates: (x, y, zoom, roll) per frame."""
     t = np.arange(n, dtype=np.float64)
     base = np.exp(rng.uniform(np.log(0.6), np.log(1.5)))
-    amp, period, phase = rng.uniform(0.0, 0.3), rng.uniform(2.0, 6.0) * config.fps, rng.uniform(0, 2 * np.pi)
-    drift = rng.uniform(-0.35, 0.35)
+    # Slow zoom (a diver closing in or backing off over 8-20 s): faster breathing would make small starfish jump
+    # further between frames than any tracker, or annotator, would follow.
+    amp, period, phase = rng.uniform(0.0, 0.2), rng.uniform(8.0, 20.0) * config.fps, rng.uniform(0, 2 * np.pi)
+    drift = rng.uniform(-0.25, 0.25)
     zoom = np.clip(base * np.exp(amp * np.sin(2 * np.pi * t / period + phase) + drift * t / max(n, 1)), 0.55, 1.8)
     hover = rng.random() < 0.25
-    # A starfish takes 4-15 s to cross the frame (hovering: ~40-120 s); at most two frame widths per pass keeps
+    # A starfish takes 6-20 s to cross the frame (hovering: ~40-120 s); at most two frame widths per pass keeps
     # the canvas small.
-    crossing = rng.uniform(40, 120) if hover else rng.uniform(4, 15)
+    crossing = rng.uniform(40, 120) if hover else rng.uniform(6, 20)
     travel = min(n / (crossing * config.fps), 2.0) * config.width / base
     heading = rng.uniform(0, 2 * np.pi)
     # Smooth speed profile (slow-fast-slow or steady) along a gently curving heading.
@@ -113,7 +115,7 @@ def _camera(config: OodConfig, rng: np.random.Generator, n: int) -> tuple[np.nda
     y = np.cumsum(np.sin(turn) * step)
     # Handheld jitter: AR(1) in image px, converted to canvas px at the current zoom.
     jitter = np.zeros((n, 3))
-    sigma = np.array([rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0.0, 0.004)])
+    sigma = np.array([rng.uniform(0.3, 2.0), rng.uniform(0.3, 2.0), rng.uniform(0.0, 0.003)])
     for k in range(1, n):
         jitter[k] = 0.85 * jitter[k - 1] + rng.normal(0, 1, 3) * sigma
     x += jitter[:, 0] / zoom
@@ -237,7 +239,8 @@ def _floor(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     mix = np.clip(turbulence(rng, h, w, rng.uniform(150, 400), 4) * 0.9 + 0.5, 0, 1)[..., None]
     floor = sand_a * (1 - mix) + sand_b * mix
     heading = rng.uniform(0, np.pi)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # Broadcast a row and a column rather than two full grids: canvases reach ~15 Mpx.
+    xx, yy = np.arange(w, dtype=np.float32)[None, :], np.arange(h, dtype=np.float32)[:, None]
     phase = (xx * np.cos(heading) + yy * np.sin(heading)) / rng.uniform(10, 30) * 2 * np.pi
     ripples = np.sin(phase + 5 * perlin(rng, h, w, 120.0))
     floor *= (1 + rng.uniform(0.02, 0.1) * ripples)[..., None]
