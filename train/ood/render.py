@@ -160,5 +160,6 @@ def _optics(config: OodConfig, seq: SequencePlan, assets: SequenceAssets, t: int
     image += luma[..., None] + cv2.resize(chroma, (w, h), interpolation=cv2.INTER_LINEAR)
     image *= assets.gains
     np.clip(image, 0.0, 1.0, out=image)
-    out = cv2.pow(image, 1.0 / (2.2 * assets.gamma) * 2.2 / 1.6)  # mild tone curve, not a full sRGB encode
+    # Mild tone curve (exponent 1 / (1.6 gamma)), not a full sRGB encode: the canvas colours are already display-ish.
+    out = cv2.pow(image, 1.0 / (2.2 * assets.gamma) * 2.2 / 1.6)
     return cv2.cvtColor((out * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
