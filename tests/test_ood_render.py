@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from edge_agent.dataset import ReefDataset
 from train.ood import PURPOSE, OodConfig, build_sequence, generate_ood, plan_dataset, render_frame
+from train.ood.render import MIN_VISIBLE_PIXELS
 
 SMALL = {"videos": 2, "frames": 24, "width": 320, "height": 192, "seed": 2, "sequence_length": 8}
 OOD_DIR = Path(__file__).resolve().parents[1] / "train" / "ood"
@@ -134,7 +135,7 @@ def test_boxes_are_tight_boxes_of_starfish_pixels() -> None:
             assert ann["track_id"] == inst.track_id
             assert x >= 0 and y >= 0 and x + w <= config.width and y + h <= config.height
             mask = rendered.labels == inst.track_id
-            assert mask.sum() == inst.visible_pixels >= 12
+            assert mask.sum() == inst.visible_pixels >= MIN_VISIBLE_PIXELS
             ys, xs = np.nonzero(mask)
             assert (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
             assert inst.visible_fraction >= config.min_visible_fraction
@@ -143,7 +144,7 @@ def test_boxes_are_tight_boxes_of_starfish_pixels() -> None:
         # Starfish without a box are the barely visible ones.
         for inst in rendered.instances:
             if inst.box is None:
-                assert inst.visible_pixels < 12 or inst.visible_fraction < config.min_visible_fraction
+                assert inst.visible_pixels < MIN_VISIBLE_PIXELS or inst.visible_fraction < config.min_visible_fraction
         boxes += len(kept)
         crowded = max(crowded, len(kept))
     # The hard cases the shipped model misses are present: small, cut by the frame edge, crowded frames.
@@ -196,3 +197,25 @@ def test_cli_writes_and_rejects_bad_input(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "overwrite" in again.output and "Traceback" not in again.output
     odd = runner.invoke(app, ["ood", "--out", str(tmp_path / "e"), "--width", "321"])
     assert odd.exit_code == 2 and "--width" in odd.output and "Traceback" not in odd.output
+
+
+def test_training_refuses_the_validation_only_set(ood_dataset: Path, synthetic_dataset: Path,
+                                                  tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from edge_agent.dataset import DatasetError
+    from train.config import load_config
+    from train.data import ood_records, split_records
+
+    def config(*overrides: str):
+        return load_config("smoke", overrides=[f"--checkpoint.output_dir={tmp_path}", "--data.check_images=exists",
+                                               "--data.image_size=[320,192]", *overrides])
+
+    with pytest.raises(DatasetError, match="validation-only"):
+        split_records(config(f"--data.root={ood_dataset}"))
+    with pytest.raises(DatasetError, match="data.extra_roots"):
+        split_records(config(f"--data.root={synthetic_dataset}", f"--data.extra_roots=[{ood_dataset}]"))
+    # Where it belongs, it is read: every frame of every video.
+    records = ood_records(config(f"--data.root={synthetic_dataset}", f"--data.ood_root={ood_dataset}"))
+    assert len(records) == SMALL["videos"] * SMALL["frames"]
+    train, _ = split_records(config(f"--data.root={synthetic_dataset}", f"--data.ood_root={ood_dataset}"))
+    assert not any(str(r.image_path).startswith(str(ood_dataset)) for r in train)

@@ -93,11 +93,22 @@ def check_split(records: Sequence[FrameRecord], name: str) -> None:
         raise DatasetError(f"all {len(records)} frames of the {name} split are empty (no starfish boxes)")
 
 
+def _refuse_validation_only(root: str, key: str) -> None:
+    # A model that has trained on the out-of-distribution set no longer has an out-of-distribution score.
+    from train.ood import is_validation_only
+
+    if is_validation_only(root):
+        raise DatasetError(f"{root} ({key}) is a validation-only out-of-distribution set (`starfish data ood`): "
+                           "never train on it; pass it as data.ood_root")
+
+
 def split_records(cfg: TrainConfig) -> tuple[list[FrameRecord], list[FrameRecord]]:
     """Open ``cfg.data.root`` and split it by video or sequence (default held out: the last one)."""
     d = cfg.data
     if not d.root:
         raise DatasetError("data.root is not set: point it at a dataset directory (train.csv + train_images/)")
+    for key, path in (("data.root", d.root), *(("data.extra_roots", extra) for extra in d.extra_roots)):
+        _refuse_validation_only(path, key)
     dataset = ReefDataset.open(d.root, image_size=tuple(d.image_size), check_images=d.check_images)
     if not dataset.records:
         raise DatasetError(f"{d.root} holds no usable frames ({dataset.report.summary()})")

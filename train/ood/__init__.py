@@ -16,7 +16,7 @@ Frame-level API (tests): `plan_dataset(config)` -> video plans, `build_sequence(
 from train.ood.config import RENDERER_VERSION, OodConfig
 from train.ood.render import FrameRender, Instance, render_frame
 from train.ood.scene import SequenceAssets, SequencePlan, VideoPlan, build_sequence, plan_dataset
-from train.ood.writer import PURPOSE, OodSummary, VideoSummary, generate_ood
+from train.ood.writer import PURPOSE, OodSummary, VideoSummary, generate_ood, is_validation_only
 
 __all__ = [
     "PURPOSE",
@@ -31,6 +31,7 @@ __all__ = [
     "VideoSummary",
     "build_sequence",
     "generate_ood",
+    "is_validation_only",
     "plan_dataset",
     "render_frame",
 ]

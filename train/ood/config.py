@@ -19,7 +19,7 @@ class OodConfig(BaseModel):
     height: int = Field(default=720, ge=64, le=4096, description="Frame height in pixels.")
     fps: float = Field(default=10.0, gt=0, le=120, description="Frame rate written into the .mp4 files.")
     sequence_length: int = Field(default=50, ge=5, le=100_000, description="Mean frames per camera pass.")
-    min_size: int = Field(default=12, ge=4, description="Smallest starfish diameter in pixels at the sequence's zoom.")
+    min_size: int = Field(default=16, ge=4, description="Smallest starfish diameter in pixels at the sequence's zoom.")
     max_size: int = Field(default=170, ge=4, description="Largest starfish diameter in pixels at the sequence's zoom.")
     min_visible_fraction: float = Field(
         default=0.25, ge=0.0, le=1.0,

@@ -17,7 +17,7 @@ from train.ood.config import OodConfig
 from train.ood.scene import SequenceAssets, SequencePlan, VideoPlan, stream
 from train.ood.sprites import Sprite
 
-MIN_VISIBLE_PIXELS = 12  # fewer visible pixels than this is not a findable starfish
+MIN_VISIBLE_PIXELS = 20  # fewer visible pixels than this (about 4x5) is not a findable starfish
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,17 @@ class OodSummary:
         }
 
 
+def is_validation_only(root: Path | str) -> bool:
+    """True when `root` holds a set this renderer wrote (its synth.json says so): train code refuses it."""
+    meta = Path(root) / "synth.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("purpose") == PURPOSE
+    except (ValueError, AttributeError):  # not JSON, or not an object: not ours
+        return False
+
+
 def generate_ood(out_dir: Path | str, config: OodConfig | None = None, *, overwrite: bool = False,
                  progress: bool = False, **settings: Any) -> OodSummary:
     """Render an out-of-distribution validation set under `out_dir` (for validation only: never train on it).
