@@ -118,12 +118,7 @@ def profile_pipeline(
                 boxes, scores, labels = detector.infer(tensor)
                 t3 = time.perf_counter()
                 # The same filtering and mapping as Detector.detect (checked against it on the first frame).
-                scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-                keep = scores >= detector.score_threshold
-                found = Detections(
-                    preprocess.boxes_to_source(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[keep], fit),
-                    scores[keep], np.asarray(labels, dtype=np.int64).reshape(-1)[keep],
-                )
+                found = Detections(*preprocess.postprocess(boxes, scores, labels, fit, detector.score_threshold))
                 update = tracker.update(found.boxes, found.scores, index, time.time())
                 t4 = time.perf_counter()
                 if publisher is not None:
