@@ -34,6 +34,9 @@ from edge_agent.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
+# Longest wait at shutdown for capture threads blocked in an OpenCV open/read (systemd's stop timeout is 90 s).
+CAPTURE_STOP_CAP_S = 10.0
+
 _MQTT_CAMERA_STATE = {
     CameraState.ONLINE: "online",
     CameraState.OFFLINE: "offline",
@@ -159,6 +162,11 @@ class Agent:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def blocked_capture_threads(self) -> list[str]:
+        """Cameras whose capture thread is still inside OpenCV after shutdown (the CLI then exits with os._exit)."""
+        return [camera_id for camera_id, r in self.cameras.items() if r.camera.thread_alive]
 
     def swap_detector(self, new: Detector, load_time_s: float | None = None) -> None:
         """Replace the running detector between frames; the old one is closed once its last frame is done."""
@@ -361,8 +369,14 @@ class Agent:
         logger.info("stopping: capture, then flushing counts and the broker connection")
         for runtime in self.cameras.values():
             runtime.camera.request_stop()  # ask all first so they wind down in parallel
+        # Wait until a network open/read blocked in OpenCV has had time to return (its own timeout): a thread left
+        # inside native code when the interpreter exits aborts the process (see `Camera.stop`).
+        # Capped, so a long configured open timeout cannot outlast a service manager's stop timeout; a thread still
+        # blocked after the cap is left to `blocked_capture_threads` (the CLI then ends the process with os._exit).
+        wait = min(max((r.camera.stop_timeout_s for r in self.cameras.values()), default=0.0), CAPTURE_STOP_CAP_S)
+        deadline = time.monotonic() + wait
         for runtime in self.cameras.values():
-            runtime.camera.stop(timeout=3.0)
+            runtime.camera.stop(timeout=max(0.0, deadline - time.monotonic()))
         for camera_id, runtime in self.cameras.items():
             for event in runtime.tracker.flush():
                 self.publisher.publish_track_event(camera_id, event)

@@ -61,7 +61,23 @@ def run(
 
         record = {**summary.to_dict(), "peak_rss_mb": round(peak_rss_mb(), 1)}
         summary_json.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    blocked = agent.blocked_capture_threads
+    if blocked:
+        # Everything is flushed and closed; only a capture thread is still stuck inside OpenCV. Normal interpreter
+        # shutdown would unwind it through C++ frames and abort (exit 134), so leave at once with our exit code.
+        logger.warning("capture thread(s) of %s still blocked in OpenCV; exiting without waiting", blocked)
+        _hard_exit(code)
     raise typer.Exit(code)
+
+
+def _hard_exit(code: int) -> None:
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_until_signal(agent, console_interval: float | None, on_line=None) -> int:

@@ -147,6 +147,40 @@ def test_sigterm_exits_zero_with_stopped_and_kill9_fires_the_last_will(tmp_path:
     assert wait_until(lambda: _device_status(sub)[-1:] == ["offline"], 15)
 
 
+@pytest.mark.parametrize("open_timeout_s", [4.0, 14.0], ids=["open-returns-during-shutdown", "open-outlasts-cap"])
+def test_sigterm_while_a_network_camera_is_blocked_in_open_exits_cleanly(
+    tmp_path: Path, agent_bundle, mosquitto, mqtt_subscriber, open_timeout_s: float
+) -> None:
+    """An RTSP server on loopback that accepts and never answers keeps OpenCV's open blocked. SIGTERM then must
+    not abort the process ("terminate called without an active exception", exit 134): the agent waits for the
+    open to return (4 s) or, past its cap (14 s), exits with os._exit once everything is flushed."""
+    from edge_agent.app import CAPTURE_STOP_CAP_S
+    from tests.helpers.streams import SilentServer
+
+    server = SilentServer()
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/status"])
+    cfg = agent_config(tmp_path, agent_bundle, f"rtsp://127.0.0.1:{server.port}/stream", mosquitto.port,
+                       stop_when_sources_end=False)
+    cfg["cameras"][0].update(open_timeout_s=open_timeout_s, read_timeout_s=2.0)
+    proc = AgentProcess(write_config(tmp_path / "agent.yaml", cfg), tmp_path / "agent.log")
+    try:
+        assert wait_until(lambda: _device_status(sub)[-1:] == ["online"], 60), proc.log()
+        assert wait_until(lambda: "opening stream" in proc.log(), 10), proc.log()
+        time.sleep(0.3)  # the capture thread is now inside VideoCapture's open
+        started = time.monotonic()
+        code = proc.terminate(timeout=40)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    log = proc.log()
+    assert code == 0, log
+    assert "terminate called" not in log
+    assert elapsed < CAPTURE_STOP_CAP_S + 8, elapsed
+    assert wait_until(lambda: _device_status(sub)[-1:] == ["stopped"], 5)
+    if open_timeout_s > CAPTURE_STOP_CAP_S:
+        assert "still blocked in OpenCV; exiting without waiting" in " ".join(log.split())  # rich wraps lines
+
+
 @pytest.mark.slow
 def test_power_cut_loses_no_seq_and_seq_continues(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
                                                   mqtt_subscriber) -> None:
