@@ -75,10 +75,10 @@ class DetectorSlot:
     def detector(self) -> Detector:
         return self._detector
 
-    def detect(self, image: np.ndarray) -> tuple[Detections, Detector]:
+    def detect(self, image: np.ndarray, floor: float | None = None) -> tuple[Detections, Detector]:
         with self._lock:  # the swap waits for the frame in flight
             detector = self._detector
-            return detector.detect(image), detector
+            return detector.detect(image, floor), detector
 
     def swap(self, new: Detector, load_time_s: float | None = None) -> Detector:
         with self._lock:
@@ -97,6 +97,7 @@ class CameraRuntime:
     last_count: int = 0
     counts: deque = field(default_factory=lambda: deque(maxlen=100_000))
     last_snapshot: float = 0.0
+    segment: int | None = None  # the capture segment of the last frame (a new one means a reconnect or a loop)
     prev_stats: tuple[float, int, int, int] | None = None  # (monotonic, read, dropped, processed)
 
 
@@ -133,10 +134,12 @@ class Agent:
         self._stop = threading.Event()
         self._wakeup = threading.Event()
         self._resets: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._flushes: queue.SimpleQueue[str] = queue.SimpleQueue()  # cameras gone offline: end their tracks
         self.cameras: dict[str, CameraRuntime] = {}
         for cam_cfg in cfg.cameras:
             camera = Camera(cam_cfg, on_status=self._on_camera_status, wakeup=self._wakeup)
-            tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_missed, cfg.tracker.min_hits)
+            tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_age_s, cfg.tracker.min_hits,
+                              cfg.tracker.low_iou_threshold)
             self.cameras[cam_cfg.id] = CameraRuntime(camera, tracker)
         self._inference_ms: deque[float] = deque(maxlen=2000)
         self._window_ms: list[float] = []
@@ -205,6 +208,7 @@ class Agent:
             self._wakeup.wait(0.25)
             self._wakeup.clear()
             self._apply_resets()
+            self._apply_flushes()
             # Round-robin start so no camera starves when inference cannot keep up with all of them.
             for offset in range(len(runtimes)):
                 if self._stop.is_set():
@@ -222,9 +226,13 @@ class Agent:
                 break
 
     def _process(self, runtime: CameraRuntime, frame: Frame) -> None:
+        if runtime.segment is not None and frame.segment != runtime.segment:
+            # Reconnected or looped: the scene did not continue, so no track may bridge the break.
+            self._flush_tracks(runtime, "new capture segment")
+        runtime.segment = frame.segment
         started = time.perf_counter()
         try:
-            detections, detector = self.slot.detect(frame.image)
+            detections, detector = self.slot.detect(frame.image, self.cfg.tracker.low_score_threshold)
         except Exception:  # noqa: BLE001 - one bad frame (or a native error) must not stop counting
             self.detect_errors += 1
             logger.exception("camera %s frame %d: detection failed", runtime.camera.id, frame.index)
@@ -232,9 +240,16 @@ class Agent:
         elapsed_ms = (time.perf_counter() - started) * 1000
         self._inference_ms.append(elapsed_ms)
         self._window_ms.append(elapsed_ms)
-        update = runtime.tracker.update(detections.boxes, detections.scores, frame.index, frame.timestamp)
+        update = runtime.tracker.update(detections.boxes, detections.scores, frame.index, frame.timestamp,
+                                        clock=frame.media_s, score_threshold=detector.score_threshold)
+        # Low-score boxes only served association: report those that kept a confirmed track alive, drop the rest.
+        shown = (detections.scores >= detector.score_threshold) | (update.track_ids >= 0)
+        if not shown.all():
+            detections = Detections(detections.boxes[shown], detections.scores[shown], detections.labels[shown])
+        track_ids = update.track_ids[shown]
         camera_id = runtime.camera.id
-        count = len(detections)
+        # What a person would count: distinct confirmed starfish in view, not raw boxes (one-frame blips excluded).
+        count = update.count
         runtime.frames += 1
         runtime.last_count = count
         runtime.counts.append(count)
@@ -258,7 +273,7 @@ class Agent:
             payload["detections"] = [
                 {"x1": round(float(b[0]), 1), "y1": round(float(b[1]), 1), "x2": round(float(b[2]), 1),
                  "y2": round(float(b[3]), 1), "score": round(float(s), 4), "track_id": int(t) if t >= 0 else None}
-                for b, s, t in zip(detections.boxes, detections.scores, update.track_ids, strict=True)
+                for b, s, t in zip(detections.boxes, detections.scores, track_ids, strict=True)
             ]
         try:
             self.publisher.publish_counts(camera_id, payload)
@@ -269,7 +284,7 @@ class Agent:
             if self.publish_errors == 1 or self.publish_errors % 100 == 0:
                 logger.error("counts not stored (%d so far): %s", self.publish_errors, exc)
         self.publisher.publish_count_value(camera_id, count)
-        self._evidence.offer(runtime, frame, detections, update.track_ids)
+        self._evidence.offer(runtime, frame, detections, track_ids)
 
     def _apply_resets(self) -> None:
         while True:
@@ -282,11 +297,28 @@ class Agent:
                 self.publisher.publish_track_event(camera_id, event)
             logger.info("camera %s: unique count reset", camera_id)
 
+    def _apply_flushes(self) -> None:
+        while True:
+            try:
+                camera_id = self._flushes.get_nowait()
+            except queue.Empty:
+                return
+            self._flush_tracks(self.cameras[camera_id], "camera offline")
+
+    def _flush_tracks(self, runtime: CameraRuntime, why: str) -> None:
+        ended = runtime.tracker.flush()
+        for event in ended:
+            self.publisher.publish_track_event(runtime.camera.id, event)
+        if ended:
+            logger.info("camera %s: %s, %d track(s) ended", runtime.camera.id, why, len(ended))
+
     # -- callbacks from other threads ----------------------------------------------------------------------------
     def _on_camera_status(self, camera_id: str, state: CameraState) -> None:
         word = _MQTT_CAMERA_STATE.get(state)
         if word is not None:
             self.publisher.set_camera_status(camera_id, word)
+        if state is CameraState.OFFLINE and camera_id in self.cameras:
+            self._flushes.put(camera_id)  # the inference loop owns the tracker
         self._wakeup.set()
 
     def _on_command(self, topic: str, payload: bytes) -> None:

@@ -121,8 +121,16 @@ class TrackerConfig(_Strict):
     """Multi-object tracker that turns detections into distinct starfish."""
 
     iou_threshold: float = Field(0.2, gt=0, lt=1, description="Minimum IoU between prediction and detection.")
-    max_missed: int = Field(15, ge=0, le=1000, description="Frames a track may go unseen before it ends.")
+    max_age_s: float = Field(
+        1.5, ge=0, le=600, description="Seconds of capture time a confirmed track may go unseen before it ends "
+        "(frame-rate independent: the same at 2 and at 30 processed frames per second)."
+    )
     min_hits: int = Field(3, ge=1, le=100, description="Detections before a track counts as a starfish.")
+    low_score_threshold: float | None = Field(
+        0.1, ge=0, le=1, description="ByteTrack's second pass: detections from this score up to the detector's "
+        "threshold only keep already-confirmed tracks alive (never start one, never counted alone). None: off."
+    )
+    low_iou_threshold: float = Field(0.5, gt=0, lt=1, description="Minimum IoU for a low-score match.")
 
 
 class SnapshotConfig(_Strict):
@@ -280,8 +288,9 @@ detector:
 
 tracker:
   iou_threshold: 0.2
-  max_missed: 15                   # frames unseen before a track ends (its `end` event is published)
+  max_age_s: 1.5                   # seconds of capture time unseen before a track ends (`end` event)
   min_hits: 3                      # detections before a track counts as a distinct starfish
+  low_score_threshold: 0.1         # ByteTrack second pass: weaker boxes keep confirmed tracks alive (null: off)
 
 mqtt:
   host: 127.0.0.1

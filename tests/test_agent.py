@@ -83,7 +83,9 @@ def test_topics_fields_commands_and_a_missing_camera(tmp_path: Path, clip: Clip,
         assert {"schema_version", "device_id", "camera_id", "session", "seq", "ts", "frame", "count",
                 "unique_count", "model", "historical"} <= c.keys()
         assert c["device_id"] == DEVICE and c["camera_id"] == "cam0" and c["historical"] is False
-        assert c["count"] == len(c["detections"]) and c["ts"].endswith("Z")
+        # `count` is the confirmed starfish in view: the boxes that carry a (confirmed) track id.
+        assert c["count"] == len({d["track_id"] for d in c["detections"] if d.get("track_id") is not None})
+        assert c["ts"].endswith("Z")
         assert set(c["model"]) == {"name", "version", "variant", "backend"}
         for det in c["detections"]:
             assert 0 <= det["x1"] <= det["x2"] <= clip.width and 0 <= det["y1"] <= det["y2"] <= clip.height
@@ -145,6 +147,32 @@ def test_sigterm_exits_zero_with_stopped_and_kill9_fires_the_last_will(tmp_path:
     second.kill9()
     # The broker sees the socket close without DISCONNECT and publishes the Last Will.
     assert wait_until(lambda: _device_status(sub)[-1:] == ["offline"], 15)
+
+
+def test_tracks_never_span_a_file_loop(tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber) -> None:
+    """A looping file is a new scene each time: its tracks end at the loop (`end` events), none bridges it."""
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/cam0/tracks"])
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0},
+                       stop_when_sources_end=False)
+    cfg["cameras"][0].update(loop=True, realtime=False)
+    runner = AgentThread(cfg)
+    runtime = runner.agent.cameras["cam0"]
+    spanning, ends_before_loop = [], None
+    deadline = time.monotonic() + 60
+    while runtime.frames < 2 * clip.frames + 10 and time.monotonic() < deadline:
+        for track in runtime.tracker.tracks:  # a copy; the inference loop owns the tracker
+            if track.first_frame // clip.frames != track.last_frame // clip.frames:
+                spanning.append((track.track_id, track.first_frame, track.last_frame))
+        if ends_before_loop is None and runtime.frames >= clip.frames - 2:
+            ends_before_loop = len([m for m in sub.on("/tracks") if m.json()["event"] == "end"])
+        time.sleep(0.01)
+    assert runner.stop() == 0
+    assert runtime.frames >= 2 * clip.frames + 10
+    assert spanning == []
+    ends = [m.json() for m in sub.on("/tracks") if m.json()["event"] == "end"]
+    news = [m.json() for m in sub.on("/tracks") if m.json()["event"] == "new"]
+    assert ends_before_loop is not None and len(ends) > ends_before_loop  # the loops ended tracks
+    assert {e["track_id"] for e in ends} == {e["track_id"] for e in news}
 
 
 @pytest.mark.parametrize("open_timeout_s", [4.0, 14.0], ids=["open-returns-during-shutdown", "open-outlasts-cap"])
