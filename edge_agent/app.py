@@ -23,12 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
 from edge_agent.capture import Camera, CameraState, Frame
-from edge_agent.config import AgentConfig, SnapshotConfig, VideoOutputConfig
+from edge_agent.config import AgentConfig
 from edge_agent.detectors import Detections, Detector
+from edge_agent.evidence import EvidenceWriter, draw_detections  # noqa: F401 - draw_detections re-exported
 from edge_agent.outbox import OutboxError
 from edge_agent.tracking import Tracker
 
@@ -143,7 +143,7 @@ class Agent:
             self.cameras[cam_cfg.id] = CameraRuntime(camera, tracker)
         self._inference_ms: deque[float] = deque(maxlen=2000)
         self._window_ms: list[float] = []
-        self._evidence = EvidenceWriter(cfg.snapshots, cfg.video_output)
+        self._evidence = EvidenceWriter(cfg.snapshots, cfg.video_output, cfg.evidence)
         self._started = time.monotonic()
         self._processed = 0
         self._first_frame_at: float | None = None  # monotonic time the first frame finished (throughput clock)
@@ -367,6 +367,8 @@ class Agent:
         self._window_ms = []
         self._last_stats = now
         payload: dict[str, Any] = {"cameras": cameras, **system_health()}
+        if self._evidence.enabled:
+            payload["evidence"] = self._evidence.stats()
         self.publisher.publish_stats(payload)
 
     def console_line(self) -> str:
@@ -546,98 +548,3 @@ def system_health() -> dict[str, float]:
         elif kind.startswith("x86_pkg") and "cpu_temp_c" not in result:
             result["cpu_temp_c"] = celsius
     return result
-
-
-class EvidenceWriter:
-    """Rate-limited JPEG snapshots and annotated video on a background thread (bounded queue, drop when busy)."""
-
-    def __init__(self, snapshots: SnapshotConfig, video: VideoOutputConfig) -> None:
-        self.snapshots = snapshots
-        self.video = video
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
-        self._thread: threading.Thread | None = None
-        self._writers: dict[str, cv2.VideoWriter] = {}
-        self.dropped = 0
-        self.snapshots_written = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.snapshots.enabled or self.video.enabled
-
-    def start(self) -> None:
-        if not self.enabled:
-            return
-        if self.snapshots.enabled:
-            self.snapshots.directory.mkdir(parents=True, exist_ok=True)
-        if self.video.enabled:
-            self.video.directory.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name="evidence", daemon=True)
-        self._thread.start()
-
-    def offer(self, runtime: CameraRuntime, frame: Frame, detections: Detections, track_ids: np.ndarray) -> None:
-        if not self.enabled:
-            return
-        snapshot = False
-        if self.snapshots.enabled and len(detections) >= self.snapshots.min_count:
-            now = time.monotonic()
-            if now - runtime.last_snapshot >= self.snapshots.min_interval_s or runtime.last_snapshot == 0.0:
-                runtime.last_snapshot = now
-                snapshot = True
-        if not (snapshot or self.video.enabled):
-            return
-        try:
-            self._queue.put_nowait((frame, detections, track_ids, snapshot))
-        except queue.Full:
-            self.dropped += 1
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._queue.put(None)
-        self._thread.join(5.0)
-        for writer in self._writers.values():
-            writer.release()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            frame, detections, track_ids, snapshot = item
-            try:
-                annotated = draw_detections(frame.image, detections, track_ids)
-                if snapshot:
-                    self._snapshot(frame, annotated)
-                if self.video.enabled:
-                    self._video(frame.camera_id, annotated)
-            except (OSError, cv2.error):
-                logger.exception("camera %s: writing evidence failed", frame.camera_id)
-
-    def _snapshot(self, frame: Frame, annotated: np.ndarray) -> None:
-        stamp = datetime.fromtimestamp(frame.timestamp, tz=timezone.utc).strftime("%Y%m%dT%H%M%S_%fZ")
-        base = self.snapshots.directory / f"{frame.camera_id}_{stamp}_f{frame.index}"
-        params = [cv2.IMWRITE_JPEG_QUALITY, self.snapshots.jpeg_quality]
-        cv2.imwrite(f"{base}_boxes.jpg", annotated, params)
-        if self.snapshots.raw_copy:
-            cv2.imwrite(f"{base}.jpg", frame.image, params)
-        self.snapshots_written += 1
-
-    def _video(self, camera_id: str, annotated: np.ndarray) -> None:
-        writer = self._writers.get(camera_id)
-        if writer is None:
-            height, width = annotated.shape[:2]
-            path = self.video.directory / f"{camera_id}.mp4"
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.video.fps, (width, height))
-            self._writers[camera_id] = writer
-        writer.write(annotated)
-
-
-def draw_detections(image: np.ndarray, detections: Detections, track_ids: np.ndarray) -> np.ndarray:
-    """A copy of ``image`` with boxes, scores and track ids drawn."""
-    out = image.copy()
-    for box, score, track_id in zip(detections.boxes, detections.scores, track_ids, strict=True):
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), 2)
-        label = f"#{track_id} {score:.2f}" if track_id >= 0 else f"{score:.2f}"
-        cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
-    return out

@@ -321,7 +321,9 @@ def test_evidence_snapshots_and_video(tmp_path: Path, clip: Clip, agent_bundle, 
     assert len(list((tmp_path / "snaps").glob("*.jpg"))) == 2 * len(boxes)  # annotated + raw copy
     import cv2
 
-    video = cv2.VideoCapture(str(tmp_path / "video" / "cam0.mp4"))
+    segments = sorted((tmp_path / "video").glob("cam0_*.mp4"))
+    assert len(segments) == 1  # one 300 s segment holds the whole clip
+    video = cv2.VideoCapture(str(segments[0]))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == clip.frames
     ok, frame = video.read()
     assert ok and frame.shape == (clip.height, clip.width, 3)
