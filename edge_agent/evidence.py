@@ -55,10 +55,10 @@ class _Segment:
 class EvidenceWriter:
     """Bounded queue (drop when busy) -> one thread that draws and writes, within a quota and a free-space floor."""
 
-    def __init__(self, snapshots: SnapshotConfig, video: VideoOutputConfig, limits: EvidenceLimits | None = None):
+    def __init__(self, snapshots: SnapshotConfig, video: VideoOutputConfig, limits: EvidenceLimits) -> None:
         self.snapshots = snapshots
         self.video = video
-        self.limits = limits or EvidenceLimits()
+        self.limits = limits
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._thread: threading.Thread | None = None
         self._segments: dict[str, _Segment] = {}
@@ -218,7 +218,7 @@ class EvidenceWriter:
             height, width = annotated.shape[:2]
             stamp = datetime.fromtimestamp(frame.timestamp, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             path = self.video.directory / f"{frame.camera_id}_{stamp}.mp4"
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.video.fps, (width, height))
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.video.fps, (width, height))
             if not writer.isOpened():
                 raise OSError(f"cannot open video writer {path}")
             segment = self._segments[frame.camera_id] = _Segment(writer, path, frame.timestamp)

@@ -181,7 +181,8 @@ class _ByteTrackAdapter:
 
         result = self.tracker.update(sv.Detections(xyxy=boxes.reshape(-1, 4).astype(np.float32),
                                                    confidence=scores.astype(np.float32)), timestamp=clock)
-        self._ids.update((self._generation, int(t)) for t in result.tracker_id if t >= 0)
+        ids = result.tracker_id if result.tracker_id is not None else np.zeros(0, int)
+        self._ids.update((self._generation, int(t)) for t in ids if t >= 0)
 
     def flush(self) -> None:
         self.tracker = self._make()  # a new scene: ids of the next one are new starfish

@@ -175,6 +175,30 @@ def test_tracks_never_span_a_file_loop(tmp_path: Path, clip: Clip, agent_bundle,
     assert {e["track_id"] for e in ends} == {e["track_id"] for e in news}
 
 
+def test_tracks_end_when_a_camera_goes_offline(tmp_path: Path, agent_bundle, mosquitto, mqtt_subscriber) -> None:
+    """A loopback MJPEG camera that drops after 15 frames and stays away for 2 s (longer than max_age_s): its tracks
+    end at once (`end` events while it is offline) instead of waiting for frames that do not come."""
+    from edge_agent.capture import CameraState
+    from tests.helpers.streams import MjpegServer
+
+    server = MjpegServer(frames_per_connection=15)
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/cam0/tracks"])
+    cfg = agent_config(tmp_path, agent_bundle, server.url, mosquitto.port, detector={"score_threshold": 0.0},
+                       stop_when_sources_end=False, tracker={"max_age_s": 0.5, "min_hits": 2})
+    cfg["cameras"][0].update(read_mode="latest", reconnect_initial_s=2.0, reconnect_max_s=4.0, read_timeout_s=1.0)
+    runner = AgentThread(cfg)
+    runtime = runner.agent.cameras["cam0"]
+    try:
+        assert wait_until(lambda: runtime.tracker.unique_count > 0, 30)
+        assert wait_until(lambda: runtime.camera.state is CameraState.OFFLINE, 15)
+        assert wait_until(lambda: runtime.tracker.tracks == [], 1.0)  # flushed while offline, not on the next frame
+        assert runtime.camera.state is CameraState.OFFLINE
+        assert wait_until(lambda: any(m.json()["event"] == "end" for m in sub.on("/tracks")), 5)
+    finally:
+        assert runner.stop() == 0
+        server.close()
+
+
 @pytest.mark.parametrize("open_timeout_s", [4.0, 14.0], ids=["open-returns-during-shutdown", "open-outlasts-cap"])
 def test_sigterm_while_a_network_camera_is_blocked_in_open_exits_cleanly(
     tmp_path: Path, agent_bundle, mosquitto, mqtt_subscriber, open_timeout_s: float

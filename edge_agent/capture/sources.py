@@ -64,7 +64,7 @@ def open_source(source: int | str, open_timeout_s: float = 5.0, read_timeout_s: 
         if not capture.isOpened():
             capture.release()
             hint = "" if "YES" in _gstreamer_line() else " (this OpenCV build has no GStreamer; use JetPack's OpenCV)"
-            raise SourceError(f"GStreamer pipeline could not be started{hint}: {redact(source)}")
+            raise SourceError(f"GStreamer pipeline could not be started{hint}: {redact(str(source))}")
         return capture
     if kind is SourceKind.STREAM:
         params = [
@@ -74,7 +74,7 @@ def open_source(source: int | str, open_timeout_s: float = 5.0, read_timeout_s: 
         capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"stream {redact(source)} could not be opened within {open_timeout_s:g} s")
+            raise SourceError(f"stream {redact(str(source))} could not be opened within {open_timeout_s:g} s")
         return capture
     path = Path(source)
     if not path.is_file():
