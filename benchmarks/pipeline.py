@@ -92,7 +92,7 @@ def profile_pipeline(
     camera = cameras[0]
     source = clip if clip is not None else camera.source
     detector, load_s = load_detector(cfg)
-    tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_missed, cfg.tracker.min_hits)
+    tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_age_s, cfg.tracker.min_hits)
     info = detector.describe()
     model_ref = {key: info[key] for key in ("name", "version", "variant", "backend")}
     capture = open_source(source, camera.open_timeout_s, camera.read_timeout_s)
@@ -118,12 +118,7 @@ def profile_pipeline(
                 boxes, scores, labels = detector.infer(tensor)
                 t3 = time.perf_counter()
                 # The same filtering and mapping as Detector.detect (checked against it on the first frame).
-                scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-                keep = scores >= detector.score_threshold
-                found = Detections(
-                    preprocess.boxes_to_source(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[keep], fit),
-                    scores[keep], np.asarray(labels, dtype=np.int64).reshape(-1)[keep],
-                )
+                found = Detections(*preprocess.postprocess(boxes, scores, labels, fit, detector.score_threshold))
                 update = tracker.update(found.boxes, found.scores, index, time.time())
                 t4 = time.perf_counter()
                 if publisher is not None:

@@ -23,16 +23,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
 from edge_agent.capture import Camera, CameraState, Frame
-from edge_agent.config import AgentConfig, SnapshotConfig, VideoOutputConfig
+from edge_agent.config import AgentConfig
 from edge_agent.detectors import Detections, Detector
+from edge_agent.evidence import EvidenceWriter, draw_detections  # noqa: F401 - draw_detections re-exported
 from edge_agent.outbox import OutboxError
 from edge_agent.tracking import Tracker
 
 logger = logging.getLogger(__name__)
+
+# Longest wait at shutdown for capture threads blocked in an OpenCV open/read (systemd's stop timeout is 90 s).
+CAPTURE_STOP_CAP_S = 10.0
 
 _MQTT_CAMERA_STATE = {
     CameraState.ONLINE: "online",
@@ -72,10 +75,10 @@ class DetectorSlot:
     def detector(self) -> Detector:
         return self._detector
 
-    def detect(self, image: np.ndarray) -> tuple[Detections, Detector]:
+    def detect(self, image: np.ndarray, floor: float | None = None) -> tuple[Detections, Detector]:
         with self._lock:  # the swap waits for the frame in flight
             detector = self._detector
-            return detector.detect(image), detector
+            return detector.detect(image, floor), detector
 
     def swap(self, new: Detector, load_time_s: float | None = None) -> Detector:
         with self._lock:
@@ -94,6 +97,7 @@ class CameraRuntime:
     last_count: int = 0
     counts: deque = field(default_factory=lambda: deque(maxlen=100_000))
     last_snapshot: float = 0.0
+    segment: int | None = None  # the capture segment of the last frame (a new one means a reconnect or a loop)
     prev_stats: tuple[float, int, int, int] | None = None  # (monotonic, read, dropped, processed)
 
 
@@ -130,14 +134,16 @@ class Agent:
         self._stop = threading.Event()
         self._wakeup = threading.Event()
         self._resets: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._flushes: queue.SimpleQueue[str] = queue.SimpleQueue()  # cameras gone offline: end their tracks
         self.cameras: dict[str, CameraRuntime] = {}
         for cam_cfg in cfg.cameras:
             camera = Camera(cam_cfg, on_status=self._on_camera_status, wakeup=self._wakeup)
-            tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_missed, cfg.tracker.min_hits)
+            tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_age_s, cfg.tracker.min_hits,
+                              cfg.tracker.low_iou_threshold)
             self.cameras[cam_cfg.id] = CameraRuntime(camera, tracker)
         self._inference_ms: deque[float] = deque(maxlen=2000)
         self._window_ms: list[float] = []
-        self._evidence = EvidenceWriter(cfg.snapshots, cfg.video_output)
+        self._evidence = EvidenceWriter(cfg.snapshots, cfg.video_output, cfg.evidence)
         self._started = time.monotonic()
         self._processed = 0
         self._first_frame_at: float | None = None  # monotonic time the first frame finished (throughput clock)
@@ -159,6 +165,11 @@ class Agent:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def blocked_capture_threads(self) -> list[str]:
+        """Cameras whose capture thread is still inside OpenCV after shutdown (the CLI then exits with os._exit)."""
+        return [camera_id for camera_id, r in self.cameras.items() if r.camera.thread_alive]
 
     def swap_detector(self, new: Detector, load_time_s: float | None = None) -> None:
         """Replace the running detector between frames; the old one is closed once its last frame is done."""
@@ -197,6 +208,7 @@ class Agent:
             self._wakeup.wait(0.25)
             self._wakeup.clear()
             self._apply_resets()
+            self._apply_flushes()
             # Round-robin start so no camera starves when inference cannot keep up with all of them.
             for offset in range(len(runtimes)):
                 if self._stop.is_set():
@@ -214,9 +226,13 @@ class Agent:
                 break
 
     def _process(self, runtime: CameraRuntime, frame: Frame) -> None:
+        if runtime.segment is not None and frame.segment != runtime.segment:
+            # Reconnected or looped: the scene did not continue, so no track may bridge the break.
+            self._flush_tracks(runtime, "new capture segment")
+        runtime.segment = frame.segment
         started = time.perf_counter()
         try:
-            detections, detector = self.slot.detect(frame.image)
+            detections, detector = self.slot.detect(frame.image, self.cfg.tracker.low_score_threshold)
         except Exception:  # noqa: BLE001 - one bad frame (or a native error) must not stop counting
             self.detect_errors += 1
             logger.exception("camera %s frame %d: detection failed", runtime.camera.id, frame.index)
@@ -224,9 +240,16 @@ class Agent:
         elapsed_ms = (time.perf_counter() - started) * 1000
         self._inference_ms.append(elapsed_ms)
         self._window_ms.append(elapsed_ms)
-        update = runtime.tracker.update(detections.boxes, detections.scores, frame.index, frame.timestamp)
+        update = runtime.tracker.update(detections.boxes, detections.scores, frame.index, frame.timestamp,
+                                        clock=frame.media_s, score_threshold=detector.score_threshold)
+        # Low-score boxes only served association: report those that kept a confirmed track alive, drop the rest.
+        shown = (detections.scores >= detector.score_threshold) | (update.track_ids >= 0)
+        if not shown.all():
+            detections = Detections(detections.boxes[shown], detections.scores[shown], detections.labels[shown])
+        track_ids = update.track_ids[shown]
         camera_id = runtime.camera.id
-        count = len(detections)
+        # What a person would count: distinct confirmed starfish in view, not raw boxes (one-frame blips excluded).
+        count = update.count
         runtime.frames += 1
         runtime.last_count = count
         runtime.counts.append(count)
@@ -250,7 +273,7 @@ class Agent:
             payload["detections"] = [
                 {"x1": round(float(b[0]), 1), "y1": round(float(b[1]), 1), "x2": round(float(b[2]), 1),
                  "y2": round(float(b[3]), 1), "score": round(float(s), 4), "track_id": int(t) if t >= 0 else None}
-                for b, s, t in zip(detections.boxes, detections.scores, update.track_ids, strict=True)
+                for b, s, t in zip(detections.boxes, detections.scores, track_ids, strict=True)
             ]
         try:
             self.publisher.publish_counts(camera_id, payload)
@@ -261,7 +284,7 @@ class Agent:
             if self.publish_errors == 1 or self.publish_errors % 100 == 0:
                 logger.error("counts not stored (%d so far): %s", self.publish_errors, exc)
         self.publisher.publish_count_value(camera_id, count)
-        self._evidence.offer(runtime, frame, detections, update.track_ids)
+        self._evidence.offer(runtime, frame, detections, track_ids)
 
     def _apply_resets(self) -> None:
         while True:
@@ -274,11 +297,28 @@ class Agent:
                 self.publisher.publish_track_event(camera_id, event)
             logger.info("camera %s: unique count reset", camera_id)
 
+    def _apply_flushes(self) -> None:
+        while True:
+            try:
+                camera_id = self._flushes.get_nowait()
+            except queue.Empty:
+                return
+            self._flush_tracks(self.cameras[camera_id], "camera offline")
+
+    def _flush_tracks(self, runtime: CameraRuntime, why: str) -> None:
+        ended = runtime.tracker.flush()
+        for event in ended:
+            self.publisher.publish_track_event(runtime.camera.id, event)
+        if ended:
+            logger.info("camera %s: %s, %d track(s) ended", runtime.camera.id, why, len(ended))
+
     # -- callbacks from other threads ----------------------------------------------------------------------------
     def _on_camera_status(self, camera_id: str, state: CameraState) -> None:
         word = _MQTT_CAMERA_STATE.get(state)
         if word is not None:
             self.publisher.set_camera_status(camera_id, word)
+        if state is CameraState.OFFLINE and camera_id in self.cameras:
+            self._flushes.put(camera_id)  # the inference loop owns the tracker
         self._wakeup.set()
 
     def _on_command(self, topic: str, payload: bytes) -> None:
@@ -327,6 +367,8 @@ class Agent:
         self._window_ms = []
         self._last_stats = now
         payload: dict[str, Any] = {"cameras": cameras, **system_health()}
+        if self._evidence.enabled:
+            payload["evidence"] = self._evidence.stats()
         self.publisher.publish_stats(payload)
 
     def console_line(self) -> str:
@@ -361,8 +403,14 @@ class Agent:
         logger.info("stopping: capture, then flushing counts and the broker connection")
         for runtime in self.cameras.values():
             runtime.camera.request_stop()  # ask all first so they wind down in parallel
+        # Wait until a network open/read blocked in OpenCV has had time to return (its own timeout): a thread left
+        # inside native code when the interpreter exits aborts the process (see `Camera.stop`).
+        # Capped, so a long configured open timeout cannot outlast a service manager's stop timeout; a thread still
+        # blocked after the cap is left to `blocked_capture_threads` (the CLI then ends the process with os._exit).
+        wait = min(max((r.camera.stop_timeout_s for r in self.cameras.values()), default=0.0), CAPTURE_STOP_CAP_S)
+        deadline = time.monotonic() + wait
         for runtime in self.cameras.values():
-            runtime.camera.stop(timeout=3.0)
+            runtime.camera.stop(timeout=max(0.0, deadline - time.monotonic()))
         for camera_id, runtime in self.cameras.items():
             for event in runtime.tracker.flush():
                 self.publisher.publish_track_event(camera_id, event)
@@ -500,98 +548,3 @@ def system_health() -> dict[str, float]:
         elif kind.startswith("x86_pkg") and "cpu_temp_c" not in result:
             result["cpu_temp_c"] = celsius
     return result
-
-
-class EvidenceWriter:
-    """Rate-limited JPEG snapshots and annotated video on a background thread (bounded queue, drop when busy)."""
-
-    def __init__(self, snapshots: SnapshotConfig, video: VideoOutputConfig) -> None:
-        self.snapshots = snapshots
-        self.video = video
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
-        self._thread: threading.Thread | None = None
-        self._writers: dict[str, cv2.VideoWriter] = {}
-        self.dropped = 0
-        self.snapshots_written = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.snapshots.enabled or self.video.enabled
-
-    def start(self) -> None:
-        if not self.enabled:
-            return
-        if self.snapshots.enabled:
-            self.snapshots.directory.mkdir(parents=True, exist_ok=True)
-        if self.video.enabled:
-            self.video.directory.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name="evidence", daemon=True)
-        self._thread.start()
-
-    def offer(self, runtime: CameraRuntime, frame: Frame, detections: Detections, track_ids: np.ndarray) -> None:
-        if not self.enabled:
-            return
-        snapshot = False
-        if self.snapshots.enabled and len(detections) >= self.snapshots.min_count:
-            now = time.monotonic()
-            if now - runtime.last_snapshot >= self.snapshots.min_interval_s or runtime.last_snapshot == 0.0:
-                runtime.last_snapshot = now
-                snapshot = True
-        if not (snapshot or self.video.enabled):
-            return
-        try:
-            self._queue.put_nowait((frame, detections, track_ids, snapshot))
-        except queue.Full:
-            self.dropped += 1
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._queue.put(None)
-        self._thread.join(5.0)
-        for writer in self._writers.values():
-            writer.release()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            frame, detections, track_ids, snapshot = item
-            try:
-                annotated = draw_detections(frame.image, detections, track_ids)
-                if snapshot:
-                    self._snapshot(frame, annotated)
-                if self.video.enabled:
-                    self._video(frame.camera_id, annotated)
-            except (OSError, cv2.error):
-                logger.exception("camera %s: writing evidence failed", frame.camera_id)
-
-    def _snapshot(self, frame: Frame, annotated: np.ndarray) -> None:
-        stamp = datetime.fromtimestamp(frame.timestamp, tz=timezone.utc).strftime("%Y%m%dT%H%M%S_%fZ")
-        base = self.snapshots.directory / f"{frame.camera_id}_{stamp}_f{frame.index}"
-        params = [cv2.IMWRITE_JPEG_QUALITY, self.snapshots.jpeg_quality]
-        cv2.imwrite(f"{base}_boxes.jpg", annotated, params)
-        if self.snapshots.raw_copy:
-            cv2.imwrite(f"{base}.jpg", frame.image, params)
-        self.snapshots_written += 1
-
-    def _video(self, camera_id: str, annotated: np.ndarray) -> None:
-        writer = self._writers.get(camera_id)
-        if writer is None:
-            height, width = annotated.shape[:2]
-            path = self.video.directory / f"{camera_id}.mp4"
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.video.fps, (width, height))
-            self._writers[camera_id] = writer
-        writer.write(annotated)
-
-
-def draw_detections(image: np.ndarray, detections: Detections, track_ids: np.ndarray) -> np.ndarray:
-    """A copy of ``image`` with boxes, scores and track ids drawn."""
-    out = image.copy()
-    for box, score, track_id in zip(detections.boxes, detections.scores, track_ids, strict=True):
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), 2)
-        label = f"#{track_id} {score:.2f}" if track_id >= 0 else f"{score:.2f}"
-        cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
-    return out

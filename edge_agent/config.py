@@ -121,8 +121,16 @@ class TrackerConfig(_Strict):
     """Multi-object tracker that turns detections into distinct starfish."""
 
     iou_threshold: float = Field(0.2, gt=0, lt=1, description="Minimum IoU between prediction and detection.")
-    max_missed: int = Field(15, ge=0, le=1000, description="Frames a track may go unseen before it ends.")
+    max_age_s: float = Field(
+        1.5, ge=0, le=600, description="Seconds of capture time a confirmed track may go unseen before it ends "
+        "(frame-rate independent: the same at 2 and at 30 processed frames per second)."
+    )
     min_hits: int = Field(3, ge=1, le=100, description="Detections before a track counts as a starfish.")
+    low_score_threshold: float | None = Field(
+        0.1, ge=0, le=1, description="ByteTrack's second pass: detections from this score up to the detector's "
+        "threshold only keep already-confirmed tracks alive (never start one, never counted alone). None: off."
+    )
+    low_iou_threshold: float = Field(0.5, gt=0, lt=1, description="Minimum IoU for a low-score match.")
 
 
 class SnapshotConfig(_Strict):
@@ -142,6 +150,20 @@ class VideoOutputConfig(_Strict):
     enabled: bool = Field(False, description="Write an annotated video per camera.")
     directory: Path = Field(Path("annotated"), description="Where `{camera_id}.mp4` files go.")
     fps: float = Field(10.0, gt=0, le=240, description="Frame rate written into the file.")
+    segment_s: float = Field(300.0, gt=0, le=86400, description="A new `{camera_id}_{UTC start}.mp4` file every "
+                             "this many seconds, so retention can drop the oldest footage.")
+
+
+class EvidenceLimits(_Strict):
+    """Disk budget of snapshots and annotated video together. Defaults fit a 32 GB card: the OS and runtime take
+    ~10 GB, the outbox at its 1,000,000-message bound up to ~2 GB; evidence gets 4 GB and stops while less than
+    2 GB is free, so counts are never starved of space by pictures."""
+
+    max_total_mb: float = Field(4096, gt=0, description="Quota of snapshots + annotated video; the oldest files "
+                                "(also those of earlier runs) are deleted first.")
+    min_free_mb: float = Field(2048, ge=0, description="Pause evidence while the filesystem of an evidence "
+                               "directory has less free space than this (resumes 10 % above it).")
+    check_interval_s: float = Field(5.0, gt=0, le=3600, description="How often free space is read (statvfs).")
 
 
 class AgentConfig(BaseSettings):
@@ -181,6 +203,8 @@ class AgentConfig(BaseSettings):
     )
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="JPEG evidence for people.")
     video_output: VideoOutputConfig = Field(default_factory=VideoOutputConfig, description="Annotated video.")
+    evidence: EvidenceLimits = Field(default_factory=EvidenceLimits, description="Disk quota and free-space guard "
+                                     "of snapshots and annotated video.")
     console_interval_s: float = Field(1.0, gt=0, description="How often the live console line refreshes.")
     stop_when_sources_end: bool = Field(
         True, description="Exit by itself once every camera is a finished (non-looping) video file."
@@ -280,8 +304,9 @@ detector:
 
 tracker:
   iou_threshold: 0.2
-  max_missed: 15                   # frames unseen before a track ends (its `end` event is published)
+  max_age_s: 1.5                   # seconds of capture time unseen before a track ends (`end` event)
   min_hits: 3                      # detections before a track counts as a distinct starfish
+  low_score_threshold: 0.1         # ByteTrack second pass: weaker boxes keep confirmed tracks alive (null: off)
 
 mqtt:
   host: 127.0.0.1
@@ -313,6 +338,10 @@ video_output:
   enabled: false
   directory: annotated
   fps: 10
+  segment_s: 300                   # one file per camera per 5 minutes
+evidence:                          # snapshots + video together; defaults fit a 32 GB card
+  max_total_mb: 4096               # oldest files deleted first
+  min_free_mb: 2048                # evidence pauses below this free space (the outbox needs it)
 console_interval_s: 1.0
 stop_when_sources_end: true        # exit after non-looping video files end
 """

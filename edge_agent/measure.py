@@ -119,9 +119,14 @@ def _agent_run(cfg: AgentConfig, frames: int) -> tuple[float, int, float]:
     return float(summary["fps"]), int(summary["frames"]), peak_mb
 
 
+TRACKERS = ("ours", "bytetrack")
+SCORE_THRESHOLD = 0.5  # the simulated detector's threshold: boxes below it are "low-score"
+
+
 @dataclass(frozen=True)
 class TrackingResult:
     video_id: int
+    tracker: str
     frames: int
     true_unique: int
     predicted_unique: int
@@ -129,30 +134,111 @@ class TrackingResult:
     miss_rate: float
     jitter_px: float
     false_positive_rate: float
+    low_score_rate: float
+    seed: int
+
+
+class _OursAdapter:
+    def __init__(self, iou_threshold: float, max_age_s: float, min_hits: int) -> None:
+        from edge_agent.tracking import Tracker
+
+        self.tracker = Tracker(iou_threshold, max_age_s, min_hits)
+
+    def update(self, boxes: np.ndarray, scores: np.ndarray, frame: int, clock: float) -> None:
+        self.tracker.update(boxes, scores, frame, clock, score_threshold=SCORE_THRESHOLD)
+
+    def flush(self) -> None:
+        self.tracker.flush()
+
+    @property
+    def unique_count(self) -> int:
+        return self.tracker.unique_count
+
+
+class _ByteTrackAdapter:
+    """roboflow `trackers`' ByteTrackTracker (the maintained successor of supervision's ByteTrack), given the same
+    thresholds: activation and high/low split at the detector threshold, `min_hits` consecutive frames, the same
+    lost-track time. Evaluation only: install with `pip install --no-deps trackers` (its `opencv-python`
+    requirement would put a second cv2 beside the headless one)."""
+
+    def __init__(self, max_age_s: float, min_hits: int, fps: float) -> None:
+        try:
+            from trackers import ByteTrackTracker
+        except ImportError as exc:
+            raise RuntimeError("the bytetrack comparison needs roboflow's `trackers` package: "
+                               "pip install supervision && pip install --no-deps trackers") from exc
+        self._make = lambda: ByteTrackTracker(
+            lost_track_buffer=round(max_age_s * 30),  # the library counts the buffer in 30 fps frames
+            frame_rate=fps, track_activation_threshold=SCORE_THRESHOLD, high_conf_det_threshold=SCORE_THRESHOLD,
+            minimum_consecutive_frames=min_hits,
+        )
+        self.tracker = self._make()
+        self._ids: set[tuple[int, int]] = set()
+        self._generation = 0
+
+    def update(self, boxes: np.ndarray, scores: np.ndarray, frame: int, clock: float) -> None:
+        import supervision as sv
+
+        result = self.tracker.update(sv.Detections(xyxy=boxes.reshape(-1, 4).astype(np.float32),
+                                                   confidence=scores.astype(np.float32)), timestamp=clock)
+        ids = result.tracker_id if result.tracker_id is not None else np.zeros(0, int)
+        self._ids.update((self._generation, int(t)) for t in ids if t >= 0)
+
+    def flush(self) -> None:
+        self.tracker = self._make()  # a new scene: ids of the next one are new starfish
+        self._generation += 1
+
+    @property
+    def unique_count(self) -> int:
+        return len(self._ids)
 
 
 def measure_tracking(
-    data_root: Path, video_id: int, *, miss: float = 0.1, jitter: float = 2.0, false_positives: float = 0.05,
-    iou_threshold: float = 0.2, max_missed: int = 15, min_hits: int = 3, seed: int = 0,
+    data_root: Path, video_id: int, *, tracker: str = "ours", miss: float = 0.1, jitter: float = 2.0,
+    false_positives: float = 0.05, low_score: float = 0.0, iou_threshold: float = 0.2, max_age_s: float = 1.5,
+    min_hits: int = 3, fps: float = 10.0, seed: int = 0,
 ) -> TrackingResult:
-    """Unique-count error of the tracker on a synthetic video's true boxes with detector-like noise."""
+    """Unique-count error of ``tracker`` on a synthetic video's true boxes with detector-like noise.
+
+    The simulated detector, per frame and true box: misses it with probability ``miss`` - and of the misses, a
+    share ``low_score`` is still returned, below the threshold (score 0.1-0.45: the detector was unsure, which
+    ByteTrack's second pass can use); otherwise returns it with score 0.5-1 and Gaussian ``jitter`` (px) on each
+    coordinate. With probability ``false_positives`` per frame it adds a one-frame 40x40 blip at a random place.
+    Tracks are flushed at every sequence change (a new pass over the reef), for every tracker alike.
+    """
     from edge_agent.dataset import ReefDataset
     from edge_agent.metrics import true_unique_count, unique_count_error
-    from edge_agent.tracking import Tracker
 
+    if tracker not in TRACKERS:
+        raise ValueError(f"unknown tracker {tracker!r}; known: {', '.join(TRACKERS)}")
     dataset = ReefDataset.open(data_root)
     records = sorted((r for r in dataset.records if r.video_id == video_id), key=lambda r: r.video_frame)
     if not records:
         raise ValueError(f"{data_root}: no frames of video {video_id}")
     rng = np.random.default_rng(seed)
-    tracker = Tracker(iou_threshold, max_missed, min_hits)
+    runner: _OursAdapter | _ByteTrackAdapter = (
+        _OursAdapter(iou_threshold, max_age_s, min_hits) if tracker == "ours"
+        else _ByteTrackAdapter(max_age_s, min_hits, fps)
+    )
+    sequence = None
     for record in records:
-        boxes = record.boxes[rng.random(len(record.boxes)) >= miss]
-        boxes = boxes + rng.normal(0, jitter, boxes.shape).astype(np.float32)
+        if sequence is not None and record.sequence != sequence:
+            runner.flush()
+        sequence = record.sequence
+        n = len(record.boxes)
+        missed = rng.random(n) < miss
+        weak = missed & (rng.random(n) < low_score)
+        keep = ~missed | weak
+        boxes = record.boxes[keep] + rng.normal(0, jitter, (int(keep.sum()), 4)).astype(np.float32)
+        scores = np.where(weak[keep], rng.uniform(0.1, 0.45, n)[keep], rng.uniform(0.5, 1.0, n)[keep])
         if rng.random() < false_positives:  # a one-frame blip somewhere on the frame
             x, y = rng.uniform(0, 1200), rng.uniform(0, 650)
-            boxes = np.vstack([boxes, [[x, y, x + 40, y + 40]]]).astype(np.float32)
-        tracker.update(boxes, np.full(len(boxes), 0.8, np.float32), record.video_frame, record.video_frame / 10.0)
+            boxes = np.vstack([boxes, [[x, y, x + 40, y + 40]]])
+            scores = np.append(scores, rng.uniform(0.5, 0.8))
+        runner.update(boxes.astype(np.float32), scores.astype(np.float32), record.video_frame,
+                      record.video_frame / fps)
     truth = true_unique_count([r.track_ids for r in records])
-    return TrackingResult(video_id, len(records), truth, tracker.unique_count,
-                          round(unique_count_error(tracker.unique_count, truth), 4), miss, jitter, false_positives)
+    predicted = runner.unique_count
+    return TrackingResult(video_id, tracker, len(records), truth, predicted,
+                          round(unique_count_error(predicted, truth), 4), miss, jitter, false_positives, low_score,
+                          seed)

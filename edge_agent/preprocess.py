@@ -62,3 +62,40 @@ def boxes_to_source(boxes: np.ndarray, fit: Letterbox) -> np.ndarray:
     mapped[:, [0, 2]] = np.clip(mapped[:, [0, 2]], 0, fit.source_width)
     mapped[:, [1, 3]] = np.clip(mapped[:, [1, 3]], 0, fit.source_height)
     return mapped
+
+
+# A box keeps at least this share of its area inside the real image, or it was found in the letterbox padding.
+MIN_IN_IMAGE_FRACTION = 0.5
+
+
+def in_image(boxes: np.ndarray, fit: Letterbox) -> np.ndarray:
+    """Mask of ``[N, 4]`` input-tensor boxes that lie mostly on the real image, not in the letterbox padding.
+
+    The padding (right and bottom strips, all zeros) holds no pixels of the scene, so a box there is an artefact of
+    the model; clipping alone would keep it as a zero-width box on the frame edge and it would be counted.
+    """
+    if boxes.size == 0:
+        return np.zeros(0, dtype=bool)
+    boxes = boxes.astype(np.float32).reshape(-1, 4)
+    image_w, image_h = fit.source_width * fit.scale, fit.source_height * fit.scale
+    width = np.clip(boxes[:, 2] - boxes[:, 0], 0, None)
+    height = np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    inside_w = np.clip(np.minimum(boxes[:, 2], image_w) - np.maximum(boxes[:, 0], 0), 0, None)
+    inside_h = np.clip(np.minimum(boxes[:, 3], image_h) - np.maximum(boxes[:, 1], 0), 0, None)
+    area = width * height
+    inside = inside_w * inside_h
+    # At least one source pixel wide and high once mapped back, and mostly inside the image.
+    big_enough = (inside_w / fit.scale >= 1.0) & (inside_h / fit.scale >= 1.0)
+    return big_enough & (inside >= MIN_IN_IMAGE_FRACTION * np.maximum(area, 1e-9))
+
+
+def postprocess(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, fit: Letterbox, score_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw model outputs -> (boxes in source pixels, scores, labels) at or above ``score_threshold``, with boxes in
+    the letterbox padding dropped and the rest clipped to the frame. Every back end and benchmark uses this."""
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    keep = (scores >= score_threshold) & in_image(boxes, fit)
+    return boxes_to_source(boxes[keep], fit), scores[keep], labels[keep]

@@ -83,7 +83,9 @@ def test_topics_fields_commands_and_a_missing_camera(tmp_path: Path, clip: Clip,
         assert {"schema_version", "device_id", "camera_id", "session", "seq", "ts", "frame", "count",
                 "unique_count", "model", "historical"} <= c.keys()
         assert c["device_id"] == DEVICE and c["camera_id"] == "cam0" and c["historical"] is False
-        assert c["count"] == len(c["detections"]) and c["ts"].endswith("Z")
+        # `count` is the confirmed starfish in view: the boxes that carry a (confirmed) track id.
+        assert c["count"] == len({d["track_id"] for d in c["detections"] if d.get("track_id") is not None})
+        assert c["ts"].endswith("Z")
         assert set(c["model"]) == {"name", "version", "variant", "backend"}
         for det in c["detections"]:
             assert 0 <= det["x1"] <= det["x2"] <= clip.width and 0 <= det["y1"] <= det["y2"] <= clip.height
@@ -107,7 +109,9 @@ def test_topics_fields_commands_and_a_missing_camera(tmp_path: Path, clip: Clip,
 def test_hot_swap_keeps_capture_and_publishing_running(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
                                                        mqtt_subscriber) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"])
-    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port)
+    # Without ByteTrack's low-score pass: with it, tracks confirmed before the swap would rightly live on from the
+    # untrained model's below-threshold boxes (tests/test_tracking.py covers that), and `count` would not drop to 0.
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, tracker={"low_score_threshold": None})
     cfg["cameras"][0]["loop"] = True
     runner = AgentThread(cfg)
     assert wait_until(lambda: len(_counts(sub)) >= 10, 30)
@@ -145,6 +149,90 @@ def test_sigterm_exits_zero_with_stopped_and_kill9_fires_the_last_will(tmp_path:
     second.kill9()
     # The broker sees the socket close without DISCONNECT and publishes the Last Will.
     assert wait_until(lambda: _device_status(sub)[-1:] == ["offline"], 15)
+
+
+def test_tracks_never_span_a_file_loop(tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber) -> None:
+    """A looping file is a new scene each time: its tracks end at the loop (`end` events), none bridges it."""
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/cam0/tracks"])
+    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0},
+                       stop_when_sources_end=False)
+    cfg["cameras"][0].update(loop=True, realtime=False)
+    runner = AgentThread(cfg)
+    runtime = runner.agent.cameras["cam0"]
+    spanning, ends_before_loop = [], None
+    deadline = time.monotonic() + 60
+    while runtime.frames < 2 * clip.frames + 10 and time.monotonic() < deadline:
+        for track in runtime.tracker.tracks:  # a copy; the inference loop owns the tracker
+            if track.first_frame // clip.frames != track.last_frame // clip.frames:
+                spanning.append((track.track_id, track.first_frame, track.last_frame))
+        if ends_before_loop is None and runtime.frames >= clip.frames - 2:
+            ends_before_loop = len([m for m in sub.on("/tracks") if m.json()["event"] == "end"])
+        time.sleep(0.01)
+    assert runner.stop() == 0
+    assert runtime.frames >= 2 * clip.frames + 10
+    assert spanning == []
+    ends = [m.json() for m in sub.on("/tracks") if m.json()["event"] == "end"]
+    news = [m.json() for m in sub.on("/tracks") if m.json()["event"] == "new"]
+    assert ends_before_loop is not None and len(ends) > ends_before_loop  # the loops ended tracks
+    assert {e["track_id"] for e in ends} == {e["track_id"] for e in news}
+
+
+def test_tracks_end_when_a_camera_goes_offline(tmp_path: Path, agent_bundle, mosquitto, mqtt_subscriber) -> None:
+    """A loopback MJPEG camera that drops after 15 frames and stays away for 2 s (longer than max_age_s): its tracks
+    end at once (`end` events while it is offline) instead of waiting for frames that do not come."""
+    from edge_agent.capture import CameraState
+    from tests.helpers.streams import MjpegServer
+
+    server = MjpegServer(frames_per_connection=15)
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/cam0/tracks"])
+    cfg = agent_config(tmp_path, agent_bundle, server.url, mosquitto.port, detector={"score_threshold": 0.0},
+                       stop_when_sources_end=False, tracker={"max_age_s": 0.5, "min_hits": 2})
+    cfg["cameras"][0].update(read_mode="latest", reconnect_initial_s=2.0, reconnect_max_s=4.0, read_timeout_s=1.0)
+    runner = AgentThread(cfg)
+    runtime = runner.agent.cameras["cam0"]
+    try:
+        assert wait_until(lambda: runtime.tracker.unique_count > 0, 30)
+        assert wait_until(lambda: runtime.camera.state is CameraState.OFFLINE, 15)
+        assert wait_until(lambda: runtime.tracker.tracks == [], 1.0)  # flushed while offline, not on the next frame
+        assert runtime.camera.state is CameraState.OFFLINE
+        assert wait_until(lambda: any(m.json()["event"] == "end" for m in sub.on("/tracks")), 5)
+    finally:
+        assert runner.stop() == 0
+        server.close()
+
+
+@pytest.mark.parametrize("open_timeout_s", [4.0, 14.0], ids=["open-returns-during-shutdown", "open-outlasts-cap"])
+def test_sigterm_while_a_network_camera_is_blocked_in_open_exits_cleanly(
+    tmp_path: Path, agent_bundle, mosquitto, mqtt_subscriber, open_timeout_s: float
+) -> None:
+    """An RTSP server on loopback that accepts and never answers keeps OpenCV's open blocked. SIGTERM then must
+    not abort the process ("terminate called without an active exception", exit 134): the agent waits for the
+    open to return (4 s) or, past its cap (14 s), exits with os._exit once everything is flushed."""
+    from edge_agent.app import CAPTURE_STOP_CAP_S
+    from tests.helpers.streams import SilentServer
+
+    server = SilentServer()
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/status"])
+    cfg = agent_config(tmp_path, agent_bundle, f"rtsp://127.0.0.1:{server.port}/stream", mosquitto.port,
+                       stop_when_sources_end=False)
+    cfg["cameras"][0].update(open_timeout_s=open_timeout_s, read_timeout_s=2.0)
+    proc = AgentProcess(write_config(tmp_path / "agent.yaml", cfg), tmp_path / "agent.log")
+    try:
+        assert wait_until(lambda: _device_status(sub)[-1:] == ["online"], 60), proc.log()
+        assert wait_until(lambda: "opening stream" in proc.log(), 10), proc.log()
+        time.sleep(0.3)  # the capture thread is now inside VideoCapture's open
+        started = time.monotonic()
+        code = proc.terminate(timeout=40)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    log = proc.log()
+    assert code == 0, log
+    assert "terminate called" not in log
+    assert elapsed < CAPTURE_STOP_CAP_S + 8, elapsed
+    assert wait_until(lambda: _device_status(sub)[-1:] == ["stopped"], 5)
+    if open_timeout_s > CAPTURE_STOP_CAP_S:
+        assert "still blocked in OpenCV; exiting without waiting" in " ".join(log.split())  # rich wraps lines
 
 
 @pytest.mark.slow
@@ -259,7 +347,9 @@ def test_evidence_snapshots_and_video(tmp_path: Path, clip: Clip, agent_bundle, 
     assert len(list((tmp_path / "snaps").glob("*.jpg"))) == 2 * len(boxes)  # annotated + raw copy
     import cv2
 
-    video = cv2.VideoCapture(str(tmp_path / "video" / "cam0.mp4"))
+    segments = sorted((tmp_path / "video").glob("cam0_*.mp4"))
+    assert len(segments) == 1  # one 300 s segment holds the whole clip
+    video = cv2.VideoCapture(str(segments[0]))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == clip.frames
     ok, frame = video.read()
     assert ok and frame.shape == (clip.height, clip.width, 3)

@@ -1,4 +1,5 @@
-"""The IoU tracker: stable ids on synthetic tracks, confirmation, end events, resets, frame gaps, fuzzing."""
+"""The IoU tracker: stable ids on synthetic tracks, confirmation, end events, resets, frame gaps, capture-time
+ageing, ByteTrack's low-score pass, per-frame counts, fuzzing."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_iou_matrix() -> None:
 def test_ids_stable_on_synthetic_clip(clip: Clip) -> None:
     """Every true starfish maps to exactly one tracker id, and the unique count equals the true count."""
     rng = np.random.default_rng(1)
-    tracker = Tracker(iou_threshold=0.2, max_missed=5, min_hits=2)
+    tracker = Tracker(iou_threshold=0.2, max_age_s=0.5, min_hits=2)
     true_to_ids: dict[int, set[int]] = defaultdict(set)
     for frame, (boxes, true_ids) in enumerate(zip(clip.boxes, clip.track_ids, strict=True)):
         noisy, kept = _noisy(boxes, rng, jitter=1.5, miss=0.1)
@@ -57,7 +58,7 @@ def test_false_positives_below_min_hits_are_never_counted() -> None:
 
 
 def test_new_and_end_events_and_reset() -> None:
-    tracker = Tracker(max_missed=2, min_hits=2)
+    tracker = Tracker(max_age_s=0.25, min_hits=2)
     box = np.array([[100, 100, 140, 140]], np.float32)
     first = tracker.update(box, np.array([0.7]), 0, 1000.0)
     second = tracker.update(box + 2, np.array([0.9]), 1, 1000.1)
@@ -79,7 +80,7 @@ def test_new_and_end_events_and_reset() -> None:
 
 def test_frame_gaps_are_bridged_by_velocity() -> None:
     """Frames dropped by latest-frame capture: a moving box is still matched after a 4-frame jump."""
-    tracker = Tracker(iou_threshold=0.3, max_missed=10, min_hits=1)
+    tracker = Tracker(iou_threshold=0.3, max_age_s=10, min_hits=1)
     ids = []
     for frame in (0, 1, 2, 6, 10, 14):
         x = 10.0 * frame  # 10 px per frame on a 30 px box: a 4-frame gap leaves no overlap without prediction
@@ -102,7 +103,7 @@ _box = st.tuples(*(st.floats(0, 500, allow_nan=False),) * 2, *(st.floats(1, 80, 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(_box, max_size=6), min_size=1, max_size=25))
 def test_fuzz_tracker_invariants(frames: list[list[tuple[float, float, float, float]]]) -> None:
-    tracker = Tracker(min_hits=2, max_missed=3)
+    tracker = Tracker(min_hits=2, max_age_s=3)
     previous_unique = 0
     for index, raw in enumerate(frames):
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in raw], np.float32).reshape(-1, 4)
@@ -123,7 +124,7 @@ def test_ids_stable_on_generated_reef_video(make_synthetic_dataset) -> None:
                                   sequence_length=60, min_size=24, max_size=80)
     records = sorted(ReefDataset.open(root).records, key=lambda r: r.video_frame)
     rng = np.random.default_rng(3)
-    tracker = Tracker(iou_threshold=0.2, max_missed=15, min_hits=3)
+    tracker = Tracker(iou_threshold=0.2, max_age_s=1.5, min_hits=3)
     true_to_ids: dict[int, set[int]] = defaultdict(set)
     for record in records:
         noisy, kept = _noisy(record.boxes, rng, jitter=1.0, miss=0.05)
@@ -139,3 +140,81 @@ def test_ids_stable_on_generated_reef_video(make_synthetic_dataset) -> None:
     assert truth - 1 <= tracker.unique_count <= truth
     result = measure_tracking(root, 0, miss=0.05, jitter=1.0, false_positives=0.0)
     assert result.true_unique == truth and result.error <= 1 / truth
+
+
+_BOX = np.array([[100, 100, 140, 140]], np.float32)
+
+
+def _confirmed(tracker: Tracker, clock: float = 0.0, frames: int = 3) -> int:
+    for frame in range(frames):
+        update = tracker.update(_BOX, np.array([0.9]), frame, 1000.0 + frame, clock=clock + frame * 0.1)
+    assert update.count == 1
+    return int(update.track_ids[0])
+
+
+def test_tracks_age_by_capture_time_not_processed_frames() -> None:
+    """2 processed frames per second or 30: a starfish unseen for 1 s of capture time is kept (max_age_s 1.5), one
+    unseen for 2 s is gone - however many frames were processed meanwhile."""
+    slow, fast = Tracker(max_age_s=1.5), Tracker(max_age_s=1.5)
+    slow_id, fast_id = _confirmed(slow), _confirmed(fast)
+    empty = (np.zeros((0, 4)), np.zeros(0))
+    # Slow camera: 2 empty frames spanning 1.0 s; fast camera: 30 empty frames in the same 1.0 s.
+    for i in range(1, 3):
+        assert slow.update(*empty, 2 + i, 0.0, clock=0.2 + 0.5 * i).ended == []
+    for i in range(1, 31):
+        assert fast.update(*empty, 2 + i, 0.0, clock=0.2 + i / 30).ended == []
+    assert int(slow.update(_BOX, np.array([0.9]), 10, 0.0, clock=1.3).track_ids[0]) == slow_id
+    assert int(fast.update(_BOX, np.array([0.9]), 40, 0.0, clock=1.3).track_ids[0]) == fast_id
+    # Now 2 s unseen: one processed frame is enough to end it.
+    ended = slow.update(*empty, 11, 0.0, clock=3.4).ended
+    assert [e["track_id"] for e in ended] == [slow_id]
+    assert slow.unique_count == 1
+
+
+def test_low_score_detections_keep_confirmed_tracks_but_never_start_or_count_alone() -> None:
+    tracker = Tracker(max_age_s=0.15, min_hits=3)
+    track_id = _confirmed(tracker)
+    # The detector grows unsure (score 0.3 < threshold 0.5) for 5 frames = 0.5 s, longer than max_age_s:
+    # the second pass keeps the same starfish instead of ending it and counting it again.
+    for frame in range(3, 8):
+        update = tracker.update(_BOX + frame, np.array([0.3]), frame, 0.0, clock=frame * 0.1, score_threshold=0.5)
+        assert update.track_ids.tolist() == [track_id] and update.count == 1 and update.ended == []
+    update = tracker.update(_BOX + 8, np.array([0.9]), 8, 0.0, clock=0.8, score_threshold=0.5)
+    assert update.track_ids.tolist() == [track_id] and tracker.unique_count == 1
+    # Low-score boxes elsewhere never start a track, however often they appear.
+    for frame in range(9, 30):
+        update = tracker.update(np.vstack([_BOX + 8, [[400, 400, 440, 440]]]), np.array([0.9, 0.3]), frame, 0.0,
+                                clock=frame * 0.1, score_threshold=0.5)
+        assert update.track_ids.tolist() == [track_id, -1] and update.count == 1
+    assert tracker.unique_count == 1 and len(tracker.tracks) == 1
+    # Without the second pass the same unsure frames end the track and the starfish is counted twice.
+    plain = Tracker(max_age_s=0.15, min_hits=3)
+    _confirmed(plain)
+    for frame in range(3, 8):
+        plain.update(np.zeros((0, 4)), np.zeros(0), frame, 0.0, clock=frame * 0.1)
+    for frame in range(8, 11):
+        plain.update(_BOX + 8, np.array([0.9]), frame, 0.0, clock=frame * 0.1)
+    assert plain.unique_count == 2
+
+
+def test_count_is_confirmed_tracks_in_view() -> None:
+    """A one-frame blip and a starfish seen once are boxes, not starfish: `count` only counts confirmed tracks."""
+    tracker = Tracker(min_hits=3)
+    other = np.array([[300, 300, 340, 340]], np.float32)
+    counts = []
+    for frame in range(6):
+        boxes = _BOX if frame < 2 else np.vstack([_BOX, other])  # the second starfish appears at frame 2
+        counts.append(tracker.update(boxes, np.full(len(boxes), 0.9), frame, float(frame), clock=frame / 10).count)
+    assert counts == [0, 0, 1, 1, 2, 2]
+
+
+def test_flush_ends_tracks_but_keeps_the_unique_count() -> None:
+    tracker = Tracker(min_hits=2)
+    track_id = _confirmed(tracker)
+    ended = tracker.flush()
+    assert [e["track_id"] for e in ended] == [track_id] and tracker.tracks == []
+    assert tracker.unique_count == 1
+    # After the break the same place is a new track (a camera that came back, a looped file).
+    tracker.update(_BOX, np.array([0.9]), 10, 0.0, clock=5.0)
+    update = tracker.update(_BOX, np.array([0.9]), 11, 0.0, clock=5.1)
+    assert update.track_ids[0] not in (-1, track_id) and tracker.unique_count == 2

@@ -40,6 +40,11 @@ class Frame:
     index: int  # frames read from this camera since the agent started (keeps growing across reconnects/loops)
     timestamp: float  # wall-clock capture time, seconds since the epoch
     image: np.ndarray
+    # Seconds on the source's own clock, what tracks age by: monotonic capture time for live sources, the position
+    # in the video for files (a clip decoded faster than real time still ages its tracks at the clip's pace).
+    media_s: float = 0.0
+    # Bumped on every (re)open and every loop of a file: frames of two segments are not one continuous scene.
+    segment: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,12 @@ class CameraStats:
 
 
 StatusCallback = Callable[[str, CameraState], None]
+
+# A connection that delivered frames for this long (or for `reconnect_max_s`, if shorter) was healthy: the next
+# failure starts the backoff again from `reconnect_initial_s`. A stream that opens and dies at once keeps doubling.
+_STABLE_CONNECTION_S = 10.0
+# Time allowed beyond `open_timeout_s` for a blocked open to return before `stop()` gives up on the thread.
+_STOP_MARGIN_S = 1.0
 
 
 class Camera:
@@ -80,6 +91,8 @@ class Camera:
         self._realtime = realtime and self.kind is SourceKind.FILE
         self._min_period = 1.0 / cfg.target_fps if cfg.target_fps else 0.0
         self._last_delivered_ts = 0.0
+        self._segment = -1
+        self._media_offset = 0.0  # file time of earlier loops, so media_s never goes back
 
     # -- consumer side -------------------------------------------------------------------------------------------
     def get(self, timeout: float | None = None) -> Frame | None:
@@ -130,10 +143,27 @@ class Camera:
         with self._cond:
             self._cond.notify_all()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to end and wait for it (a blocked network read ends within `read_timeout_s`)."""
+    @property
+    def stop_timeout_s(self) -> float:
+        """How long `stop()` waits by default: a blocked OpenCV open or read returns within its timeout."""
+        return max(self.cfg.open_timeout_s, self.cfg.read_timeout_s) + _STOP_MARGIN_S
+
+    @property
+    def thread_alive(self) -> bool:
+        """True while the capture thread runs (after `stop()`: it is still blocked inside OpenCV)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to end and wait for it, by default until a blocked open/read must have returned.
+
+        Why wait that long: on Python 3.11 a daemon thread still inside native OpenCV/FFmpeg code when the
+        interpreter finalizes is unwound by pthread_exit through C++ frames, which aborts the whole process
+        ("terminate called without an active exception", exit 134). Callers that give up earlier must end the
+        process with `os._exit` (see `edge_agent.cli`), never by interpreter shutdown.
+        """
         self.request_stop()
         if self._thread is not None:
+            timeout = self.stop_timeout_s if timeout is None else timeout
             self._thread.join(timeout)
             if self._thread.is_alive():
                 logger.warning("camera %s: capture thread still blocked after %.1f s; leaving it", self.id, timeout)
@@ -173,8 +203,9 @@ class Camera:
             if ever_opened:
                 self._reconnects += 1
             ever_opened = True
+            opened_at = time.monotonic()
             try:
-                outcome = self._read_loop(capture)
+                outcome, read_here = self._read_loop(capture)
             finally:
                 capture.release()
             if outcome == "finished":
@@ -183,7 +214,11 @@ class Camera:
             if outcome == "loop":
                 continue
             if outcome == "lost":
-                delay = self.cfg.reconnect_initial_s if self._read else delay
+                # Only this connection's history counts: a stream that opens, yields a frame and dies again must
+                # back off, however many frames earlier connections delivered.
+                stable = min(_STABLE_CONNECTION_S, self.cfg.reconnect_max_s)
+                if read_here and time.monotonic() - opened_at >= stable:
+                    delay = self.cfg.reconnect_initial_s
                 self._fail("stream lost (no frame within the read timeout or end of stream)", delay)
                 delay = min(delay * 2, self.cfg.reconnect_max_s)
         logger.debug("camera %s: capture thread ends", self.id)
@@ -196,47 +231,70 @@ class Camera:
         self._set_state(CameraState.OFFLINE)
         self._stop.wait(delay)
 
-    def _read_loop(self, capture: cv2.VideoCapture) -> str:
-        """Read until the stop flag, a lost stream ("lost"), or the end of a file ("finished" / "loop")."""
+    def _read_loop(self, capture: cv2.VideoCapture) -> tuple[str, int]:
+        """Read until the stop flag, a lost stream ("lost"), or the end of a file ("finished" / "loop").
+
+        Returns the outcome and the number of frames this connection yielded.
+        """
         fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        file_fps = fps if 0 < fps < 1000 else 10.0  # media clock of a file whose header lacks a usable rate
         period = 1.0 / fps if self._realtime and 0 < fps < 1000 else 0.0
         started = time.monotonic()
         read_here = 0
+        self._segment += 1
         while not self._stop.is_set():
-            ok, image = capture.read()
-            if not ok or image is None:
-                if self.kind is SourceKind.FILE:
-                    if read_here == 0:
-                        # Opens but yields nothing: corrupt from the first frame. Looping would spin, so stop.
-                        self._last_error = f"video file {self.cfg.source} has no decodable frames"
-                        logger.error("camera %s: %s", self.id, self._last_error)
-                        return "finished"
-                    if self.cfg.loop:
-                        logger.debug("camera %s: end of file after %d frames, looping", self.id, read_here)
-                        return "loop"
-                    logger.info("camera %s: end of video after %d frames", self.id, read_here)
-                    return "finished"
-                return "lost"
-            if read_here == 0:
-                self._last_error = None
-                self._set_state(CameraState.ONLINE)
-            read_here += 1
             if period:
                 # Pace a file like a live camera so latest-frame semantics behave as they would in the field.
                 lag = started + read_here * period - time.monotonic()
                 if lag > 0:
                     self._stop.wait(lag)
-            self._deliver(image)
-        return "stopped"
+            skip = self._skip_next()
+            if skip:
+                # `target_fps` leaves this frame out: grab() advances the stream without the BGR conversion and
+                # copy that read() would spend on it.
+                ok, image = capture.grab(), None
+            else:
+                ok, image = capture.read()
+            if not ok or (image is None and not skip):
+                if self.kind is SourceKind.FILE:
+                    if read_here == 0:
+                        # Opens but yields nothing: corrupt from the first frame. Looping would spin, so stop.
+                        self._last_error = f"video file {self.cfg.source} has no decodable frames"
+                        logger.error("camera %s: %s", self.id, self._last_error)
+                        return "finished", read_here
+                    if self.cfg.loop:
+                        logger.debug("camera %s: end of file after %d frames, looping", self.id, read_here)
+                        self._media_offset += read_here / file_fps
+                        return "loop", read_here
+                    logger.info("camera %s: end of video after %d frames", self.id, read_here)
+                    return "finished", read_here
+                return "lost", read_here
+            if read_here == 0:
+                self._last_error = None
+                self._set_state(CameraState.ONLINE)
+            if self.kind is SourceKind.FILE:
+                media_s = self._media_offset + read_here / file_fps
+            else:
+                media_s = time.monotonic()
+            read_here += 1
+            if skip:
+                with self._cond:
+                    self._read += 1
+                    self._skipped += 1
+                continue
+            assert image is not None
+            self._deliver(image, media_s)
+        return "stopped", read_here
 
-    def _deliver(self, image: np.ndarray) -> None:
+    def _skip_next(self) -> bool:
+        """Whether `target_fps` leaves out the frame about to be read."""
+        return bool(self._min_period) and time.time() - self._last_delivered_ts < self._min_period
+
+    def _deliver(self, image: np.ndarray, media_s: float) -> None:
         now = time.time()
         with self._cond:
             self._read += 1
             index = self._read - 1
-            if self._min_period and now - self._last_delivered_ts < self._min_period:
-                self._skipped += 1
-                return
             if self.cfg.read_mode == "every_frame":
                 self._cond.wait_for(lambda: self._slot is None or self._stop.is_set())
                 if self._stop.is_set():
@@ -244,7 +302,7 @@ class Camera:
             elif self._slot is not None:
                 self._dropped += 1
             self._last_delivered_ts = now
-            self._slot = Frame(self.id, index, now, image)
+            self._slot = Frame(self.id, index, now, image, media_s, self._segment)
             self._cond.notify_all()
         if self._wakeup is not None:
             self._wakeup.set()

@@ -64,7 +64,7 @@ def open_source(source: int | str, open_timeout_s: float = 5.0, read_timeout_s: 
         if not capture.isOpened():
             capture.release()
             hint = "" if "YES" in _gstreamer_line() else " (this OpenCV build has no GStreamer; use JetPack's OpenCV)"
-            raise SourceError(f"GStreamer pipeline could not be started{hint}: {source}")
+            raise SourceError(f"GStreamer pipeline could not be started{hint}: {redact(str(source))}")
         return capture
     if kind is SourceKind.STREAM:
         params = [
@@ -74,7 +74,7 @@ def open_source(source: int | str, open_timeout_s: float = 5.0, read_timeout_s: 
         capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"stream {_redact(source)} could not be opened within {open_timeout_s:g} s")
+            raise SourceError(f"stream {redact(str(source))} could not be opened within {open_timeout_s:g} s")
         return capture
     path = Path(source)
     if not path.is_file():
@@ -101,11 +101,37 @@ def _gstreamer_line() -> str:
     return "NO"
 
 
-def _redact(url: str) -> str:
-    """Hide credentials in ``scheme://user:pass@host`` URLs before they reach a log."""
-    return re.sub(r"//[^/@]*@", "//***@", url)
+# A URL anywhere in the text (a bare source or inside a GStreamer pipeline): scheme, "://", then up to whitespace.
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>\S*)")
+# Query parameters and GStreamer element properties that carry secrets (`?password=…`, `user-pw=…`).
+_SECRET_KEY = r"(?:pass(?:word)?|pwd|passwd|user-pw|user-id|user|username|token|key|secret|auth|credentials?)"
+_SECRET_PARAM = re.compile(rf"(?P<key>(?<![A-Za-z0-9_-]){_SECRET_KEY})(?P<sep>\s*=\s*)(?P<value>[^&\s!]+)",
+                           re.IGNORECASE)
+
+
+def _redact_url(match: re.Match[str]) -> str:
+    rest = match.group("rest")
+    # Everything up to the *last* "@" is userinfo: passwords may hold "@", "/" or ":" unescaped, which
+    # urllib.parse.urlsplit would split at "/" and leave the tail of the password in the "path".
+    at = rest.rfind("@")
+    if at >= 0:
+        rest = "***@" + rest[at + 1:]
+    return match.group("scheme") + rest
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential a camera source can carry replaced by ``***``.
+
+    Covers ``scheme://user:pass@host`` userinfo (whatever characters the password holds), secret query
+    parameters (``?password=…``, ``&token=…``) and GStreamer properties (``rtspsrc user-id=… user-pw=…``).
+    """
+    text = _URL.sub(_redact_url, text)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group('key')}{m.group('sep')}***", text)
+
+
+_redact = redact  # the old private name
 
 
 def describe_source(source: int | str) -> str:
     kind = classify_source(source)
-    return f"{kind.value} {_redact(source) if isinstance(source, str) else source}"
+    return f"{kind.value} {redact(source) if isinstance(source, str) else source}"

@@ -100,18 +100,16 @@ class Detector(abc.ABC):
     def infer(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run the model on a contract input tensor; return raw (boxes in input px, scores, labels)."""
 
-    def detect(self, frame_bgr: np.ndarray) -> Detections:
-        """Pre-process (shared contract), infer, filter by score, map boxes back to source pixels."""
+    def detect(self, frame_bgr: np.ndarray, floor: float | None = None) -> Detections:
+        """Pre-process (shared contract), infer, filter by score, map boxes back to source pixels.
+
+        ``floor`` lowers the score filter for this call (the tracker's second association pass wants low-score
+        boxes too); by default only detections at or above `score_threshold` are returned.
+        """
         tensor, fit = preprocess.letterbox(frame_bgr, self.input_width, self.input_height)
         boxes, scores, labels = self.infer(tensor)
-        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-        keep = scores >= self.score_threshold
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[keep]
-        return Detections(
-            preprocess.boxes_to_source(boxes, fit),
-            scores[keep],
-            np.asarray(labels, dtype=np.int64).reshape(-1)[keep],
-        )
+        threshold = self.score_threshold if floor is None else min(floor, self.score_threshold)
+        return Detections(*preprocess.postprocess(boxes, scores, labels, fit, threshold))
 
     def warm_up(self) -> None:
         # The first runs allocate memory arenas, pick kernels (and for TensorRT may finish building), taking many

@@ -139,6 +139,18 @@ class CameraStats(_Strict):
     unique_count: int | None = Field(None, ge=0)
 
 
+class EvidenceStats(_Strict):
+    """Evidence writer figures (cumulative since start)."""
+
+    paused_low_space: bool = Field(description="Evidence is off: free space is below `evidence.min_free_mb`.")
+    bytes: int = Field(ge=0, description="Bytes of evidence on disk (within `evidence.max_total_mb`).")
+    snapshots: int = Field(ge=0, description="Snapshots written.")
+    deleted: int = Field(ge=0, description="Files deleted by the quota, oldest first.")
+    dropped_busy: int = Field(ge=0, description="Frames not written because the writer was busy.")
+    skipped_low_space: int = Field(ge=0, description="Frames not written because evidence was paused.")
+    errors: int = Field(ge=0, description="Frames whose writing failed (logged).")
+
+
 class StatsInput(_Strict):
     """What the agent core passes to `AgentPublisher.publish_stats` (every field optional)."""
 
@@ -147,6 +159,7 @@ class StatsInput(_Strict):
     gpu_temp_c: float | None = Field(None, description="GPU temperature where readable.")
     cpu_percent: float | None = Field(None, ge=0)
     rss_mb: float | None = Field(None, ge=0, description="Agent resident memory.")
+    evidence: EvidenceStats | None = Field(None, description="Snapshots / annotated video, when enabled.")
 
 
 class StatsPayload(StatsInput):
