@@ -183,7 +183,7 @@ def fit(cfg: TrainConfig | dict[str, Any]) -> dict[str, float]:
         filename="best-{step}",
         monitor="val/select_f2",
         mode="max",
-        save_top_k=1,
+        save_top_k=cfg.checkpoint.save_top_k,
         save_last=cfg.checkpoint.save_last,
         auto_insert_metric_name=False,
     )

@@ -143,6 +143,8 @@ class CheckpointConfig:
     output_dir: str = "runs"
     name: str = "run"
     save_last: bool = True
+    # How many best-by-F2 checkpoints to keep (-1: every validation's, e.g. to compare steps afterwards).
+    save_top_k: int = 1
     # Copy the first checkpoint that exists here too (an early, usable model for the export side).
     early_copy: str | None = None
     # Copy the best-by-F2 checkpoint here at the end (and whenever it improves).
