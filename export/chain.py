@@ -44,6 +44,7 @@ class ChainOptions:
     out: Path
     private_key: Path
     data_root: Path | None = None  # default: the checkpoint's own training data root
+    ood_root: Path | None = None  # default: the checkpoint's own data.ood_root (None there: thresholds on ID data)
     prune: PruneConfig = field(default_factory=PruneConfig)
     fine_tune_epochs: int = 1
     input_size: tuple[int, int] | None = None
@@ -77,8 +78,10 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
     step("loading the model")
     source = _load(opts)
     width, height = opts.input_size or default_input_size(source.cfg.max_size)
-    train_records, val_records = _records(opts, source)
+    train_records, val_records, ood = _records(opts, source)
     eval_records = _subset(val_records, opts.eval_frames) if val_records else []
+    # Thresholds are chosen on the out-of-distribution set when the model was selected on one (data.ood_root).
+    ood_records = _subset(ood, opts.eval_frames) if ood else []
     if train_records:
         calibration = calibration_tensors(train_records, opts.calibration_frames, width, height)
     else:
@@ -91,6 +94,8 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         "input_size": [width, height],
         "threads": opts.threads,
         "eval_frames": len(eval_records),
+        "ood_eval_frames": len(ood_records),
+        "threshold_selected_on": "out_of_distribution" if ood_records else "in_distribution",
         "calibration_frames": len(calibration),
         "calibration_method": opts.calibration_method,
         "prune": {k: v for k, v in vars(opts.prune).items()},
@@ -101,7 +106,8 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
     baseline_model = copy.deepcopy(source.model)  # pruning works in place; the baseline is timed at the end
     base = torch_runner(baseline_model, width, height, opts.threads)
     report["variants"]["pytorch_fp32"] = _measure(
-        "pytorch_fp32", base, model_stats(baseline_model, width, height).to_dict(), None, eval_records, width, height)
+        "pytorch_fp32", base, model_stats(baseline_model, width, height).to_dict(), None, eval_records, width, height,
+        ood_records)
 
     step(f"pruning (ratio {opts.prune.ratio}, head {opts.prune.head_ratio}, proposals {opts.prune.proposals})")
     pruned_model, pruned_cfg = prune_detector(source.model, source.cfg, opts.prune, width, height)
@@ -130,7 +136,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         if not parity.passed:
             raise ExportError(f"fp32 ONNX parity with PyTorch failed: {parity.problems[:3]}")
         report["variants"]["pruned_onnx_fp32"] = _measure(
-            "pruned_onnx_fp32", fp32, pruned_stats, fp32_path, eval_records, width, height)
+            "pruned_onnx_fp32", fp32, pruned_stats, fp32_path, eval_records, width, height, ood_records)
 
         step(f"quantizing to INT8 (QDQ) with {len(calibration)} calibration frames")
         int8_path = quantize_int8(fp32_path, Path(tmp) / "int8.onnx", calibration, method=opts.calibration_method)
@@ -140,7 +146,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
                                         max_detections=pruned_cfg.box_detections_per_img)
         report["int8_vs_fp32"] = {**agreement.to_dict(), "score_floor": INT8_AGREEMENT_FLOOR}
         report["variants"]["pruned_onnx_int8"] = _measure(
-            "pruned_onnx_int8", int8, pruned_stats, int8_path, eval_records, width, height)
+            "pruned_onnx_int8", int8, pruned_stats, int8_path, eval_records, width, height, ood_records)
         runners = {"pytorch_fp32": base, "pruned_pytorch_fp32": pruned_torch, "pruned_onnx_fp32": fp32,
                    "pruned_onnx_int8": int8}
         int8_cpu_path = None
@@ -162,9 +168,9 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
 
         step("writing the signed bundle")
         variants_report = report["variants"]
-        int8_acc = variants_report["pruned_onnx_int8"].get("accuracy")
+        int8_threshold = variants_report["pruned_onnx_int8"].get("deployed_threshold")
         # Top level: the default (int8) variant's own threshold, also used by variants measured without one.
-        threshold = _clamp(int8_acc["best_threshold"] if int8_acc else source.score_threshold)
+        threshold = _clamp(int8_threshold if int8_threshold is not None else source.score_threshold)
         variants = {"int8": _variant_source(int8_path, variants_report["pruned_onnx_int8"])}
         if int8_cpu_path is not None:
             variants[CPU_INT8_VARIANT] = _variant_source(int8_cpu_path, variants_report["pruned_onnx_int8_cpu"])
@@ -216,11 +222,12 @@ def _load(opts: ChainOptions) -> SourceModel:
     return SourceModel(model, DEMO_CONFIG, info, None, None)
 
 
-def _records(opts: ChainOptions, source: SourceModel) -> tuple[list, list]:
+def _records(opts: ChainOptions, source: SourceModel) -> tuple[list, list, list]:
+    """(training, in-distribution held-out, out-of-distribution) records of the checkpoint's own training run."""
     if opts.checkpoint is None:
-        return [], []
+        return [], [], []
     from train.config import config_from_dict
-    from train.data import split_records
+    from train.data import ood_records, split_records
 
     train_cfg = source.info.get("train_config")
     if not train_cfg:
@@ -232,7 +239,13 @@ def _records(opts: ChainOptions, source: SourceModel) -> tuple[list, list]:
     cfg.data.train_limit = None
     if not cfg.data.root or not Path(cfg.data.root).is_dir():
         raise ExportError(f"training data {cfg.data.root!r} not found: pass --data DIR")
-    return split_records(cfg)
+    if opts.ood_root is not None:
+        cfg.data.ood_root = str(opts.ood_root)
+    cfg.data.ood_limit = None
+    if cfg.data.ood_root and not Path(cfg.data.ood_root).is_dir():
+        raise ExportError(f"out-of-distribution data {cfg.data.ood_root!r} not found: pass --ood-data DIR")
+    train, val = split_records(cfg)
+    return train, val, ood_records(cfg)
 
 
 def _subset(records: list, limit: int | None) -> list:
@@ -277,7 +290,7 @@ def _fine_tune(model, source: SourceModel, opts: ChainOptions):  # type: ignore[
     return tuned.eval(), metrics
 
 
-def _measure(name, runner, stats, path, eval_records, width, height):  # type: ignore[no-untyped-def]
+def _measure(name, runner, stats, path, eval_records, width, height, ood_records=()):  # type: ignore[no-untyped-def]
     entry: dict[str, Any] = {
         "params": stats["params"],
         "macs": stats["macs"],
@@ -297,7 +310,7 @@ def _variant_source(path: Path, entry: dict[str, Any]) -> VariantSource:
     acc = entry.get("accuracy")
     return VariantSource(path, f2=acc["best_f2"] if acc else None, map50=acc["map50"] if acc else None,
                          latency_ms=entry["latency"]["median_ms"],
-                         score_threshold=_clamp(acc["best_threshold"]) if acc else None)
+                         score_threshold=_clamp(entry["deployed_threshold"]) if acc else None)
 
 
 def _clamp(threshold: float) -> float:
@@ -389,6 +402,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"**{goals['f2_drop']:+.4f}** (goal <= 0.02: {'met' if goals['f2_goal_met'] else 'MISSED'})")
     if "fine_tune" in report:
         lines.append(f"- fine-tune validation: {report['fine_tune']}")
+    lines += _ood_lines(report)
     b = report["bundle"]
     lines += ["", f"Bundle `{b['path']}` v{b['version']}, score threshold {b['score_threshold']:.3f}, "
               f"{b['size_bytes'] / 1e6:.1f} MB of model files.", ""]
@@ -412,6 +426,23 @@ def _verdict(parity: dict[str, Any]) -> str:
 
 def _loadavg(values: list[float] | None) -> str:
     return "/".join(f"{v:.1f}" for v in values) if values else "-"
+
+
+def _ood_lines(report: dict[str, Any]) -> list[str]:
+    """In- and out-of-distribution F2 side by side at each variant's deployed (OOD-selected) threshold."""
+    rows = [(name, v) for name, v in report["variants"].items() if "accuracy_ood" in v]
+    if not rows:
+        return []
+    lines = ["", f"Out-of-distribution renderer ({report.get('ood_eval_frames', 0)} frames, never trained on) next "
+             f"to the in-distribution held-out frames ({report.get('eval_frames', 0)}); each variant's deployed "
+             "threshold is its best-F2 threshold on the out-of-distribution frames:", "",
+             "| variant | deployed thr | F2 OOD | mAP@0.5 OOD | F2 in-dist. at deployed thr | F2 in-dist. (own best) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, v in rows:
+        ood, acc = v["accuracy_ood"], v["accuracy"]
+        lines.append(f"| {name} | {_f(v['deployed_threshold'], 3)} | {_f(ood['best_f2'])} | {_f(ood['map50'])} "
+                     f"| {_f(v['f2_in_distribution_at_deployed'])} | {_f(acc['best_f2'])} |")
+    return lines
 
 
 def _f(value: float | None, digits: int = 3) -> str:

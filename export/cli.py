@@ -94,7 +94,7 @@ def int8(
         shape = onnx_lib.load(str(model), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
         height, width = shape[2].dim_value, shape[3].dim_value
         source = load_source(checkpoint)
-        train_records, _ = _split(source, data)
+        train_records = _split(source, data)[0]
         path = quantize_int8(model, out, calibration_tensors(train_records, frames, width, height), method=method,
                              activations=activations)
     except (ExportError, OSError, ValueError) as exc:
@@ -222,6 +222,8 @@ def all_(
     calibration_frames: int = typer.Option(100, help="INT8 calibration frames from the training split."),
     calibration_method: str = typer.Option("minmax", help="INT8 calibration: minmax, percentile or entropy."),
     eval_frames: int | None = typer.Option(None, help="Cap on held-out frames for F2/mAP (default: all)."),
+    ood_data: Path | None = typer.Option(None, "--ood-data", help="Out-of-distribution set that picks each "
+                                         "variant's score threshold (default: the checkpoint's data.ood_root)."),
     latency_runs: int = typer.Option(30, help="Timed inferences per variant."),
     threads: int = typer.Option(2, help="CPU threads for every variant."),
     version: int | None = typer.Option(None, help="Bundle version (default: previous in --out + 1)."),
@@ -243,7 +245,7 @@ def all_(
             prune=PruneConfig(ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio,
                                 fpn_ratio=fpn_ratio, proposals=proposals), fine_tune_epochs=epochs,
             input_size=_size(size), calibration_frames=calibration_frames, calibration_method=calibration_method,
-            eval_frames=eval_frames,
+            eval_frames=eval_frames, ood_root=ood_data,
             latency_runs=latency_runs, threads=threads, version=version, keep_fp32=not no_fp32, cpu_int8=cpu_int8,
             fine_tune_overrides={"data.train_limit": fine_tune_frames} if fine_tune_frames else {},
         ))
