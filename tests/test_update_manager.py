@@ -115,7 +115,9 @@ def test_install_commit_then_upgrade_keeps_previous(server, store, release_key, 
     assert record.state is S.PROBATION, record
     assert os.readlink(models(device) / "current") == "versions/1"
     assert manager.device_state.floor("starfish-cots") is None  # the floor rises only at commit
+    assert manager.in_probation().version == 1
     manager.commit()
+    assert manager.in_probation() is None
     assert manager.device_state.floor("starfish-cots") == 1
     assert manager.store.transitions(record.id) == [S.DOWNLOADING, S.VERIFYING, S.STAGING, S.CHECKING, S.SWAPPING,
                                                     S.PROBATION, S.COMMITTED]
@@ -319,3 +321,34 @@ def test_kill_9_during_staging_leaves_one_consistent_state(tmp_path, server, sto
     assert finish(child(spec)) == "FINAL probation"
     assert [p.name for p in versions.iterdir()] == ["1"]
     assert os.readlink(models(device) / "current") == "versions/1"
+
+
+@pytest.mark.slow
+def test_kill_9_during_swap_resumes_to_probation(tmp_path, server, store, release_key, device, bundle_keys):
+    manager = manager_for(device, bundle_keys)
+    install(manager, announce(server, store, release_key, 1))
+    manager.commit()
+    manager.close()
+    spec = write_spec(tmp_path, device, bundle_keys, announce(server, store, release_key, 2))
+    proc = child(spec, "--stall-swap")
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line or line.startswith("SWAPPED"):
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert os.readlink(models(device) / "current") == "versions/2"
+    restarted = manager_for(device, bundle_keys)
+    record = restarted.store.active()
+    assert record.state is S.SWAPPING and record.previous_target == "versions/1"
+    restarted.close()
+    assert finish(child(spec)) == "FINAL probation"
+    restarted = manager_for(device, bundle_keys)
+    record = restarted.resume()
+    assert record.state is S.PROBATION
+    # Had probation failed now, the recorded previous target is where the device goes back to.
+    restarted.rollback("probe: errors during probation")
+    assert os.readlink(models(device) / "current") == "versions/1"
+    restarted.close()

@@ -178,6 +178,12 @@ class UpdateManager:
             self._report(record, "rolled_back")
             return record
 
+    def in_probation(self) -> UpdateRecord | None:
+        """The update in probation, if any: start-up must then *not* raise the floor (`app.commit_model`) — the
+        floor rises only when this update commits."""
+        record = self.store.active()
+        return record if record is not None and record.state is UpdateState.PROBATION else None
+
     def close(self) -> None:
         self.store.close()
         self.device_state.close()

@@ -3,7 +3,8 @@
 ``python -m tests.helpers.update_child SPEC.json [--stall-staging]``: SPEC holds the `UpdateConfig` fields plus
 ``state_dir``, ``bundle_keys``, ``device_id`` and an optional ``announcement`` file to offer first. It prints
 ``STATE <state>`` lines as the update moves. ``--stall-staging`` lets the unpack write every file, then hangs
-before the temporary directory is renamed into place (the worst moment to be killed during staging).
+before the temporary directory is renamed into place (the worst moment to be killed during staging);
+``--stall-swap`` hangs right after the `current` link moved, before probation is recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ def main() -> None:
             threading.Event().wait()
 
         tarfile.TarFile.extractall = extract_then_hang  # type: ignore[method-assign]
+    if "--stall-swap" in sys.argv:
+        from edge_agent.update import staging
+
+        point = staging.point_current
+
+        def point_then_hang(models_dir, target):  # type: ignore[no-untyped-def]
+            point(models_dir, target)
+            print("SWAPPED", flush=True)
+            threading.Event().wait()
+
+        staging.point_current = point_then_hang  # type: ignore[assignment]
     announcement = spec.pop("announcement", None)
     state_dir, keys, device = spec.pop("state_dir"), spec.pop("bundle_keys"), spec.pop("device_id")
     manager = UpdateManager(
