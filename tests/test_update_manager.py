@@ -352,3 +352,33 @@ def test_kill_9_during_swap_resumes_to_probation(tmp_path, server, store, releas
     restarted.rollback("probe: errors during probation")
     assert os.readlink(models(device) / "current") == "versions/1"
     restarted.close()
+
+
+def test_worker_runs_off_thread_and_stop_pauses_download(server, store, release_key, device, bundle_keys):
+    from edge_agent.update.worker import UpdateWorker
+
+    refused: list = []
+    server.faults["/v1.tar"] = "slow:100000"
+    manager = manager_for(device, bundle_keys)
+    worker = UpdateWorker(manager, on_refused=refused.append)
+    worker.start()
+    raw = announce(server, store, release_key, 1)
+    started = time.monotonic()
+    assert worker.submit(raw) and worker.submit(b"{not json")
+    assert time.monotonic() - started < 0.1  # submit never blocks the caller
+    assert wait_until(lambda: (manager.store.latest() or None) is not None and manager.store.latest().progress > 0, 30)
+    worker.stop()
+    assert not worker.alive
+    assert manager.store.active().state is S.DOWNLOADING  # paused, not failed: resumes next start
+    manager.close()
+    server.faults.pop("/v1.tar")
+    manager = manager_for(device, bundle_keys)
+    worker = UpdateWorker(manager, on_refused=refused.append)
+    worker.start()
+    assert wait_until(lambda: manager.in_probation() is not None, 120)
+    worker.submit(b"{not json")
+    assert wait_until(lambda: len(refused) == 1, 10)  # the first worker stopped before it got to its queue
+    assert refused[0]["error_code"] == "announcement_malformed"
+    worker.stop()
+    assert any(r and r.startswith("bytes=") for p, r, _ in server.requests if p == "/v1.tar")
+    manager.close()

@@ -131,12 +131,15 @@ class UpdateStore:
                                 tuple(s.value for s in TERMINAL)).fetchone()
             if active is not None:
                 raise TransitionError(f"update #{active[0]} ({active[1]} v{active[2]}) is still in progress")
-            cur = db.execute(
-                "INSERT INTO model_update (name, version, rollback, digest, announcement, created_at, state, size, "
-                "started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, version, int(rollback), digest, announcement, created_at.isoformat(),
-                 UpdateState.DOWNLOADING.value, size, now, now),
-            )
+            try:
+                cur = db.execute(
+                    "INSERT INTO model_update (name, version, rollback, digest, announcement, created_at, state, "
+                    "size, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, version, int(rollback), digest, announcement, created_at.isoformat(),
+                     UpdateState.DOWNLOADING.value, size, now, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise TransitionError(f"announcement {digest[:12]} was already handled") from exc
             update_id = int(cur.lastrowid or 0)
             db.execute("INSERT INTO model_update_transition (update_id, state, at) VALUES (?, ?, ?)",
                        (update_id, UpdateState.DOWNLOADING.value, now))
