@@ -382,3 +382,38 @@ def test_worker_runs_off_thread_and_stop_pauses_download(server, store, release_
     worker.stop()
     assert any(r and r.startswith("bytes=") for p, r, _ in server.requests if p == "/v1.tar")
     manager.close()
+
+
+def test_golden_frames_checked_when_the_bundle_has_them(tmp_path, tiny_bundle, bundle_keys, device):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from edge_agent.bundle import load_bundle
+    from edge_agent.update.check import check_candidate
+    from edge_agent.update.errors import CheckFailed
+
+    cfg, state_dir = device
+    bundle_dir = tmp_path / "golden-bundle"
+    shutil.copytree(tiny_bundle.path, bundle_dir)
+    frame = np.random.default_rng(0).integers(0, 255, (128, 224, 3), dtype=np.uint8)
+    cv2.imwrite(str(bundle_dir / "golden_0.png"), frame)
+    bundle = load_bundle(bundle_dir, [bundle_keys.public])
+    # What this model really answers on the frame, recorded as the golden answer (as export would).
+    from edge_agent.detectors.base import DetectorOptions, create_detector
+
+    detector = create_detector(["onnxruntime"], bundle, None, DetectorOptions(state_dir=state_dir))
+    got = detector.detect(frame)
+    detector.close()
+    truth = [{"box": [float(v) for v in box], "score": float(s)} for box, s in zip(got.boxes, got.scores, strict=True)]
+    (bundle_dir / "golden.json").write_text(json.dumps({"frames": [{"file": "golden_0.png", "detections": truth}]}))
+    report = check_candidate(bundle, cfg, state_dir=state_dir)
+    assert report.golden == "matched" and report.golden_frames == 1
+    wrong = truth + [{"box": [10.0, 10.0, 60.0, 60.0], "score": 0.99}]
+    (bundle_dir / "golden.json").write_text(json.dumps({"frames": [{"file": "golden_0.png", "detections": wrong}]}))
+    with pytest.raises(CheckFailed, match="golden frame 0"):
+        check_candidate(bundle, cfg, state_dir=state_dir)
+    (bundle_dir / "golden.json").write_text("{not json")
+    with pytest.raises(CheckFailed, match="unusable"):
+        check_candidate(bundle, cfg, state_dir=state_dir)
