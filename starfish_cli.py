@@ -16,12 +16,13 @@ import typer
 
 logger = logging.getLogger("starfish")
 
-# (command name, module holding `app`, what it is for)
+# (command name, module holding `app` (a sub-app) or `COMMAND` (one command), what it is for)
 SUB_APPS: tuple[tuple[str, str, str], ...] = (
     ("data", "train.data_cli", "Reef datasets: synthetic generator, OOD validation renderer, previews, statistics."),
     ("train", "train.cli", "Train and evaluate the Faster R-CNN detector (needs the `train` extra)."),
     ("export", "export.cli", "Prune, quantize and export a checkpoint to ONNX / TensorRT bundles."),
     ("keys", "export.keys_cli", "Generate ed25519 signing keys for model bundles."),
+    ("release", "export.release_cli", "Release a bundle: store its .tar, sign and publish its announcement."),
     ("bundle", "edge_agent.bundle.cli", "Inspect and verify signed model bundles (torch-free)."),
     ("agent", "edge_agent.cli", "Run the edge agent: cameras -> detection -> tracking -> MQTT."),
     ("bench", "benchmarks.cli", "Benchmark back ends: latency, throughput, memory, accuracy."),
@@ -65,7 +66,10 @@ def _register_sub_apps() -> None:
                 logger.debug("sub-command %s unavailable: %s", name, exc)
                 continue
             raise
-        app.add_typer(module.app, name=name, help=help_text)
+        if hasattr(module, "COMMAND"):  # a unit that is one command rather than a group of them
+            app.command(name, help=help_text)(module.COMMAND)
+        else:
+            app.add_typer(module.app, name=name, help=help_text)
 
 
 _register_sub_apps()

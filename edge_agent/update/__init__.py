@@ -1,0 +1,36 @@
+"""Over-the-air model updates (torch-free): signed announcements, bounded downloads, a persisted state machine.
+
+* `announcement` — the signed announcement contract: `Announcement`, `sign_announcement`, `parse_announcement`,
+  `verify_announcement` (each refusal its own error class in `errors`).
+* `download` — http(s) with Range resume into a `.part`, capped at the signed size, stall timeout, bounded retries.
+* `state` — `UpdateState` and `UpdateStore`: one SQLite row per update, every transition durable before it acts.
+* `staging` — ``models_dir`` layout, unpack into ``versions/<v>``, atomic ``current`` link replacement.
+* `check` — the staging check: loads, golden frames (when the bundle has them), latency budget.
+* `manager` — `UpdateManager`: offer / run / resume / commit / rollback.
+"""
+
+from edge_agent.update.announcement import (
+    Announcement,
+    Rollout,
+    SignedAnnouncement,
+    canonical_json,
+    parse_announcement,
+    sign_announcement,
+    verify_announcement,
+)
+from edge_agent.update.config import UpdateConfig
+from edge_agent.update.state import UpdateRecord, UpdateState, UpdateStore
+
+__all__ = [
+    "Announcement",
+    "Rollout",
+    "SignedAnnouncement",
+    "UpdateConfig",
+    "UpdateRecord",
+    "UpdateState",
+    "UpdateStore",
+    "canonical_json",
+    "parse_announcement",
+    "sign_announcement",
+    "verify_announcement",
+]

@@ -1,0 +1,88 @@
+"""Runs the update manager off the inference thread: inbound announcements in, reports out.
+
+The agent's MQTT callback must never block (inference never waits for an update), so `submit` only queues the
+payload; one background thread verifies it (`UpdateManager.offer`) and drives the update to probation
+(`UpdateManager.run`). `stop()` interrupts a download between chunks; the `.part` file and the row are kept and the
+next start resumes (`start` calls `UpdateManager.resume` first). Transport-agnostic: the agent passes a ``report``
+callback that publishes `state_payload` retained on `…/model/update` and events on `…/model/result`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.update.errors import UpdateError
+from edge_agent.update.manager import UpdateManager
+
+logger = logging.getLogger(__name__)
+
+# (kind, details): kind is "refused" for an announcement that opened no update, else the manager's event name.
+RefusalCallback = Callable[[dict[str, Any]], None]
+
+
+class UpdateWorker:
+    """One daemon thread owning ``manager``; `submit` is safe from any thread (e.g. paho's network loop)."""
+
+    def __init__(self, manager: UpdateManager, *, on_refused: RefusalCallback | None = None,
+                 max_queue: int = 16) -> None:
+        self.manager = manager
+        self.on_refused = on_refused
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-updates", daemon=True)
+        self.dropped = 0
+
+    def start(self) -> None:
+        """Reconcile after the last run, then process announcements (and finish an interrupted update)."""
+        self.manager.resume()
+        self._thread.start()
+
+    def submit(self, payload: bytes) -> bool:
+        """Queue an inbound announcement; False (and counted) when the queue is full (a flood is not our work)."""
+        try:
+            self._queue.put_nowait(payload)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            logger.warning("model update queue full: announcement dropped (%d so far)", self.dropped)
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        # An update interrupted by the last stop (or a crash) continues before anything new is looked at.
+        self._drive()
+        while not self._stop.is_set():
+            payload = self._queue.get()
+            if payload is None or self._stop.is_set():
+                return
+            try:
+                record = self.manager.offer(payload)
+            except UpdateError as exc:
+                logger.warning("model announcement refused (%s): %s", exc.code, exc)
+                if self.on_refused is not None:
+                    self.on_refused({"event": "refused", "error_code": exc.code, "error": str(exc)})
+                continue
+            if record is not None:
+                self._drive()
+
+    def _drive(self) -> None:
+        try:
+            self.manager.run(stop=self._stop)
+        except Exception:  # noqa: BLE001 - a bug in one update must not kill the thread; the row says where it was
+            logger.exception("model update worker: unexpected failure")

@@ -1,0 +1,118 @@
+"""Release a bundle (cloud side): put its `.tar` in a bundle store and sign an announcement for the fleet.
+
+The store is a directory that any HTTP(S) server serves (``--url-base`` is where that server exposes it). The
+bundle is verified before anything is written — a release never publishes what a device would refuse — and the
+`.tar` is written atomically (temporary file, fsync, rename), so a device never fetches half of one. The
+announcement (`edge_agent.update.announcement`) names the tar's exact size and sha256, so a device can cap and
+check its download; publishing it retained on ``{prefix}/fleet/{fleet}/model`` reaches devices that are offline
+now when they reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, load_bundle
+from edge_agent.bundle.files import sha256_file
+from edge_agent.update.announcement import Announcement, Rollout, sign_announcement
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Release:
+    tar: Path
+    announcement: Announcement
+    payload: bytes  # the signed announcement as it goes on the wire
+
+
+def store_bundle(bundle: Path, store: Path, bundle_keys: list[Ed25519PublicKey]) -> tuple[Path, str, int, int]:
+    """Verify ``bundle`` (directory or .tar) and write ``store/<name>-<version>.tar``; returns (path, name,
+    version, size)."""
+    verified = load_bundle(bundle, bundle_keys)
+    manifest = verified.manifest
+    store.mkdir(parents=True, exist_ok=True)
+    dest = store / f"{manifest.name}-{manifest.version}.tar"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=store)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if verified.is_tar:
+                with open(verified.root, "rb") as src:
+                    shutil.copyfileobj(src, handle)
+            else:
+                # Only the signed files, flat, in a fixed order: the archive the device's loader accepts.
+                names = [MANIFEST_NAME, SIGNATURE_NAME, *sorted(v.file for v in manifest.variants.values())]
+                with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for name in names:
+                        info = tar.gettarinfo(str(verified.root / name), arcname=name)
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = ""
+                        with open(verified.root / name, "rb") as src:
+                            tar.addfile(info, src)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    # What was written must still be the verified bundle (a source changed mid-copy is refused here).
+    load_bundle(dest, bundle_keys, expected_name=manifest.name)
+    return dest, manifest.name, manifest.version, dest.stat().st_size
+
+
+def make_release(
+    bundle: Path,
+    *,
+    store: Path,
+    url_base: str,
+    release_key: Ed25519PrivateKey,
+    bundle_keys: list[Ed25519PublicKey],
+    expires_in: timedelta = timedelta(days=7),
+    min_agent_version: str = "0",
+    platforms: tuple[str, ...] = ("any",),
+    rollout: Rollout | None = None,
+    rollback: bool = False,
+    now: datetime | None = None,
+) -> Release:
+    """Store the bundle and sign its announcement. Raises `BundleError` / `ValueError` on bad input."""
+    tar, name, version, size = store_bundle(bundle, store, bundle_keys)
+    created = now or datetime.now(timezone.utc)
+    announcement = Announcement(
+        name=name, version=version, url=f"{url_base.rstrip('/')}/{tar.name}", sha256=sha256_file(tar), size=size,
+        created_at=created, expires_at=created + expires_in, min_agent_version=min_agent_version,
+        platforms=platforms, rollout=rollout or Rollout(), rollback=rollback,
+    )
+    logger.info("release %s: %s (%d bytes)", announcement.describe(), tar, size)
+    return Release(tar, announcement, sign_announcement(announcement, release_key))
+
+
+def publish(payload: bytes, *, host: str, port: int, topic: str, timeout_s: float = 10.0) -> None:
+    """Publish ``payload`` retained at QoS 1 on ``topic`` and wait for the broker's acknowledgement."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"starfish-release-{os.getpid()}")
+    try:
+        client.connect(host, port)
+    except OSError as exc:
+        raise BundleError(f"cannot reach the MQTT broker {host}:{port}: {exc}") from exc
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout=timeout_s)
+        if not info.is_published():
+            raise BundleError(f"the broker {host}:{port} did not acknowledge the announcement on {topic}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    logger.info("published the announcement retained on %s (%s:%d)", topic, host, port)

@@ -1,0 +1,73 @@
+"""`starfish release BUNDLE`: store a bundle's .tar and print (and optionally publish) its signed announcement."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import typer
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def release(
+    bundle: Path = typer.Argument(..., help="Signed bundle directory or .tar to release."),
+    store: Path = typer.Option(..., "--store", help="Bundle store directory (served over HTTP(S))."),
+    url_base: str = typer.Option(..., "--url-base", help="URL under which the store directory is served."),
+    key: Path = typer.Option(..., "--key", help="Release private key (PEM, `starfish keys generate`)."),
+    bundle_key: list[Path] = typer.Option(
+        None, "--bundle-key", help="Public key(s) the bundle must verify with (default: the release key's)."),
+    expires_days: float = typer.Option(7.0, "--expires-days", min=0.001, help="Days until devices ignore it."),
+    min_agent_version: str = typer.Option("0", "--min-agent-version", help="Oldest agent that may install it."),
+    platform: list[str] = typer.Option(["any"], "--platform", help="Platform tags (linux-aarch64...) or 'any'."),
+    wave: int = typer.Option(0, "--wave", min=0, help="Rollout wave number."),
+    canary: bool = typer.Option(False, "--canary", help="Mark this wave as the canary wave."),
+    device: list[str] = typer.Option(None, "--device", help="Device ids this wave targets (default: all)."),
+    rollback: bool = typer.Option(False, "--rollback", help="A signed explicit rollback to this bundle's version."),
+    out: Path = typer.Option(None, "--out", help="Also write the announcement to this file."),
+    broker: str = typer.Option(None, "--broker", help="host:port: publish retained on the fleet topic."),
+    fleet: str = typer.Option("default", "--fleet", help="Fleet name (topic {prefix}/fleet/{fleet}/model)."),
+    prefix: str = typer.Option("starfish", "--prefix", help="MQTT topic prefix."),
+) -> None:
+    """Verify BUNDLE, write <name>-<version>.tar into --store, sign the announcement and print it on stdout."""
+    from pydantic import ValidationError
+
+    from edge_agent.bundle import BundleError, load_private_key, load_public_key
+    from edge_agent.mqtt.topics import Topics
+    from edge_agent.update.announcement import Rollout
+    from export.release import make_release, publish
+
+    passphrase = os.environ.get("STARFISH_KEY_PASSPHRASE")
+    try:
+        private = load_private_key(key, passphrase.encode() if passphrase else None)
+        keys = [load_public_key(p) for p in bundle_key] if bundle_key else [private.public_key()]
+        rollout = Rollout(wave=wave, canary=canary, devices=tuple(device) if device else None)
+        result = make_release(
+            bundle, store=store, url_base=url_base, release_key=private, bundle_keys=keys,
+            expires_in=timedelta(days=expires_days), min_agent_version=min_agent_version,
+            platforms=tuple(platform), rollout=rollout, rollback=rollback,
+        )
+        if out is not None:
+            out.write_bytes(result.payload)
+        if broker:
+            host, _, port = broker.rpartition(":")
+            if not host or not port.isdigit():
+                _fail(f"--broker must be host:port, got {broker!r}")
+            publish(result.payload, host=host, port=int(port), topic=Topics(prefix=prefix,
+                                                                            device_id="release").fleet_model(fleet))
+    except (BundleError, OSError) as exc:
+        _fail(f"release refused: {exc}")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        _fail(f"release refused: {problems}")
+    except ValueError as exc:
+        _fail(f"release refused: {exc}")
+    typer.echo(result.payload.decode())
+
+
+# A single command (`starfish release BUNDLE ...`), not a sub-app: starfish_cli registers `COMMAND` directly.
+COMMAND = release
