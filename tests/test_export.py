@@ -312,3 +312,27 @@ def test_cli_reports_bad_checkpoint_cleanly(tmp_path: Path, bundle_keys: BundleK
     assert result.exit_code == 1 and "not a starfish-edge" in result.output
     result = CliRunner().invoke(app, ["all", "--key", str(bundle_keys.private)])
     assert result.exit_code != 0 and "--untrained" in result.output
+
+
+def test_chain_picks_thresholds_on_the_out_of_distribution_set(smoke_checkpoint, bundle_keys: BundleKeys,
+                                                               make_synthetic_dataset, tmp_path) -> None:
+    from export.chain import ChainOptions, run_chain
+    from export.prune import PruneConfig
+
+    # Any other Kaggle-layout root stands in for the out-of-distribution renderer here.
+    other = make_synthetic_dataset(seed=123, videos=1, frames=8)
+    out = tmp_path / "out"
+    report = run_chain(ChainOptions(
+        checkpoint=smoke_checkpoint, out=out, private_key=bundle_keys.private, ood_root=other,
+        prune=PruneConfig(ratio=0.0), fine_tune_epochs=0, calibration_frames=4, parity_frames=3, eval_frames=4,
+        latency_runs=1, keep_fp32=False,
+    ))
+    assert report["threshold_selected_on"] == "out_of_distribution" and report["ood_eval_frames"] == 4
+    manifest = load_bundle(out / "bundle", bundle_keys.public).manifest
+    for variant, measured in (("int8", "pruned_onnx_int8"), ("int8_cpu", "pruned_onnx_int8_cpu")):
+        entry = report["variants"][measured]
+        assert entry["deployed_threshold"] == entry["accuracy_ood"]["best_threshold"]
+        assert manifest.variants[variant].score_threshold == pytest.approx(
+            min(1.0, max(0.0, entry["accuracy_ood"]["best_threshold"])))
+        assert 0.0 <= entry["f2_in_distribution_at_deployed"] <= 1.0
+    assert "Out-of-distribution renderer" in (out / "report.md").read_text()
