@@ -36,23 +36,25 @@ def test_duplicates_are_stored_once(storage: Any) -> None:
 def test_roll_up_counts_only_new_rows(storage: Any) -> None:
     storage.write([rec(i, count=i % 3, unique=i // 2) for i in range(1, 11)])
     storage.write([rec(i, count=i % 3, unique=i // 2) for i in range(5, 11)])  # redelivered
-    points = storage.series("dev1", T0, T0 + 60)
-    assert len(points) == 1
-    p = points[0]
-    assert p["frames"] == 10
-    assert p["max"] == 2
-    assert p["unique"] == 5
-    assert p["mean"] == pytest.approx(sum(i % 3 for i in range(1, 11)) / 10)
+    cams = storage.series("dev1", T0, T0 + 60)["cameras"]
+    assert list(cams) == ["cam0"]
+    p = cams["cam0"]
+    assert p["minute"] == [int(T0)]
+    assert p["frames"] == [10]
+    assert p["max"] == [2]
+    assert p["unique"] == [5]
+    assert p["mean"][0] == pytest.approx(sum(i % 3 for i in range(1, 11)) / 10, abs=1e-3)
 
 
 def test_series_per_minute_and_camera(storage: Any) -> None:
     storage.write([rec(i, ts=T0 + i * 30, camera=f"cam{i % 2}") for i in range(1, 9)])
-    points = storage.series("dev1", T0, T0 + 3600)
-    assert {p["camera_id"] for p in points} == {"cam0", "cam1"}
-    assert sum(p["frames"] for p in points) == 8
-    only = storage.series("dev1", T0, T0 + 3600, camera_id="cam1")
-    assert {p["camera_id"] for p in only} == {"cam1"}
-    assert storage.series("dev1", T0 + 7200, T0 + 9000) == []
+    cams = storage.series("dev1", T0, T0 + 3600)["cameras"]
+    assert set(cams) == {"cam0", "cam1"}
+    assert sum(sum(c["frames"]) for c in cams.values()) == 8
+    assert cams["cam0"]["minute"] == sorted(cams["cam0"]["minute"])
+    only = storage.series("dev1", T0, T0 + 3600, camera_id="cam1")["cameras"]
+    assert set(only) == {"cam1"}
+    assert storage.series("dev1", T0 + 7200, T0 + 9000)["cameras"] == {}
 
 
 def test_totals_window_and_session(storage: Any) -> None:

@@ -108,3 +108,79 @@ def raw_publisher() -> Iterator[Callable[[str, int], Any]]:
     for client in clients:
         client.disconnect()
         client.loop_stop()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Proc:
+    """A child process of this repository's Python, logging to a file; `kill9()` is a real SIGKILL."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        import subprocess
+        import sys
+
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()/kill9()
+        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill9(self) -> None:
+        import signal
+
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        import signal
+        import subprocess
+
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._out.close()
+        return int(self.proc.returncode)
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> bool:
+        """Wait until `text` appears in the process's output (or it exits)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return True
+            if not self.alive():
+                return text in self.output()
+            time.sleep(0.05)
+        return False
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+
+def synthetic_publisher(port: int, workdir: Path, device_id: str = "boat-1", *, rate: float = 20.0, count: int = 0,
+                        keepalive: int = 5, camera: str = "cam0") -> Proc:
+    """The edge agent's own publisher + outbox (edge_agent.mqtt.synthetic) in its own process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Proc(["-m", "edge_agent.mqtt.synthetic", "--host", "127.0.0.1", "--port", str(port), "--device-id",
+                 device_id, "--camera", camera, "--outbox", str(workdir / f"{device_id}-outbox.db"), "--rate",
+                 str(rate), "--count", str(count), "--keepalive", str(keepalive)], workdir / f"{device_id}.log")
+
+
+def shore_process(port: int, db: Path, workdir: Path, *, web_port: int | None = None,
+                  client_id: str = "shore-test", extra: tuple[str, ...] = ()) -> Proc:
+    """`python -m shore run` against the broker on `port` (ingest only unless `web_port`)."""
+    args = ["-m", "shore", "run", "--db", str(db), "--mqtt-port", str(port), "--client-id", client_id, *extra]
+    args += ["--port", str(web_port)] if web_port else ["--no-web"]
+    return Proc(args, workdir / f"shore-{client_id}.log")

@@ -1,0 +1,101 @@
+"""`starfish shore …` (also `python -m shore …`): run the station, benchmark its storage."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from pydantic import SecretStr, ValidationError
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Shore station: MQTT ingest into SQLite / PostgreSQL and a live web dashboard.")
+logger = logging.getLogger(__name__)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _validation_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "settings"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return msg if where == "settings" else f"{where}: {msg}"
+
+
+def _ensure_logging() -> None:
+    # `python -m shore` has no root callback configuring logging; `starfish` does.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def run(
+    db: str = typer.Option(".starfish-shore/shore.db", "--db", help="SQLite file, or postgresql://user@host/db."),
+    db_schema: str = typer.Option(None, "--db-schema", help="PostgreSQL schema (created when missing)."),
+    mqtt_host: str = typer.Option("127.0.0.1", "--mqtt-host", help="Broker host."),
+    mqtt_port: int = typer.Option(1883, "--mqtt-port", help="Broker port."),
+    mqtt_user: str = typer.Option(None, "--mqtt-user", help="Broker user (password: $STARFISH_SHORE_MQTT_PASSWORD)."),
+    prefix: str = typer.Option("starfish", "--prefix", help="Fleet topic prefix."),
+    client_id: str = typer.Option("starfish-shore", "--client-id", help="MQTT client id = persistent session."),
+    share_group: str = typer.Option(None, "--share-group", help="MQTT 5 shared subscription group for counts."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Web bind address (off loopback a token is required)."),
+    port: int = typer.Option(8080, "--port", help="Web port."),
+    token: str = typer.Option(None, "--token", help="Access token (or $STARFISH_SHORE_TOKEN)."),
+    heartbeat: float = typer.Option(15.0, "--sse-heartbeat", help="Seconds between keep-alive comments."),
+    no_ingest: bool = typer.Option(False, "--no-ingest", help="Serve the web page only (another process ingests)."),
+    no_web: bool = typer.Option(False, "--no-web", help="Ingest only."),
+) -> None:
+    """Subscribe to the fleet, store every count once, serve the dashboard and the JSON API."""
+    _ensure_logging()
+    from shore.config import IngestConfig, ShoreSettings, WebConfig
+    from shore.storage import StorageError
+
+    if no_ingest and no_web:
+        raise _fail("--no-ingest and --no-web together leave nothing to run")
+    try:
+        settings = ShoreSettings(
+            db=db, db_schema=db_schema,
+            mqtt=IngestConfig(host=mqtt_host, port=mqtt_port, username=mqtt_user, topic_prefix=prefix,
+                              client_id=client_id, share_group=share_group),
+            web=WebConfig(host=host, port=port, token=SecretStr(token) if token else None,
+                          sse_heartbeat_s=heartbeat),
+        )
+    except ValidationError as exc:
+        raise _fail(_validation_line(exc)) from None
+    from shore.server import run as run_server
+
+    try:
+        run_server(settings, ingest=not no_ingest, web=not no_web)
+    except StorageError as exc:
+        raise _fail(" ".join(str(exc).split())) from None
+
+
+@app.command()
+def bench(
+    db: list[str] = typer.Option(None, "--db", help="`sqlite` (a temporary file) or a postgresql:// URL, "
+                                 "repeatable; default: sqlite and, when reachable, PostgreSQL on 127.0.0.1."),
+    counts: int = typer.Option(50_000, "--counts", help="Counts messages to ingest."),
+    batch: int = typer.Option(200, "--batch", help="Messages per transaction."),
+    cameras: int = typer.Option(10, "--cameras", help="Cameras for the chart query."),
+    out: Path = typer.Option(None, "--out", help="Also write the results as JSON here."),
+) -> None:
+    """Sustained ingest rate per engine, and the time to serve a 24 h chart of ten cameras."""
+    _ensure_logging()
+    from shore.bench import run_bench
+
+    try:
+        report = run_bench(db or None, counts=counts, batch=batch, cameras=cameras)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    import json
+
+    text = json.dumps(report, indent=2)
+    typer.echo(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
