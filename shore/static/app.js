@@ -45,9 +45,9 @@
 
   // ---- fleet table ----------------------------------------------------------------------------------------------
   function statusPill(word) {
-    const w = word || "unknown";
-    return el("span", { class: `pill pill-${["online", "offline", "stopped", "disabled"].includes(w) ? w : "wait"}`,
-      "data-field": "status", text: w });
+    if (!word) return el("span", { class: "pill pill-none", "data-field": "status", text: "no status" });
+    const known = ["online", "offline", "stopped", "disabled"].includes(word);
+    return el("span", { class: `pill pill-${known ? word : "wait"}`, "data-field": "status", text: word });
   }
 
   function fpsOf(d) {

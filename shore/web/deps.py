@@ -48,4 +48,4 @@ class TimeRange:
         self.end = end.timestamp() if end is not None else time.time() + 60
         self.start = start.timestamp() if start is not None else self.end - 60 - hours * 3600
         if self.end <= self.start:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "end must be after start")
+            raise HTTPException(422, "end must be after start")

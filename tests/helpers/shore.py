@@ -184,3 +184,35 @@ def shore_process(port: int, db: Path, workdir: Path, *, web_port: int | None = 
     args = ["-m", "shore", "run", "--db", str(db), "--mqtt-port", str(port), "--client-id", client_id, *extra]
     args += ["--port", str(web_port)] if web_port else ["--no-web"]
     return Proc(args, workdir / f"shore-{client_id}.log")
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[[Any], str]]:
+    """Factory: serve an ASGI app with the real uvicorn on a free loopback port; returns its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tests.helpers.mqtt_broker import free_port
+
+    servers: list[tuple[Any, threading.Thread]] = []
+
+    def serve(app: Any) -> str:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                               timeout_graceful_shutdown=2))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)

@@ -41,7 +41,7 @@ def create_survey(body: SurveyIn, storage: Storage = Depends(get_storage)) -> di
     try:
         survey = storage.create_survey(body.name, body.start, body.end, body.device_id, body.camera_id)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(422, str(exc)) from exc
     return _window(storage, survey)
 
 
