@@ -21,9 +21,10 @@ def _fail(message: str) -> typer.Exit:
 
 def _validation_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "settings"
+    section = {"IngestConfig": ["mqtt"], "WebConfig": ["web"]}.get(exc.title, [])
+    where = ".".join(str(p) for p in [*section, *err["loc"]]) or "settings"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return msg if where == "settings" else f"{where}: {msg}"
+    return msg if not err["loc"] else f"{where}: {msg}"
 
 
 def _ensure_logging() -> None:

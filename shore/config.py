@@ -16,30 +16,35 @@ class _Strict(BaseModel):
 
 
 class IngestConfig(_Strict):
-    host: str = Field("127.0.0.1", min_length=1, description="MQTT broker host.")
-    port: int = Field(1883, ge=1, le=65535, description="MQTT broker port.")
-    username: str | None = Field(None, description="Broker user name (password from $STARFISH_SHORE_MQTT_PASSWORD).")
-    password: SecretStr | None = Field(None, description="Broker password; prefer the environment variable.")
-    topic_prefix: str = Field("starfish", min_length=1, description="Fleet topic prefix (`{prefix}/{device_id}/…`).")
+    host: str = Field(default="127.0.0.1", min_length=1, description="MQTT broker host.")
+    port: int = Field(default=1883, ge=1, le=65535, description="MQTT broker port.")
+    username: str | None = Field(
+        default=None, description="Broker user name (password from $STARFISH_SHORE_MQTT_PASSWORD).",
+    )
+    password: SecretStr | None = Field(default=None, description="Broker password; prefer the environment variable.")
+    topic_prefix: str = Field(
+        default="starfish", min_length=1, description="Fleet topic prefix (`{prefix}/{device_id}/…`).",
+    )
     client_id: str = Field(
-        "starfish-shore", min_length=1, max_length=64,
+        default="starfish-shore", min_length=1, max_length=64,
         description="MQTT client id; it names the persistent session, so keep it stable across restarts.",
     )
     share_group: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        default=None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
         description="MQTT 5 shared-subscription group: several ingest processes (each with its own client id) "
         "split the counts between them. Retained states are subscribed by every process.",
     )
     session_expiry_s: int = Field(
-        7 * 24 * 3600, ge=60, description="How long the broker keeps our session (and queues counts) while away.",
+        default=7 * 24 * 3600, ge=60,
+        description="How long the broker keeps our session (and queues counts) while away.",
     )
-    keepalive_s: int = Field(15, ge=2, le=3600, description="MQTT keepalive.")
+    keepalive_s: int = Field(default=15, ge=2, le=3600, description="MQTT keepalive.")
     receive_maximum: int = Field(
-        1000, ge=1, le=65535, description="QoS 1 messages the broker may send before our acknowledgements.",
+        default=1000, ge=1, le=65535, description="QoS 1 messages the broker may send before our acknowledgements.",
     )
-    max_payload_bytes: int = Field(65536, ge=256, description="Larger messages are counted and ignored.")
-    batch_max: int = Field(1000, ge=1, description="Most messages committed in one transaction.")
-    reconnect_max_delay_s: float = Field(5.0, gt=0, description="Cap of the reconnect back-off.")
+    max_payload_bytes: int = Field(default=65536, ge=256, description="Larger messages are counted and ignored.")
+    batch_max: int = Field(default=1000, ge=1, description="Most messages committed in one transaction.")
+    reconnect_max_delay_s: float = Field(default=5.0, gt=0, description="Cap of the reconnect back-off.")
 
     @model_validator(mode="after")
     def _check(self) -> IngestConfig:
@@ -56,12 +61,18 @@ class IngestConfig(_Strict):
 
 
 class WebConfig(_Strict):
-    host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires a token.")
-    port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
-    token: SecretStr | None = Field(None, description=f"Access token (or ${TOKEN_ENV}); required off loopback.")
-    sse_heartbeat_s: float = Field(15.0, gt=0, description="Comment line sent on an idle live-update stream.")
-    sse_poll_s: float = Field(0.5, gt=0, description="How often the live-update stream looks for new data.")
-    title: str = Field("Starfish shore station", max_length=100, description="Page title.")
+    host: str = Field(default="127.0.0.1", description="Bind address; anything but loopback requires a token.")
+    port: int = Field(default=8080, ge=1, le=65535, description="HTTP port.")
+    token: SecretStr | None = Field(
+        default=None, description=f"Access token (or ${TOKEN_ENV}); required off loopback.",
+    )
+    sse_heartbeat_s: float = Field(
+        default=15.0, gt=0, description="Comment line sent on an idle live-update stream.",
+    )
+    sse_poll_s: float = Field(
+        default=0.5, gt=0, description="How often the live-update stream looks for new data.",
+    )
+    title: str = Field(default="Starfish shore station", max_length=100, description="Page title.")
 
     @model_validator(mode="after")
     def _check(self) -> WebConfig:
@@ -76,10 +87,10 @@ class WebConfig(_Strict):
 
 
 class ShoreSettings(_Strict):
-    db: str = Field(".starfish-shore/shore.db", description="SQLite file path, or a postgresql:// URL.")
-    db_schema: str | None = Field(None, description="PostgreSQL schema to use (created when missing).")
-    mqtt: IngestConfig = Field(default_factory=IngestConfig)  # type: ignore[arg-type]
-    web: WebConfig = Field(default_factory=WebConfig)  # type: ignore[arg-type]
+    db: str = Field(default=".starfish-shore/shore.db", description="SQLite file path, or a postgresql:// URL.")
+    db_schema: str | None = Field(default=None, description="PostgreSQL schema to use (created when missing).")
+    mqtt: IngestConfig = Field(default_factory=IngestConfig, description="MQTT ingest.")
+    web: WebConfig = Field(default_factory=WebConfig, description="Web dashboard and API.")
 
 
 def is_loopback(host: str) -> bool:
