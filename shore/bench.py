@@ -4,9 +4,9 @@ Ingest is measured three ways, each over fresh tables:
 
 * `write`: prebuilt records into `Storage.write` in batches (the database alone);
 * `parse+write`: the JSON payloads as they arrive from MQTT, parsed and validated, then written (ingest's work);
-* `mqtt`: end to end through a real Mosquitto (when installed): a publisher process sends QoS 1 counts as fast as
-  the broker takes them, the `Ingest` of this process commits and acknowledges them; the clock stops when the last
-  one is committed.
+* `mqtt`: end to end through a real Mosquitto (when installed), QoS 1, committed and acknowledged by `Ingest`:
+  `live` with a publisher process sending as fast as it can meanwhile, `backlog` draining counts that waited in
+  our persistent session (the ingest path alone); the clock stops when the last one is committed.
 
 The chart: 24 h of per-minute roll-ups for N cameras (written as agent `aggregate` messages of 600 frames, i.e.
 10 fps), then `GET /api/series` through the real HTTP server (median of repeated requests).
@@ -107,7 +107,11 @@ def _publisher(port: int, n: int, ready: Any) -> None:
 
 
 def _mqtt_rate(url: str, n: int) -> dict[str, Any] | None:
+    """Two figures through a real Mosquitto: `live` (publisher and ingest running together: bounded by whichever
+    is slower, often the Python publisher) and `backlog` (n counts queued in our persistent session while ingest
+    was away, then drained: the ingest path alone)."""
     import shutil
+    import socket
     import subprocess
 
     from shore.config import IngestConfig
@@ -116,42 +120,53 @@ def _mqtt_rate(url: str, n: int) -> dict[str, Any] | None:
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(mosquitto).exists():
         return None
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="shore-bench-mqtt-") as tmp, _fresh(url) as storage:
+    ctx = multiprocessing.get_context("spawn")
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="shore-bench-mqtt-") as tmp:
         conf = Path(tmp) / "m.conf"
-        # No broker-side cap on in-flight messages: our Receive Maximum (1000) is the flow control.
+        # No broker-side cap on in-flight or queued messages: our Receive Maximum (1000) is the flow control.
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\n"
                         "max_queued_messages 0\n")
         broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)
-            ingest = Ingest(IngestConfig(port=port, client_id=f"bench-{uuid.uuid4().hex[:6]}"), storage)
-            ingest.start()
-            if not ingest.wait_subscribed(10):
-                return None
-            ctx = multiprocessing.get_context("spawn")
-            ready = ctx.Event()
-            proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
-            proc.start()
-            time.sleep(1.0)  # let the publisher connect before the clock starts
-            start = time.perf_counter()
-            ready.set()
-            deadline = start + 300
-            while ingest.stats.new_counts < n and time.perf_counter() < deadline:
-                time.sleep(0.01)
-            elapsed = time.perf_counter() - start
-            got = ingest.stats.new_counts
-            ingest.stop()
-            proc.join(30)
-            return {"counts": got, "seconds": round(elapsed, 3), "counts_per_s": round(got / elapsed),
-                    "batches": ingest.stats.batches}
+            for mode in ("live", "backlog"):
+                with _fresh(url) as storage:
+                    cfg = IngestConfig(port=port, client_id=f"bench-{mode}-{uuid.uuid4().hex[:6]}")
+                    ingest = Ingest(cfg, storage)
+                    ingest.start()
+                    if not ingest.wait_subscribed(10):
+                        return None
+                    ready = ctx.Event()
+                    proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
+                    proc.start()
+                    if mode == "backlog":
+                        ingest.stop()  # the session (and our subscriptions) stay on the broker
+                        ready.set()
+                        proc.join(300)
+                        ingest = Ingest(cfg, storage)
+                        start = time.perf_counter()
+                        ingest.start()
+                    else:
+                        time.sleep(1.0)  # let the publisher connect before the clock starts
+                        start = time.perf_counter()
+                        ready.set()
+                    deadline = start + 300
+                    while ingest.stats.new_counts < n and time.perf_counter() < deadline:
+                        time.sleep(0.005)
+                    elapsed = time.perf_counter() - start
+                    got = ingest.stats.new_counts
+                    ingest.stop()
+                    proc.join(30)
+                    out[mode] = {"counts": got, "seconds": round(elapsed, 3), "counts_per_s": round(got / elapsed),
+                                 "batches": ingest.stats.batches}
         finally:
             broker.kill()
             broker.wait(5)
+    return out
 
 
 def _chart(url: str, cameras: int) -> dict[str, Any]:
@@ -199,7 +214,8 @@ def _chart(url: str, cameras: int) -> dict[str, Any]:
                 http.append(time.perf_counter() - start)
         server.should_exit = True
         thread.join(10)
-    return {"cameras": cameras, "points": len(points), "query_ms_median": round(statistics.median(query) * 1000, 1),
+    n_points = sum(len(c["minute"]) for c in points["cameras"].values())
+    return {"cameras": cameras, "points": n_points, "query_ms_median": round(statistics.median(query) * 1000, 1),
             "http_ms_median": round(statistics.median(http) * 1000, 1), "http_ms_max": round(max(http) * 1000, 1),
             "response_kib": round(size / 1024, 1)}
 
@@ -221,7 +237,11 @@ def run_bench(dbs: list[str] | None, *, counts: int, batch: int, cameras: int) -
     for target in targets:
         if target != "sqlite" and not target.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"--db {target!r}: use `sqlite` (a temporary file) or a postgresql:// URL")
-    report: dict[str, Any] = {"counts": counts, "batch": batch, "results": {}}
+    import os
+
+    # Shared machines make every figure depend on what else runs: say how busy this one was.
+    report: dict[str, Any] = {"counts": counts, "batch": batch, "cpus": os.cpu_count(),
+                              "load_average_before": [round(x, 1) for x in os.getloadavg()], "results": {}}
     parser = MessageParser("starfish")
     t0 = time.time()
     for target in targets:
@@ -239,4 +259,5 @@ def run_bench(dbs: list[str] | None, *, counts: int, batch: int, cameras: int) -
         result["mqtt"] = _mqtt_rate(url or "sqlite", min(counts, 20_000))
         result["chart_24h"] = _chart(url or "sqlite", cameras)
         report["results"][name] = result
+    report["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
     return report

@@ -175,9 +175,10 @@ class SqlStorage(Storage):
         counts = [r for r in records if isinstance(r, CountRecord)]
         devices = {r.device_id for r in records if not isinstance(r, RejectRecord)}
         with self._transaction() as cur:
-            for device_id in sorted(devices):
-                cur.execute(self._sql("INSERT INTO devices (device_id, first_seen) VALUES (?, ?) "
-                                      "ON CONFLICT (device_id) DO NOTHING"), (device_id, time.time()))
+            if devices:
+                now = time.time()
+                cur.executemany(self._sql("INSERT INTO devices (device_id, first_seen) VALUES (?, ?) "
+                                          "ON CONFLICT (device_id) DO NOTHING"), [(d, now) for d in sorted(devices)])
             new = self._insert_counts(cur, counts)
             result.new_counts = len(new)
             result.duplicate_counts = len(counts) - len(new)
@@ -209,21 +210,23 @@ class SqlStorage(Storage):
         by_key = {(c.device_id, c.outbox_id, c.seq): c for c in counts}
         new: list[tuple[int, CountRecord]] = []
         items = list(by_key.values())
-        one = "(" + ", ".join("?" * len(_COUNT_COLUMNS)) + ")"
-        for i in range(0, len(items), _INSERT_CHUNK):
-            chunk = items[i:i + _INSERT_CHUNK]
-            params: list[Any] = []
-            for c in chunk:
-                params.extend((c.device_id, c.camera_id, c.outbox_id, c.seq, c.session, c.ts, c.frame, c.count,
-                               c.unique_count, c.frames, c.count_sum, c.count_max, self._bool(c.historical),
-                               c.model, c.received_at))
-            cur.execute(self._sql(
-                f"INSERT INTO counts ({', '.join(_COUNT_COLUMNS)}) VALUES {', '.join([one] * len(chunk))} "
-                "ON CONFLICT (device_id, outbox_id, seq) DO NOTHING RETURNING id, device_id, outbox_id, seq"), params)
+        for i in range(0, len(items), self._insert_chunk):
+            sql, params = self._insert_counts_sql([_count_row(c, self._bool) for c in items[i:i + self._insert_chunk]])
+            cur.execute(sql, params)
             for row_id, device_id, outbox_id, seq in cur.fetchall():
                 new.append((int(row_id), by_key[(device_id, outbox_id, int(seq))]))
         new.sort(key=lambda item: item[0])
         return new
+
+    _insert_chunk = _INSERT_CHUNK
+
+    def _insert_counts_sql(self, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+        """One multi-row INSERT that skips duplicates and returns the keys of the rows it inserted."""
+        one = "(" + ", ".join("?" * len(_COUNT_COLUMNS)) + ")"
+        params = [value for row in rows for value in row]
+        return self._sql(
+            f"INSERT INTO counts ({', '.join(_COUNT_COLUMNS)}) VALUES {', '.join([one] * len(rows))} "
+            "ON CONFLICT (device_id, outbox_id, seq) DO NOTHING RETURNING id, device_id, outbox_id, seq"), params
 
     def _roll_up(self, cur: Any, new: list[tuple[int, CountRecord]]) -> None:
         buckets: dict[tuple[str, str, int, int], list[float]] = {}
@@ -257,17 +260,19 @@ class SqlStorage(Storage):
             key = (c.device_id, c.camera_id)
             if key not in latest or c.ts >= latest[key][1].ts:
                 latest[key] = (row_id, c)
-        for (device_id, camera_id), (row_id, c) in sorted(latest.items()):
-            # Replayed (historical) messages are older than what is shown: the latest state moves forward only.
-            cur.execute(self._sql(
-                "INSERT INTO cameras (device_id, camera_id, last_ts, last_seq, last_count, last_unique, session, "
-                "last_count_id, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device_id, camera_id) DO UPDATE SET last_ts = excluded.last_ts, "
-                "last_seq = excluded.last_seq, last_count = excluded.last_count, "
-                "last_unique = excluded.last_unique, session = excluded.session, "
-                "last_count_id = excluded.last_count_id, model = COALESCE(excluded.model, cameras.model) "
-                "WHERE cameras.last_ts IS NULL OR excluded.last_ts >= cameras.last_ts"),
-                (device_id, camera_id, c.ts, c.seq, c.count, c.unique_count, c.session, row_id, c.model))
+        if not latest:
+            return
+        # Replayed (historical) messages are older than what is shown: the latest state moves forward only.
+        cur.executemany(self._sql(
+            "INSERT INTO cameras (device_id, camera_id, last_ts, last_seq, last_count, last_unique, session, "
+            "last_count_id, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id, camera_id) DO UPDATE SET last_ts = excluded.last_ts, "
+            "last_seq = excluded.last_seq, last_count = excluded.last_count, "
+            "last_unique = excluded.last_unique, session = excluded.session, "
+            "last_count_id = excluded.last_count_id, model = COALESCE(excluded.model, cameras.model) "
+            "WHERE cameras.last_ts IS NULL OR excluded.last_ts >= cameras.last_ts"),
+            [(device_id, camera_id, c.ts, c.seq, c.count, c.unique_count, c.session, row_id, c.model)
+             for (device_id, camera_id), (row_id, c) in sorted(latest.items())])
 
     def _track(self, cur: Any, t: TrackRecord) -> None:
         cur.execute(self._sql(
@@ -297,14 +302,15 @@ class SqlStorage(Storage):
                 if r.camera_id is not None:
                     cam[(r.device_id, r.camera_id)] = max(cam.get((r.device_id, r.camera_id), 0.0), r.at)
         g = self.greatest
-        for device_id, at in sorted(dev.items()):
-            cur.execute(self._sql(f"UPDATE devices SET last_seen = {g}(COALESCE(last_seen, 0), ?) "
-                                  "WHERE device_id = ?"), (at, device_id))
-        for (device_id, camera_id), at in sorted(cam.items()):
-            cur.execute(self._sql(
+        if dev:
+            cur.executemany(self._sql(f"UPDATE devices SET last_seen = {g}(COALESCE(last_seen, 0), ?) "
+                                      "WHERE device_id = ?"), [(at, d) for d, at in sorted(dev.items())])
+        if cam:
+            cur.executemany(self._sql(
                 "INSERT INTO cameras (device_id, camera_id, last_seen) VALUES (?, ?, ?) "
                 f"ON CONFLICT (device_id, camera_id) DO UPDATE SET last_seen = "
-                f"{g}(COALESCE(cameras.last_seen, 0), excluded.last_seen)"), (device_id, camera_id, at))
+                f"{g}(COALESCE(cameras.last_seen, 0), excluded.last_seen)"),
+                [(d, c, at) for (d, c), at in sorted(cam.items())])
 
     # -- read path ------------------------------------------------------------------------------------------------
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -458,6 +464,11 @@ class SqlStorage(Storage):
     def seqs(self, device_id: str) -> list[int]:
         return [int(r["seq"]) for r in self._query("SELECT seq FROM counts WHERE device_id = ? ORDER BY seq",
                                                    (device_id,))]
+
+
+def _count_row(c: CountRecord, as_bool: Any) -> tuple[Any, ...]:
+    return (c.device_id, c.camera_id, c.outbox_id, c.seq, c.session, c.ts, c.frame, c.count, c.unique_count, c.frames,
+            c.count_sum, c.count_max, as_bool(c.historical), c.model, c.received_at)
 
 
 def _minute(ts: float) -> int:

@@ -101,6 +101,20 @@ class PostgresStorage(SqlStorage):
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s")
 
+    # One short, constant statement per batch (columns as arrays): psycopg and the server parse it once, where a
+    # multi-row VALUES list would be a new, long statement every time.
+    _insert_chunk = 5000
+    _UNNEST = (
+        "INSERT INTO counts (device_id, camera_id, outbox_id, seq, session, ts, frame, count, unique_count, frames, "
+        "count_sum, count_max, historical, model, received_at) SELECT * FROM unnest(%s::text[], %s::text[], "
+        "%s::text[], %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[], %s::int[], %s::int[], %s::int[], "
+        "%s::float8[], %s::int[], %s::bool[], %s::text[], %s::float8[]) "
+        "ON CONFLICT (device_id, outbox_id, seq) DO NOTHING RETURNING id, device_id, outbox_id, seq"
+    )
+
+    def _insert_counts_sql(self, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+        return self._UNNEST, [list(column) for column in zip(*rows, strict=True)]
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
         with self._lock, self._writer.transaction(), self._writer.cursor() as cur:
