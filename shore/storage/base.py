@@ -16,6 +16,7 @@ An engine module supplies connections, its DDL and the few SQL spellings that di
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -346,15 +347,14 @@ class SqlStorage(Storage):
             cur.close()
         # Columnar (one list per field and camera): what a chart wants, and a fraction of the bytes of row objects.
         cams: dict[str, dict[str, list[Any]]] = {}
-        for cam, minute, frames, count_sum, count_max, unique_max in rows:
-            col = cams.get(cam)
-            if col is None:
-                col = cams[cam] = {"minute": [], "frames": [], "mean": [], "max": [], "unique": []}
-            col["minute"].append(int(minute))
-            col["frames"].append(int(frames))
-            col["mean"].append(round(float(count_sum) / max(1, int(frames)), 3))
-            col["max"].append(int(count_max))
-            col["unique"].append(int(unique_max))
+        for cam, group in itertools.groupby(rows, key=lambda r: r[0]):
+            _, minutes, raw_frames, sums, maxes, uniques = zip(*group, strict=True)
+            frames = [int(f) for f in raw_frames]  # PostgreSQL's SUM(bigint) is numeric (Decimal)
+            cams[cam] = {
+                "minute": [int(m) for m in minutes], "frames": frames,
+                "mean": [round(float(c) / (f or 1), 3) for c, f in zip(sums, frames, strict=True)],
+                "max": [int(m) for m in maxes], "unique": [int(u) for u in uniques],
+            }
         return {"device_id": device_id, "start": _minute(start), "end": math.ceil(end), "cameras": cams}
 
     def count_rows(self, start: float, end: float, device_id: str | None = None,

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS minutes (
     unique_max INTEGER NOT NULL, unique_min INTEGER NOT NULL,
     PRIMARY KEY (device_id, camera_id, session, minute)
 );
-CREATE INDEX IF NOT EXISTS minutes_device_minute ON minutes (device_id, minute);
+CREATE INDEX IF NOT EXISTS minutes_chart ON minutes (device_id, camera_id, minute);
 CREATE INDEX IF NOT EXISTS minutes_minute ON minutes (minute);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, first_seen REAL, status TEXT, status_at REAL, last_seen REAL,
