@@ -100,3 +100,25 @@ def bench(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+
+
+@app.command("copy")
+def copy_cmd(
+    source: str = typer.Option(..., "--from", help="Database to read (SQLite path or postgresql:// URL)."),
+    dest: str = typer.Option(..., "--to", help="Database to write (created when missing)."),
+    source_schema: str = typer.Option(None, "--from-schema", help="PostgreSQL schema of the source."),
+    dest_schema: str = typer.Option(None, "--to-schema", help="PostgreSQL schema of the destination."),
+) -> None:
+    """Copy counts and surveys to another database (e.g. SQLite → PostgreSQL); safe to re-run."""
+    _ensure_logging()
+    from shore.copy import copy_history
+    from shore.storage import StorageError, open_storage
+
+    if not source.startswith(("postgresql://", "postgres://")) and not Path(source).is_file():
+        raise _fail(f"--from {source}: no such SQLite file")
+    try:
+        with open_storage(source, schema=source_schema) as src, open_storage(dest, schema=dest_schema) as dst:
+            result = copy_history(src, dst)
+    except StorageError as exc:
+        raise _fail(" ".join(str(exc).split())) from None
+    typer.echo(f"copied {result.counts_new} new counts (of {result.counts_read} read) and {result.surveys} surveys")

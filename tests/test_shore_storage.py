@@ -167,3 +167,18 @@ def test_batch_is_atomic(storage: Any) -> None:
         storage.write([rec(1), bad])
     assert storage.seqs("dev1") == []
     assert storage.write([rec(1)]).new_counts == 1
+
+
+def test_copy_sqlite_to_the_other_engine(tmp_path: Any, storage: Any) -> None:
+    from shore.copy import copy_history
+
+    with open_storage(str(tmp_path / "laptop.db")) as laptop:
+        laptop.write([rec(i, ts=T0 + i * 20, unique=i, camera=f"cam{i % 2}") for i in range(1, 40)])
+        laptop.create_survey("transect", T0, T0 + 600, device_id="dev1")
+        first = copy_history(laptop, storage, batch=7)
+        again = copy_history(laptop, storage)
+        assert (first.counts_read, first.counts_new, first.surveys) == (39, 39, 1)
+        assert (again.counts_new, again.surveys) == (0, 0)
+        assert storage.seqs("dev1") == laptop.seqs("dev1")
+        assert storage.totals(T0, T0 + 3600, "dev1") == laptop.totals(T0, T0 + 3600, "dev1")
+        assert storage.series("dev1", T0, T0 + 3600) == laptop.series("dev1", T0, T0 + 3600)
