@@ -34,6 +34,20 @@ def _ensure_logging() -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the web server could not bind (port taken, no such address), checked before anything starts."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 @app.command()
 def run(
     db: str = typer.Option(".starfish-shore/shore.db", "--db", help="SQLite file, or postgresql://user@host/db."),
@@ -68,6 +82,10 @@ def run(
         )
     except ValidationError as exc:
         raise _fail(_validation_line(exc)) from None
+    if not no_web:
+        reason = _cannot_listen(host, port)
+        if reason:
+            raise _fail(f"cannot listen on {host}:{port}: {reason}")
     from shore.server import run as run_server
 
     try:

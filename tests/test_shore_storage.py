@@ -113,6 +113,7 @@ def test_device_and_camera_state(storage: Any) -> None:
     storage.write([StatusRecord("dev1", None, "offline", T0 + 60, retained=False)])
     (dev,) = storage.devices()
     assert dev["status"] == "offline" and dev["status_at"] == T0 + 60
+    assert dev["last_seen"] == T0 + 5  # the Last Will comes from the broker, not from the device
 
 
 def test_latest_moves_forward_only(storage: Any) -> None:

@@ -298,7 +298,9 @@ class SqlStorage(Storage):
         dev: dict[str, float] = {}
         cam: dict[tuple[str, str], float] = {}
         for r in records:
-            if isinstance(r, SeenRecord) or (isinstance(r, StatusRecord) and not r.retained):
+            # A device's live `offline` is its Last Will, sent by the broker: it says nothing about being seen.
+            if isinstance(r, SeenRecord) or (isinstance(r, StatusRecord) and not r.retained
+                                              and not (r.camera_id is None and r.status == "offline")):
                 dev[r.device_id] = max(dev.get(r.device_id, 0.0), r.at)
                 if r.camera_id is not None:
                     cam[(r.device_id, r.camera_id)] = max(cam.get((r.device_id, r.camera_id), 0.0), r.at)
