@@ -153,7 +153,7 @@ class MessageParser:
         else:
             frames, count_sum, count_max = 1, float(parsed.count), parsed.count
         return [CountRecord(
-            device_id=device_id, camera_id=camera_id, outbox_id=str(getattr(parsed, "outbox_id", "")), seq=parsed.seq,
+            device_id=device_id, camera_id=camera_id, outbox_id=parsed.outbox_id, seq=parsed.seq,
             session=parsed.session, ts=parsed.ts.timestamp(), frame=parsed.frame, count=parsed.count,
             unique_count=parsed.unique_count, frames=frames, count_sum=count_sum, count_max=count_max,
             historical=parsed.historical, model=_model_label(parsed.model), received_at=now,
@@ -200,13 +200,11 @@ class MessageParser:
         return parsed
 
 
-# `outbox_id` joins the counts contract with the outbox hardening; until edge_agent's model has it, shore adds it
-# here, and a payload without it is a legacy one (outbox "").
-if "outbox_id" in CountsPayload.model_fields:
-    _CountsIn: type[CountsPayload] = CountsPayload
-else:
-    class _CountsIn(CountsPayload):  # type: ignore[no-redef]
-        outbox_id: str = Field("", max_length=64, description="Random id of the device's outbox database.")
+class _CountsIn(CountsPayload):
+    """The counts contract, except that a payload without `outbox_id` (published before the outbox had one) is
+    accepted as a legacy one, outbox `""`; every other field is checked exactly as the agent's model says."""
+
+    outbox_id: str = Field("", max_length=64, description="Random id of the device's outbox database.")
 
 
 def _bad_camera(camera_id: str) -> bool:
