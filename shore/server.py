@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 import uvicorn
 
@@ -30,9 +32,6 @@ def run(settings: ShoreSettings, *, ingest: bool = True, web: bool = True) -> No
                         storage.engine, "" if is_loopback(settings.web.host) else ", token required")
             server.run()
         else:
-            import signal
-            import threading
-
             done = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: done.set())
             signal.signal(signal.SIGINT, lambda *_: done.set())

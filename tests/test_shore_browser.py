@@ -177,6 +177,7 @@ def test_dashboard_live_offline_and_equal_to_database(mosquitto: Any, tmp_path: 
             assert errors == [], errors
             assert external == [], external  # every asset came from the station itself
             browser.close()
+        assert shore.stop() == 0, shore.output()  # SIGTERM ends open event streams and stops cleanly
     finally:
         if pub is not None and pub.alive():
             pub.kill9()

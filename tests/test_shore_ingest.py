@@ -165,6 +165,7 @@ def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any,
         assert storage.seqs("boat-1") == list(range(1, total + 1))
         frames = sum(sum(c["frames"]) for c in storage.series("boat-1", 0, time.time() + 60)["cameras"].values())
         assert frames == total  # the roll-ups did not count a redelivered message twice either
+        assert shore.stop() == 0, shore.output()  # SIGTERM: a clean stop
     finally:
         storage.close()
         shore.stop()
