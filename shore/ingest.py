@@ -34,6 +34,17 @@ from shore.storage import Storage
 logger = logging.getLogger(__name__)
 
 
+class _OutageNoise(logging.Filter):
+    """paho logs an ERROR on every failed reconnect attempt; the outage is reported once, by us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_PAHO_LOGGER = logging.getLogger("shore.paho")
+_PAHO_LOGGER.addFilter(_OutageNoise())
+
+
 @dataclass(frozen=True)
 class _Message:
     generation: int
@@ -80,7 +91,7 @@ class Ingest:
         self._client.reconnect_delay_set(0.2, cfg.reconnect_max_delay_s)  # type: ignore[arg-type]
         if cfg.username is not None:
             self._client.username_pw_set(cfg.username, cfg.resolved_password())
-        self._client.enable_logger(logging.getLogger("paho.mqtt"))
+        self._client.enable_logger(_PAHO_LOGGER)
         self._client.suppress_exceptions = True
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

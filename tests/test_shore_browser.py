@@ -174,6 +174,10 @@ def test_dashboard_live_offline_and_equal_to_database(mosquitto: Any, tmp_path: 
                 f".some(n => n.textContent === '{session.frames}')", timeout=15000)
             row = page.locator('#surveys tr[data-survey="sboat-1/1"]')
             assert row.locator('[data-field="unique"]').text_content() == str(session.unique)
+            # The broker goes away: the page says so (from /api/health, refreshed every 10 s).
+            mosquitto.stop()
+            page.wait_for_function("document.querySelector('#broker').textContent.startsWith('MQTT: ')",
+                                   timeout=25000)
             assert errors == [], errors
             assert external == [], external  # every asset came from the station itself
             browser.close()

@@ -232,6 +232,8 @@
       const h = await getJSON("/api/health");
       const n = h.rejects.reduce((a, r) => a + r.n, 0);
       $("#rejects").textContent = n ? `${n} bad message${n === 1 ? "" : "s"} ignored` : "";
+      const ing = h.ingest;
+      $("#broker").textContent = ing && !ing.connected ? `MQTT: ${ing.last_error || "not connected"}` : "";
     } catch (_e) { /* shown by the live pill */ }
   }
 
