@@ -163,10 +163,11 @@ class Ingest:
     # -- writer thread --------------------------------------------------------------------------------------------
     def _writer_main(self) -> None:
         while True:
+            stopping = self._stop.is_set()
             try:
-                first = self._queue.get(timeout=0.1)
+                first = self._queue.get(timeout=0.0 if stopping else 0.1)
             except queue.Empty:
-                if self._stop.is_set():
+                if stopping:
                     return
                 continue
             batch = [first]
@@ -176,6 +177,10 @@ class Ingest:
                 except queue.Empty:
                     break
             self._commit(batch)
+            if stopping:
+                # What was queued when stop began is committed; anything later stays unacknowledged and comes
+                # back to the next run, so a busy fleet cannot keep the process from stopping.
+                return
 
     def _parse(self, m: _Message) -> list[Record]:
         try:
