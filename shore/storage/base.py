@@ -458,7 +458,9 @@ class SqlStorage(Storage):
         cams = self._query("SELECT device_id, camera_id, last_ts, last_seq, last_count, last_unique, session, "
                            "last_count_id FROM cameras WHERE last_count_id > ? ORDER BY device_id, camera_id",
                            (cursor,))
-        return int(top or 0), cams
+        # A batch committed between the two reads shows in `cams` but not in `top`: move past what was returned.
+        newest = max([int(top or 0), *(int(c["last_count_id"]) for c in cams)])
+        return newest, cams
 
     def rejects(self) -> list[dict[str, Any]]:
         return self._query("SELECT reason, n, last_topic, last_at FROM rejects ORDER BY reason")
