@@ -21,7 +21,7 @@ def _fail(message: str) -> typer.Exit:
 
 def _validation_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    section = {"IngestConfig": ["mqtt"], "WebConfig": ["web"]}.get(exc.title, [])
+    section = {"IngestConfig": ["mqtt"], "WebConfig": ["web"], "TlsConfig": ["mqtt"]}.get(exc.title, [])
     where = ".".join(str(p) for p in [*section, *err["loc"]]) or "settings"
     msg = str(err["msg"]).removeprefix("Value error, ")
     return msg if not err["loc"] else f"{where}: {msg}"
@@ -55,6 +55,10 @@ def run(
     mqtt_host: str = typer.Option("127.0.0.1", "--mqtt-host", help="Broker host."),
     mqtt_port: int = typer.Option(1883, "--mqtt-port", help="Broker port."),
     mqtt_user: str = typer.Option(None, "--mqtt-user", help="Broker user (password: $STARFISH_SHORE_MQTT_PASSWORD)."),
+    tls_ca: Path = typer.Option(None, "--mqtt-tls-ca", help="TLS to the broker: CA file (PEM)."),
+    tls_cert: Path = typer.Option(None, "--mqtt-tls-cert", help="TLS client certificate (PEM)."),
+    tls_key: Path = typer.Option(None, "--mqtt-tls-key", help="TLS client key (PEM)."),
+    tls: bool = typer.Option(False, "--mqtt-tls", help="TLS with the system trust store (no CA file)."),
     prefix: str = typer.Option("starfish", "--prefix", help="Fleet topic prefix."),
     client_id: str = typer.Option("starfish-shore", "--client-id", help="MQTT client id = persistent session."),
     share_group: str = typer.Option(None, "--share-group", help="MQTT 5 shared subscription group for counts."),
@@ -67,6 +71,7 @@ def run(
 ) -> None:
     """Subscribe to the fleet, store every count once, serve the dashboard and the JSON API."""
     _ensure_logging()
+    from edge_agent.mqtt.config import TlsConfig
     from shore.config import IngestConfig, ShoreSettings, WebConfig
     from shore.storage import StorageError
 
@@ -76,7 +81,9 @@ def run(
         settings = ShoreSettings(
             db=db, db_schema=db_schema,
             mqtt=IngestConfig(host=mqtt_host, port=mqtt_port, username=mqtt_user, topic_prefix=prefix,
-                              client_id=client_id, share_group=share_group),
+                              client_id=client_id, share_group=share_group,
+                              tls=TlsConfig(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, insecure=False)
+                              if (tls or tls_ca or tls_cert or tls_key) else None),
             web=WebConfig(host=host, port=port, token=SecretStr(token) if token else None,
                           sse_heartbeat_s=heartbeat),
         )

@@ -7,6 +7,8 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from edge_agent.mqtt.config import TlsConfig
+
 TOKEN_ENV = "STARFISH_SHORE_TOKEN"
 MQTT_PASSWORD_ENV = "STARFISH_SHORE_MQTT_PASSWORD"
 
@@ -24,6 +26,9 @@ class IngestConfig(_Strict):
     password: SecretStr | None = Field(default=None, description="Broker password; prefer the environment variable.")
     topic_prefix: str = Field(
         default="starfish", min_length=1, description="Fleet topic prefix (`{prefix}/{device_id}/…`).",
+    )
+    tls: TlsConfig | None = Field(
+        default=None, description="TLS towards the broker (the agent's own TLS block: CA, client certificate).",
     )
     client_id: str = Field(
         default="starfish-shore", min_length=1, max_length=64,

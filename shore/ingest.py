@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,14 @@ class Ingest:
         self._client.reconnect_delay_set(0.2, cfg.reconnect_max_delay_s)  # type: ignore[arg-type]
         if cfg.username is not None:
             self._client.username_pw_set(cfg.username, cfg.resolved_password())
+        if cfg.tls is not None:
+            self._client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            self._client.tls_insecure_set(cfg.tls.insecure)
         self._client.enable_logger(_PAHO_LOGGER)
         self._client.suppress_exceptions = True
         self._client.on_connect = self._on_connect

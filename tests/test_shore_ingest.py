@@ -171,3 +171,37 @@ def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any,
         shore.stop()
         if pub.alive():
             pub.kill9()
+
+
+def test_ingest_over_tls_with_client_certificate(mosquitto_factory: Any, shore_tls: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    from edge_agent.mqtt.config import TlsConfig
+
+    broker = mosquitto_factory("tls", extra_conf="\n".join([
+        f"cafile {shore_tls['ca']}", f"certfile {shore_tls['server_cert']}", f"keyfile {shore_tls['server_key']}",
+        "require_certificate true"])).start()
+    tls = TlsConfig(ca_file=shore_tls["ca"], cert_file=shore_tls["client_cert"], key_file=shore_tls["client_key"])
+    storage = open_storage(str(tmp_path / "tls.db"))
+    ingest = Ingest(IngestConfig(port=broker.port, client_id="shore-tls", tls=tls), storage)
+    plain = Ingest(IngestConfig(port=broker.port, client_id="shore-plain"), storage)  # refused: no TLS
+    try:
+        ingest.start()
+        plain.start()
+        assert ingest.wait_subscribed(10)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tls-pub", protocol=MQTTProtocolVersion.MQTTv5)
+        pub.tls_set(ca_certs=str(shore_tls["ca"]), certfile=str(shore_tls["client_cert"]),
+                    keyfile=str(shore_tls["client_key"]))
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        pub.publish("starfish/dev1/cam0/counts", counts_payload("dev1", "cam0", 1), qos=1).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+        assert wait_until(lambda: storage.seqs("dev1") == [1], 10)
+        assert not plain.wait_subscribed(0.5) and not plain.stats.connected
+    finally:
+        ingest.stop()
+        plain.stop()
+        storage.close()
