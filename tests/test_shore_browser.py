@@ -63,8 +63,10 @@ def _seed(client: Any, now: float) -> None:
     pub("starfish/boat-2/cam0/status", "online", retain=True)
     pub("starfish/boat-2/model", {"schema_version": 1, "device_id": "boat-2", "ts": _iso(now), **model,
                                   "version": 11}, retain=True)
-    pub("starfish/boat-2/model/update", {"schema_version": 1, "state": "probation", "version": 12,
-                                         "progress": 1.0}, retain=True)
+    # The agent's `state_payload` (edge_agent/update/manager.py): progress is bytes done of `size`.
+    pub("starfish/boat-2/model/update", {"schema_version": 1, "id": 3, "name": "cots-frcnn", "version": 12,
+                                         "rollback": False, "state": "probation", "progress": 5_300_000,
+                                         "size": 5_300_000, "error_code": None, "error": None}, retain=True)
     for boat, fps, depth in (("boat-1", 9.8, 0), ("boat-2", 0.0, 42)):
         pub(f"starfish/{boat}/stats", {
             "schema_version": 1, "device_id": boat, "ts": _iso(now), "session": 1, "uptime_s": 3600.0,
@@ -139,8 +141,8 @@ def test_dashboard_live_offline_and_equal_to_database(mosquitto: Any, tmp_path: 
             assert "<script>window.__pwned=2</script>" in page.locator('tr[data-device="reef-x"]').text_content()
             assert page.locator("#devices img, #devices b, main script").count() == 0
             assert page.evaluate("window.__pwned") is None
-            assert page.locator('tr[data-device="boat-2"] [data-field="update"]').text_content().startswith(
-                "probation v12")
+            assert page.locator('tr[data-device="boat-2"] [data-field="update"]').text_content() == (
+                "probation cots-frcnn v12 100%")
             assert page.locator("#rejects").text_content().startswith("2 bad messages")
 
             shot = REPO_ROOT / "docs" / "shore-dashboard.png" if os.environ.get("STARFISH_WRITE_SCREENSHOT") \

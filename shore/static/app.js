@@ -60,8 +60,13 @@
     const u = d.update_state;
     if (!u) return el("span", { class: "muted", "data-field": "update", text: "—" });
     const parts = [u.state || "?"];
-    if (u.version !== undefined) parts.push(`v${u.version}`);
-    if (typeof u.progress === "number") parts.push(`${Math.round(u.progress * (u.progress <= 1 ? 100 : 1))}%`);
+    if (u.name) parts.push(u.name);
+    if (u.version !== undefined && u.version !== null) parts.push(`v${u.version}`);
+    if (typeof u.progress === "number" && u.state !== "idle") {
+      // The agent reports bytes done of `size`; a bare fraction is accepted too.
+      const pct = u.size ? (100 * u.progress) / u.size : (u.progress <= 1 ? 100 * u.progress : u.progress);
+      parts.push(`${Math.round(Math.min(100, pct))}%`);
+    }
     const cell = el("span", { "data-field": "update", class: `update update-${String(u.state || "").replace(/[^a-z_]/g, "")}`,
       text: parts.join(" ") });
     if (u.error) cell.append(el("span", { class: "error", text: ` ${u.error}` }));
