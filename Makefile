@@ -13,6 +13,7 @@ demo: setup
 
 test: setup
 	bash scripts/ensure_broker.sh
+	bash scripts/ensure_postgres.sh
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 

@@ -26,6 +26,7 @@ SUB_APPS: tuple[tuple[str, str, str], ...] = (
     ("bundle", "edge_agent.bundle.cli", "Inspect and verify signed model bundles (torch-free)."),
     ("agent", "edge_agent.cli", "Run the edge agent: cameras -> detection -> tracking -> MQTT."),
     ("bench", "benchmarks.cli", "Benchmark back ends: latency, throughput, memory, accuracy."),
+    ("shore", "shore.cli", "Shore station: MQTT ingest into SQLite / PostgreSQL and a live web dashboard."),
 )
 
 app = typer.Typer(

@@ -14,5 +14,6 @@ _FIXTURE_MODULES = (
     "tests.helpers.bundles",
     "tests.helpers.mqtt_broker",
     "tests.helpers.agent",
+    "tests.helpers.shore",
 )
 pytest_plugins = [name for name in _FIXTURE_MODULES if importlib.util.find_spec(name) is not None]
