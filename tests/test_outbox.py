@@ -78,13 +78,92 @@ def test_drop_oldest_is_bounded_counted_and_persisted(tmp_path: Path) -> None:
 
 
 def test_drop_by_age(tmp_path: Path) -> None:
+    # Rows of this boot are aged by the boot clock (CLOCK_BOOTTIME seconds), whatever the wall clock says.
     with Outbox(tmp_path / "o.db", max_age_s=60) as box:
-        box.append("t", _payload, now=1000.0)
-        box.append("t", _payload, now=1050.0)
-        box.append("t", _payload, now=1100.0)
-        assert box.enforce_age(now=1111.0) == 2
+        box.append("t", _payload, boot_s=1000.0)
+        box.append("t", _payload, boot_s=1050.0)
+        box.append("t", _payload, boot_s=1100.0)
+        assert box.enforce_age(boot_s=1111.0) == 2
         assert box.depth == 1 and box.dropped_total == 2
         assert [r.seq for r in box.read_after(0, 10)] == [3]
+
+
+SYNCED = 1_790_000_000.0  # 2026-09: a synced wall clock
+DAY = 86400.0
+
+
+def test_clock_jump_never_age_drops_the_backlog(tmp_path: Path) -> None:
+    """A device without RTC boots at a stale time, stores counts, then NTP steps the clock forward by years."""
+    path = tmp_path / "o.db"
+    with Outbox(path, max_age_s=7 * DAY, boot_id="boot-A") as box:
+        stale = 1_600_000_000.0  # 2020: the clock was never set this boot
+        for i in range(5):
+            box.append("t", _payload, now=stale + i, boot_s=30.0 + i)
+        # NTP syncs: the wall clock jumps ~6 years forward, but only 10 minutes passed on the boot clock.
+        assert box.enforce_age(now=SYNCED, boot_s=630.0) == 0
+        assert box.depth == 5
+        # A clock stepped backwards (rows stamped in the "future") does not drop anything either.
+        box.append("t", _payload, now=SYNCED + 365 * DAY, boot_s=640.0)
+        assert box.enforce_age(now=SYNCED, boot_s=650.0) == 0
+        # The boot clock still bounds age: 8 days later (boot clock) they are old, whatever the wall clock says.
+        assert box.enforce_age(now=stale, boot_s=30.0 + 8 * DAY) == 6
+    assert box.dropped_total == 6
+
+
+def test_rows_of_an_earlier_boot_age_only_on_plausible_time_stamps(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_age_s=7 * DAY, boot_id="boot-A") as box:
+        box.append("t", _payload, now=1_600_000_000.0, boot_s=10.0)  # stale clock (2020): implausible
+        box.append("t", _payload, now=SYNCED + 30 * DAY, boot_s=11.0)  # in the future of the synced clock
+        box.append("t", _payload, now=SYNCED - 10 * DAY, boot_s=12.0)  # plausible and 10 days old
+        box.append("t", _payload, now=SYNCED - 1 * DAY, boot_s=13.0)  # plausible and 1 day old
+    with Outbox(path, max_age_s=7 * DAY, boot_id="boot-B") as box:  # rebooted: the boot clock restarted
+        assert box.boot == 2
+        # The current clock is itself not set yet: nothing from the earlier boot is aged.
+        assert box.enforce_age(now=1_600_000_100.0, boot_s=5.0) == 0
+        # Synced: only the plausible, really old row goes.
+        assert box.enforce_age(now=SYNCED, boot_s=5.0) == 1
+        assert [r.seq for r in box.read_after(0, 10)] == [1, 2, 4]
+
+
+def test_outbox_id_is_random_per_database_and_persistent(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "a.db") as a, Outbox(tmp_path / "b.db") as b:
+        first = a.outbox_id
+        assert len(first) == 32 and first != b.outbox_id
+    with Outbox(tmp_path / "a.db") as a:
+        assert a.outbox_id == first
+    (tmp_path / "a.db").unlink()  # a rebuilt outbox: seq restarts, under a new identity
+    with Outbox(tmp_path / "a.db") as a:
+        assert a.outbox_id != first and a.append("t", _payload).seq == 1
+
+
+def test_ids_stay_monotonic_after_the_table_empties(tmp_path: Path) -> None:
+    # No AUTOINCREMENT: the outbox hands out ids itself, so an emptied table never reuses an id within a process
+    # (the sender's cursor would skip a reused id).
+    with Outbox(tmp_path / "o.db") as box:
+        ids = [box.append("t", _payload).id for _ in range(3)]
+        box.delete(ids)
+        assert box.depth == 0
+        assert box.append("t", _payload).id == ids[-1] + 1
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='sqlite_sequence'").fetchone()[0] == 0
+
+
+def test_old_autoincrement_outbox_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER, topic TEXT NOT NULL,
+                                   payload BLOB NOT NULL, created_at REAL NOT NULL);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT INTO counters VALUES ('seq', 7), ('session', 2), ('dropped', 0);
+            INSERT INTO messages(seq, topic, payload, created_at) VALUES (7, 't', x'00', 1000.0);
+        """)
+    with Outbox(path) as box:
+        assert box.last_seq == 7 and box.depth == 1 and box.outbox_id
+        assert box.append("t", _payload).seq == 8
+        # The old row has no boot clock and an implausible stamp: kept, not guessed away.
+        assert box.enforce_age() == 0
 
 
 def test_second_owner_is_refused(tmp_path: Path) -> None:
