@@ -97,7 +97,8 @@ def sustained(host: str, port: int, protocol: str, workdir: Path, n: int, sync: 
         io0 = _write_bytes()
         t0 = time.perf_counter()
         for i in range(n):
-            pub.publish_counts("cam0", _frame(i))
+            pub.publish_counts("cam0", _frame(i), wait=False)  # as the agent's hot path does (group commit)
+        pub.flush(60)
         t_committed = time.perf_counter()
         drained = _wait_empty(pub, 120)
         t_acked = time.perf_counter()
@@ -121,7 +122,8 @@ def replay(host: str, port: int, protocol: str, workdir: Path, n: int, sync: Syn
         pub = AgentPublisher(_cfg("127.0.0.1", _free_port(), protocol), "bench-replay", box, "bench")
         pub.start()
         for i in range(n):
-            pub.publish_counts("cam0", _frame(i))
+            pub.publish_counts("cam0", _frame(i), wait=False)
+        pub.flush(60)
         pub.stop(timeout=0.5)
         assert box.depth == n, box.depth
     # Phase 2: restart against the real broker and time until the backlog is acknowledged.

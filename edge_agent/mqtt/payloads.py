@@ -101,7 +101,11 @@ class CountsPayload(CountsInput):
     device_id: str
     camera_id: str
     session: int = Field(ge=1, description="Agent start counter (increments on every start).")
-    seq: int = Field(ge=1, description="Per-device message sequence number, monotonic across restarts.")
+    outbox_id: str = Field(
+        min_length=1, description="Random id of the outbox database that assigned `seq` (new when it is rebuilt); "
+        "`(device_id, outbox_id, seq)` identifies a message.",
+    )
+    seq: int = Field(ge=1, description="Per-outbox message sequence number, monotonic across restarts.")
     historical: bool = Field(False, description="True when this copy was replayed from the outbox.")
     aggregate: Aggregate | None = Field(None, description="Present in `aggregate` counts mode.")
 
@@ -135,6 +139,7 @@ class CameraStats(_Strict):
     inference_ms_p50: float | None = Field(None, ge=0)
     inference_ms_p95: float | None = Field(None, ge=0)
     reconnects: int | None = Field(None, ge=0, description="Stream reconnects since start.")
+    frames_skipped: int | None = Field(None, ge=0, description="Frames dropped as stale since start (total).")
     frames: int | None = Field(None, ge=0, description="Frames processed since start.")
     unique_count: int | None = Field(None, ge=0)
 
@@ -175,3 +180,14 @@ class StatsPayload(StatsInput):
     outbox_depth: int = Field(ge=0, description="Messages waiting in the outbox for a broker acknowledgement.")
     dropped_by_policy: int = Field(ge=0, description="Outbox messages dropped by the size/age bound (ever).")
     inbound_rejected: int = Field(ge=0, description="Inbound messages rejected as malformed since start.")
+    outbox_id: str | None = Field(None, description="Random id of the outbox database (see counts).")
+    rejected_by_broker: int = Field(0, ge=0, description="Negative PUBACKs for stored messages since start (each "
+                                    "row stays in the outbox and is retried).")
+    refused_waiting: int = Field(0, ge=0, description="Refused messages waiting for their retry.")
+    handler_errors: int = Field(0, ge=0, description="Inbound command handlers that raised, since start.")
+    not_stored: dict[str, int] = Field(
+        default_factory=dict, description="Messages that could not be written to the outbox (disk full, I/O "
+        "error) since start, by kind (`counts`, `tracks`); detection went on.",
+    )
+    session_takeovers: int = Field(0, ge=0, description="Times the broker disconnected us for another client with "
+                                   "our client id (a second agent with the same device_id).")

@@ -2,13 +2,20 @@
 
 Data path for counts and track events (store-and-forward):
 
-    publish_counts() --commit--> Outbox (SQLite WAL) --sender thread, bounded window--> paho --PUBACK--> delete
+    publish_counts() --queue--> OutboxWriter --group commit--> Outbox (SQLite WAL)
+        --sender thread, bounded window--> paho --successful PUBACK--> delete (through the writer)
 
-* The outbox is the source of truth. The sender hands paho at most `inflight_window` unacknowledged messages and only
-  while connected, so paho's own queue stays small during an outage; everything else waits on disk.
+* The outbox is the source of truth. The hot path only queues: the writer thread commits everything queued in one
+  transaction about every 50 ms (`OutboxWriter`), so a frame costs no fsync of its own. Counts and track events
+  that cannot be stored (disk full) are counted (`not_stored` in `stats`) and logged; detection goes on.
+* The sender hands paho at most `inflight_window` unacknowledged messages and only while connected, so paho's own
+  queue stays small during an outage; everything else waits on disk.
 * paho re-sends the messages it holds after a reconnect (same mid); the sender then continues from its cursor. A
   message acknowledged by the broker is deleted; one the process never saw acknowledged is replayed after a restart,
-  so a subscriber may see a duplicate (deduplicate by `(device_id, seq)`) but never misses one.
+  so a subscriber may see a duplicate (deduplicate by `(device_id, outbox_id, seq)`) but never misses one.
+* A PUBACK with a failure reason (MQTT 5: not authorised, quota exceeded, ...) does not delete the row: it stays in
+  the outbox and is re-sent after a backoff (1 s doubling up to `reconnect_max_delay_s`), counted in
+  `rejected_by_broker` and logged. Only the documented size/age bounds ever drop a count.
 * Messages already waiting in the outbox when a connection (re)starts are sent with `historical: true`.
 
 Connect sequence: `status=online` (in the CONNACK callback, so it precedes anything paho re-sends), then, once the
@@ -48,7 +55,9 @@ from edge_agent.mqtt.payloads import (
 )
 from edge_agent.mqtt.topics import Topics, check_camera_id
 from edge_agent.mqtt.transport import MqttTransport, TransportEvents, Will
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox, OutboxError, PendingMessage
+from edge_agent.outbox_writer import OutboxWriter
+from edge_agent.ratelimit import LogLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +69,10 @@ _READ_BATCH = 500
 # Slots of the broker's receive window kept free for QoS 1 messages sent outside the sender thread (`status` on
 # connect, `model/result`).
 _RESERVED_SLOTS = 2
+# Home Assistant announces `online` once per start; a flood of them (a loop, a misbehaving bridge) is coalesced into
+# one discovery re-publish per this window.
+_HA_COALESCE_S = 1.0
+_RETRY_MIN_S = 1.0
 
 
 def client_id_for(device_id: str) -> str:
@@ -103,7 +116,9 @@ class AgentPublisher:
     Thread-safe: the agent's threads may call the publish methods concurrently.
     """
 
-    def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox, software_version: str) -> None:
+    def __init__(
+        self, cfg: MqttConfig, device_id: str, outbox: Outbox, software_version: str, commit_interval_s: float = 0.05
+    ) -> None:
         self.cfg = cfg
         self.device_id = device_id
         self.outbox = outbox
@@ -119,6 +134,7 @@ class AgentPublisher:
             subscriptions=self._gate.subscriptions(cfg.discovery.enabled),
         )
         self._transport = MqttTransport(cfg, client_id_for(device_id), Will(self.topics.status, "offline"), events)
+        self._writer = OutboxWriter(outbox, on_commit=self._on_commit, linger_s=commit_interval_s)
 
         # Shared state, guarded by _lock (never held while calling into paho).
         self._lock = threading.Lock()
@@ -132,7 +148,7 @@ class AgentPublisher:
         self._windows: dict[str, _Window] = {}
 
         # Sender-thread state.
-        self._acks: deque[tuple[int, bool]] = deque()  # appended by the network thread, drained by the sender
+        self._acks: deque[tuple[int, bool, str]] = deque()  # appended by the network thread, drained by the sender
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._state_inflight: set[int] = set()  # mids of unacknowledged retained-state messages
         self._state_pending: deque[tuple[str, bytes | str, int]] = deque()  # (topic, payload, qos), retained
@@ -140,7 +156,16 @@ class AgentPublisher:
         self._backlog_end = 0  # outbox ids <= this were waiting when the current connection became ready
         self._handled_generation = 0
         self._ready = False
-        self.rejected_by_broker = 0
+        self.rejected_by_broker = 0  # negative PUBACKs for stored messages (each such row stays and is retried)
+        self.refused_waiting = 0  # refused rows waiting for their retry
+        self._refused_min: int | None = None  # lowest refused row id not yet re-sent
+        self._retry_at = 0.0
+        self._retry_delay = _RETRY_MIN_S
+        self._last_refusal = 0.0
+        self._rewound_until = 0  # after a retry rewind: rows <= this that are in flight are skipped
+        self._refusal_log = LogLimiter(10.0)
+        self._ha_due: float | None = None
+        self._published_count: dict[str, int] = {}
 
         self._wake = threading.Event()
         self._stop_event = threading.Event()
@@ -176,6 +201,18 @@ class AgentPublisher:
         return self._gate.rejected
 
     @property
+    def outbox_id(self) -> str:
+        return self.outbox.outbox_id
+
+    def not_stored(self) -> dict[str, int]:
+        """Counts / track events that could not be stored (disk full, I/O error) since start, by kind."""
+        return self._writer.not_stored()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every message queued so far is committed to the outbox (or counted as not stored)."""
+        return self._writer.flush(timeout)
+
+    @property
     def session(self) -> int:
         return self._session
 
@@ -194,6 +231,7 @@ class AgentPublisher:
             raise RuntimeError("AgentPublisher.start() may be called once per instance")
         self._session = self.outbox.start_session()
         self._started_at = time.monotonic()
+        self._writer.start()
         self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
         self._inbound_thread = threading.Thread(target=self._inbound_main, name="mqtt-inbound", daemon=True)
         self._sender.start()
@@ -212,7 +250,11 @@ class AgentPublisher:
             return
         deadline = time.monotonic() + timeout
         reserve = min(1.0, timeout * 0.3)  # keep time for `stopped` and the disconnect
-        self._flush_windows(force=True)
+        try:
+            self._flush_windows(force=True)
+        except Exception:  # noqa: BLE001 - a failed last window must not keep `stopped` from being published
+            logger.exception("MQTT: flushing the open aggregation windows failed")
+        self._writer.flush(max(0.1, (deadline - time.monotonic()) * 0.5))
         while time.monotonic() < deadline - reserve and self.connected:
             if self.outbox.depth == 0 and not self._inflight:
                 break
@@ -221,8 +263,15 @@ class AgentPublisher:
         self._stop_event.set()
         self._wake.set()
         self._sender.join(timeout=max(0.1, deadline - time.monotonic()))
-        self._transport.stop(final=(self.topics.status, "stopped"), timeout=max(0.2, deadline - time.monotonic()))
-        self._drain_acks()  # acknowledgements that arrived while `stopped` was in flight
+        # Camera statuses are retained: say `offline` for each before the device says `stopped`, so no camera stays
+        # `online` after a clean stop (after a kill, consumers read camera status under the device's status).
+        with self._lock:
+            final = [(self.topics.camera_status(cam), "offline") for cam, state in sorted(self._cameras.items())
+                     if state == "online"]
+        final.append((self.topics.status, "stopped"))
+        self._transport.stop(final=final, timeout=max(0.2, deadline - time.monotonic()))
+        self._writer.stop(timeout=max(0.2, deadline - time.monotonic()))
+        self._drain_acks()  # acknowledgements that arrived while `stopped` was in flight (deleted directly)
         self._inbound.put(None)
         if self._inbound_thread is not None:
             self._inbound_thread.join(timeout=1.0)
@@ -263,16 +312,23 @@ class AgentPublisher:
         with self._lock:
             self._latest_count[camera_id] = value
             ready = self._ready
-        if ready and self.connected:
+            # A retained message per frame with the same number is wasted traffic: publish changes only (the
+            # latest value is re-sent on every connect anyway).
+            if not ready or self._published_count.get(camera_id) == value:
+                return
+            self._published_count[camera_id] = value
+        if self.connected:
             self._transport.publish(topic, str(value), qos=0, retain=True)
 
     # -- stored messages -------------------------------------------------------------------------------------------
-    def publish_counts(self, camera_id: str, payload: dict[str, Any]) -> int | None:
-        """Store one frame's counts durably (before returning) and queue it for the broker.
+    def publish_counts(self, camera_id: str, payload: dict[str, Any], *, wait: bool = True) -> int | None:
+        """Queue one frame's counts for the outbox and the broker.
 
         `payload`: `ts`, `frame`, `count`, `unique_count`, optional `detections`, optional `model` (defaults to the
-        running model). Returns the assigned `seq`; in `aggregate` mode returns None until a window closes (then
-        the window's seq).
+        running model). With `wait` (the default) it returns once the message is committed, with its `seq`, and
+        raises `OutboxError` if it could not be stored; without `wait` (the agent's hot path) it returns None at
+        once and the writer commits it with the next group (failures are counted in `not_stored()`). In
+        `aggregate` mode it returns None until a window closes.
         """
         if self._session == 0:
             raise RuntimeError("AgentPublisher.start() must be called before publishing")
@@ -280,13 +336,13 @@ class AgentPublisher:
         item = CountsInput.model_validate(payload)
         self._register_camera(camera_id)
         if self.cfg.counts.mode == "aggregate":
-            return self._aggregate(camera_id, item)
+            return self._aggregate(camera_id, item, wait)
         if not self.cfg.counts.include_detections and item.detections is not None:
             item = item.model_copy(update={"detections": None})
-        return self._store_counts(camera_id, item, None)
+        return self._store_counts(camera_id, item, None, wait)
 
-    def publish_track_event(self, camera_id: str, payload: dict[str, Any]) -> None:
-        """Store a track `new` / `end` event durably and queue it (`…/{camera_id}/tracks`, no seq)."""
+    def publish_track_event(self, camera_id: str, payload: dict[str, Any], *, wait: bool = True) -> None:
+        """Queue a track `new` / `end` event for the outbox (`…/{camera_id}/tracks`, no seq); `wait` as counts."""
         if self._session == 0:
             raise RuntimeError("AgentPublisher.start() must be called before publishing")
         item = TrackEventInput.model_validate(payload)
@@ -294,23 +350,29 @@ class AgentPublisher:
         doc = TrackEventPayload(
             **item.model_dump(), device_id=self.device_id, camera_id=camera_id, session=self._session
         ).model_dump_json(exclude_none=True).encode()
-        self.outbox.append(topic, lambda _seq: doc, sequenced=False)
-        self._wake.set()
+        future = self._writer.submit(PendingMessage(topic, lambda _seq: doc, sequenced=False), "tracks", wait)
+        if future is not None:
+            future.result()
 
-    def _store_counts(self, camera_id: str, item: CountsInput, aggregate: Aggregate | None) -> int:
+    def _store_counts(self, camera_id: str, item: CountsInput, aggregate: Aggregate | None, wait: bool) -> int | None:
         fields = item.model_dump(exclude={"model"})
         model_ref = item.model or self._model_ref()
+        session, outbox_id = self._session, self.outbox.outbox_id
 
-        def build(seq: int | None) -> bytes:
+        def build(seq: int | None) -> bytes:  # runs on the writer thread, once the seq is assigned
             doc = CountsPayload(
-                **fields, model=model_ref, device_id=self.device_id, camera_id=camera_id, session=self._session,
-                seq=seq or 0, historical=False, aggregate=aggregate,
+                **fields, model=model_ref, device_id=self.device_id, camera_id=camera_id, session=session,
+                outbox_id=outbox_id, seq=seq or 0, historical=False, aggregate=aggregate,
             )
             return doc.model_dump_json(exclude_none=True).encode()
 
-        record = self.outbox.append(self.topics.counts(camera_id), build)
+        future = self._writer.submit(PendingMessage(self.topics.counts(camera_id), build), "counts", wait)
+        if future is None:
+            return None
+        return int(future.result().seq or 0)
+
+    def _on_commit(self) -> None:
         self._wake.set()
-        return int(record.seq or 0)
 
     def _model_ref(self) -> ModelRef | None:
         with self._lock:
@@ -327,7 +389,7 @@ class AgentPublisher:
             self._dirty.update({f"cam:{camera_id}", "discovery"})
 
     # -- aggregation -------------------------------------------------------------------------------------------
-    def _aggregate(self, camera_id: str, item: CountsInput) -> int | None:
+    def _aggregate(self, camera_id: str, item: CountsInput, wait: bool) -> int | None:
         now = time.monotonic()
         with self._lock:
             window = self._windows.get(camera_id)
@@ -338,16 +400,16 @@ class AgentPublisher:
             if now - window.opened < self.cfg.counts.interval_s:
                 return None
             del self._windows[camera_id]
-        return self._emit_window(camera_id, window)
+        return self._emit_window(camera_id, window, wait)
 
-    def _emit_window(self, camera_id: str, window: _Window) -> int:
+    def _emit_window(self, camera_id: str, window: _Window, wait: bool = False) -> int | None:
         summary = Aggregate(
             frames=window.frames, first_ts=window.first.ts, first_frame=window.first.frame,
             count_min=window.count_min, count_max=window.count_max, count_mean=window.count_sum / window.frames,
         )
         # `count` of an aggregate is the most starfish seen at once in the window.
         item = window.last.model_copy(update={"count": window.count_max, "detections": None})
-        return self._store_counts(camera_id, item, summary)
+        return self._store_counts(camera_id, item, summary, wait)
 
     def _flush_windows(self, force: bool) -> None:
         now = time.monotonic()
@@ -355,7 +417,10 @@ class AgentPublisher:
             due = [cam for cam, w in self._windows.items() if force or now - w.opened >= self.cfg.counts.interval_s]
             windows = [(cam, self._windows.pop(cam)) for cam in due]
         for cam, window in windows:
-            self._emit_window(cam, window)
+            try:
+                self._emit_window(cam, window)
+            except OutboxError as exc:  # counted by the writer already
+                logger.debug("aggregation window of %s not stored: %s", cam, exc)
 
     # -- QoS 0 / direct messages -----------------------------------------------------------------------------------
     def publish_stats(self, payload: dict[str, Any]) -> bool:
@@ -367,7 +432,10 @@ class AgentPublisher:
             **item.model_dump(), device_id=self.device_id, ts=datetime.now(timezone.utc), session=self._session,
             uptime_s=round(time.monotonic() - self._started_at, 3), software_version=self.software_version,
             mqtt_reconnects=self.reconnects, outbox_depth=self.outbox_depth, dropped_by_policy=self.dropped_by_policy,
-            inbound_rejected=self.inbound_rejected,
+            inbound_rejected=self.inbound_rejected, outbox_id=self.outbox.outbox_id,
+            rejected_by_broker=self.rejected_by_broker, refused_waiting=self.refused_waiting,
+            handler_errors=self.handler_errors, not_stored=self.not_stored(),
+            session_takeovers=self._transport.takeovers,
         )
         return self._transport.publish(self.topics.stats, doc.model_dump_json(exclude_none=True), qos=0) is not None
 
@@ -410,9 +478,12 @@ class AgentPublisher:
             return
         if verdict.kind is InboundKind.HA_STATUS:
             if payload.strip() == b"online":
-                logger.info("MQTT: Home Assistant is online; re-sending discovery")
                 with self._lock:
-                    self._dirty.add("discovery")
+                    first = self._ha_due is None
+                    if first:  # later `online`s inside the window ride on this one re-publish
+                        self._ha_due = time.monotonic() + _HA_COALESCE_S
+                if first:
+                    logger.info("MQTT: Home Assistant is online; re-sending discovery in %.0f s", _HA_COALESCE_S)
                 self._wake.set()
             return
         try:
@@ -450,8 +521,8 @@ class AgentPublisher:
             self._ready = False
         self._wake.set()
 
-    def _on_ack(self, mid: int, accepted: bool) -> None:
-        self._acks.append((mid, accepted))
+    def _on_ack(self, mid: int, accepted: bool, reason: str) -> None:
+        self._acks.append((mid, accepted, reason))
         self._wake.set()
 
     # -- sender thread ------------------------------------------------------------------------------------------
@@ -469,6 +540,8 @@ class AgentPublisher:
                 if self.cfg.counts.mode == "aggregate":
                     self._flush_windows(force=False)
                 self._maybe_publish_stats(now)
+                self._coalesced_discovery(now)
+                self._maybe_retry_refused(now)
                 if not self.connected:
                     continue
                 if not self._become_ready():
@@ -512,6 +585,8 @@ class AgentPublisher:
         if "counts" in dirty:
             for cam, value in sorted(counts.items()):
                 pending.append((self.topics.count_value(cam), str(value), 0))
+            with self._lock:
+                self._published_count.update(counts)
         while pending:
             topic, payload, qos = pending[0]
             if qos and self._room() <= 0:
@@ -534,7 +609,11 @@ class AgentPublisher:
         if room <= 0:
             return
         records = self.outbox.read_after(self._cursor, min(room, _READ_BATCH))
+        in_flight = set(self._inflight.values()) if self._cursor < self._rewound_until else set()
         for record in records:
+            if record.id in in_flight:  # re-reading after a retry rewind: this one is still on its way
+                self._cursor = record.id
+                continue
             payload = record.payload if record.id > self._backlog_end else _mark_historical(record.payload)
             mid = self._transport.publish(record.topic, payload, qos=1)
             if mid is None:
@@ -546,16 +625,65 @@ class AgentPublisher:
 
     def _drain_acks(self) -> None:
         done: list[int] = []
+        now = time.monotonic()
         while self._acks:
-            mid, accepted = self._acks.popleft()
+            mid, accepted, reason = self._acks.popleft()
             row_id = self._inflight.pop(mid, None)
             if row_id is None:
+                if mid in self._state_inflight and not accepted:
+                    logger.warning("MQTT: broker refused a retained state message: %s", reason)
                 self._state_inflight.discard(mid)  # a state message: nothing stored for it
                 continue
-            if not accepted:
-                # MQTT 5 negative PUBACK (e.g. not authorised): retrying would never succeed; report and drop.
-                self.rejected_by_broker += 1
-                logger.warning("MQTT: broker refused stored message %d; dropping it", row_id)
-            done.append(row_id)
+            if accepted:
+                done.append(row_id)
+                continue
+            self._refused(row_id, reason, now)
         if done:
-            self.outbox.delete(done)
+            if self._writer.running:
+                self._writer.delete(done)
+            else:
+                self.outbox.delete(done)
+
+    def _refused(self, row_id: int, reason: str, now: float) -> None:
+        """A negative PUBACK (ACL denial, quota): keep the row and re-send it after a backoff."""
+        self.rejected_by_broker += 1
+        self.refused_waiting += 1
+        if now - self._last_refusal > 4 * self.cfg.reconnect_max_delay_s:
+            self._retry_delay = _RETRY_MIN_S  # a new episode: start the backoff again
+        self._last_refusal = now
+        if self._refused_min is None or row_id < self._refused_min:
+            self._refused_min = row_id
+        if self._retry_at <= now:
+            self._retry_at = now + self._retry_delay
+        log, suppressed = self._refusal_log.allow("refused", now)
+        if log:
+            more = f" (+{suppressed} more since the last report)" if suppressed else ""
+            logger.warning(
+                "MQTT: broker refused stored message %d (%s)%s; it stays in the outbox and is retried in %.0f s "
+                "[%d refused so far]", row_id, reason, more, self._retry_at - now, self.rejected_by_broker,
+            )
+
+    def _maybe_retry_refused(self, now: float) -> None:
+        if self._refused_min is None or now < self._retry_at or not self.connected:
+            return
+        # Deletions of rows acknowledged meanwhile must be committed first, or the rewind would re-send them.
+        self._writer.flush(1.0)
+        self._drain_acks()
+        first = self._refused_min
+        if first is None:
+            return
+        self._refused_min = None
+        logger.info("MQTT: re-sending %d refused message(s) from outbox row %d", self.refused_waiting, first)
+        self.refused_waiting = 0
+        self._backlog_end = max(self._backlog_end, self._cursor)  # what is re-sent goes out as historical
+        self._rewound_until = max(self._rewound_until, self._cursor)
+        self._cursor = min(self._cursor, first - 1)
+        self._retry_delay = min(self._retry_delay * 2, max(_RETRY_MIN_S, self.cfg.reconnect_max_delay_s))
+        self._wake.set()
+
+    def _coalesced_discovery(self, now: float) -> None:
+        with self._lock:
+            if self._ha_due is None or now < self._ha_due:
+                return
+            self._ha_due = None
+            self._dirty.add("discovery")

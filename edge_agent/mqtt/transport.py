@@ -5,19 +5,36 @@ what happened and hand it to the owner through the `TransportEvents` callbacks, 
 call back into paho while holding their own locks (paho holds its internal mutexes while it calls them).
 
 The transport never reports itself connected unless the broker accepted the CONNECT (CONNACK reason success): a
-refused connect (bad credentials, not authorised) is logged with the broker's reason and retried with backoff.
+refused connect (bad credentials, not authorised) is logged with the broker's reason and retried with backoff, and
+an exception while handling the CONNACK (e.g. a subscribe paho refuses) counts as a failed connection: it is logged,
+the connection is dropped and retried with backoff.
+
+Inbound size: with MQTT 5 the CONNECT carries Maximum Packet Size (`max_inbound_bytes` plus room for the topic), so
+the broker discards bigger messages instead of sending them: they never reach this process's memory. (MQTT 3.1.1
+has no such property; see docs/mqtt.md for the broker-side settings.)
+
+A second client with our client id (a second agent with the same device_id) makes the broker disconnect us
+("session taken over" in MQTT 5; with 3.1.1 the connection is just closed, right after it was made). Either is
+logged as such, once, and reconnects then back off to `reconnect_max_delay_s` instead of fighting.
+
+QoS 0 writes also end in paho's publish callback with a message id; only ids of QoS 1 messages are reported as
+acknowledgements, so a QoS 0 message can never be taken for a stored message that happens to share its id.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.mqtt.config import MqttConfig
@@ -39,6 +56,15 @@ class _ShutdownNoiseFilter(logging.Filter):
 _PAHO_LOGGER = logging.getLogger("paho.mqtt")
 _PAHO_LOGGER.addFilter(_ShutdownNoiseFilter())
 
+# Room in Maximum Packet Size for the fixed header, the topic and the properties of an inbound PUBLISH.
+PACKET_OVERHEAD_BYTES = 1024
+_SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
+# A connection closed this soon after its CONNACK, this many times in a row, looks like a client-id fight (3.1.1).
+_FLAP_S = 3.0
+_FLAPS = 3
+# A connection that lasted this long ends a takeover episode: the normal reconnect delays apply again.
+_STABLE_S = 60.0
+
 
 @dataclass
 class TransportEvents:
@@ -48,7 +74,7 @@ class TransportEvents:
     on_ready: Callable[[], None] = _noop  # subscriptions acknowledged: safe to publish the connect sequence
     on_disconnected: Callable[[str], None] = _noop
     on_message: Callable[[str, bytes], None] = _noop
-    on_ack: Callable[[int, bool], None] = _noop  # (mid, accepted)
+    on_ack: Callable[[int, bool, str], None] = _noop  # (mid, accepted, reason) for QoS 1 messages only
     subscriptions: Sequence[tuple[str, int]] = field(default_factory=tuple)
 
 
@@ -70,7 +96,17 @@ class MqttTransport:
         self._ever_connected = False
         self.reconnects = 0
         self.refused_connects = 0
+        self.takeovers = 0
         self.last_error: str | None = None
+        self._mid_lock = threading.Lock()  # never held while calling into paho
+        self._qos1_mids: set[int] = set()
+        self._qos0_mids: set[int] = set()
+        self._early: dict[int, tuple[bool, str]] = {}  # callbacks that beat publish() returning the mid
+        self._connected_at = 0.0
+        self._flaps = 0
+        self._backing_off = False
+        self._restarting = False
+        self._failed_connacks = 0
         protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
         kwargs: dict[str, object] = {}
         if protocol == MQTTProtocolVersion.MQTTv311:
@@ -81,6 +117,7 @@ class MqttTransport:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, reconnect_on_failure=True, **kwargs
         )
         self._protocol = protocol
+        self._client_id = client_id
         # The owner bounds what it hands over (its in-flight window); let paho put all of it on the wire.
         self._client.max_inflight_messages_set(cfg.inflight_window + 64)
         self._client.max_queued_messages_set(0)
@@ -125,6 +162,9 @@ class MqttTransport:
         kwargs: dict[str, object] = {}
         if self._protocol == MQTTProtocolVersion.MQTTv5:
             kwargs["clean_start"] = True
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = self.cfg.max_inbound_bytes + PACKET_OVERHEAD_BYTES
+            kwargs["properties"] = props
         logger.info("MQTT: connecting to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.cfg.protocol)
         self._stopping = False
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **kwargs)
@@ -136,15 +176,31 @@ class MqttTransport:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # NO_CONN: a QoS 1 message stays in paho and goes out after the reconnect; QoS 0 is simply lost.
+            self._register_mid(info.mid, qos, info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS)
             return info.mid
         logger.warning("MQTT: publish to %s not accepted by the client: %s", topic, mqtt.error_string(info.rc))
         return None
+
+    def _register_mid(self, mid: int, qos: int, sent: bool) -> None:
+        forward: tuple[bool, str] | None = None
+        with self._mid_lock:
+            early = self._early.pop(mid, None)
+            if qos > 0:
+                if early is not None:
+                    forward = early  # acknowledged before publish() returned
+                else:
+                    self._qos1_mids.add(mid)
+            elif early is None and sent:
+                self._qos0_mids.add(mid)
+        if forward is not None:
+            self.events.on_ack(mid, *forward)
 
     def publish_and_wait(self, topic: str, payload: str, qos: int, retain: bool, timeout: float) -> bool:
         """Publish and wait for the broker's acknowledgement (QoS 1) or the write (QoS 0)."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return False
+        self._register_mid(info.mid, qos, True)
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:  # raised when the connection went away meanwhile
@@ -152,14 +208,18 @@ class MqttTransport:
             return False
         return info.is_published()
 
-    def stop(self, final: tuple[str, str] | None, timeout: float) -> None:
-        """Optionally publish `final` (retained, QoS 1) and wait for it, then disconnect cleanly (no Last Will)."""
+    def stop(self, final: Sequence[tuple[str, str]] | None, timeout: float) -> None:
+        """Publish the `final` messages (retained, QoS 1), the last one waited for, then disconnect (no Will)."""
         if not self._started:
             return
-        if final is not None and self.connected:
-            ok = self.publish_and_wait(final[0], final[1], qos=1, retain=True, timeout=timeout)
+        messages = list(final or [])
+        if messages and self.connected:
+            for topic, payload in messages[:-1]:
+                self.publish(topic, payload, qos=1, retain=True)
+            topic, payload = messages[-1]
+            ok = self.publish_and_wait(topic, payload, qos=1, retain=True, timeout=timeout)
             if not ok:
-                logger.warning("MQTT: %s=%s was not acknowledged before the timeout", final[0], final[1])
+                logger.warning("MQTT: %s=%s was not acknowledged before the timeout", topic, payload)
         self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
@@ -170,6 +230,42 @@ class MqttTransport:
     def _on_connect(
         self, client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode, properties: object
     ) -> None:
+        try:
+            self._handle_connack(client, reason, properties)
+        except Exception as exc:  # noqa: BLE001 - whatever it was, this connection is not usable
+            self._connected.clear()
+            self._failed_connacks += 1
+            self.last_error = f"connect handling failed: {type(exc).__name__}: {exc}"
+            logger.error("MQTT: handling the broker's CONNACK failed (%s: %s); treating the connection as failed "
+                         "and retrying", type(exc).__name__, exc)
+            self.events.on_disconnected(self.last_error)
+            self._restart_later()
+
+    def _restart_later(self) -> None:
+        """Drop this connection and connect again after a backoff (from a helper thread: paho's own loop thread
+        cannot stop itself)."""
+        if self._restarting or self._stopping:
+            return
+        self._restarting = True
+        delay = min(self.cfg.reconnect_min_delay_s * 2 ** min(self._failed_connacks - 1, 16),
+                    self.cfg.reconnect_max_delay_s)
+
+        def restart() -> None:
+            try:
+                self._client.disconnect()
+                self._client.loop_stop()
+                time.sleep(delay)
+                if not self._stopping:
+                    self._client.loop_start()
+                    self._client.reconnect()
+            except (OSError, ValueError) as exc:  # the loop thread keeps retrying from here
+                logger.debug("MQTT: reconnect after a failed CONNACK: %s", exc)
+            finally:
+                self._restarting = False
+
+        threading.Thread(target=restart, name="mqtt-restart", daemon=True).start()
+
+    def _handle_connack(self, client: mqtt.Client, reason: ReasonCode, properties: object) -> None:
         if reason.is_failure:
             # Never mark ourselves connected after a refused connect; paho retries with the backoff.
             self.refused_connects += 1
@@ -180,6 +276,9 @@ class MqttTransport:
             self.reconnects += 1
         self._ever_connected = True
         self.last_error = None
+        self._connected_at = time.monotonic()
+        with self._mid_lock:
+            self._qos0_mids.clear()  # QoS 0 messages of an earlier connection will never be written now
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
         self._connected.set()
         logger.info("MQTT: connected to %s:%d", self.cfg.host, self.cfg.port)
@@ -191,16 +290,20 @@ class MqttTransport:
                 self._pending_sub_mid = mid
                 return
             logger.warning("MQTT: subscribe failed: %s", mqtt.error_string(rc))
+        self._failed_connacks = 0
         self.events.on_ready()
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
-        # paho gives no detail here; say what it can be, once per outage, then keep quiet while retrying.
-        first = self.last_error != "broker unreachable"
-        self.last_error = "broker unreachable"
-        log = logger.warning if first else logger.debug
-        log("MQTT: cannot connect to %s:%d (refused, unreachable, DNS or TLS failure); retrying with backoff "
-            "up to %.0f s; messages are kept in the outbox", self.cfg.host, self.cfg.port,
-            self.cfg.reconnect_max_delay_s)
+        # paho gives no detail here: once per outage, find the cause with a probe of our own (TCP, then the TLS
+        # handshake with the same CA and host-name rules), say it, then keep quiet while retrying.
+        first = self.last_error is None or not self.last_error.startswith("cannot connect")
+        if not first:
+            logger.debug("MQTT: still cannot connect to %s:%d (%s)", self.cfg.host, self.cfg.port, self.last_error)
+            return
+        cause = probe_connect(self.cfg)
+        self.last_error = f"cannot connect: {cause}"
+        logger.warning("MQTT: cannot connect to %s:%d: %s; retrying with backoff up to %.0f s; messages are kept "
+                       "in the outbox", self.cfg.host, self.cfg.port, cause, self.cfg.reconnect_max_delay_s)
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: object, mid: int, reasons: list[ReasonCode], _props: object
@@ -217,6 +320,8 @@ class MqttTransport:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        if was_connected and not self._stopping:
+            self._check_takeover(reason)
         if was_connected and self._stopping:
             logger.info("MQTT: disconnected from %s:%d", self.cfg.host, self.cfg.port)
         elif was_connected:
@@ -233,4 +338,72 @@ class MqttTransport:
     def _on_publish(
         self, _client: mqtt.Client, _userdata: object, mid: int, reason: ReasonCode, _props: object
     ) -> None:
-        self.events.on_ack(mid, not reason.is_failure)
+        accepted = not reason.is_failure
+        with self._mid_lock:
+            if mid in self._qos0_mids:
+                self._qos0_mids.discard(mid)  # a QoS 0 message was written: nothing to acknowledge
+                return
+            if mid not in self._qos1_mids:
+                self._early[mid] = (accepted, str(reason))  # publish() has not returned the mid yet
+                return
+            self._qos1_mids.discard(mid)
+        self.events.on_ack(mid, accepted, str(reason))
+
+    def _check_takeover(self, reason: ReasonCode) -> None:
+        """Recognise a second client with our id (see module doc) and back off instead of fighting it."""
+        now = time.monotonic()
+        lasted = now - self._connected_at
+        if lasted >= _STABLE_S and self._backing_off:
+            self._backing_off = False
+            self._client.reconnect_delay_set(self.cfg.reconnect_min_delay_s, self.cfg.reconnect_max_delay_s)
+        self._flaps = self._flaps + 1 if lasted < _FLAP_S else 0
+        taken_over = getattr(reason, "value", None) == _SESSION_TAKEN_OVER
+        if not (taken_over or self._flaps >= _FLAPS):
+            return
+        self.takeovers += 1
+        self._flaps = 0
+        delay = self.cfg.reconnect_max_delay_s
+        self.last_error = "session taken over by another client with the same client id"
+        if not self._backing_off:
+            self._backing_off = True
+            logger.warning(
+                "MQTT: the broker disconnected us for another client with our client id %r (%s) - is a second "
+                "agent running with the same device_id? Not fighting it: reconnecting every %.0f s only.",
+                self._client_id, "session taken over" if taken_over else "closed right after connecting", delay)
+        # paho waits at least min_delay before its next reconnect; restored after a stable connection.
+        self._client.reconnect_delay_set(delay, max(delay, self.cfg.reconnect_max_delay_s))
+
+
+def probe_connect(cfg: MqttConfig, timeout: float = 5.0) -> str:
+    """Why a connection to the broker fails, in words: DNS, TCP refusal, TLS CA or host-name mismatch, ..."""
+    try:
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=timeout)
+    except socket.gaierror as exc:
+        return f"host name {cfg.host!r} does not resolve ({exc.strerror})"
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens on that port, or a firewall rejects it)"
+    except TimeoutError:
+        return f"no answer within {timeout:.0f} s (host down or packets dropped)"
+    except OSError as exc:
+        return f"network error: {exc.strerror or exc}"
+    with sock:
+        if cfg.tls is None:
+            return "the TCP connection works but the MQTT connection failed (wrong port? the broker wants TLS?)"
+        try:
+            ctx = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
+            if cfg.tls.cert_file is not None:
+                ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file) if cfg.tls.key_file else None)
+            if cfg.tls.insecure:
+                ctx.check_hostname = False
+            with ctx.wrap_socket(sock, server_hostname=cfg.host):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            detail = exc.verify_message or str(exc)
+            if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
+                return f"TLS host-name check failed: {detail} (connect by the name in the certificate)"
+            return f"TLS certificate verification failed: {detail} (is tls.ca_file the CA that signed the broker?)"
+        except ssl.SSLError as exc:
+            return f"TLS handshake failed: {exc.reason or exc}"
+        except OSError as exc:
+            return f"TLS failure: {exc}"
+    return "TCP and TLS work but the MQTT connection failed (see the broker's log)"

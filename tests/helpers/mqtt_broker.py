@@ -130,6 +130,11 @@ class MosquittoBroker:
             self._proc.stderr.close()
         self._proc = None
 
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its ACL and password files without dropping connections."""
+        assert self._proc is not None and self._proc.poll() is None, "broker is not running"
+        self._proc.send_signal(signal.SIGHUP)
+
     def restart(self) -> MosquittoBroker:
         self.stop()
         return self.start()
