@@ -11,6 +11,7 @@ finishes on the old one), so a model update never stops capture or publishing.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import queue
@@ -30,6 +31,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.detectors import Detections, Detector
 from edge_agent.evidence import EvidenceWriter, draw_detections  # noqa: F401 - draw_detections re-exported
 from edge_agent.outbox import OutboxError
+from edge_agent.ratelimit import LogLimiter
 from edge_agent.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -51,9 +53,9 @@ class Publisher(Protocol):
     def start(self) -> None: ...
     def set_model_info(self, info: dict) -> None: ...
     def set_camera_status(self, camera_id: str, status: str) -> None: ...
-    def publish_counts(self, camera_id: str, payload: dict) -> int: ...
+    def publish_counts(self, camera_id: str, payload: dict, *, wait: bool = True) -> int | None: ...
     def publish_count_value(self, camera_id: str, value: int) -> None: ...
-    def publish_track_event(self, camera_id: str, payload: dict) -> None: ...
+    def publish_track_event(self, camera_id: str, payload: dict, *, wait: bool = True) -> None: ...
     def publish_stats(self, payload: dict) -> None: ...
     def on_command(self, handler: Callable[[str, bytes], None]) -> None: ...
     def stop(self, timeout: float = 5.0) -> None: ...
@@ -151,6 +153,7 @@ class Agent:
         self.detect_errors = 0
         self.publish_errors = 0
         self.commands_rejected = 0
+        self._command_log = LogLimiter(10.0)
         self._last_stats = time.monotonic()
         self._stopped = threading.Event()
         # Closed last at shutdown, after the publisher has flushed (e.g. the outbox that build_agent opened).
@@ -257,10 +260,8 @@ class Agent:
         self._last_frame_at = time.monotonic()
         if self._first_frame_at is None:
             self._first_frame_at = self._last_frame_at
-        for event in update.new:
-            self.publisher.publish_track_event(camera_id, event)
-        for event in update.ended:
-            self.publisher.publish_track_event(camera_id, event)
+        for event in (*update.new, *update.ended):
+            self._store_track_event(camera_id, event)
         # Always one call per frame: in `aggregate` mode the publisher folds frames into windows itself.
         payload: dict[str, Any] = {
             "ts": iso(frame.timestamp),
@@ -276,13 +277,11 @@ class Agent:
                 for b, s, t in zip(detections.boxes, detections.scores, track_ids, strict=True)
             ]
         try:
-            self.publisher.publish_counts(camera_id, payload)
+            # Queued for the outbox's group commit: the frame never waits for the disk. A write that fails later
+            # (disk full) is counted and logged by the publisher (`not_stored` in stats); detection goes on.
+            self.publisher.publish_counts(camera_id, payload, wait=False)
         except OutboxError as exc:
-            # Disk full or failing flash: this frame's counts cannot be made durable. Keep detecting (the live
-            # count value and stats still flow) and say so loudly; the count of lost messages is in the summary.
-            self.publish_errors += 1
-            if self.publish_errors == 1 or self.publish_errors % 100 == 0:
-                logger.error("counts not stored (%d so far): %s", self.publish_errors, exc)
+            self._not_queued(exc)
         self.publisher.publish_count_value(camera_id, count)
         self._evidence.offer(runtime, frame, detections, track_ids)
 
@@ -294,8 +293,23 @@ class Agent:
                 return
             runtime = self.cameras[camera_id]
             for event in runtime.tracker.reset():
-                self.publisher.publish_track_event(camera_id, event)
-            logger.info("camera %s: unique count reset", camera_id)
+                self._store_track_event(camera_id, event)
+            log, suppressed = self._command_log.allow(f"reset:{camera_id}")
+            if log:
+                more = f" ({suppressed} more resets since the last report)" if suppressed else ""
+                logger.info("camera %s: unique count reset%s", camera_id, more)
+
+    def _store_track_event(self, camera_id: str, event: dict) -> None:
+        try:
+            self.publisher.publish_track_event(camera_id, event, wait=False)
+        except OutboxError as exc:
+            self._not_queued(exc)
+
+    def _not_queued(self, exc: OutboxError) -> None:
+        # The outbox writer is gone (only during shutdown): count it like a failed write, keep going.
+        self.publish_errors += 1
+        if self.publish_errors == 1 or self.publish_errors % 100 == 0:
+            logger.error("message not stored (%d so far): %s", self.publish_errors, exc)
 
     def _apply_flushes(self) -> None:
         while True:
@@ -308,7 +322,7 @@ class Agent:
     def _flush_tracks(self, runtime: CameraRuntime, why: str) -> None:
         ended = runtime.tracker.flush()
         for event in ended:
-            self.publisher.publish_track_event(runtime.camera.id, event)
+            self._store_track_event(runtime.camera.id, event)
         if ended:
             logger.info("camera %s: %s, %d track(s) ended", runtime.camera.id, why, len(ended))
 
@@ -335,7 +349,11 @@ class Agent:
                 self.commands_rejected += 1
                 logger.warning("rejected reset for unknown camera %r (cameras: %s)", levels[-2], sorted(self.cameras))
             return
-        logger.info("inbound %s (%d bytes): model updates are not handled by this agent version", topic, len(payload))
+        log, suppressed = self._command_log.allow("model")
+        if log:
+            more = f"; {suppressed} more since the last report" if suppressed else ""
+            logger.info("inbound %s (%d bytes): model updates are not handled by this agent version%s", topic,
+                        len(payload), more)
 
     # -- reporting -------------------------------------------------------------------------------------------------
     def _publish_model_info(self) -> None:
@@ -356,6 +374,7 @@ class Agent:
                 "processed_fps": round((runtime.frames - prev[3]) / span, 2),
                 "skipped_fps": round((stats.frames_dropped - prev[2]) / span, 2),
                 "reconnects": stats.reconnects,
+                "frames_skipped": stats.frames_dropped,
                 "frames": runtime.frames,
                 "unique_count": runtime.tracker.unique_count,
             }
@@ -400,27 +419,41 @@ class Agent:
 
     # -- shutdown --------------------------------------------------------------------------------------------------
     def _shutdown(self) -> None:
+        """Each step on its own: one that fails is logged and the rest still run, so `stopped` is published, the
+        detector released and the outbox closed (WAL checkpointed) whatever broke before them."""
         logger.info("stopping: capture, then flushing counts and the broker connection")
-        for runtime in self.cameras.values():
-            runtime.camera.request_stop()  # ask all first so they wind down in parallel
         # Wait until a network open/read blocked in OpenCV has had time to return (its own timeout): a thread left
         # inside native code when the interpreter exits aborts the process (see `Camera.stop`).
         # Capped, so a long configured open timeout cannot outlast a service manager's stop timeout; a thread still
         # blocked after the cap is left to `blocked_capture_threads` (the CLI then ends the process with os._exit).
         wait = min(max((r.camera.stop_timeout_s for r in self.cameras.values()), default=0.0), CAPTURE_STOP_CAP_S)
         deadline = time.monotonic() + wait
-        for runtime in self.cameras.values():
+
+        def stop_camera(runtime: CameraRuntime) -> None:
             runtime.camera.stop(timeout=max(0.0, deadline - time.monotonic()))
-        for camera_id, runtime in self.cameras.items():
-            for event in runtime.tracker.flush():
-                self.publisher.publish_track_event(camera_id, event)
-        self._evidence.stop()
-        self.publisher.stop(timeout=3.0)
-        self.slot.detector.close()
-        for close in self.closers:
-            close()
+
+        # Each step on its own (see the docstring).
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"camera {cid} stop request", runtime.camera.request_stop)  # all first: they wind down in parallel
+            for cid, runtime in self.cameras.items()
+        ]
+        steps += [(f"camera {cid} stop", functools.partial(stop_camera, runtime))
+                  for cid, runtime in self.cameras.items()]
+        steps += [(f"camera {cid} tracker flush", functools.partial(self._flush_tracks, runtime, "shutdown"))
+                  for cid, runtime in self.cameras.items()]
+        steps += [("evidence writer", self._evidence.stop), ("publisher", lambda: self.publisher.stop(timeout=3.0)),
+                  ("detector close", self.slot.detector.close)]
+        steps += [(f"closer {i}", close) for i, close in enumerate(self.closers)]
+        failed = 0
+        for name, step in steps:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - one broken step must not skip the others
+                failed += 1
+                logger.exception("shutdown step %r failed; continuing with the others", name)
         self._stopped.set()
-        logger.info("stopped after %d frames", self._processed)
+        logger.info("stopped after %d frames%s", self._processed, f" ({failed} shutdown step(s) failed)" if failed
+                    else "")
 
 
 class StartupError(RuntimeError):

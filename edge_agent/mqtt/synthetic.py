@@ -4,7 +4,8 @@ for fault tests that need a publisher in its own process (to `kill -9` it).
     python -m edge_agent.mqtt.synthetic --host 127.0.0.1 --port 1883 --device-id demo --outbox /tmp/demo.db \\
         --rate 10 --count 100
 
-Writes one line `seq <n> session <s>` to stdout per message once it is committed to the outbox, then
+Writes one line `seq <n> session <s> outbox <outbox_id>` to stdout per message once it is committed to the outbox
+(every counts message carries the same `outbox_id`), then
 `done <outbox depth>` after a clean stop. SIGTERM / SIGINT stop it cleanly (publishes `stopped`).
 """
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ts": datetime.now(timezone.utc), "frame": frame, "count": count, "unique_count": frame // 4,
             })
             publisher.publish_count_value(args.camera, count)
-            sys.stdout.write(f"seq {seq} session {publisher.session}\n")
+            sys.stdout.write(f"seq {seq} session {publisher.session} outbox {publisher.outbox_id}\n")
             sys.stdout.flush()
             frame += 1
             if period:
