@@ -530,7 +530,12 @@ def build_agent(cfg: AgentConfig) -> Agent:
     except OutboxError as exc:
         detector.close()
         raise StartupError(f"outbox {cfg.outbox_path}: {exc}") from exc
-    publisher = AgentPublisher(cfg.mqtt, cfg.device_id, outbox, software_version=software_version())
+    try:
+        publisher = AgentPublisher(cfg.mqtt, cfg.device_id, outbox, software_version=software_version())
+    except ValueError as exc:  # e.g. a password variable unset since the check: one line, exit 2, no traceback
+        outbox.close()
+        detector.close()
+        raise StartupError(f"MQTT: {exc}") from exc
     try:
         # Last, once everything started: a start that fails later (the outbox) does not raise the floor.
         commit_model(cfg, detector)

@@ -34,13 +34,15 @@ def run(
     from rich.markup import escape
 
     from edge_agent.app import StartupError, build_agent
-    from edge_agent.config import ConfigError, load_config
+    from edge_agent.config import ConfigError, load_config, preflight
 
     out = Console(stderr=True)
     try:
         cfg = load_config(config)
+        preflight(cfg)
     except ConfigError as exc:
-        out.print(f"[red]configuration error:[/red] {exc}")
+        # One line, never wrapped: under systemd this is the whole story in the journal (exit 2: do not restart).
+        typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from exc
     if allow_rollback:
         logger.warning("--allow-rollback: an older model bundle will be accepted for this start")
@@ -130,7 +132,7 @@ def config_cmd(
     check: Path | None = typer.Option(None, "--check", help="Validate this file (with env overrides) and exit."),
 ) -> None:
     """Print an example configuration, or validate one."""
-    from edge_agent.config import EXAMPLE_YAML, ConfigError, load_config
+    from edge_agent.config import EXAMPLE_YAML, ConfigError, load_config, preflight
 
     if example:
         typer.echo(EXAMPLE_YAML, nl=False)
@@ -140,6 +142,7 @@ def config_cmd(
         raise typer.Exit(EXIT_CONFIG)
     try:
         cfg = load_config(check)
+        preflight(cfg)  # what `run` needs from this machine: password variable, a creatable outbox
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from exc

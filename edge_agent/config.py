@@ -8,17 +8,17 @@ without editing YAML (and secrets such as the MQTT password never need to be in 
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.topics import RESERVED_CAMERA_IDS, check_camera_id, check_level, ha_id
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 BACKENDS: tuple[str, ...] = ("tensorrt", "onnxruntime")
 
 
@@ -33,7 +33,8 @@ class _Strict(BaseModel):
 class CameraConfig(_Strict):
     """One video source. Capture runs on its own thread; inference always takes the newest frame."""
 
-    id: str = Field(description="Camera id used in topics (`starfish/{device}/{id}/counts`): letters, digits, _ -.")
+    id: str = Field(description="Camera id used in topics (`starfish/{device}/{id}/counts`): 1-64 of A-Z a-z 0-9 "
+                    f"_ . -; reserved: {', '.join(sorted(RESERVED_CAMERA_IDS))}.")
     source: int | str = Field(
         description="What to open: a V4L2 index (0) or device path (/dev/video0); an RTSP/HTTP/UDP URL; a video "
         "file path; or a GStreamer pipeline ending in `appsink` (Jetson CSI: `nvarguscamerasrc ! ... ! appsink`)."
@@ -62,9 +63,7 @@ class CameraConfig(_Strict):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not _ID.match(value):
-            raise ValueError(f"must match {_ID.pattern} (it becomes an MQTT topic level), got {value!r}")
-        return value
+        return check_camera_id(value)  # the one rule the topics use too
 
     @field_validator("source")
     @classmethod
@@ -213,9 +212,7 @@ class AgentConfig(BaseSettings):
     @field_validator("device_id")
     @classmethod
     def _device_id(cls, value: str) -> str:
-        if not _ID.match(value):
-            raise ValueError(f"must match {_ID.pattern} (it becomes an MQTT topic level and client id), got {value!r}")
-        return value
+        return check_level("device_id", value)  # a topic level and part of the MQTT client id
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:
@@ -223,6 +220,11 @@ class AgentConfig(BaseSettings):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"camera ids must be unique, repeated: {duplicates}")
+        # Home Assistant ids cannot hold '.', which becomes '_': `cam.1` and `cam_1` would be one entity.
+        ha = [ha_id(i) for i in ids]
+        clashing = sorted({i for i, h in zip(ids, ha, strict=True) if ha.count(h) > 1})
+        if clashing:
+            raise ValueError(f"camera ids must differ in more than '.' versus '_' (Home Assistant ids): {clashing}")
         return self
 
     @classmethod
@@ -255,8 +257,47 @@ def load_config_data(data: dict[str, Any]) -> AgentConfig:
         return AgentConfig(**data)
     except ValidationError as exc:
         raise ConfigError(f"invalid agent configuration: {format_validation_error(exc)}") from exc
+    except SettingsError as exc:  # a STARFISH_… variable that is not valid JSON for a list/mapping field
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise ConfigError(f"invalid environment override: {exc}{cause}") from exc
     except TypeError as exc:  # e.g. a non-string key in YAML
         raise ConfigError(f"invalid agent configuration: {exc}") from exc
+
+
+def preflight(cfg: AgentConfig) -> None:
+    """What the configuration needs from this machine at start-up; raise `ConfigError` naming the field.
+
+    Run by `agent config --check` and before `agent run` builds anything, so a setting that would crash later
+    (an unset password variable, an outbox that cannot be created) is one clear line and exit code 2 instead.
+    """
+    problems = []
+    env = cfg.mqtt.password_env
+    if env is not None and env not in os.environ:
+        problems.append(f"mqtt.password_env: environment variable {env!r} is not set")
+    problem = _outbox_path_problem(cfg.outbox_path)
+    if problem:
+        problems.append(f"outbox_path: {problem}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _outbox_path_problem(path: Path) -> str | None:
+    """Why the outbox database (and its -wal, -shm and .lock files beside it) cannot be created here, if so."""
+    if path.exists():
+        if path.is_dir():
+            return f"{path} is a directory"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{path} is not readable and writable by this user"
+    parent = path.parent
+    while not parent.exists():  # the outbox creates missing directories: the first existing one must allow it
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create files in {parent} (no write permission for this user)"
+    return None
 
 
 def load_config(path: Path) -> AgentConfig:

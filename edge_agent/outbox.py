@@ -141,7 +141,10 @@ class Outbox:
         self.max_messages = int(max_messages)
         self.max_age_s = float(max_age_s)
         self.synchronous = synchronous
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"{self.path}: cannot create its directory: {exc.strerror or exc}") from exc
         self._lock = threading.RLock()
         self._lock_file = self._acquire_process_lock()
         try:
@@ -204,7 +207,10 @@ class Outbox:
 
     # -- process lock -------------------------------------------------------------------------------------------
     def _acquire_process_lock(self):
-        lock_file = open(f"{self.path}.lock", "a+")  # held for the object's lifetime
+        try:
+            lock_file = open(f"{self.path}.lock", "a+")  # held for the object's lifetime
+        except OSError as exc:
+            raise OutboxError(f"{self.path}: cannot create its lock file: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,65 @@ def test_summary_peak_rss_is_this_process_high_water_mark() -> None:
     peak = peak_rss_mb()
     # The high-water mark is at least the current resident size and far below the machine's memory.
     assert psutil.Process().memory_info().rss / 2**20 - 1 <= peak < psutil.virtual_memory().total / 2**20
+
+
+def _runtime_cases(tmp_path: Path) -> dict[str, tuple[dict[str, Any], dict[str, str], str]]:
+    """name -> (config change, environment, what the one-line error must name)."""
+    not_pem = tmp_path / "ca.pem"  # written by the test: "this is not a certificate"
+    a_file = tmp_path / "a-file"  # written by the test: a plain file where a directory would have to be
+    return {
+        "reserved camera id": ({"cameras": [{"id": "status", "source": 0}]}, {}, "reserved"),
+        "prefix with +": ({"mqtt": {"topic_prefix": "site/+/starfish"}}, {}, "mqtt.topic_prefix"),
+        "prefix with #": ({"mqtt": {"topic_prefix": "#"}}, {}, "mqtt.topic_prefix"),
+        "prefix with leading /": ({"mqtt": {"topic_prefix": "/starfish"}}, {}, "mqtt.topic_prefix"),
+        "fleet with /": ({"mqtt": {"fleet": "reef/north"}}, {}, "mqtt.fleet"),
+        "discovery prefix #": ({"mqtt": {"discovery": {"prefix": "#"}}}, {}, "mqtt.discovery.prefix"),
+        "unset password_env": ({"mqtt": {"username": "agent", "password_env": "STARFISH_TEST_UNSET_PW"}}, {},
+                               "STARFISH_TEST_UNSET_PW"),
+        "non-PEM CA file": ({"mqtt": {"tls": {"ca_file": str(not_pem)}}}, {}, "PEM"),
+        "outbox under a file": ({"outbox_path": str(a_file / "outbox.db")}, {}, "outbox_path"),
+        "malformed env list": ({}, {"STARFISH_DETECTOR__BACKENDS": "[onnxruntime"}, "environment"),
+        "malformed env port": ({}, {"STARFISH_MQTT__PORT": "18 83"}, "mqtt.port"),
+    }
+
+
+_CASE_NAMES = list(_runtime_cases(Path("/nonexistent")))
+
+
+@pytest.mark.parametrize("case", _CASE_NAMES)
+def test_check_catches_what_would_crash_at_run_time(case: str, tmp_path: Path) -> None:
+    """Each of these once passed `--check` and ended in a traceback (exit 1) at run time: a systemd crash loop."""
+    change, env, needle = _runtime_cases(tmp_path)[case]
+    (tmp_path / "ca.pem").write_text("this is not a certificate\n")
+    (tmp_path / "a-file").write_text("x")
+    data = {**_valid(), "outbox_path": str(tmp_path / "outbox" / "o.db")}
+    for key, value in change.items():
+        data[key] = value
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(data))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STARFISH_")}
+    environ.update(env)
+    for command in (["config", "--check", str(path)], ["run", "--config", str(path), "--no-console"]):
+        proc = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", *command], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120, env=environ)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2, (command, proc.returncode, proc.stderr[-2000:])
+        assert len(lines) == 1 and needle in lines[0], (command, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+
+
+def test_camera_id_rule_is_the_topics_rule() -> None:
+    # README: ids are 1-64 characters from A-Z a-z 0-9 _ . -; status, stats and model are reserved.
+    for good in ("cam.1", "reef_north-2", "a" * 64):
+        data = _valid()
+        data["cameras"] = [{"id": good, "source": 0}]
+        assert load_config_data(data).cameras[0].id == good
+    for bad in ("status", "stats", "model", "cam/1", "cam+", "", "a" * 65):
+        data = _valid()
+        data["cameras"] = [{"id": bad, "source": 0}]
+        with pytest.raises(ConfigError, match="cameras.0.id"):
+            load_config_data(data)
+    data = _valid()
+    data["cameras"] = [{"id": "cam.1", "source": 0}, {"id": "cam_1", "source": 1}]
+    with pytest.raises(ConfigError, match="Home Assistant"):
+        load_config_data(data)

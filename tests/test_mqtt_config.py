@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,12 @@ def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_tls_files_must_exist_and_pair(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
-    cfg = MqttConfig.model_validate({"tls": {"ca_file": str(ca), "insecure": True}})
-    assert cfg.tls is not None and cfg.tls.ca_file == ca
+    with pytest.raises(ValidationError, match="not a readable PEM CA"):  # loaded now, not at connect time
+        MqttConfig.model_validate({"tls": {"ca_file": str(ca), "insecure": True}})
+    system_ca = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    if system_ca.is_file():
+        cfg = MqttConfig.model_validate({"tls": {"ca_file": str(system_ca), "insecure": True}})
+        assert cfg.tls is not None and cfg.tls.ca_file == system_ca
     with pytest.raises(ValidationError, match="cert_file"):
         MqttConfig.model_validate({"tls": {"key_file": str(ca)}})
 
@@ -117,7 +122,7 @@ def test_counts_input_is_strict() -> None:
     good = {"ts": "2026-01-01T00:00:00Z", "frame": 3, "count": 2, "unique_count": 5,
             "detections": [{"x1": 1, "y1": 2, "x2": 3, "y2": 4, "score": 0.9, "track_id": 7}]}
     item = CountsInput.model_validate(good)
-    doc = json.loads(CountsPayload(**item.model_dump(), device_id="d", camera_id="c", session=1, seq=1)
+    doc = json.loads(CountsPayload(**item.model_dump(), device_id="d", camera_id="c", session=1, outbox_id="o1", seq=1)
                      .model_dump_json(exclude_none=True))
     assert doc["ts"] == "2026-01-01T00:00:00.000Z"
     assert doc["detections"][0]["track_id"] == 7 and doc["schema_version"] == 1 and doc["historical"] is False

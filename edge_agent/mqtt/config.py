@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from edge_agent.mqtt.topics import check_level, check_topic_root
 
 
 class TlsConfig(BaseModel):
@@ -34,6 +37,21 @@ class TlsConfig(BaseModel):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"tls.{name}: file not found: {path}")
+        # Load them now, as the connection will: a file that is not PEM fails here, not at run time.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.ca_file is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(self.ca_file))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(
+                    f"tls.ca_file: {self.ca_file} is not a readable PEM CA certificate file ({exc})"
+                ) from exc
+        if self.cert_file is not None:
+            try:
+                ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(f"tls.cert_file/key_file: {self.cert_file} and {self.key_file} are not a matching "
+                                 f"PEM certificate and unencrypted key ({exc})") from exc
         return self
 
 
@@ -44,8 +62,14 @@ class DiscoveryConfig(BaseModel):
 
     enabled: bool = Field(True, description="Publish Home Assistant discovery configs so sensors appear by themselves.")
     prefix: str = Field(
-        "homeassistant", min_length=1, description="Home Assistant discovery prefix (its `discovery_prefix`)."
+        "homeassistant", min_length=1, description="Home Assistant discovery prefix (its `discovery_prefix`); "
+        "topic levels without `+`, `#` or a leading `/`."
     )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return check_topic_root("discovery.prefix", value)
 
 
 class CountsConfig(BaseModel):
@@ -96,6 +120,16 @@ class MqttConfig(BaseModel):
     max_inbound_bytes: int = Field(
         65536, ge=16, le=16 * 1024 * 1024, description="Inbound payloads larger than this are rejected unread."
     )
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        return check_topic_root("topic_prefix", value)
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet(cls, value: str | None) -> str | None:
+        return None if value is None else check_level("fleet", value)
 
     @model_validator(mode="after")
     def _check_auth(self) -> MqttConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from edge_agent.mqtt.topics import Topics
+from edge_agent.mqtt.topics import Topics, ha_id
 
 # The device `status` topic holds online / stopped / offline; Home Assistant only knows available / not available.
 _ONLINE_TEMPLATE = "{{ 'online' if value == 'online' else 'offline' }}"
@@ -38,7 +38,7 @@ def discovery_messages(
     uid = f"starfish_{topics.device_id}"
 
     def config(component: str, object_id: str, body: dict[str, object]) -> tuple[str, bytes]:
-        body = {"unique_id": f"{uid}_{object_id}", "object_id": f"{uid}_{object_id}", "device": device, **body}
+        body = {"unique_id": f"{uid}_{object_id}", "object_id": ha_id(f"{uid}_{object_id}"), "device": device, **body}
         return topics.ha_config(component, object_id), json.dumps(body, separators=(",", ":")).encode()
 
     for cam in sorted(set(cameras)):

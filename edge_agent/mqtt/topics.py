@@ -19,6 +19,17 @@ def check_level(kind: str, value: str) -> str:
     return value
 
 
+def check_topic_root(kind: str, value: str) -> str:
+    """A prefix of one or more topic levels: no wildcards, no NUL, no leading/trailing `/`, no empty level."""
+    if (not isinstance(value, str) or not value or any(c in value for c in "+#\0") or value.startswith("/")
+            or value.endswith("/") or "//" in value or len(value.encode()) > 1024):
+        raise ValueError(
+            f"{kind} {value!r} must be topic levels separated by '/', without '+', '#', a leading or trailing '/' "
+            "or an empty level"
+        )
+    return value
+
+
 # Device-level leaves; a camera with one of these ids would collide with them (`…/model/set` vs camera `model`).
 RESERVED_CAMERA_IDS = frozenset({"status", "stats", "model"})
 
@@ -40,8 +51,8 @@ class Topics:
 
     def __post_init__(self) -> None:
         check_level("device_id", self.device_id)
-        if not self.prefix or any(c in self.prefix for c in "+#\0") or self.prefix.startswith("/"):
-            raise ValueError(f"topic_prefix {self.prefix!r} must be non-empty with no '+', '#' or leading '/'")
+        check_topic_root("topic_prefix", self.prefix)
+        check_topic_root("discovery.prefix", self.discovery_prefix)
 
     @property
     def root(self) -> str:
@@ -95,8 +106,8 @@ class Topics:
         return f"{self.discovery_prefix}/status"
 
     def ha_config(self, component: str, object_id: str) -> str:
-        # Home Assistant: <discovery_prefix>/<component>/[<node_id>/]<object_id>/config
-        return f"{self.discovery_prefix}/{component}/starfish_{self.device_id}/{object_id}/config"
+        # Home Assistant: <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, ids from [a-zA-Z0-9_-]
+        return f"{self.discovery_prefix}/{component}/{ha_id('starfish_' + self.device_id)}/{ha_id(object_id)}/config"
 
     def camera_of(self, topic: str) -> str | None:
         """The camera id in a per-camera topic of this device (`…/{camera_id}/<leaf>`), else None."""
@@ -105,3 +116,8 @@ class Topics:
             return None
         parts = topic[len(head):].split("/")
         return parts[0] if len(parts) == 2 else None
+
+
+def ha_id(value: str) -> str:
+    """An id as Home Assistant discovery accepts it (`[a-zA-Z0-9_-]`): the `.` our ids allow becomes `_`."""
+    return value.replace(".", "_")
