@@ -14,8 +14,9 @@ the broker discards bigger messages instead of sending them: they never reach th
 has no such property; see docs/mqtt.md for the broker-side settings.)
 
 A second client with our client id (a second agent with the same device_id) makes the broker disconnect us
-("session taken over" in MQTT 5; with 3.1.1 the connection is just closed, right after it was made). Either is
-logged as such, once, and reconnects then back off to `reconnect_max_delay_s` instead of fighting.
+("session taken over" in MQTT 5 - Mosquitto 2.0 instead just closes the connection, right after it was made, again
+and again).
+Either is logged as such, once, and reconnects then back off to `reconnect_max_delay_s` instead of fighting.
 
 QoS 0 writes also end in paho's publish callback with a message id; only ids of QoS 1 messages are reported as
 acknowledgements, so a QoS 0 message can never be taken for a stored message that happens to share its id.
@@ -103,6 +104,7 @@ class MqttTransport:
         self._qos0_mids: set[int] = set()
         self._early: dict[int, tuple[bool, str]] = {}  # callbacks that beat publish() returning the mid
         self._connected_at = 0.0
+        self._refused_in_connection = False
         self._flaps = 0
         self._backing_off = False
         self._restarting = False
@@ -277,6 +279,7 @@ class MqttTransport:
         self._ever_connected = True
         self.last_error = None
         self._connected_at = time.monotonic()
+        self._refused_in_connection = False
         with self._mid_lock:
             self._qos0_mids.clear()  # QoS 0 messages of an earlier connection will never be written now
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
@@ -339,6 +342,8 @@ class MqttTransport:
         self, _client: mqtt.Client, _userdata: object, mid: int, reason: ReasonCode, _props: object
     ) -> None:
         accepted = not reason.is_failure
+        if not accepted:
+            self._refused_in_connection = True
         with self._mid_lock:
             if mid in self._qos0_mids:
                 self._qos0_mids.discard(mid)  # a QoS 0 message was written: nothing to acknowledge
@@ -356,8 +361,11 @@ class MqttTransport:
         if lasted >= _STABLE_S and self._backing_off:
             self._backing_off = False
             self._client.reconnect_delay_set(self.cfg.reconnect_min_delay_s, self.cfg.reconnect_max_delay_s)
-        self._flaps = self._flaps + 1 if lasted < _FLAP_S else 0
         taken_over = getattr(reason, "value", None) == _SESSION_TAKEN_OVER
+        # An MQTT 5 broker may say so (reason 142; Mosquitto 2.0 just closes the socket). Otherwise: repeated drops
+        # right after connecting, unless the broker had just refused a publish (some drop the client for that).
+        early = lasted < _FLAP_S and not self._refused_in_connection
+        self._flaps = self._flaps + 1 if early else 0
         if not (taken_over or self._flaps >= _FLAPS):
             return
         self.takeovers += 1
