@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,5 +115,47 @@ def test_tls_with_client_certificate(
         assert not wrong_ca.connected and not no_cert.connected
     finally:
         for pub, box in ((good, good_box), (wrong_ca, wrong_box), (no_cert, no_cert_box)):
+            pub.stop(timeout=1)
+            box.close()
+
+
+def test_tls_failures_name_their_cause(
+    tls_files: dict[str, Path], mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong CA and a host-name mismatch used to be one generic 'cannot connect'; the log now says which."""
+    ca_cert = x509.load_pem_x509_certificate(tls_files["ca"].read_bytes())
+    ca_key = serialization.load_pem_private_key(tls_files["ca"].with_suffix(".key").read_bytes(), None)
+    key = _key()
+    now = dt.datetime.now(dt.timezone.utc)
+    elsewhere = (  # signed by the right CA, but for another host name only
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "elsewhere")]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("broker.example")]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert_path, key_path = _write(tmp_path / "elsewhere", elsewhere, key)
+    right = mosquitto_factory("tls-right", extra_conf="\n".join([
+        f"certfile {tls_files['server_cert']}", f"keyfile {tls_files['server_key']}"])).start()
+    misnamed = mosquitto_factory("tls-misnamed", extra_conf=f"certfile {cert_path}\nkeyfile {key_path}").start()
+    made = []
+    for name, broker, ca in (("wrongca", right, tls_files["other_ca"]), ("wrongname", misnamed, tls_files["ca"])):
+        cfg = MqttConfig.model_validate({"port": broker.port, "tls": {"ca_file": ca}, "reconnect_min_delay_s": 0.2})
+        outbox = Outbox(tmp_path / f"{name}.db")
+        made.append((AgentPublisher(cfg, name, outbox, "test"), outbox))
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_agent.mqtt.transport"):
+            for pub, _ in made:
+                pub.start()
+            assert wait_until(lambda: all(p.last_error for p, _ in made), 10)
+        wrong_ca, wrong_name = (p.last_error or "" for p, _ in made)
+        assert "TLS certificate verification failed" in wrong_ca and "tls.ca_file" in wrong_ca, wrong_ca
+        assert "TLS host-name check failed" in wrong_name and "127.0.0.1" in wrong_name, wrong_name
+        logged = " ".join(r.getMessage() for r in caplog.records)
+        assert "TLS certificate verification failed" in logged and "TLS host-name check failed" in logged
+        assert not any(p.connected for p, _ in made)
+    finally:
+        for pub, box in made:
             pub.stop(timeout=1)
             box.close()
