@@ -360,7 +360,7 @@ class MqttTransport:
         lasted = now - self._connected_at
         if lasted >= _STABLE_S and self._backing_off:
             self._backing_off = False
-            self._client.reconnect_delay_set(self.cfg.reconnect_min_delay_s, self.cfg.reconnect_max_delay_s)
+            self._client.reconnect_delay_set(self.cfg.reconnect_min_delay_s, self.cfg.reconnect_max_delay_s)  # type: ignore[arg-type]
         taken_over = getattr(reason, "value", None) == _SESSION_TAKEN_OVER
         # An MQTT 5 broker may say so (reason 142; Mosquitto 2.0 just closes the socket). Otherwise: repeated drops
         # right after connecting, unless the broker had just refused a publish (some drop the client for that).
@@ -379,7 +379,7 @@ class MqttTransport:
                 "agent running with the same device_id? Not fighting it: reconnecting every %.0f s only.",
                 self._client_id, "session taken over" if taken_over else "closed right after connecting", delay)
         # paho waits at least min_delay before its next reconnect; restored after a stable connection.
-        self._client.reconnect_delay_set(delay, max(delay, self.cfg.reconnect_max_delay_s))
+        self._client.reconnect_delay_set(delay, max(delay, self.cfg.reconnect_max_delay_s))  # type: ignore[arg-type]
 
 
 def probe_connect(cfg: MqttConfig, timeout: float = 5.0) -> str:
