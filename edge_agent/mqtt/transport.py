@@ -99,7 +99,12 @@ class MqttTransport:
         self.refused_connects = 0
         self.takeovers = 0
         self.last_error: str | None = None
-        self._mid_lock = threading.Lock()  # never held while calling into paho
+        # Guards the mid sets. Held across a QoS 0 publish (so its write callback, which may beat publish()
+        # returning the mid, waits until the mid is known to be QoS 0) but never across a QoS 1 publish: paho
+        # holds its message mutex while reporting a PUBACK, so that would deadlock.
+        self._mid_lock = threading.RLock()
+        self._qos0_publisher: int | None = None  # thread id inside a QoS 0 publish (a callback it triggers itself)
+        self._qos0_written_early: set[int] = set()
         self._qos1_mids: set[int] = set()
         self._qos0_mids: set[int] = set()
         self._early: dict[int, tuple[bool, str]] = {}  # callbacks that beat publish() returning the mid
@@ -175,34 +180,43 @@ class MqttTransport:
 
     def publish(self, topic: str, payload: bytes | str, qos: int, retain: bool = False) -> int | None:
         """Hand a message to paho; return its mid, or None if paho refused to take it."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._publish(topic, payload, qos, retain)
         if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # NO_CONN: a QoS 1 message stays in paho and goes out after the reconnect; QoS 0 is simply lost.
-            self._register_mid(info.mid, qos, info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS)
             return info.mid
         logger.warning("MQTT: publish to %s not accepted by the client: %s", topic, mqtt.error_string(info.rc))
         return None
 
-    def _register_mid(self, mid: int, qos: int, sent: bool) -> None:
-        forward: tuple[bool, str] | None = None
+    def _publish(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> mqtt.MQTTMessageInfo:
+        """paho's publish, with the mid recorded as QoS 0 or QoS 1 before its callback can be taken for the other."""
+        if qos == 0:
+            with self._mid_lock:
+                self._qos0_publisher = threading.get_ident()
+                try:
+                    info = self._client.publish(topic, payload, qos=0, retain=retain)
+                finally:
+                    self._qos0_publisher = None
+                if info.mid in self._qos0_written_early:
+                    self._qos0_written_early.discard(info.mid)
+                elif info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._qos0_mids.add(info.mid)
+            return info
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            return info
         with self._mid_lock:
-            early = self._early.pop(mid, None)
-            if qos > 0:
-                if early is not None:
-                    forward = early  # acknowledged before publish() returned
-                else:
-                    self._qos1_mids.add(mid)
-            elif early is None and sent:
-                self._qos0_mids.add(mid)
-        if forward is not None:
-            self.events.on_ack(mid, *forward)
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._qos1_mids.add(info.mid)
+        if early is not None:  # acknowledged before publish() returned
+            self.events.on_ack(info.mid, *early)
+        return info
 
     def publish_and_wait(self, topic: str, payload: str, qos: int, retain: bool, timeout: float) -> bool:
         """Publish and wait for the broker's acknowledgement (QoS 1) or the write (QoS 0)."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._publish(topic, payload, qos, retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return False
-        self._register_mid(info.mid, qos, True)
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:  # raised when the connection went away meanwhile
@@ -345,6 +359,9 @@ class MqttTransport:
         if not accepted:
             self._refused_in_connection = True
         with self._mid_lock:
+            if self._qos0_publisher == threading.get_ident():
+                self._qos0_written_early.add(mid)  # written from inside our own QoS 0 publish() call
+                return
             if mid in self._qos0_mids:
                 self._qos0_mids.discard(mid)  # a QoS 0 message was written: nothing to acknowledge
                 return
