@@ -313,3 +313,25 @@ def test_qos0_write_with_the_id_of_an_unacknowledged_stored_message_deletes_noth
     finally:
         proc.send_signal(signal.SIGCONT)
     assert wait_until(lambda: pub.outbox_depth == 0, 10)  # the real PUBACK deletes it
+
+
+def test_connect_callback_failure_is_retried_and_then_connects(mosquitto: MosquittoBroker) -> None:
+    """A transient failure while handling the CONNACK: not connected meanwhile, connected after the retry."""
+    calls: list[int] = []
+    ready = threading.Event()
+
+    def on_connected(_receive_max: int | None) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first CONNACK handling fails")
+
+    events = TransportEvents(on_connected=on_connected, on_ready=ready.set,
+                             subscriptions=[("starfish/dev9/+/reset", 1)])
+    transport = MqttTransport(_cfg(mosquitto), "flaky-connack", Will("starfish/dev9/status", "offline"), events)
+    transport.start()
+    try:
+        assert ready.wait(10) and transport.connected
+        assert len(calls) == 2 and transport.last_error is None
+    finally:
+        transport.stop(final=None, timeout=1)
+

@@ -151,6 +151,7 @@ class MqttTransport:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._pending_sub_mid: int | None = None
+        self._connect_kwargs: dict[str, object] = {}
         self._started = False
         self._stopping = False
 
@@ -174,6 +175,7 @@ class MqttTransport:
             kwargs["properties"] = props
         logger.info("MQTT: connecting to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.cfg.protocol)
         self._stopping = False
+        self._connect_kwargs = kwargs
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **kwargs)
         self._client.loop_start()
         self._started = True
@@ -272,8 +274,10 @@ class MqttTransport:
                 self._client.loop_stop()
                 time.sleep(delay)
                 if not self._stopping:
+                    # A fresh connect_async: after disconnect() paho's loop would otherwise just exit.
+                    self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                               **self._connect_kwargs)
                     self._client.loop_start()
-                    self._client.reconnect()
             except (OSError, ValueError) as exc:  # the loop thread keeps retrying from here
                 logger.debug("MQTT: reconnect after a failed CONNACK: %s", exc)
             finally:
