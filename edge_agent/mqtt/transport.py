@@ -276,7 +276,7 @@ class MqttTransport:
                 if not self._stopping:
                     # A fresh connect_async: after disconnect() paho's loop would otherwise just exit.
                     self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                                               **self._connect_kwargs)
+                                               **self._connect_kwargs)  # type: ignore[arg-type]
                     self._client.loop_start()
             except (OSError, ValueError) as exc:  # the loop thread keeps retrying from here
                 logger.debug("MQTT: reconnect after a failed CONNACK: %s", exc)
