@@ -48,7 +48,8 @@ def test_agent_publisher_counts_arrive_once(mosquitto: Any, ingest_factory: Any,
     assert dev["status"] == "stopped"  # the clean stop of the publisher
     assert dev["model"]["name"] == "synthetic"
     (cam,) = dev["cameras"]
-    assert (cam["camera_id"], cam["status"], cam["last_seq"]) == ("cam0", "online", 300)
+    # A clean stop sets each online camera `offline` before `stopped` (issue 11: no camera stays retained online).
+    assert (cam["camera_id"], cam["status"], cam["last_seq"]) == ("cam0", "offline", 300)
     assert sum(sum(c["frames"]) for c in storage.series("boat-1", 0, time.time() + 60)["cameras"].values()) == 300
     assert ingest.stats.rejected == 0
 
