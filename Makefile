@@ -1,24 +1,42 @@
-# The two commands the README promises: `make demo` and `make test`. Both set the machine up first (idempotent).
+# The two commands the README promises: `make demo` and `make test`. Both set the machine up first (idempotent):
+# scripts/setup.sh makes the project virtual environment $(VENV), and every target runs that environment's tools,
+# never a `starfish` or `python` that happens to be on PATH.
 PYTHON ?= python3
+VENV ?= .venv
 export PYTHON
+export STARFISH_VENV := $(VENV)
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint typecheck hadolint bench docs-check
 
 setup:
 	bash scripts/setup.sh
 
+# The demo starts its own Mosquitto on 127.0.0.1:1883 when none is listening, and stops it afterwards.
 demo: setup
-	bash scripts/ensure_broker.sh
-	starfish agent demo
+	$(BIN)/starfish agent demo
 
-test: setup
-	bash scripts/ensure_broker.sh
+# Tests start their own brokers on free loopback ports (tests/helpers/mqtt_broker.py): no system broker needed.
+# PostgreSQL on 127.0.0.1:5432 for the shore station's storage tests (the other engine is SQLite).
+test: setup lint typecheck hadolint
 	bash scripts/ensure_postgres.sh
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	$(PY) -m pytest -q --cov --cov-report=term:skip-covered; rc=$$?; \
+	    if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 lint:
-	$(PYTHON) -m ruff check .
+	$(PY) -m ruff check .
+
+typecheck:
+	$(PY) -m mypy
+
+hadolint:
+	$(BIN)/hadolint docker/Dockerfile.*
 
 bench: setup
-	starfish bench models/demo --backends torch-cpu,ort-cpu,ort-cpu-int8,ort-cpu-int8-u8
+	$(BIN)/starfish bench models/demo/bundle --key models/demo/demo_key.pub \
+	    --backends torch-cpu,ort-cpu,ort-cpu-int8,ort-cpu-int8-u8 --checkpoint models/synthetic/best.ckpt
+
+# Every command in every README, at small sizes (slow: a few minutes on two cores).
+docs-check: setup
+	STARFISH=$(BIN)/starfish PY=$(PY) bash scripts/check_docs.sh

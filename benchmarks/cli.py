@@ -10,8 +10,8 @@ import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,7 +24,8 @@ RESULTS_DIR = Path("benchmarks/results")
 class _DefaultRunGroup(TyperGroup):
     """Treat ``bench BUNDLE …`` as ``bench run BUNDLE …`` when the first word is not a sub-command."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    # `Any`, not click.Context: typer >= 0.2x vendors click, so `click` may not be installed at all.
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             args = ["run", *args]
         return super().parse_args(ctx, args)
