@@ -8,9 +8,11 @@ their commands, never at module level, so `starfish --help` stays fast and torch
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -73,7 +75,27 @@ def _register_sub_apps() -> None:
             app.add_typer(module.app, name=name, help=help_text)
 
 
+def _demo_clip(workdir: Path, frames: int) -> tuple[Path, int | None]:
+    from train.synth.demo_clip import demo_clip  # imported on use: OpenCV and numpy are not needed for --help
+
+    return demo_clip(workdir, frames)
+
+
+def _wire_demo_clip() -> None:
+    """`agent demo` makes its clip with train's synthetic reef generator where that unit is installed."""
+    try:
+        from edge_agent.cli import set_clip_maker
+    except ModuleNotFoundError as exc:
+        logger.debug("no agent sub-command: %s", exc)
+        return
+    if importlib.util.find_spec("train") is None or importlib.util.find_spec("train.synth") is None:
+        logger.debug("agent demo has no clip generator: train.synth is not installed")
+        return
+    set_clip_maker(_demo_clip)
+
+
 _register_sub_apps()
+_wire_demo_clip()
 
 
 def main() -> None:

@@ -9,8 +9,12 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from edge_agent.demo import ClipMaker
 
 logger = logging.getLogger(__name__)
 
@@ -207,18 +211,34 @@ def measure_tracking_cmd(
             typer.echo(json.dumps(asdict(result)))
 
 
+# The demo's clip maker, injected by whoever assembles the command line (`starfish_cli.py` hands it train's
+# synthetic reef generator); the edge side never imports `train` itself.
+_clip_maker: ClipMaker | None = None
+
+
+def set_clip_maker(make_clip: ClipMaker | None) -> None:
+    """Give `agent demo` a way to make its clip when no --clip is given."""
+    global _clip_maker
+    _clip_maker = make_clip
+
+
 @app.command("demo")
 def demo(
     broker_host: str = typer.Option("127.0.0.1", help="MQTT broker host (started locally if absent)."),
     broker_port: int = typer.Option(1883, help="MQTT broker port."),
+    start_broker: bool = typer.Option(True, "--start-broker/--no-start-broker",
+                                      help="Start the local mosquitto when no broker listens on a loopback host."),
     frames: int = typer.Option(150, min=10, max=3000, help="Frames in the generated clip."),
+    clip: Path | None = typer.Option(None, "--clip", help="Run on this video instead of a generated synthetic clip "
+                                     "(the true count is then unknown)."),
     workdir: Path = typer.Option(Path(".starfish-demo"), help="Where the clip, outbox and snapshots go."),
     bundle: Path = typer.Option(Path("models/demo"), help="Model bundle to run."),
 ) -> None:
     """One command: synthetic reef clip + demo bundle + local Mosquitto -> live counts, then a summary."""
     from edge_agent.demo import run_demo
 
-    raise typer.Exit(run_demo(broker_host, broker_port, frames, workdir, bundle))
+    raise typer.Exit(run_demo(broker_host, broker_port, frames, workdir, bundle, start_broker=start_broker,
+                              clip=clip, make_clip=_clip_maker))
 
 
 if __name__ == "__main__":

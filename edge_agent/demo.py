@@ -1,9 +1,10 @@
 """`starfish agent demo`: the whole product in one command on a fresh machine.
 
-Steps: find the demo bundle (`models/demo/`) and its committed public key; generate a short synthetic reef clip
-with known true starfish (cached after the first run); make sure a Mosquitto broker is reachable (start the local
-one if it is installed but not running, else explain how to get one); run the real agent on the clip, publishing
-to the broker, while a real MQTT subscriber prints what it receives; end after the clip (or Ctrl-C) with a summary.
+Steps: find the demo bundle (`models/demo/`) and its committed public key; take the user's clip, or have the
+injected clip maker generate a short synthetic reef clip with known true starfish (cached after the first run);
+make sure a Mosquitto broker is reachable (start the local one if it is installed but not running, else explain
+how to get one); run the real agent on the clip, publishing to the broker, while a real MQTT subscriber prints what
+it receives; end after the clip (or Ctrl-C) with a summary.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,26 +47,21 @@ def find_bundle(path: Path) -> tuple[Path, list[Path]]:
     )
 
 
-def synthetic_clip(workdir: Path, frames: int, console: Console) -> tuple[Path, int | None]:
-    """A cached synthetic clip and its true distinct starfish count (generated on first use)."""
-    out = workdir / f"clip-{frames}-1280x720"
-    video, meta = out / "videos" / "video_0.mp4", out / "synth.json"
-    if video.is_file() and meta.is_file():
-        console.print(f"using cached synthetic clip {video}")
-    else:
-        try:
-            from train.synth import generate_dataset
-        except ImportError as exc:
-            raise DemoError(f"the synthetic reef generator (train.synth) is not installed here: {exc}") from exc
-        console.print(f"generating a {frames}-frame synthetic reef clip in {out} (first run only) ...")
-        started = time.monotonic()
-        # The camera's 1280x720 with the generator's usual starfish sizes: the detector's own domain. The seed is
-        # fixed so counts are comparable between runs and bundles.
-        generate_dataset(out, videos=1, frames=frames, width=1280, height=720, seed=7, empty_fraction=0.3,
-                         overwrite=True, workers=1)
-        console.print(f"clip ready in {time.monotonic() - started:.0f} s")
-    truth = json.loads(meta.read_text()).get("videos", [{}])[0].get("distinct_starfish")
-    return video, truth
+# Makes (or finds) the demo clip in a work directory: (video, true distinct starfish or None). Injected by the
+# caller, because the synthetic reef generator lives in `train`, which the edge side never imports.
+ClipMaker = Callable[[Path, int], tuple[Path, int | None]]
+
+
+def choose_clip(clip: Path | None, make_clip: ClipMaker | None, workdir: Path, frames: int) -> tuple[Path, int | None]:
+    """The user's clip (true count unknown) or one made by `make_clip`; DemoError when there is neither."""
+    if clip is not None:
+        if not clip.is_file():
+            raise DemoError(f"--clip {clip}: no such file")
+        return clip, None
+    if make_clip is None:
+        raise DemoError("no clip generator here (the synthetic reef generator ships with the `train` unit): "
+                        "give a video with --clip VIDEO")
+    return make_clip(workdir, frames)
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -75,14 +72,15 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def ensure_broker(host: str, port: int, workdir: Path, console: Console) -> subprocess.Popen | None:
+def ensure_broker(host: str, port: int, workdir: Path, console: Console,
+                  start: bool = True) -> subprocess.Popen[bytes] | None:
     """Return a Mosquitto we started (to stop later), None if one was already listening; DemoError otherwise."""
     if _port_open(host, port):
         console.print(f"MQTT broker found at {host}:{port}")
         return None
     local = host in ("127.0.0.1", "localhost", "::1")
     mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if not local or mosquitto is None:
+    if not (start and local) or mosquitto is None:
         raise DemoError(
             f"no MQTT broker at {host}:{port}. Get one with any of:\n"
             "  sudo apt-get install mosquitto        (Debian/Ubuntu/Jetson; starts on 1883)\n"
@@ -154,7 +152,8 @@ class DemoSubscriber:
         self.client.disconnect()
 
 
-def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path) -> int:
+def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path, *, start_broker: bool = True,
+             clip: Path | None = None, make_clip: ClipMaker | None = None) -> int:
     """The `starfish agent demo` command; returns the exit code."""
     from edge_agent.app import StartupError, build_agent
     from edge_agent.cli import print_summary, run_until_signal
@@ -166,11 +165,13 @@ def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path
     try:
         bundle, keys = find_bundle(bundle_path)
         console.print(f"demo bundle {bundle} (trusted keys: {', '.join(k.name for k in keys)})")
-        broker = ensure_broker(host, port, workdir, console)  # before the clip: fail fast without a broker
-        clip, truth = synthetic_clip(workdir, frames, console)
+        # Before the clip: fail fast without a broker.
+        broker = ensure_broker(host, port, workdir, console, start=start_broker)
+        video, truth = choose_clip(clip, make_clip, workdir, frames)
+        console.print(f"clip {video}")
         cfg = load_config_data({
             "device_id": DEVICE_ID,
-            "cameras": [{"id": "reef", "source": str(clip), "read_mode": "every_frame", "realtime": False}],
+            "cameras": [{"id": "reef", "source": str(video), "read_mode": "every_frame", "realtime": False}],
             "detector": {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]},
             "mqtt": {"host": host, "port": port, "stats_interval_s": 5.0},
             "outbox_path": str(workdir / "outbox.sqlite3"),

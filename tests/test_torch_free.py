@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers.no_torch import run_without_torch
+import pytest
+
+from tests.helpers.no_torch import NOT_EDGE, run_without_torch
 
 
-def test_blocker_really_blocks_torch() -> None:
-    result = run_without_torch("import torch")
+@pytest.mark.parametrize("name", ["torch", "train", "pycocotools", "tqdm"])
+def test_blocker_really_blocks(name: str) -> None:
+    result = run_without_torch(f"import {name}", blocked=NOT_EDGE)
     assert result.returncode != 0
     assert "blocked" in result.stderr
+
+
+def test_edge_agent_imports_without_train_export_shore_or_evaluation_packages() -> None:
+    """Every edge_agent module imports on a device that has none of the other units, pycocotools or tqdm."""
+    result = run_without_torch(
+        """
+        import importlib, pkgutil, sys
+        import edge_agent
+        for m in pkgutil.walk_packages(edge_agent.__path__, "edge_agent."):
+            importlib.import_module(m.name)
+        print(sorted({n.split(".")[0] for n in sys.modules} & set(_BlockTorch.BLOCKED)))
+        """,
+        blocked=NOT_EDGE,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_every_edge_agent_module_imports_without_torch() -> None:
@@ -67,3 +86,20 @@ def test_cli_help_works_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "starfish" in result.stdout.lower()
+
+
+def test_edge_agent_source_never_imports_other_units() -> None:
+    """Not even inside a function: the edge side depends on no other unit (the demo's clip maker is injected)."""
+    import ast
+    from pathlib import Path
+
+    import edge_agent
+
+    forbidden = {"train", "export", "shore", "benchmarks", "torch", "torchvision"}
+    found = []
+    for path in Path(edge_agent.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in forbidden]
+    assert found == []
