@@ -133,7 +133,8 @@ def print_summary(out, summary) -> None:
 @app.command("config")
 def config_cmd(
     example: bool = typer.Option(False, "--example", help="Print a commented example configuration."),
-    check: Path | None = typer.Option(None, "--check", help="Validate this file (with env overrides) and exit."),
+    check: Path | None = typer.Option(None, "--check", help="Validate this file (with env overrides): schema, and "
+                                      "that the bundle and every trusted key exist and verify; then exit."),
 ) -> None:
     """Print an example configuration, or validate one."""
     from edge_agent.config import EXAMPLE_YAML, ConfigError, load_config, preflight
@@ -144,13 +145,20 @@ def config_cmd(
     if check is None:
         typer.echo("give --example or --check FILE", err=True)
         raise typer.Exit(EXIT_CONFIG)
+    from edge_agent.config_check import check_deployment
+
     try:
         cfg = load_config(check)
         preflight(cfg)  # what `run` needs from this machine: password variable, a creatable outbox
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from exc
-    typer.echo(f"{check}: valid ({len(cfg.cameras)} camera(s), device {cfg.device_id})")
+    problems = check_deployment(cfg)
+    if problems:
+        typer.echo(f"configuration error: {check}: " + "; ".join(problems), err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    typer.echo(f"{check}: valid ({len(cfg.cameras)} camera(s), device {cfg.device_id}); bundle "
+               f"{cfg.detector.bundle} verifies with {len(cfg.detector.trusted_keys)} trusted key(s)")
 
 
 measure_app = typer.Typer(no_args_is_help=True, help="Measure the agent's goals (numbers for reports).")

@@ -334,9 +334,9 @@ cameras:                           # REQUIRED: one or more sources, each on its 
     reconnect_initial_s: 0.5       # backoff after a lost stream doubles from here ...
     reconnect_max_s: 30            # ... up to this cap; the agent never exits because a camera failed
 
-detector:
-  bundle: models/demo              # REQUIRED: signed model bundle (directory or .tar)
-  trusted_keys: [models/demo/demo_public_key.pem]   # REQUIRED: ed25519 public keys accepted for signatures
+detector:                          # paths are relative to the working directory (here: the repository root)
+  bundle: models/demo/bundle       # REQUIRED: signed model bundle (directory or .tar)
+  trusted_keys: [models/demo/demo_key.pub]   # REQUIRED: ed25519 public keys (PEM) accepted for signatures
   variant: null                    # fp32 | int8 | int8_cpu; null = bundle default (int8_cpu on a CPU)
   backends: [tensorrt, onnxruntime]  # first available wins (TensorRT needs a Jetson/CUDA host)
   score_threshold: null            # null = the variant's best-F2 threshold from the bundle
@@ -364,8 +364,10 @@ mqtt:
   stats_interval_s: 10
   discovery: {enabled: true, prefix: homeassistant}
 
-outbox_path: /var/lib/starfish/outbox.sqlite3   # counts are durable here before they are published
-state_dir: /var/lib/starfish/state # anti-rollback floor + engine-cache key; no bundle can write here
+outbox_path: state/outbox.sqlite3  # counts are durable here before they are published (directory created);
+                                   # a system service uses /var/lib/starfish/outbox.sqlite3
+state_dir: state/device            # anti-rollback floor + engine-cache key; no bundle can write here
+                                   # (a system service: /var/lib/starfish/state)
 outbox_max_messages: 1000000       # drop-oldest beyond this (counted in stats)
 outbox_max_age_s: 604800           # drop messages older than a week (counted)
 outbox_synchronous: FULL           # FULL survives power cuts; NORMAL is faster but only survives a killed process

@@ -194,3 +194,82 @@ def test_camera_id_rule_is_the_topics_rule() -> None:
     data["cameras"] = [{"id": "cam.1", "source": 0}, {"id": "cam_1", "source": 1}]
     with pytest.raises(ConfigError, match="Home Assistant"):
         load_config_data(data)
+
+
+def _starfish(*args: str, cwd: Path, env: dict[str, str] | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "starfish_cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})})
+
+
+def _repo_like(tmp_path: Path) -> Path:
+    """A working directory that looks like the repository root (models/ there) but keeps the outbox out of it."""
+    if not (REPO_ROOT / "models" / "demo" / "bundle" / "manifest.json").is_file():
+        pytest.skip("models/demo/bundle is not in this checkout")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "models").symlink_to(REPO_ROOT / "models")
+    return root
+
+
+def test_example_as_written_checks_bundle_and_keys(tmp_path: Path) -> None:
+    root = _repo_like(tmp_path)
+    example = _starfish("agent", "config", "--example", cwd=root)
+    (root / "agent.yaml").write_text(example.stdout)
+    check = _starfish("agent", "config", "--check", "agent.yaml", cwd=root)
+    assert check.returncode == 0, check.stderr
+    assert "bundle models/demo/bundle verifies with 1 trusted key(s)" in check.stdout
+    assert not (root / "state").exists(), "--check must not create anything"
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda d: d["detector"].update(trusted_keys=["models/demo/demo_public_key.pem"]),
+     "detector.trusted_keys.0: public key models/demo/demo_public_key.pem does not exist"),
+    (lambda d: d["detector"].update(bundle="models/demo/nothing"), "detector.bundle: models/demo/nothing does not"),
+    (lambda d: d["detector"].update(bundle="models/demo"), "detector.bundle: models/demo refused"),
+    (lambda d: d["detector"].update(trusted_keys=["other.pub"]), "detector.bundle: models/demo/bundle refused"),
+    (lambda d: d["detector"].update(variant="fp16"), "detector.variant: 'fp16' is not in the bundle"),
+    (lambda d: d.update(outbox_path="agent.yaml/outbox.sqlite3"), "outbox_path: cannot create agent.yaml/outbox"),
+])
+def test_check_refuses_what_would_not_start(tmp_path: Path, edit, expected: str) -> None:
+    from edge_agent.bundle import generate_keypair
+
+    root = _repo_like(tmp_path)
+    generate_keypair(tmp_path / "other.pem", root / "other.pub")
+    data = yaml.safe_load(EXAMPLE_YAML)
+    edit(data)
+    (root / "agent.yaml").write_text(yaml.safe_dump(data))
+    check = _starfish("agent", "config", "--check", "agent.yaml", cwd=root)
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert expected in check.stderr
+    assert "Traceback" not in check.stderr
+
+
+@pytest.mark.mqtt
+@pytest.mark.slow
+def test_example_config_runs_end_to_end_against_a_real_broker(tmp_path: Path, mosquitto, mqtt_subscriber) -> None:
+    """The example file as printed, run from a repository-like root; only the camera and broker port are changed,
+    through the documented environment overrides."""
+    import json
+
+    from tests.helpers.agent import make_clip
+
+    root = _repo_like(tmp_path)
+    clip = make_clip(tmp_path / "clip.mp4", frames=8, width=640, height=360)
+    (root / "agent.yaml").write_text(_starfish("agent", "config", "--example", cwd=root).stdout)
+    sub = mqtt_subscriber(mosquitto, ["starfish/reef-01/#"])
+    camera = [{"id": "cam0", "source": str(clip.path), "read_mode": "every_frame"}]
+    run = _starfish("agent", "run", "--config", "agent.yaml", "--no-console", cwd=root, timeout=300, env={
+        "STARFISH_MQTT__PORT": str(mosquitto.port), "STARFISH_CAMERAS": json.dumps(camera),
+        "STARFISH_DETECTOR__THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (root / "state" / "outbox.sqlite3").is_file()
+    from tests.helpers.mqtt_broker import wait_until
+
+    assert wait_until(lambda: len(sub.on("/cam0/counts")) == clip.frames, 10), sub.topics()
+    assert [m.payload for m in sub.on("reef-01/status")][-1] == b"stopped"
+    counts = [m.json() for m in sub.on("/cam0/counts")]
+    assert [c["frame"] for c in counts] == list(range(clip.frames))
+    assert {c["model"]["name"] for c in counts} == {"starfish-cots"}
