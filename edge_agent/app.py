@@ -29,6 +29,7 @@ import numpy as np
 from edge_agent.capture import Camera, CameraState, Frame
 from edge_agent.config import AgentConfig
 from edge_agent.detectors import Detections, Detector
+from edge_agent.mqtt.payloads import CameraState as MqttCameraState
 from edge_agent.evidence import EvidenceWriter, draw_detections  # noqa: F401 - draw_detections re-exported
 from edge_agent.outbox import OutboxError
 from edge_agent.ratelimit import LogLimiter
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 # Longest wait at shutdown for capture threads blocked in an OpenCV open/read (systemd's stop timeout is 90 s).
 CAPTURE_STOP_CAP_S = 10.0
 
-_MQTT_CAMERA_STATE = {
+_MQTT_CAMERA_STATE: dict[CameraState, MqttCameraState] = {
     CameraState.ONLINE: "online",
     CameraState.OFFLINE: "offline",
     CameraState.DISABLED: "disabled",

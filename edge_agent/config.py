@@ -19,7 +19,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import RESERVED_CAMERA_IDS, check_camera_id, check_level, ha_id
 
-BACKENDS: tuple[str, ...] = ("tensorrt", "onnxruntime")
+BackendName = Literal["tensorrt", "onnxruntime"]
+BACKENDS: tuple[BackendName, ...] = ("tensorrt", "onnxruntime")
 
 
 class ConfigError(ValueError):
@@ -90,8 +91,8 @@ class DetectorConfig(_Strict):
     )
     variant: str | None = Field(None, description="Bundle variant to run (fp32, int8, int8_cpu, ...); None: the "
                                 "bundle's default, or int8_cpu instead of int8 for onnxruntime on CPU only.")
-    backends: list[Literal["tensorrt", "onnxruntime"]] = Field(
-        default_factory=lambda: ["tensorrt", "onnxruntime"],
+    backends: list[BackendName] = Field(
+        default_factory=lambda: list(BACKENDS),
         min_length=1,
         description="Back ends in order of preference; the first one available on this machine is used.",
     )
@@ -110,7 +111,7 @@ class DetectorConfig(_Strict):
 
     @field_validator("backends")
     @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
+    def _unique(cls, value: list[BackendName]) -> list[BackendName]:
         if len(set(value)) != len(value):
             raise ValueError(f"each back end may appear once, got {value}")
         return value

@@ -45,7 +45,7 @@ class PipelineResult:
 
 def _decode(source: str, limit: int) -> list[np.ndarray]:
     capture = cv2.VideoCapture(source)
-    frames = []
+    frames: list[np.ndarray] = []
     while len(frames) < limit:
         ok, frame = capture.read()
         if not ok:

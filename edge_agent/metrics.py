@@ -20,7 +20,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -201,10 +201,10 @@ def best_f2_threshold(
     "predict nothing". Among equal F2 the highest threshold wins (fewer boxes for the same score).
     """
     matches = _match_all(predictions, ground_truths, iou_thresholds)
-    if candidates is None:
-        candidates = np.unique(np.concatenate([matches.scores, [1.01]]))
+    thresholds = (np.unique(np.concatenate([matches.scores, [1.01]])).tolist() if candidates is None
+                  else list(candidates))
     best: F2Result | None = None
-    for threshold in sorted(candidates, reverse=True):
+    for threshold in sorted(thresholds, reverse=True):
         result = _result_at(matches.scores, matches.matched, matches.total_gt, float(threshold))
         if best is None or result.f2 > best.f2 + 1e-12:
             best = result
@@ -251,7 +251,9 @@ def coco_map(predictions: Sequence[Prediction], ground_truths: Sequence[Boxes]) 
     from pycocotools.cocoeval import COCOeval
 
     _validate(predictions, ground_truths)
-    images, annotations, detections = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    detections: list[list[float]] = []  # pycocotools' loadRes rows: image_id, x, y, w, h, score, category
     for image_id, ((boxes, scores), gt) in enumerate(zip(predictions, ground_truths, strict=True), start=1):
         images.append({"id": image_id})
         for x1, y1, x2, y2 in np.asarray(gt, dtype=np.float64).reshape(-1, 4):

@@ -17,14 +17,16 @@ Torch-free on purpose: it runs on the Jetson.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import cv2
 import numpy as np
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels")
-RESIZE_RULE = "letterbox-top-left"
-COLOUR_ORDER = "RGB"
+# Final: the manifest schema holds these as Literal types, and Final keeps them literal for the type checker.
+RESIZE_RULE: Final = "letterbox-top-left"
+COLOUR_ORDER: Final = "RGB"
 
 
 @dataclass(frozen=True)

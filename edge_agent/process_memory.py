@@ -22,8 +22,9 @@ def peak_rss_mb() -> float:
     import psutil
 
     info = psutil.Process().memory_info()
-    if hasattr(info, "peak_wset"):  # Windows
-        return info.peak_wset / 2**20
+    peak_wset = getattr(info, "peak_wset", None)  # Windows only, so not in psutil's Linux type stubs
+    if peak_wset is not None:
+        return float(peak_wset) / 2**20
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -453,4 +453,3 @@ def copy_public_key(private_key: Path, dest: Path) -> None:
     from edge_agent.bundle.signing import public_key_pem
 
     dest.write_bytes(public_key_pem(load_private_key(private_key).public_key()))
-

@@ -144,4 +144,3 @@ def save_pruned(model: nn.Module, cfg: ModelConfig, info: dict[str, Any], path: 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

@@ -99,4 +99,3 @@ def test_setup_makes_and_uses_a_venv_where_system_pip_is_refused(tmp_path: Path)
     assert again.returncode == 0, again.stderr
     assert "is up to date" in again.stdout
     assert time.monotonic() - started < 20
-

@@ -66,17 +66,18 @@ def open_source(source: int | str, open_timeout_s: float = 5.0, read_timeout_s: 
             hint = "" if "YES" in _gstreamer_line() else " (this OpenCV build has no GStreamer; use JetPack's OpenCV)"
             raise SourceError(f"GStreamer pipeline could not be started{hint}: {redact(str(source))}")
         return capture
+    text = str(source)  # only a device may be an int index
     if kind is SourceKind.STREAM:
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
         ]
-        capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+        capture = cv2.VideoCapture(text, cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"stream {redact(str(source))} could not be opened within {open_timeout_s:g} s")
+            raise SourceError(f"stream {redact(text)} could not be opened within {open_timeout_s:g} s")
         return capture
-    path = Path(source)
+    path = Path(text)
     if not path.is_file():
         raise SourceError(f"video file {path} does not exist")
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)

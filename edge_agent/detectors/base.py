@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import importlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def available(name: str) -> tuple[bool, str]:
 
 
 def create_detector(
-    names: list[str] | tuple[str, ...], bundle: VerifiedBundle, variant: str | None, options: DetectorOptions
+    names: Sequence[str], bundle: VerifiedBundle, variant: str | None, options: DetectorOptions
 ) -> Detector:
     """Instantiate and warm up the first back end in ``names`` that is available and loads this bundle.
 

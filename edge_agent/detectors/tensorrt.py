@@ -68,7 +68,10 @@ class TensorRTDetector(Detector):
 
         from edge_agent.trt import TensorRTError, deserialize_engine, ensure_engine
 
-        self._cudart, _ = _import_cudart()
+        cudart, reason = _import_cudart()
+        if cudart is None:  # _probe() checked it; a second import cannot fail differently, but say so
+            raise DetectorUnavailable(reason)
+        self._cudart: Any = cudart
         # An int8 variant is a Q/DQ model (explicit quantization); anything else runs in fp16.
         precision = options.extra.get("precision") or ("int8" if self.variant == "int8" else "fp16")
         cache_dir = options.engine_cache_dir or bundle.engine_cache_dir()

@@ -580,8 +580,8 @@ class AgentPublisher:
             if f"cam:{cam}" in dirty:
                 pending.append((self.topics.camera_status(cam), status, 1))
         if "discovery" in dirty and self.cfg.discovery.enabled:
-            for topic, payload in discovery_messages(self.topics, cameras, self.software_version):
-                pending.append((topic, payload, 1))
+            pending.extend((topic, doc_bytes, 1)
+                           for topic, doc_bytes in discovery_messages(self.topics, cameras, self.software_version))
         if "counts" in dirty:
             for cam, value in sorted(counts.items()):
                 pending.append((self.topics.count_value(cam), str(value), 0))

@@ -115,13 +115,13 @@ class MqttTransport:
         self._restarting = False
         self._failed_connacks = 0
         protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
-        kwargs: dict[str, object] = {}
-        if protocol == MQTTProtocolVersion.MQTTv311:
-            # A fresh session each time: paho itself re-sends the QoS 1 messages it still holds, and the outbox
-            # holds everything else, so broker-side session state would only add duplicates.
-            kwargs["clean_session"] = True
+        # A fresh session each time: paho itself re-sends the QoS 1 messages it still holds, and the outbox
+        # holds everything else, so broker-side session state would only add duplicates. (MQTT 5 says it with
+        # clean_start at connect; paho refuses clean_session there.)
+        clean_session = True if protocol == MQTTProtocolVersion.MQTTv311 else None
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, reconnect_on_failure=True, **kwargs
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, reconnect_on_failure=True,
+            clean_session=clean_session,
         )
         self._protocol = protocol
         self._client_id = client_id

@@ -12,6 +12,7 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from edge_agent.trt.errors import TensorRTUnavailable
 
@@ -53,7 +54,7 @@ class TrtLogger:
     """Bridges TensorRT's logger into Python logging (created lazily: it subclasses trt.ILogger)."""
 
     @staticmethod
-    def create(trt: ModuleType):  # type: ignore[no-untyped-def]
+    def create(trt: Any) -> Any:  # `trt` is the tensorrt module, which has no type information
         class _Bridge(trt.ILogger):
             _levels = {
                 trt.ILogger.INTERNAL_ERROR: logging.CRITICAL,
@@ -67,7 +68,7 @@ class TrtLogger:
                 trt.ILogger.__init__(self)
                 self.errors: list[str] = []
 
-            def log(self, severity, msg):  # type: ignore[no-untyped-def]
+            def log(self, severity: Any, msg: str) -> None:
                 level = self._levels.get(severity, logging.INFO)
                 if level >= logging.ERROR:
                     self.errors.append(msg)
