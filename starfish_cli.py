@@ -98,8 +98,67 @@ _register_sub_apps()
 _wire_demo_clip()
 
 
-def main() -> None:
-    app()
+# Exceptions that mean "the input is wrong" (a path, a file's content, a value): the command line reports them as one
+# line and exit code 2 instead of a traceback. Named by module so that checking costs no import; anything else is a
+# bug and keeps its traceback.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("builtins", "FileNotFoundError"),
+    ("builtins", "FileExistsError"),
+    ("builtins", "NotADirectoryError"),
+    ("builtins", "IsADirectoryError"),
+    ("builtins", "PermissionError"),
+    ("edge_agent.dataset", "DatasetError"),
+    ("edge_agent.annotations", "AnnotationError"),
+    ("edge_agent.bundle.errors", "BundleError"),
+    ("edge_agent.config", "ConfigError"),
+    ("edge_agent.capture.sources", "SourceError"),
+    ("edge_agent.app", "StartupError"),
+    ("edge_agent.demo", "DemoError"),
+    ("train.config", "ConfigError"),
+    ("train.checkpoint", "CheckpointError"),
+    ("benchmarks.frames", "FrameSourceError"),
+)
+EXIT_USAGE = 2
+
+# typer >= 0.2x vendors click; its exception base is reachable through the class typer re-exports either way.
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    for module_name, class_name in USER_ERRORS:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `starfish` console script: user mistakes end in one line on stderr and exit code 2, never a traceback."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="starfish", standalone_mode=False)
+    except _ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help text is already printed; nothing to add
+            sys.exit(int(getattr(exc, "exit_code", EXIT_USAGE)))
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "starfish"
+        hint = f" (see `{where} --help`)" if ctx is not None else ""
+        message = exc.format_message()  # type: ignore[attr-defined]
+        sys.stderr.write(f"{where}: {_one_line(message)}{hint}\n")
+        sys.exit(int(getattr(exc, "exit_code", EXIT_USAGE)))
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        sys.stderr.write(f"starfish: {_one_line(str(exc)) or type(exc).__name__}\n")
+        sys.exit(EXIT_USAGE)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -79,17 +79,19 @@ def _trusted_keys(bundle: Path, keys: list[Path] | None) -> list[Path]:
 
 @app.command("run")
 def run_command(
-    bundle: Path = typer.Argument(..., help="Bundle directory or .tar (or a model dir holding bundle/)."),
+    bundle: Path = typer.Argument(..., help="Bundle directory or .tar (or a model dir holding bundle/).", exists=True),
     backends: str = typer.Option(DEFAULT_BACKENDS, "--backends", "-b",
                                  help="Comma-separated back ends, or 'all': torch-cpu, ort-cpu, ort-cpu-int8, "
                                       "ort-cpu-int8-u8, torch-cuda, ort-cuda, ort-tensorrt, tensorrt-fp16, "
                                       "tensorrt-int8."),
     key: list[Path] = typer.Option(None, "--key", "-k", help="Trusted public key (repeatable). Default: *.pub "
-                                   "files beside the bundle."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint for torch-cpu / torch-cuda."),
+                                   "files beside the bundle.", exists=True, dir_okay=False),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint for torch-cpu / torch-cuda.",
+                                    exists=True, dir_okay=False),
     data: Path = typer.Option(None, "--data", help="Reef dataset dir: timing frames, and F2 / mAP@0.5. Default "
-                              "(no --clip either): a cached synthetic reef dataset."),
-    clip: Path = typer.Option(None, "--clip", help="Video clip for timing frames (no accuracy)."),
+                              "(no --clip either): a cached synthetic reef dataset.", exists=True, file_okay=False),
+    clip: Path = typer.Option(None, "--clip", help="Video clip for timing frames (no accuracy).",
+                              exists=True, dir_okay=False),
     video_ids: str = typer.Option(None, "--video-ids", help="Comma-separated video ids of --data to use (e.g. the "
                                   "held-out validation video). Default: all."),
     baseline: str = typer.Option(None, "--baseline", help="Back end the speed-ups are relative to (same run). "
@@ -269,7 +271,8 @@ def _num(value: float | None) -> str:
 
 @app.command("backends")
 def backends_command(
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint, to check the torch-* back ends."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint, to check the torch-* back ends.",
+                                    exists=True, dir_okay=False),
 ) -> None:
     """List the back ends and whether each can run here (library-level check, no model needed)."""
     from rich.table import Table

@@ -25,7 +25,8 @@ EXIT_CONFIG = 2  # bad configuration or an unusable model bundle: fix the input,
 
 @app.command("run")
 def run(
-    config: Path = typer.Option(..., "--config", "-c", help="Agent YAML file (see `starfish agent config --example`)."),
+    config: Path = typer.Option(..., "--config", "-c", help="Agent YAML file (see `starfish agent config --example`).",
+                                exists=True, dir_okay=False),
     console: bool = typer.Option(True, "--console/--no-console", help="Print a live status line."),
     summary_json: Path | None = typer.Option(None, help="Also write the end-of-run summary to this JSON file."),
     allow_rollback: bool = typer.Option(
@@ -167,7 +168,8 @@ app.add_typer(measure_app, name="measure")
 
 @measure_app.command("pipeline")
 def measure_pipeline_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="Agent YAML whose first camera is a video file."),
+    config: Path = typer.Option(..., "--config", "-c", help="Agent YAML whose first camera is a video file.",
+                                exists=True, dir_okay=False),
     frames: int = typer.Option(200, min=10, help="Frames to measure (from the start of the file)."),
     repeats: int = typer.Option(3, min=1, help="Interleaved detector-only / agent runs; medians are reported."),
 ) -> None:
@@ -187,7 +189,8 @@ def measure_pipeline_cmd(
 
 @measure_app.command("tracking")
 def measure_tracking_cmd(
-    data: Path = typer.Option(..., help="Synthetic dataset root (`starfish data synth --out`)."),
+    data: Path = typer.Option(..., help="Synthetic dataset root (`starfish data synth --out`).",
+                              exists=True, file_okay=False),
     video: list[int] = typer.Option([0], help="Video id (repeat for several)."),
     tracker: list[str] = typer.Option(["ours"], help="ours | bytetrack (repeat to compare; bytetrack needs the "
                                       "`trackers` package)."),
@@ -238,9 +241,9 @@ def demo(
                                       help="Start the local mosquitto when no broker listens on a loopback host."),
     frames: int = typer.Option(150, min=10, max=3000, help="Frames in the generated clip."),
     clip: Path | None = typer.Option(None, "--clip", help="Run on this video instead of a generated synthetic clip "
-                                     "(the true count is then unknown)."),
+                                     "(the true count is then unknown).", exists=True, dir_okay=False),
     workdir: Path = typer.Option(Path(".starfish-demo"), help="Where the clip, outbox and snapshots go."),
-    bundle: Path = typer.Option(Path("models/demo"), help="Model bundle to run."),
+    bundle: Path = typer.Option(Path("models/demo"), help="Model bundle to run.", exists=True),
 ) -> None:
     """One command: synthetic reef clip + demo bundle + local Mosquitto -> live counts, then a summary."""
     from edge_agent.demo import run_demo

@@ -180,7 +180,8 @@ def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path
         })
         agent = build_agent(cfg)
     except (DemoError, StartupError) as exc:
-        console.print(f"[red]demo cannot start:[/red] {exc}")
+        # To stderr, unwrapped: the one line that says what to do (the broker hint keeps its own lines).
+        Console(stderr=True, soft_wrap=True).print(f"[red]demo cannot start:[/red] {exc}", highlight=False)
         if broker is not None:
             broker.terminate()
         return 2

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import yaml
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,48 @@ def _decode(source: str, limit: int) -> list[np.ndarray]:
     return frames
 
 
+def _first_frames_clip(source: str, frames: int, out: Path) -> Path:
+    """The first `frames` frames of `source` as their own file, so the agent run stops where the detector-only
+    run stops (the agent has no frame limit; it ends when its file does)."""
+    images = _decode(source, frames)
+    capture = cv2.VideoCapture(source)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
+    capture.release()
+    height, width = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
+    for image in images:
+        writer.write(image)
+    writer.release()
+    return out
+
+
+def _video_file(cfg: AgentConfig) -> Path:
+    from edge_agent.capture.sources import SourceKind, classify_source
+
+    camera = cfg.cameras[0]
+    if classify_source(camera.source) is not SourceKind.FILE:
+        raise ConfigError(f"cameras.0.source: measuring the pipeline needs a video file, camera {camera.id!r} reads "
+                          f"{camera.source!r} (a {classify_source(camera.source).name.lower()} source)")
+    path = Path(str(camera.source))
+    if not path.is_file():
+        raise ConfigError(f"cameras.0.source: video file {path} does not exist")
+    return path
+
+
 def measure_pipeline(cfg: AgentConfig, frames: int = 200, repeats: int = 3) -> PipelineResult:
-    """Detector-only vs agent throughput on the first camera's video file, and the agent's peak RSS.
+    """Detector-only vs agent throughput on the first `frames` frames of the first camera's video file, and the
+    agent's peak RSS.
 
     The two are interleaved ``repeats`` times and the medians reported, so a busy shared machine skews both alike.
     """
+    video = _video_file(cfg)
+    with tempfile.TemporaryDirectory(prefix="starfish-measure-clip-") as tmp:
+        clip = _first_frames_clip(str(video), frames, Path(tmp) / "clip.mp4")
+        camera = cfg.cameras[0].model_copy(update={"source": str(clip)})
+        return _measure(cfg.model_copy(update={"cameras": [camera]}), frames, repeats)
+
+
+def _measure(cfg: AgentConfig, frames: int, repeats: int) -> PipelineResult:
     detector_runs, agent_runs, peak = [], [], 0.0
     for _ in range(repeats):
         detector_fps, info = _detector_only(cfg, frames)
@@ -206,7 +243,7 @@ def measure_tracking(
     coordinate. With probability ``false_positives`` per frame it adds a one-frame 40x40 blip at a random place.
     Tracks are flushed at every sequence change (a new pass over the reef), for every tracker alike.
     """
-    from edge_agent.dataset import ReefDataset
+    from edge_agent.dataset import DatasetError, ReefDataset
     from edge_agent.metrics import true_unique_count, unique_count_error
 
     if tracker not in TRACKERS:
@@ -214,7 +251,8 @@ def measure_tracking(
     dataset = ReefDataset.open(data_root)
     records = sorted((r for r in dataset.records if r.video_id == video_id), key=lambda r: r.video_frame)
     if not records:
-        raise ValueError(f"{data_root}: no frames of video {video_id}")
+        videos = sorted({r.video_id for r in dataset.records})
+        raise DatasetError(f"{data_root}: no frames of video {video_id} (it has video ids {videos})")
     rng = np.random.default_rng(seed)
     runner: _OursAdapter | _ByteTrackAdapter = (
         _OursAdapter(iou_threshold, max_age_s, min_hits) if tracker == "ours"

@@ -21,9 +21,12 @@ app = typer.Typer(no_args_is_help=True, help="Prune, quantize and export a check
 _KEY_HELP = "ed25519 private key (PEM) that signs the bundle (`starfish keys generate`)."
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
+def _fail(exc: Exception, code: int = 2) -> typer.Exit:
+    """One line naming the problem. Exit code 2: the input is wrong (fix it; retrying will not help); 1: this
+    machine cannot do it (no TensorRT, the engine build failed)."""
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
 
 
 def _size(value: str | None) -> tuple[int, int] | None:
@@ -38,7 +41,8 @@ def _size(value: str | None) -> tuple[int, int] | None:
 
 @app.command()
 def onnx(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (or pruned checkpoint from `export prune`)."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (or pruned checkpoint from `export prune`).",
+                                      exists=True, dir_okay=False),
     out: Path = typer.Option(Path("model-fp32.onnx"), "--out", "-o", help="ONNX file to write."),
     size: str | None = typer.Option(None, help="Input WIDTHxHEIGHT (multiples of 32; default from the config)."),
     data: Path | None = typer.Option(None, help="Dataset root for the parity frames (default: the training one)."),
@@ -74,8 +78,9 @@ def onnx(
 
 @app.command()
 def int8(
-    model: Path = typer.Argument(..., help="fp32 ONNX exported by `export onnx`."),
-    checkpoint: Path = typer.Option(..., "--ckpt", help="Checkpoint whose training split provides calibration."),
+    model: Path = typer.Argument(..., help="fp32 ONNX exported by `export onnx`.", exists=True, dir_okay=False),
+    checkpoint: Path = typer.Option(..., "--ckpt", help="Checkpoint whose training split provides calibration.",
+                                    exists=True, dir_okay=False),
     out: Path = typer.Option(Path("model-int8.onnx"), "--out", "-o", help="INT8 QDQ ONNX file to write."),
     data: Path | None = typer.Option(None, help="Dataset root (default: the checkpoint's training data)."),
     frames: int = typer.Option(100, help="Calibration frames drawn evenly from the training split."),
@@ -106,7 +111,7 @@ def int8(
 
 @app.command()
 def prune(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint.", exists=True, dir_okay=False),
     ratio: float = typer.Option(0.5, "--ratio", "-r", help="Fraction of backbone channels to remove."),
     head_ratio: float | None = typer.Option(None, help="Fraction of box-head width to remove (default: ratio)."),
     rpn_ratio: float | None = typer.Option(None, help="Fraction of RPN conv channels to remove (default: ratio)."),
@@ -165,9 +170,10 @@ def prune(
 
 @app.command()
 def bundle(
-    checkpoint: Path = typer.Option(..., "--ckpt", help="Checkpoint the models were exported from (provenance)."),
-    fp32: Path | None = typer.Option(None, help="fp32 ONNX."),
-    int8_model: Path | None = typer.Option(None, "--int8", help="INT8 ONNX."),
+    checkpoint: Path = typer.Option(..., "--ckpt", help="Checkpoint the models were exported from (provenance).",
+                                    exists=True, dir_okay=False),
+    fp32: Path | None = typer.Option(None, help="fp32 ONNX.", exists=True, dir_okay=False),
+    int8_model: Path | None = typer.Option(None, "--int8", help="INT8 ONNX.", exists=True, dir_okay=False),
     key: Path = typer.Option(..., "--key", "-k", help=_KEY_HELP),
     out: Path = typer.Option(Path("bundle"), "--out", "-o", help="Bundle directory (or .tar) to write."),
     version: int = typer.Option(..., help="Bundle version (must increase per model name)."),
@@ -206,7 +212,8 @@ def bundle(
 
 @app.command("all")
 def all_(
-    checkpoint: Path | None = typer.Argument(None, help="Training checkpoint (omit with --untrained)."),
+    checkpoint: Path | None = typer.Argument(None, help="Training checkpoint (omit with --untrained).",
+                                             exists=True, dir_okay=False),
     out: Path = typer.Option(Path("export-out"), "--out", "-o", help="Output directory (bundle/, report.*)."),
     key: Path = typer.Option(..., "--key", "-k", help=_KEY_HELP),
     untrained: bool = typer.Option(False, help="Use an untrained demo-size model (no checkpoint, no data)."),
@@ -257,8 +264,9 @@ def all_(
 
 @app.command()
 def tensorrt(
-    bundle_path: Path = typer.Argument(..., help="Verified bundle directory."),
-    key: list[Path] = typer.Option(..., "--key", "-k", help="Trusted public key(s) to verify the bundle."),
+    bundle_path: Path = typer.Argument(..., help="Verified bundle directory.", exists=True),
+    key: list[Path] = typer.Option(..., "--key", "-k", help="Trusted public key(s) to verify the bundle.",
+                                   exists=True, dir_okay=False),
     precision: str = typer.Option("fp16", help="fp16 (from the fp32 ONNX) or int8 (explicit, from the QDQ ONNX)."),
     cache_dir: Path | None = typer.Option(None, help="Engine cache (default: <bundle>.engines beside it)."),
     workspace_mb: int = typer.Option(1024, help="Builder workspace limit in MiB."),
@@ -283,9 +291,9 @@ def tensorrt(
         # The verified bytes, not the path: what is built is what was checked.
         engine = build_engine(verified.read_variant(variant), cache, precision=precision,
                               workspace_bytes=workspace_mb << 20, state_dir=state_dir)
-    except TensorRTUnavailable as exc:
-        raise _fail(exc) from exc
-    except (BundleError, TensorRTError, OSError) as exc:
+    except (TensorRTUnavailable, TensorRTError) as exc:
+        raise _fail(exc, code=1) from exc
+    except (BundleError, OSError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"engine: {engine}")
 

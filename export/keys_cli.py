@@ -23,10 +23,18 @@ def generate(
     from edge_agent.bundle import BundleError, generate_keypair, key_id
 
     public = public or private.with_suffix(".pub")
+    existing = [str(p) for p in (private, public) if p.exists()]
+    if existing and not force:
+        typer.secho(f"error: {existing[0]} already exists; pass --force to replace the key pair",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     passphrase = os.environ.get("STARFISH_KEY_PASSPHRASE")
     try:
         key = generate_keypair(private, public, overwrite=force, passphrase=passphrase.encode() if passphrase else None)
     except BundleError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        typer.secho(f"error: cannot write {exc.filename}: {exc.strerror}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     typer.echo(f"private key: {private} (mode 0600, keep secret)\npublic key:  {public}\nkey id:      {key_id(key)}")

@@ -425,7 +425,7 @@ def test_demo_without_a_broker_says_how_to_get_one(tmp_path: Path) -> None:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"no MQTT broker at 127.0.0.1:{port}" in proc.stdout and "apt-get install mosquitto" in proc.stdout
+    assert f"no MQTT broker at 127.0.0.1:{port}" in proc.stderr and "apt-get install mosquitto" in proc.stderr
 
 
 def test_two_cameras_share_one_detector_with_separate_trackers(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,

@@ -248,7 +248,7 @@ def test_a_broken_backend_fails_alone(bench_bundle: BenchBundle, synthetic_datas
     ("args", "message"),
     [
         (["--backends", "ort-cpu,warp-drive"], "unknown back end(s) warp-drive"),
-        (["--backends", "ort-cpu", "--baseline", "torch-cpu", "--clip", "x.mp4"], "not among --backends"),
+        (["--backends", "ort-cpu", "--baseline", "torch-cpu", "--clip", "{tmp}/x.mp4"], "not among --backends"),
         (["--backends", "ort-cpu", "--video-ids", "7", "--data", "{data}"], "no frames of video(s) [7]"),
         (["--backends", "ort-cpu", "--video-ids", "one"], "video ids must be integers"),
         (["--backends", "ort-cpu", "--key", "{other_key}", "--data", "{data}"], "refused"),
@@ -262,7 +262,8 @@ def test_bad_options_fail_with_a_clear_message(
 
     other = tmp_path / "other.pub"
     generate_keypair(tmp_path / "other.pem", other)
-    args = [a.format(data=synthetic_dataset, other_key=other) for a in args]
+    (tmp_path / "x.mp4").touch()  # --clip must exist; the baseline check fails before it is read
+    args = [a.format(data=synthetic_dataset, other_key=other, tmp=tmp_path) for a in args]
     key = [] if "--key" in args else ["--key", str(bench_bundle.public_key)]
     result = CliRunner().invoke(app, ["bench", str(bench_bundle.path), *key, *args, "-o", str(tmp_path)])
     assert result.exit_code == 2

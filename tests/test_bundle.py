@@ -240,4 +240,4 @@ def test_cli_verify_info_and_keys(bundle: Path, bundle_keys: BundleKeys, other_k
     assert new.exit_code == 0, new.output
     assert (tmp_path / "k" / "new.pub").is_file() and (tmp_path / "k" / "new.pem").stat().st_mode & 0o077 == 0
     again = runner.invoke(keys_app, ["--private", str(tmp_path / "k" / "new.pem")])
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output

@@ -309,7 +309,7 @@ def test_cli_reports_bad_checkpoint_cleanly(tmp_path: Path, bundle_keys: BundleK
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"x": 1}, foreign)
     result = CliRunner().invoke(app, ["onnx", str(foreign), "--out", str(tmp_path / "m.onnx")])
-    assert result.exit_code == 1 and "not a starfish-edge" in result.output
+    assert result.exit_code == 2 and "not a starfish-edge" in result.output
     result = CliRunner().invoke(app, ["all", "--key", str(bundle_keys.private)])
     assert result.exit_code != 0 and "--untrained" in result.output
 

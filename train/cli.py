@@ -53,8 +53,10 @@ def fit(
 
 @app.command(help="Evaluate a checkpoint: F2 at the best threshold, per-IoU F2, mAP@0.5, mAP@[.5:.95], frames/s.")
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.ckpt) written by `starfish train fit`."),
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset directory (train.csv + train_images/)."),
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.ckpt) written by `starfish train fit`.",
+                                      exists=True, dir_okay=False),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset directory (train.csv + train_images/).",
+                              exists=True, file_okay=False),
     video: list[int] = typer.Option([], "--video", help="Only these video ids (default: every frame)."),
     sequence: list[int] = typer.Option([], "--sequence", help="Only these sequence ids."),
     limit: int = typer.Option(0, "--limit", help="At most this many frames, evenly spread (0: all)."),
@@ -94,8 +96,8 @@ def evaluate(
 
 @app.command(help="Draw predicted boxes on an image, a directory of images or a video.")
 def predict(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.ckpt)."),
-    source: Path = typer.Argument(..., help="Image file, directory of images, or video file."),
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.ckpt).", exists=True, dir_okay=False),
+    source: Path = typer.Argument(..., help="Image file, directory of images, or video file.", exists=True),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     threshold: float = typer.Option(None, "--threshold", help="Score threshold (default: the checkpoint's best-F2)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch default)."),

@@ -116,7 +116,8 @@ def ood(
 
 @app.command()
 def preview(
-    root: Path = typer.Argument(..., help="Dataset directory (train.csv + train_images/)."),
+    root: Path = typer.Argument(..., help="Dataset directory (train.csv + train_images/).",
+                                exists=True, file_okay=False),
     out: Path = typer.Option(Path("preview.png"), "--out", help="Contact sheet image to write (.png or .jpg)."),
     frames: int = typer.Option(12, min=1, max=200, help="Number of frames on the sheet (frames with starfish first)."),
     columns: int = typer.Option(4, min=1, max=20, help="Thumbnails per row."),
@@ -137,7 +138,8 @@ def preview(
 
 @app.command()
 def stats(
-    root: Path = typer.Argument(..., help="Dataset directory (train.csv + train_images/)."),
+    root: Path = typer.Argument(..., help="Dataset directory (train.csv + train_images/).",
+                                exists=True, file_okay=False),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the statistics as JSON here."),
 ) -> None:
     """Print dataset statistics: frames, boxes, empty-frame fraction, box sizes, per video."""

@@ -13,17 +13,23 @@ app = typer.Typer(no_args_is_help=True, help="Inspect and verify signed model bu
 
 @app.command()
 def verify(
-    bundle: Path = typer.Argument(..., help="Bundle directory or .tar."),
-    key: list[Path] = typer.Option(..., "--key", "-k", help="Trusted ed25519 public key (PEM); repeatable."),
+    bundle: Path = typer.Argument(..., help="Bundle directory or .tar.", exists=True),
+    key: list[Path] = typer.Option(..., "--key", "-k", help="Trusted ed25519 public key (PEM); repeatable.",
+                                   exists=True, dir_okay=False),
     running_version: int | None = typer.Option(None, help="Refuse versions not newer than this one."),
     allow_rollback: bool = typer.Option(False, help="Accept an older version (explicit rollback)."),
 ) -> None:
     """Check signature, manifest and every file hash; exit 2 with one line naming the problem if any check fails."""
-    from edge_agent.bundle import BundleError
+    from edge_agent.bundle import BundleError, load_public_key
     from edge_agent.bundle import verify_bundle as _verify
 
     try:
-        manifest = _verify(bundle, key, running_version=running_version, allow_rollback=allow_rollback)
+        keys = [load_public_key(k) for k in key]
+    except BundleError as exc:  # name the unusable key file, before any verdict on the bundle
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    try:
+        manifest = _verify(bundle, keys, running_version=running_version, allow_rollback=allow_rollback)
     except BundleError as exc:
         typer.secho(f"REFUSED ({type(exc).__name__}): {' '.join(str(exc).split())}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
@@ -32,7 +38,7 @@ def verify(
 
 @app.command()
 def info(
-    bundle: Path = typer.Argument(..., help="Bundle directory or .tar."),
+    bundle: Path = typer.Argument(..., help="Bundle directory or .tar.", exists=True),
     as_json: bool = typer.Option(False, "--json", help="Print the raw manifest JSON."),
 ) -> None:
     """Show a bundle's manifest WITHOUT verifying it (use `verify` before trusting anything shown)."""
