@@ -80,8 +80,10 @@ def check_parity(
                 elif name == "reference":
                     matched += 1
     result = ParityResult(len(tensors), total, matched, worst_iou, worst_diff, not problems, problems[:20])
+    # 0/0 is not a pass: nothing was compared (an untrained model scores every box below the cut-offs).
+    verdict = "NOT TESTED" if total == 0 else ("PASS" if result.passed else "FAIL")
     logger.info("parity on %d frames: %d/%d matched, min IoU %.4f, max |Δscore| %.2e -> %s", result.frames,
-                matched, total, worst_iou, worst_diff, "PASS" if result.passed else "FAIL")
+                matched, total, worst_iou, worst_diff, verdict)
     return result
 
 

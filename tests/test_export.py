@@ -173,10 +173,14 @@ def test_pruning_really_removes_channels_and_the_model_still_runs(smoke_checkpoi
     assert len(ours[0]) > 0 and np.allclose(ours[1], theirs[1]) and np.allclose(ours[0], theirs[0])
 
 
-def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundle_keys: BundleKeys, tmp_path) -> None:
-    from export.chain import ChainOptions, run_chain
+def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundle_keys: BundleKeys, tmp_path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from export.chain import CHAIN_STEPS, ChainOptions, run_chain
     from export.prune import PruneConfig
 
+    caplog.set_level(logging.INFO, logger="export.chain")
     out = tmp_path / "out"
     report = run_chain(ChainOptions(
         checkpoint=smoke_checkpoint, out=out, private_key=bundle_keys.private, prune=PruneConfig(ratio=0.5),
@@ -212,10 +216,12 @@ def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundl
                                                                  / variants["pruned_onnx_int8"]["latency"]["median_ms"])
     assert json.loads((out / "report.json").read_text())["bundle"]["version"] == 1
     markdown = (out / "report.md").read_text()
-    assert "| pruned_onnx_int8 |" in markdown and "latency ratio" in markdown
+    assert "| pruned_onnx_int8 |" in markdown and "- latency: unpruned PyTorch fp32" in markdown
     agreement = report["int8_vs_fp32"]
     assert agreement["score_floor"] == 0.5
     assert "INT8 vs fp32 ONNX (fp32 score > 0.50)" in markdown
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
+    assert steps[-1] == f"[{CHAIN_STEPS}/{CHAIN_STEPS}] writing the report", steps
 
 
 def test_int8_agreement_with_nothing_above_the_floor_says_so() -> None:
