@@ -18,6 +18,10 @@ import typer
 
 logger = logging.getLogger("starfish")
 
+# Third-party start-up chatter off: albumentations asks pypi.org for a newer version on import (a network call and
+# an advert), Lightning suggests its cloud products. Users can still turn either back on in their environment.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 # (command name, module holding `app` (a sub-app) or `COMMAND` (one command), what it is for)
 SUB_APPS: tuple[tuple[str, str, str], ...] = (
     ("data", "train.data_cli", "Reef datasets: synthetic generator, OOD validation renderer, previews, statistics."),

@@ -225,7 +225,7 @@ def compare_command(
     from pydantic import ValidationError
     from rich.table import Table
 
-    from benchmarks.compare import DEFAULT_METRICS, compare, parse_tolerance
+    from benchmarks.compare import ABSOLUTE_METRICS, DEFAULT_METRICS, METRICS, compare, parse_tolerance
     from benchmarks.report import read_json
 
     try:
@@ -247,14 +247,16 @@ def compare_command(
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     table = Table(title=f"{new.name} vs {base.name} (tolerance {tol:.0%}, accuracy ±{accuracy_tolerance})")
-    for column in ("back end", "metric", "base", "new", "change", "verdict"):
+    for column in ("back end", "metric", "base", "new", "change", "better", "verdict"):
         table.add_column(column)
     styles = {"regression": "bold red", "improved": "green", "ok": "", "missing": "dim"}
     for row in result.rows:
-        change = "" if row.change is None else (f"{row.change:+.1%}" if row.metric not in ("f2", "map_50")
-                                                else f"{row.change:+.3f}")
+        delta = row.delta  # signed like the values: fps or F2 going up prints +, whether that is good or bad
+        change = "" if delta is None else (f"{delta:+.1%}" if row.metric not in ABSOLUTE_METRICS
+                                           else f"{delta:+.3f}")
+        better = METRICS[row.metric].better if row.metric in METRICS else ""
         style = styles[row.verdict]
-        table.add_row(row.backend, row.metric, _num(row.base), _num(row.new), change,
+        table.add_row(row.backend, row.metric, _num(row.base), _num(row.new), change, better,
                       f"[{style}]{row.verdict}[/{style}]" if style else row.verdict + (f" {row.note}" if row.note
                                                                                       else ""))
     console.print(table)
@@ -271,19 +273,26 @@ def _num(value: float | None) -> str:
 
 @app.command("backends")
 def backends_command(
+    backends: str = typer.Option("all", "--backends", "-b", help="Comma-separated back ends to check, or 'all'."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint, to check the torch-* back ends.",
                                     exists=True, dir_okay=False),
 ) -> None:
-    """List the back ends and whether each can run here (library-level check, no model needed)."""
+    """List the back ends asked for and whether each can run here (library-level check, no model needed)."""
     from rich.table import Table
 
-    from benchmarks.backends import BACKENDS, precheck
+    from benchmarks.backends import BACKENDS, parse_backends, precheck
 
+    try:
+        names = parse_backends(backends)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--backends") from exc
+    # No bundle here: every variant a back end could need counts as present, so only libraries decide.
+    every_variant = {spec.variant for spec in BACKENDS.values() if spec.variant}
     table = Table(title="benchmark back ends")
     for column in ("back end", "device", "precision", "what", "here"):
         table.add_column(column)
-    for spec in BACKENDS.values():
-        reason = precheck(spec, {"fp32", "int8"}, checkpoint)
+    for spec in (BACKENDS[name] for name in names):
+        reason = precheck(spec, every_variant, checkpoint)
         table.add_row(spec.name, spec.device, spec.precision, spec.description, reason or "[green]available[/green]")
     _console().print(table)
 

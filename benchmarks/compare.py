@@ -42,6 +42,7 @@ METRICS: dict[str, Metric] = {
         Metric("map_50", "", "higher", lambda r: r.accuracy.map_50 if r.accuracy else None, absolute=True),
     )
 }
+ABSOLUTE_METRICS = frozenset(m.name for m in METRICS.values() if m.absolute)
 DEFAULT_METRICS: tuple[str, ...] = ("p50_ms", "p99_ms", "fps", "peak_rss_mb", "peak_gpu_mb", "f2", "map_50")
 
 
@@ -51,9 +52,21 @@ class Row:
     metric: str
     base: float | None
     new: float | None
-    change: float | None  # relative change (or absolute for accuracy); positive = worse
+    change: float | None  # worsening, relative (absolute for accuracy): positive = worse, whichever way is better
     verdict: Literal["regression", "improved", "ok", "missing"]
     note: str = ""
+
+    @property
+    def delta(self) -> float | None:
+        """How the value itself moved, relative (absolute for accuracy): positive = it went up. This is what a
+        person reads: fps 10 -> 12 is +20%, F2 0.80 -> 0.85 is +0.050, whether that is better or worse."""
+        if self.base is None or self.new is None:
+            return None
+        if self.metric in ABSOLUTE_METRICS:
+            return self.new - self.base
+        if self.base == 0:
+            return 0.0 if self.new == 0 else math.copysign(math.inf, self.new)
+        return (self.new - self.base) / self.base
 
 
 @dataclass(frozen=True)

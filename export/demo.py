@@ -35,12 +35,14 @@ def untrained_bundle(
     version: int = 1,
     score_threshold: float = 0.5,
     int8: bool = False,
+    cpu_int8: bool = False,
     keep_fp32: bool = True,
     seed: int = 0,
     overwrite: bool = False,
 ) -> Manifest:
-    """Build an untrained detector from ``cfg``, export it (fp32, optionally INT8 calibrated on random frames) and
-    write a signed bundle to ``dest``."""
+    """Build an untrained detector from ``cfg``, export it (fp32, optionally INT8 calibrated on random frames: the
+    TensorRT-ready ``int8`` and/or the CPU's ``int8_cpu`` with uint8 activations) and write a signed bundle to
+    ``dest``."""
     torch.manual_seed(seed)
     model = build_detector(replace(cfg, pretrained=False)).eval()
     width, height = input_size or default_input_size(cfg.max_size)
@@ -50,11 +52,16 @@ def untrained_bundle(
         variants: dict[str, VariantSource] = {}
         if keep_fp32:
             variants["fp32"] = VariantSource(fp32)
-        if int8:
+        if int8 or cpu_int8:
+            from edge_agent.bundle.manifest import CPU_INT8_VARIANT
             from export.quantize import quantize_int8, random_calibration_frames
 
             frames = random_calibration_frames(width, height, count=8, seed=seed)
-            variants["int8"] = VariantSource(quantize_int8(fp32, Path(tmp) / "int8.onnx", frames))
+            if int8:
+                variants["int8"] = VariantSource(quantize_int8(fp32, Path(tmp) / "int8.onnx", frames))
+            if cpu_int8:
+                variants[CPU_INT8_VARIANT] = VariantSource(quantize_int8(
+                    fp32, Path(tmp) / "int8_cpu.onnx", frames, activations="asymmetric"))
         return write_bundle(
             dest,
             name=MODEL_NAME,

@@ -8,12 +8,15 @@ loopback (or a Unix socket) fails the test.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import loopback
 
+# albumentations' import-time version check asks pypi.org (outside loopback) - the guard below would fail it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 loopback.install()
 
 # Registered only when present, so a unit's tests can land independently of the others'.

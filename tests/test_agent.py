@@ -356,7 +356,10 @@ def test_evidence_snapshots_and_video(tmp_path: Path, clip: Clip, agent_bundle, 
     raw = cv2.imread(str(sorted((tmp_path / "snaps").glob("*f0.jpg"))[0]))
     annotated = cv2.imread(str(boxes[0]))
     assert np.abs(raw.astype(int) - annotated.astype(int)).max() > 100  # red boxes drawn on the copy only
-    assert json.dumps(agent.summary().cameras[0].count_histogram)
+    # Every frame is in the per-frame count histogram exactly once, and the summary survives JSON as written.
+    histogram = agent.summary().cameras[0].count_histogram
+    assert sum(histogram.values()) == clip.frames and all(k >= 0 for k in histogram)
+    assert json.loads(json.dumps(histogram)) == {str(k): v for k, v in histogram.items()}
 
 
 def test_agent_runs_end_to_end_without_torch(tmp_path: Path, clip: Clip, agent_bundle, mosquitto) -> None:

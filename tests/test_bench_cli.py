@@ -22,7 +22,8 @@ from tests.helpers.run_if import requires_cuda
 pytest.importorskip("torch", reason="the tiny bundle and the torch-cpu back end need the `train` extra")
 pytest.importorskip("onnxruntime", reason="the ort-* back ends need the `edge` extra")
 
-HERE_BACKENDS = ("torch-cpu", "ort-cpu", "ort-cpu-int8")
+# ort-cpu-int8-u8 (the int8_cpu variant) is the headline CPU back end: the one the README's table leads with.
+HERE_BACKENDS = ("torch-cpu", "ort-cpu", "ort-cpu-int8", "ort-cpu-int8-u8")
 ALL_BACKENDS = (*HERE_BACKENDS, "torch-cuda", "ort-cuda", "tensorrt-fp16", "tensorrt-int8")
 FAST = ["--warmup", "1", "--warmup-s", "0", "--iterations", "3", "--repeats", "2", "--pool-frames", "4"]
 
@@ -49,7 +50,7 @@ def _cuda() -> bool:
 
 @pytest.fixture(scope="module")
 def bench_bundle(tmp_path_factory: pytest.TempPathFactory, bundle_keys) -> BenchBundle:  # noqa: ANN001
-    """The tiny demo network as a signed bundle with fp32 and int8 variants, plus its PyTorch checkpoint."""
+    """The tiny demo network as a signed bundle with fp32, int8 and int8_cpu variants, plus its PyTorch checkpoint."""
     import torch
 
     from export.demo import DEMO_CONFIG, untrained_bundle
@@ -58,7 +59,7 @@ def bench_bundle(tmp_path_factory: pytest.TempPathFactory, bundle_keys) -> Bench
     from train.module import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 
     root = tmp_path_factory.mktemp("bench-bundle")
-    untrained_bundle(root / "bundle", bundle_keys.private, int8=True, seed=0)
+    untrained_bundle(root / "bundle", bundle_keys.private, int8=True, cpu_int8=True, seed=0)
     # Same seed and config as untrained_bundle: the checkpoint holds the very weights the ONNX files were exported
     # from, so torch-cpu and ort-cpu must agree on accuracy.
     torch.manual_seed(0)
@@ -289,3 +290,16 @@ def test_gpu_backends_run_or_say_why(bench_bundle: BenchBundle, synthetic_datase
         assert row.status != "failed", f"{row.backend}: {row.reason}"
         if row.status == "ok":
             assert row.latency.p50_ms > 0 and row.peak_key.startswith("gpu_")
+
+
+def test_backends_lists_only_what_it_was_asked() -> None:
+    result = _invoke(["backends", "--backends", "ort-cpu-int8-u8,torch-cuda"])
+    assert result.exit_code == 0, result.output
+    flat = _flat(result.output)
+    assert "ort-cpu-int8-u8" in flat and "torch-cuda" in flat
+    for other in ("ort-cpu-int8 ", "ort-cuda", "tensorrt-fp16", "tensorrt-int8", "torch-cpu"):
+        assert other not in flat, other
+    # No bundle is given: a library-level check, so the CPU back end is available (not "bundle has no variant").
+    assert "available" in flat and "bundle has no" not in flat
+    bad = _invoke(["backends", "--backends", "warp-drive"])
+    assert bad.exit_code == 2 and "unknown back end(s) warp-drive" in _flat(bad.output)

@@ -109,3 +109,20 @@ def test_worker_peak_rss_is_its_own_not_the_parents() -> None:
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert float(child.stdout) < 250, child.stdout
     del ballast
+
+
+@pytest.mark.parametrize(("metric", "base", "new", "shown", "verdict"), [
+    ("fps", 10.0, 12.0, "+20.0%", "improved"),      # higher is better, went up
+    ("fps", 10.0, 8.0, "-20.0%", "regression"),     # higher is better, went down
+    ("p50_ms", 100.0, 80.0, "-20.0%", "improved"),  # lower is better, went down
+    ("f2", 0.80, 0.85, "+0.050", "improved"),        # accuracy: absolute change
+    ("map_50", 0.90, 0.85, "-0.050", "regression"),
+])
+def test_compare_shows_the_change_signed_like_the_values(metric: str, base: float, new: float, shown: str,
+                                                        verdict: str) -> None:
+    from benchmarks.compare import ABSOLUTE_METRICS, METRICS, _compare_metric
+
+    row = _compare_metric("ort-cpu", METRICS[metric], base, new, 0.02 if metric in ABSOLUTE_METRICS else 0.1)
+    assert row.verdict == verdict
+    assert row.delta is not None
+    assert (f"{row.delta:+.3f}" if metric in ABSOLUTE_METRICS else f"{row.delta:+.1%}") == shown

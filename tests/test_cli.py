@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -18,7 +19,9 @@ def test_help_lists_every_unit() -> None:
 
 
 def test_console_script_is_installed() -> None:
-    result = subprocess.run([sys.executable, "-m", "starfish_cli", "--help"], capture_output=True, text=True,
-                            timeout=120)
+    """The `starfish` script pip put beside this interpreter (what `make demo` and `.venv/bin/starfish` run)."""
+    script = Path(sys.executable).parent / "starfish"
+    assert script.is_file(), f"no console script at {script}: install the package (`make setup`)"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, cwd="/")
     assert result.returncode == 0, result.stderr
     assert "agent" in result.stdout

@@ -1,7 +1,7 @@
 """Publish synthetic counts through the real publisher + outbox: for trying a broker / Home Assistant set-up, and
 for fault tests that need a publisher in its own process (to `kill -9` it).
 
-    python -m edge_agent.mqtt.synthetic --host 127.0.0.1 --port 1883 --device-id demo --outbox /tmp/demo.db \\
+    python -m edge_agent.mqtt.synthetic --host 127.0.0.1 --port 1883 --device-id synthetic-01 --outbox /tmp/s.db \\
         --rate 10 --count 100
 
 Writes one line `seq <n> session <s> outbox <outbox_id>` to stdout per message once it is committed to the outbox
