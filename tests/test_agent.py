@@ -446,3 +446,30 @@ def test_two_cameras_share_one_detector_with_separate_trackers(tmp_path: Path, c
     seqs = sorted(c["seq"] for c in _counts(sub))
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one device-wide sequence across cameras
     assert agent.cameras["cam0"].tracker is not agent.cameras["cam1"].tracker
+
+
+@pytest.mark.slow
+def test_committed_demo_bundle_counts_a_synthetic_reef_clip_within_one(tmp_path: Path, mosquitto) -> None:
+    """The shipped model, the real agent and tracker on a synthetic reef clip it never saw: unique count +-1."""
+    from tests.helpers.agent import REPO_ROOT
+
+    demo = REPO_ROOT / "models" / "demo"
+    if not (demo / "bundle" / "manifest.json").is_file():
+        pytest.skip("models/demo/bundle is not in this checkout")
+    pytest.importorskip("train.synth")
+    from train.synth.demo_clip import demo_clip
+
+    video, truth = demo_clip(tmp_path / "clip", 100)
+    assert truth is not None and truth >= 3, "the clip must hold a few starfish for the count to mean anything"
+    cfg = load_config_data({
+        "device_id": "demo-count",
+        "cameras": [{"id": "reef", "source": str(video), "read_mode": "every_frame", "realtime": False}],
+        "detector": {"bundle": str(demo / "bundle"), "trusted_keys": [str(demo / "demo_key.pub")], "threads": 2},
+        "mqtt": {"host": "127.0.0.1", "port": mosquitto.port},
+        "outbox_path": str(tmp_path / "outbox.sqlite3"),
+    })
+    agent = build_agent(cfg)
+    assert agent.run() == 0
+    camera = agent.summary().cameras[0]
+    assert camera.frames == 100
+    assert abs(camera.unique_count - truth) <= 1, f"counted {camera.unique_count}, truth {truth}"
