@@ -55,7 +55,13 @@ def _configure_logging(verbose: bool) -> None:
     except ImportError:  # rich is a core dependency; this only guards a broken install
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.addFilter(_drop_adverts)
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+
+
+def _drop_adverts(record: logging.LogRecord) -> bool:
+    """Third-party product tips (Lightning's "💡 Tip: ... try installing litlogger") are not information."""
+    return not str(record.msg).startswith("💡 Tip:")
 
 
 @app.callback()

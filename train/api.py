@@ -27,6 +27,19 @@ from train.module import DetectorModule
 
 logger = logging.getLogger(__name__)
 
+
+def _lightning_logs_once() -> None:
+    """`import lightning` gives its package logger a console handler of its own, on top of the root handler the
+    command line configures, so every Lightning line would print twice: where the root logger has a handler, leave
+    the printing to it."""
+    if logging.getLogger().handlers:
+        lightning_logger = logging.getLogger("lightning")
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+
+
+_lightning_logs_once()
+
 __all__ = ["fit", "fine_tune", "evaluate", "run_dir", "configure_wandb_env"]
 
 
