@@ -29,8 +29,8 @@ import numpy as np
 from edge_agent.capture import Camera, CameraState, Frame
 from edge_agent.config import AgentConfig
 from edge_agent.detectors import Detections, Detector
-from edge_agent.mqtt.payloads import CameraState as MqttCameraState
 from edge_agent.evidence import EvidenceWriter, draw_detections  # noqa: F401 - draw_detections re-exported
+from edge_agent.mqtt.payloads import CameraState as MqttCameraState
 from edge_agent.outbox import OutboxError
 from edge_agent.ratelimit import LogLimiter
 from edge_agent.tracking import Tracker
