@@ -14,7 +14,7 @@ from edge_agent.bundle import BundleError, load_public_key, verify_bundle
 from edge_agent.config import AgentConfig
 
 
-def _outbox_problem(path: Path) -> str | None:
+def _outbox_problem(path: Path) -> str | None:  # also used for state_dir (a file inside it)
     """Why this user could not create `path` (nearest existing ancestor not a writable directory), else None."""
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
@@ -50,4 +50,7 @@ def check_deployment(cfg: AgentConfig) -> list[str]:
     why = _outbox_problem(cfg.outbox_path)
     if why is not None:
         problems.append(f"outbox_path: cannot create {cfg.outbox_path}: {why}")
+    why = _outbox_problem(cfg.state_dir / "floor")  # the directory itself must be creatable and writable
+    if why is not None:
+        problems.append(f"state_dir: cannot create {cfg.state_dir}: {why}")
     return problems
