@@ -27,13 +27,13 @@ test: setup lint typecheck hadolint
 	    echo "coverage: $$($(PY) -m coverage report --format=total)% of lines (in-process, pyproject [tool.coverage])"; \
 	    exit $$rc
 
-lint:
+lint: setup
 	$(PY) -m ruff check .
 
-typecheck:
+typecheck: setup
 	$(PY) -m mypy
 
-hadolint:
+hadolint: setup
 	$(BIN)/hadolint docker/Dockerfile.*
 
 bench: setup
