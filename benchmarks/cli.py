@@ -365,10 +365,12 @@ def pipeline_command(
 
 @app.command("counting")
 def counting_command(
-    bundle: Path = typer.Argument(..., help="Bundle directory (or a model directory holding bundle/)."),
-    data: Path = typer.Option(..., "--data", help="Dataset root with videos/*.mp4 and synth.json (true counts)."),
+    bundle: Path = typer.Argument(..., help="Bundle directory (or a model directory holding bundle/).", exists=True),
+    data: Path = typer.Option(..., "--data", help="Dataset root with videos/*.mp4 and synth.json (true counts).",
+                              exists=True, file_okay=False),
     videos: str = typer.Option(None, help="Comma-separated video ids (default: every video in synth.json)."),
-    key: list[Path] = typer.Option(None, "--key", help="Trusted public key(s). Default: *.pub beside the bundle."),
+    key: list[Path] = typer.Option(None, "--key", help="Trusted public key(s). Default: *.pub beside the bundle.",
+                                   exists=True, dir_okay=False),
     variant: str = typer.Option(None, help="Bundle variant to run (default: the agent's own choice)."),
     threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads."),
     host: str = typer.Option("127.0.0.1", help="MQTT broker the agent publishes to (loopback)."),

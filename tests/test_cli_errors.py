@@ -50,6 +50,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("data-preview-missing", ["data", "preview", MISSING], MISSING),
     ("data-stats-missing", ["data", "stats", MISSING], MISSING),
     ("data-stats-file", ["data", "stats", "{text}"], "notes.txt"),
+    ("data-ood-type", ["data", "ood", "--out", "{root}/o", "--videos", "many"], "--videos"),
     # train
     ("train-fit-config-missing", ["train", "fit", "--config", MISSING + ".yaml"], MISSING),
     ("train-fit-preset", ["train", "fit", "--preset", "nosuch"], "nosuch"),
@@ -108,6 +109,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-pipeline-missing", ["bench", "pipeline", "--config", MISSING + ".yaml"], MISSING),
     ("bench-pipeline-clip-missing", ["bench", "pipeline", "--config", "{camera_cfg}", "--clip", MISSING], MISSING),
     ("bench-peak-type", ["bench", "peak", "--threads", "all"], "--threads"),
+    ("bench-counting-missing", ["bench", "counting", MISSING, "--data", "{synth}"], MISSING),
+    ("bench-counting-data-missing", ["bench", "counting", str(DEMO / "bundle"), "--data", MISSING], MISSING),
+    ("bench-counting-type", ["bench", "counting", str(DEMO / "bundle"), "--data", "{synth}", "--port", "x"],
+     "--port"),
 ]
 
 
