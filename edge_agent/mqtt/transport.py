@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -151,7 +152,10 @@ class MqttTransport:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._pending_sub_mid: int | None = None
-        self._connect_kwargs: dict[str, object] = {}
+        # What every connect_async passes (start and the restart after a failed CONNACK handler): paho refuses a
+        # clean_start other than its default, and any properties, under MQTT 3.1.1.
+        self._clean_start: bool | Literal[3] = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        self._connect_properties: Properties | None = None
         self._started = False
         self._stopping = False
 
@@ -167,16 +171,15 @@ class MqttTransport:
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting until `stop`."""
-        kwargs: dict[str, object] = {}
         if self._protocol == MQTTProtocolVersion.MQTTv5:
-            kwargs["clean_start"] = True
+            self._clean_start = True
             props = Properties(PacketTypes.CONNECT)
             props.MaximumPacketSize = self.cfg.max_inbound_bytes + PACKET_OVERHEAD_BYTES
-            kwargs["properties"] = props
+            self._connect_properties = props
         logger.info("MQTT: connecting to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.cfg.protocol)
         self._stopping = False
-        self._connect_kwargs = kwargs
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **kwargs)
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                  clean_start=self._clean_start, properties=self._connect_properties)
         self._client.loop_start()
         self._started = True
 
@@ -276,7 +279,7 @@ class MqttTransport:
                 if not self._stopping:
                     # A fresh connect_async: after disconnect() paho's loop would otherwise just exit.
                     self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                                               **self._connect_kwargs)  # type: ignore[arg-type]
+                                               clean_start=self._clean_start, properties=self._connect_properties)
                     self._client.loop_start()
             except (OSError, ValueError) as exc:  # the loop thread keeps retrying from here
                 logger.debug("MQTT: reconnect after a failed CONNACK: %s", exc)
