@@ -109,6 +109,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-pipeline-missing", ["bench", "pipeline", "--config", MISSING + ".yaml"], MISSING),
     ("bench-pipeline-clip-missing", ["bench", "pipeline", "--config", "{camera_cfg}", "--clip", MISSING], MISSING),
     ("bench-peak-type", ["bench", "peak", "--threads", "all"], "--threads"),
+    # release and shore (their own units; a wrong type or a missing option at least)
+    ("release-type", ["release", str(DEMO / "bundle"), "--store", "{root}/store", "--url-base", "http://127.0.0.1/m",
+                      "--key", "{key}", "--expires-days", "lots"], "--expires-days"),
+    ("shore-bench-type", ["shore", "bench", "--counts", "many"], "--counts"),
+    ("shore-copy-missing-option", ["shore", "copy", "--from", "{root}/a.sqlite3"], "--to"),
+    ("shore-run-type", ["shore", "run", "--mqtt-port", "eighty"], "--mqtt-port"),
     ("bench-counting-missing", ["bench", "counting", MISSING, "--data", "{synth}"], MISSING),
     ("bench-counting-data-missing", ["bench", "counting", str(DEMO / "bundle"), "--data", MISSING], MISSING),
     ("bench-counting-type", ["bench", "counting", str(DEMO / "bundle"), "--data", "{synth}", "--port", "x"],
