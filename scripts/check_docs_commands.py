@@ -16,7 +16,9 @@ from pathlib import Path
 
 import typer
 
-from starfish_cli import app
+# This checkout's command line, whatever the venv's install points at.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from starfish_cli import app  # noqa: E402
 
 
 def command_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -42,6 +44,13 @@ def command_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield start, part
 
 
+def _sub(group: object, name: str) -> object | None:
+    """The sub-command `name` of a group (asked through click's API: some groups load their commands lazily)."""
+    if not hasattr(group, "get_command"):
+        return None
+    return group.get_command(typer.Context(group), name)  # type: ignore[arg-type]
+
+
 def check(path: Path, root: object) -> list[str]:
     problems = []
     for number, line in command_lines(path):
@@ -51,9 +60,9 @@ def check(path: Path, root: object) -> list[str]:
             problems.append(f"{path}:{number}: cannot parse {line!r}: {exc}")
             continue
         command = root
-        while words and getattr(command, "commands", None) and words[0] in command.commands:  # type: ignore[attr-defined]
-            command = command.commands[words.pop(0)]  # type: ignore[attr-defined]
-        if getattr(command, "commands", None):
+        while words and _sub(command, words[0]) is not None:
+            command = _sub(command, words.pop(0))
+        if hasattr(command, "list_commands"):
             if words and not words[0].startswith("-") and getattr(command, "name", "") == "bench":
                 command = command.commands["run"]  # `starfish bench BUNDLE` is `starfish bench run BUNDLE`
             else:
