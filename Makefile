@@ -38,7 +38,7 @@ hadolint: setup
 
 bench: setup
 	$(BIN)/starfish bench models/demo/bundle --key models/demo/demo_key.pub \
-	    --backends torch-cpu,ort-cpu,ort-cpu-int8,ort-cpu-int8-u8 --checkpoint models/synthetic/best.ckpt
+	    --backends torch-cpu,ort-cpu,ort-cpu-int8,ort-cpu-int8-u8 --checkpoint models/generalize/best.ckpt
 
 # Every command in every README, at small sizes (slow: a few minutes on two cores).
 docs-check: setup
