@@ -225,6 +225,9 @@ def test_full_outbox_counts_what_was_not_stored_and_recovers(
         outbox._db.execute("PRAGMA max_page_count=1073741823")  # noqa: SLF001 - space again
         mosquitto.start()
         assert pub.wait_connected(10)
+        # A fresh subscriber: the first one's reconnect backoff grew while the broker was down (how long depends on
+        # machine load), and waiting that out would time the test client, not the outbox.
+        sub = mqtt_subscriber(mosquitto, ["starfish/dev1/#"], client_id="after-restart")
         seq = pub.publish_counts("cam0", _frame(999))
         assert wait_until(lambda: seq in sub.seqs(), 20)
         assert wait_until(lambda: outbox.depth == 0, 20)
