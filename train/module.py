@@ -90,6 +90,8 @@ class DetectorModule(L.LightningModule):
         self.backbone_weights = backbone_weights_provenance(self.cfg.model)
         self._val_predictions: list[tuple[np.ndarray, np.ndarray]] = []
         self._val_truths: list[np.ndarray] = []
+        self._ood_predictions: list[tuple[np.ndarray, np.ndarray]] = []
+        self._ood_truths: list[np.ndarray] = []
         self._val_examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._val_count = 0
         self.best_f2 = -1.0
@@ -125,8 +127,7 @@ class DetectorModule(L.LightningModule):
     # out-of-distribution renderer. Selection (checkpoint and score threshold) uses set 1 when it exists.
     def on_validation_epoch_start(self) -> None:
         self._val_predictions, self._val_truths, self._val_examples = [], [], []
-        self._ood_predictions: list[tuple[np.ndarray, np.ndarray]] = []
-        self._ood_truths: list[np.ndarray] = []
+        self._ood_predictions, self._ood_truths = [], []
 
     def validation_step(
         self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int, dataloader_idx: int = 0
@@ -173,9 +174,7 @@ class DetectorModule(L.LightningModule):
         summary = summarise_predictions(predictions, truths)
         self._log_summary("val", summary, len(predictions))
         selected, selected_on = summary, "in_distribution"
-        ood_predictions, ood_truths = self._gather(
-            getattr(self, "_ood_predictions", []), getattr(self, "_ood_truths", [])
-        )
+        ood_predictions, ood_truths = self._gather(self._ood_predictions, self._ood_truths)
         if ood_predictions:
             ood = summarise_predictions(ood_predictions, ood_truths)
             self._log_summary("val_ood", ood, len(ood_predictions))
