@@ -14,6 +14,13 @@ from tests.helpers.mqtt_broker import free_port
 OUTSIDE = ["192.0.2.1", "203.0.113.7", "2001:db8::1", "10.0.0.1", "example.com"]
 
 
+@pytest.fixture(autouse=True)
+def guard_is_installed() -> None:
+    """These tests aim at addresses outside loopback on purpose: never without the guard that stops them first."""
+    if not loopback.installed():
+        pytest.fail("the loopback guard is not installed: refusing to aim at non-loopback addresses")
+
+
 @pytest.mark.parametrize("host", OUTSIDE)
 def test_connect_outside_loopback_is_refused_before_any_packet(host: str) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -84,6 +84,11 @@ def install() -> None:
     socket.getaddrinfo = _getaddrinfo
 
 
+def installed() -> bool:
+    """Whether the socket entry points are wrapped (so a non-loopback attempt is refused before any packet)."""
+    return bool(_originals) and socket.socket.connect is _connect
+
+
 def take_violations() -> list[str]:
     """The attempts recorded since the last call, cleared."""
     with _lock:
