@@ -29,6 +29,7 @@ test: setup lint typecheck hadolint
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 typecheck: setup
 	$(PY) -m mypy

@@ -131,9 +131,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
 EXIT_USAGE = 2
 
 # typer >= 0.2x vendors click; its exception base is reachable through the class typer re-exports either way.
-_ClickException: type[Exception] = next(
-    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
-)
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def is_user_error(exc: BaseException) -> bool:

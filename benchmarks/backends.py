@@ -49,22 +49,70 @@ BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
         BackendSpec("torch-cpu", "torch", "cpu", "fp32", "fp32", description="source PyTorch model on the CPU"),
-        BackendSpec("ort-cpu", "onnxruntime", "cpu", "fp32", "fp32", ("CPUExecutionProvider",),
-                    description="onnxruntime CPU EP, fp32 variant"),
-        BackendSpec("ort-cpu-int8", "onnxruntime", "cpu", "int8", "int8", ("CPUExecutionProvider",),
-                    description="onnxruntime CPU EP, int8 variant (TensorRT-ready Q/DQ)"),
-        BackendSpec("ort-cpu-int8-u8", "onnxruntime", "cpu", "int8", CPU_INT8_VARIANT, ("CPUExecutionProvider",),
-                    description="onnxruntime CPU EP, int8_cpu variant (uint8 activations, CPU integer kernels)"),
+        BackendSpec(
+            "ort-cpu",
+            "onnxruntime",
+            "cpu",
+            "fp32",
+            "fp32",
+            ("CPUExecutionProvider",),
+            description="onnxruntime CPU EP, fp32 variant",
+        ),
+        BackendSpec(
+            "ort-cpu-int8",
+            "onnxruntime",
+            "cpu",
+            "int8",
+            "int8",
+            ("CPUExecutionProvider",),
+            description="onnxruntime CPU EP, int8 variant (TensorRT-ready Q/DQ)",
+        ),
+        BackendSpec(
+            "ort-cpu-int8-u8",
+            "onnxruntime",
+            "cpu",
+            "int8",
+            CPU_INT8_VARIANT,
+            ("CPUExecutionProvider",),
+            description="onnxruntime CPU EP, int8_cpu variant (uint8 activations, CPU integer kernels)",
+        ),
         BackendSpec("torch-cuda", "torch", "cuda", "fp32", "fp32", description="source PyTorch model on CUDA"),
-        BackendSpec("ort-cuda", "onnxruntime", "cuda", "fp32", "fp32",
-                    ("CUDAExecutionProvider", "CPUExecutionProvider"), description="onnxruntime CUDA EP"),
-        BackendSpec("ort-tensorrt", "onnxruntime", "cuda", "fp32", "fp32",
-                    ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-                    description="onnxruntime TensorRT EP (fp32 engine)"),
-        BackendSpec("tensorrt-fp16", "tensorrt", "cuda", "fp16", "fp32", extra={"precision": "fp16"},
-                    description="native TensorRT engine built with FP16 from the fp32 ONNX"),
-        BackendSpec("tensorrt-int8", "tensorrt", "cuda", "int8", "int8", extra={"precision": "int8"},
-                    description="native TensorRT engine built with INT8 from the int8 (Q/DQ) ONNX"),
+        BackendSpec(
+            "ort-cuda",
+            "onnxruntime",
+            "cuda",
+            "fp32",
+            "fp32",
+            ("CUDAExecutionProvider", "CPUExecutionProvider"),
+            description="onnxruntime CUDA EP",
+        ),
+        BackendSpec(
+            "ort-tensorrt",
+            "onnxruntime",
+            "cuda",
+            "fp32",
+            "fp32",
+            ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+            description="onnxruntime TensorRT EP (fp32 engine)",
+        ),
+        BackendSpec(
+            "tensorrt-fp16",
+            "tensorrt",
+            "cuda",
+            "fp16",
+            "fp32",
+            extra={"precision": "fp16"},
+            description="native TensorRT engine built with FP16 from the fp32 ONNX",
+        ),
+        BackendSpec(
+            "tensorrt-int8",
+            "tensorrt",
+            "cuda",
+            "int8",
+            "int8",
+            extra={"precision": "int8"},
+            description="native TensorRT engine built with INT8 from the int8 (Q/DQ) ONNX",
+        ),
     )
 }
 
@@ -110,8 +158,10 @@ def precheck(spec: BackendSpec, variants: set[str], checkpoint: Path | None) -> 
 
         present = set(onnxruntime.get_available_providers())
         if spec.providers[0] not in present:
-            return (f"onnxruntime {onnxruntime.__version__} has no {spec.providers[0]} "
-                    f"(available: {', '.join(sorted(present))}; install onnxruntime-gpu on a CUDA host)")
+            return (
+                f"onnxruntime {onnxruntime.__version__} has no {spec.providers[0]} "
+                f"(available: {', '.join(sorted(present))}; install onnxruntime-gpu on a CUDA host)"
+            )
         return None
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (it ships with JetPack; `pip install tensorrt` on a CUDA host)"
@@ -129,8 +179,13 @@ def open_detector(
 
     # score_threshold 0: keep every detection the model emits so accuracy can sweep thresholds (F2 at the
     # manifest's threshold, best F2, mAP); the filtering cost is the same for every back end.
-    options = DetectorOptions(score_threshold=0.0, threads=threads, engine_cache_dir=cache_dir, warmup_runs=0,
-                              extra={"providers": list(spec.providers), **spec.extra})
+    options = DetectorOptions(
+        score_threshold=0.0,
+        threads=threads,
+        engine_cache_dir=cache_dir,
+        warmup_runs=0,
+        extra={"providers": list(spec.providers), **spec.extra},
+    )
     if spec.family == "torch":
         from benchmarks.torch_detector import TorchDetector
 
@@ -160,5 +215,6 @@ def _pin_providers(detector: object, spec: BackendSpec) -> None:
     """
     in_force = list(detector.session.get_providers())
     if not in_force or in_force[0] != spec.providers[0]:
-        raise BackendSkipped(f"onnxruntime did not enable {spec.providers[0]} "
-                             f"(session runs on {', '.join(in_force) or 'nothing'})")
+        raise BackendSkipped(
+            f"onnxruntime did not enable {spec.providers[0]} (session runs on {', '.join(in_force) or 'nothing'})"
+        )

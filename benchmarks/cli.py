@@ -31,8 +31,12 @@ class _DefaultRunGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=_DefaultRunGroup, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Benchmark back ends: latency, throughput, memory, accuracy; compare results; profile.")
+app = typer.Typer(
+    cls=_DefaultRunGroup,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Benchmark back ends: latency, throughput, memory, accuracy; compare results; profile.",
+)
 
 
 def _default_threads() -> int:
@@ -58,8 +62,9 @@ def _fallback_frames() -> Path:
     from benchmarks.frames import synthetic_dataset
 
     if importlib.util.find_spec("train.synth") is None:
-        raise typer.BadParameter("timing needs real frames: give --data DIR (reef dataset) or --clip VIDEO",
-                                 param_hint="--data")
+        raise typer.BadParameter(
+            "timing needs real frames: give --data DIR (reef dataset) or --clip VIDEO", param_hint="--data"
+        )
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "starfish"
     logger.warning("no --data or --clip: timing and accuracy use synthetic reef frames (%s)", cache)
     return synthetic_dataset(cache)
@@ -70,32 +75,56 @@ def _trusted_keys(bundle: Path, keys: list[Path] | None) -> list[Path]:
         return keys
     beside = sorted(bundle.resolve().parent.glob("*.pub"))
     if not beside:
-        raise typer.BadParameter(f"no --key given and no *.pub beside {bundle}: name the bundle's public key",
-                                 param_hint="--key")
-    logger.warning("no --key given: trusting the public key(s) beside the bundle: %s",
-                   ", ".join(p.name for p in beside))
+        raise typer.BadParameter(
+            f"no --key given and no *.pub beside {bundle}: name the bundle's public key", param_hint="--key"
+        )
+    logger.warning(
+        "no --key given: trusting the public key(s) beside the bundle: %s", ", ".join(p.name for p in beside)
+    )
     return beside
 
 
 @app.command("run")
 def run_command(
     bundle: Path = typer.Argument(..., help="Bundle directory or .tar (or a model dir holding bundle/).", exists=True),
-    backends: str = typer.Option(DEFAULT_BACKENDS, "--backends", "-b",
-                                 help="Comma-separated back ends, or 'all': torch-cpu, ort-cpu, ort-cpu-int8, "
-                                      "ort-cpu-int8-u8, torch-cuda, ort-cuda, ort-tensorrt, tensorrt-fp16, "
-                                      "tensorrt-int8."),
-    key: list[Path] = typer.Option(None, "--key", "-k", help="Trusted public key (repeatable). Default: *.pub "
-                                   "files beside the bundle.", exists=True, dir_okay=False),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint for torch-cpu / torch-cuda.",
-                                    exists=True, dir_okay=False),
-    data: Path = typer.Option(None, "--data", help="Reef dataset dir: timing frames, and F2 / mAP@0.5. Default "
-                              "(no --clip either): a cached synthetic reef dataset.", exists=True, file_okay=False),
-    clip: Path = typer.Option(None, "--clip", help="Video clip for timing frames (no accuracy).",
-                              exists=True, dir_okay=False),
-    video_ids: str = typer.Option(None, "--video-ids", help="Comma-separated video ids of --data to use (e.g. the "
-                                  "held-out validation video). Default: all."),
-    baseline: str = typer.Option(None, "--baseline", help="Back end the speed-ups are relative to (same run). "
-                                 "Default: the first one that ran."),
+    backends: str = typer.Option(
+        DEFAULT_BACKENDS,
+        "--backends",
+        "-b",
+        help="Comma-separated back ends, or 'all': torch-cpu, ort-cpu, ort-cpu-int8, "
+        "ort-cpu-int8-u8, torch-cuda, ort-cuda, ort-tensorrt, tensorrt-fp16, "
+        "tensorrt-int8.",
+    ),
+    key: list[Path] = typer.Option(
+        None,
+        "--key",
+        "-k",
+        help="Trusted public key (repeatable). Default: *.pub files beside the bundle.",
+        exists=True,
+        dir_okay=False,
+    ),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="PyTorch checkpoint for torch-cpu / torch-cuda.", exists=True, dir_okay=False
+    ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Reef dataset dir: timing frames, and F2 / mAP@0.5. Default "
+        "(no --clip either): a cached synthetic reef dataset.",
+        exists=True,
+        file_okay=False,
+    ),
+    clip: Path = typer.Option(
+        None, "--clip", help="Video clip for timing frames (no accuracy).", exists=True, dir_okay=False
+    ),
+    video_ids: str = typer.Option(
+        None,
+        "--video-ids",
+        help="Comma-separated video ids of --data to use (e.g. the held-out validation video). Default: all.",
+    ),
+    baseline: str = typer.Option(
+        None, "--baseline", help="Back end the speed-ups are relative to (same run). Default: the first one that ran."
+    ),
     warmup: int = typer.Option(5, min=0, help="Untimed calls before timing (at least this many)."),
     warmup_s: float = typer.Option(3.0, min=0, help="Untimed warm-up seconds (at least; PyTorch on CPU needs a few)."),
     iterations: int = typer.Option(50, min=1, help="Timed frames per repeat."),
@@ -104,14 +133,19 @@ def run_command(
     batch: int = typer.Option(1, min=1, help="Also measure throughput at this batch size where supported."),
     pool_frames: int = typer.Option(32, min=1, help="Distinct real frames rotated through while timing."),
     accuracy_frames: int = typer.Option(100, min=0, help="Frames evaluated with --data (0: all)."),
-    output_dir: Path = typer.Option(None, "--output-dir", "-o", help="Where JSON, CSV, Markdown and PNG go. "
-                                    "Default: benchmarks/results/<machine>/."),
+    output_dir: Path = typer.Option(
+        None, "--output-dir", "-o", help="Where JSON, CSV, Markdown and PNG go. Default: benchmarks/results/<machine>/."
+    ),
     name: str = typer.Option(None, help="File stem of the outputs. Default: model-version-machine-time."),
     peak: bool = typer.Option(True, help="Measure the machine's peak (matmul) for the '% of peak' column."),
     chart: bool = typer.Option(True, help="Write the PNG chart."),
     timeout: float = typer.Option(1800, min=1, help="Seconds one back end may take before it is killed."),
-    budget: float = typer.Option(None, min=1, help="Seconds for the whole run: back ends that would start after "
-                                 "it is spent are skipped (CI / GPU check time limits)."),
+    budget: float = typer.Option(
+        None,
+        min=1,
+        help="Seconds for the whole run: back ends that would start after "
+        "it is spent are skipped (CI / GPU check time limits).",
+    ),
     engine_cache: Path = typer.Option(None, help="TensorRT engine cache dir. Default: beside the bundle."),
 ) -> None:
     """Benchmark BUNDLE on each back end; unavailable back ends are listed as skipped with the reason."""
@@ -135,11 +169,26 @@ def run_command(
     if baseline is not None and baseline not in names:
         raise typer.BadParameter(f"{baseline!r} is not among --backends {names}", param_hint="--baseline")
     opts = BenchOptions(
-        bundle=bundle, backends=names, trusted_keys=_trusted_keys(bundle, key), checkpoint=checkpoint, data=data,
-        clip=clip, video_ids=videos, baseline=baseline, warmup=warmup, warmup_s=warmup_s, iterations=iterations,
+        bundle=bundle,
+        backends=names,
+        trusted_keys=_trusted_keys(bundle, key),
+        checkpoint=checkpoint,
+        data=data,
+        clip=clip,
+        video_ids=videos,
+        baseline=baseline,
+        warmup=warmup,
+        warmup_s=warmup_s,
+        iterations=iterations,
         repeats=repeats,
-        threads=threads or _default_threads(), batch=batch, pool_frames=pool_frames, accuracy_frames=accuracy_frames,
-        measure_peak=peak, timeout_s=timeout, budget_s=budget, engine_cache_dir=engine_cache,
+        threads=threads or _default_threads(),
+        batch=batch,
+        pool_frames=pool_frames,
+        accuracy_frames=accuracy_frames,
+        measure_peak=peak,
+        timeout_s=timeout,
+        budget_s=budget,
+        engine_cache_dir=engine_cache,
     )
     console = _console()
     from benchmarks.frames import FrameSourceError
@@ -186,8 +235,14 @@ class _RichProgress:
     def __init__(self, console: object, opts: object) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), console=console, transient=False)
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
         self._tasks: dict[str, int] = {}
 
     def __enter__(self) -> _RichProgress:
@@ -218,8 +273,11 @@ def compare_command(
     new: Path = typer.Argument(..., exists=True, dir_okay=False, help="Result JSON to check."),
     tolerance: str = typer.Option("10%", help="Allowed relative worsening of speed / memory, e.g. 10% or 0.1."),
     accuracy_tolerance: float = typer.Option(0.02, min=0, help="Allowed absolute drop of F2 / mAP@0.5."),
-    metrics: str = typer.Option(None, help="Comma-separated metrics to gate on. Default: p50_ms, p99_ms, fps, "
-                                "peak_rss_mb, peak_gpu_mb, f2, map_50 (also: load_s)."),
+    metrics: str = typer.Option(
+        None,
+        help="Comma-separated metrics to gate on. Default: p50_ms, p99_ms, fps, "
+        "peak_rss_mb, peak_gpu_mb, f2, map_50 (also: load_s).",
+    ),
 ) -> None:
     """List regressions of NEW against BASE; exit code 1 when there is one (CI / release gate)."""
     from pydantic import ValidationError
@@ -252,17 +310,24 @@ def compare_command(
     styles = {"regression": "bold red", "improved": "green", "ok": "", "missing": "dim"}
     for row in result.rows:
         delta = row.delta  # signed like the values: fps or F2 going up prints +, whether that is good or bad
-        change = "" if delta is None else (f"{delta:+.1%}" if row.metric not in ABSOLUTE_METRICS
-                                           else f"{delta:+.3f}")
+        change = "" if delta is None else (f"{delta:+.1%}" if row.metric not in ABSOLUTE_METRICS else f"{delta:+.3f}")
         better = METRICS[row.metric].better if row.metric in METRICS else ""
         style = styles[row.verdict]
-        table.add_row(row.backend, row.metric, _num(row.base), _num(row.new), change, better,
-                      f"[{style}]{row.verdict}[/{style}]" if style else row.verdict + (f" {row.note}" if row.note
-                                                                                      else ""))
+        table.add_row(
+            row.backend,
+            row.metric,
+            _num(row.base),
+            _num(row.new),
+            change,
+            better,
+            f"[{style}]{row.verdict}[/{style}]" if style else row.verdict + (f" {row.note}" if row.note else ""),
+        )
     console.print(table)
     if result.regressions:
-        console.print(f"[bold red]{len(result.regressions)} regression(s)[/bold red]: " + "; ".join(
-            f"{r.backend} {r.metric}" + (f" ({r.note})" if r.note else "") for r in result.regressions))
+        console.print(
+            f"[bold red]{len(result.regressions)} regression(s)[/bold red]: "
+            + "; ".join(f"{r.backend} {r.metric}" + (f" ({r.note})" if r.note else "") for r in result.regressions)
+        )
         raise typer.Exit(code=1)
     console.print("[green]no regression[/green]")
 
@@ -274,8 +339,9 @@ def _num(value: float | None) -> str:
 @app.command("backends")
 def backends_command(
     backends: str = typer.Option("all", "--backends", "-b", help="Comma-separated back ends to check, or 'all'."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint, to check the torch-* back ends.",
-                                    exists=True, dir_okay=False),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="Checkpoint, to check the torch-* back ends.", exists=True, dir_okay=False
+    ),
 ) -> None:
     """List the back ends asked for and whether each can run here (library-level check, no model needed)."""
     from rich.table import Table
@@ -321,10 +387,14 @@ def pipeline_command(
     camera: str = typer.Option(None, "--camera", help="Camera id from the config. Default: the first enabled."),
     frames: int = typer.Option(200, min=1, help="Frames to time (the source may end sooner)."),
     warmup_frames: int = typer.Option(5, min=0, help="Frames run first and left out of the statistics."),
-    publish: bool = typer.Option(True, help="Publish counts to the configured broker (as <device_id>-bench, with "
-                                 "a temporary outbox), timing the publish stage."),
-    output_dir: Path = typer.Option(None, "--output-dir", "-o", help="Where the JSON goes. Default: "
-                                    "benchmarks/results/<machine>/."),
+    publish: bool = typer.Option(
+        True,
+        help="Publish counts to the configured broker (as <device_id>-bench, with "
+        "a temporary outbox), timing the publish stage.",
+    ),
+    output_dir: Path = typer.Option(
+        None, "--output-dir", "-o", help="Where the JSON goes. Default: benchmarks/results/<machine>/."
+    ),
     name: str = typer.Option(None, help="File stem. Default: pipeline-<backend>-<machine>-<time>."),
 ) -> None:
     """Time the agent's stages per frame (decode, preprocess, inference, postprocess + tracking, publish)."""
@@ -338,22 +408,33 @@ def pipeline_command(
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("pipeline", total=frames)
         try:
-            report = profile_pipeline(config, clip=clip, camera_id=camera, frames=frames,
-                                      warmup_frames=warmup_frames, publish=publish,
-                                      on_frame=lambda: bar.advance(task))
+            report = profile_pipeline(
+                config,
+                clip=clip,
+                camera_id=camera,
+                frames=frames,
+                warmup_frames=warmup_frames,
+                publish=publish,
+                on_frame=lambda: bar.advance(task),
+            )
         except ValueError as exc:  # ConfigError, a missing camera, an empty clip
             raise typer.BadParameter(str(exc)) from exc
-    table = Table(title=f"agent pipeline: {report.backend.get('backend')} ({report.backend.get('variant')}) on "
-                        f"{report.machine.get('gpu_name') or report.machine.get('cpu_model')}, {report.frames} frames")
+    table = Table(
+        title=f"agent pipeline: {report.backend.get('backend')} ({report.backend.get('variant')}) on "
+        f"{report.machine.get('gpu_name') or report.machine.get('cpu_model')}, {report.frames} frames"
+    )
     for column in ("stage", "mean ms", "p50 ms", "p90 ms", "p99 ms", "share"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in report.stages:
-        table.add_row(s.stage, f"{s.mean_ms:.2f}", f"{s.p50_ms:.2f}", f"{s.p90_ms:.2f}", f"{s.p99_ms:.2f}",
-                      f"{s.share:.0%}")
+        table.add_row(
+            s.stage, f"{s.mean_ms:.2f}", f"{s.p50_ms:.2f}", f"{s.p90_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.share:.0%}"
+        )
     console.print(table)
-    console.print(f"end to end (sequential): {report.sequential_fps:.1f} fps; agent loop bound (decode on its own "
-                  f"thread): {report.agent_loop_fps:.1f} fps; load {report.load_s:.2f} s; "
-                  f"{report.detections_per_frame:.2f} detections/frame")
+    console.print(
+        f"end to end (sequential): {report.sequential_fps:.1f} fps; agent loop bound (decode on its own "
+        f"thread): {report.agent_loop_fps:.1f} fps; load {report.load_s:.2f} s; "
+        f"{report.detections_per_frame:.2f} detections/frame"
+    )
     output_dir = output_dir or RESULTS_DIR / machine_slug(report.machine)
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -366,11 +447,13 @@ def pipeline_command(
 @app.command("counting")
 def counting_command(
     bundle: Path = typer.Argument(..., help="Bundle directory (or a model directory holding bundle/).", exists=True),
-    data: Path = typer.Option(..., "--data", help="Dataset root with videos/*.mp4 and synth.json (true counts).",
-                              exists=True, file_okay=False),
+    data: Path = typer.Option(
+        ..., "--data", help="Dataset root with videos/*.mp4 and synth.json (true counts).", exists=True, file_okay=False
+    ),
     videos: str = typer.Option(None, help="Comma-separated video ids (default: every video in synth.json)."),
-    key: list[Path] = typer.Option(None, "--key", help="Trusted public key(s). Default: *.pub beside the bundle.",
-                                   exists=True, dir_okay=False),
+    key: list[Path] = typer.Option(
+        None, "--key", help="Trusted public key(s). Default: *.pub beside the bundle.", exists=True, dir_okay=False
+    ),
     variant: str = typer.Option(None, help="Bundle variant to run (default: the agent's own choice)."),
     threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads."),
     host: str = typer.Option("127.0.0.1", help="MQTT broker the agent publishes to (loopback)."),
@@ -398,8 +481,17 @@ def counting_command(
     keys = _trusted_keys(bundle, key)
     with tempfile.TemporaryDirectory(prefix="starfish-counting-") as work:
         try:
-            result = measure_counting(bundle, keys, data, videos=ids, host=host, port=port, workdir=Path(work),
-                                      variant=variant, threads=threads)
+            result = measure_counting(
+                bundle,
+                keys,
+                data,
+                videos=ids,
+                host=host,
+                port=port,
+                workdir=Path(work),
+                variant=variant,
+                threads=threads,
+            )
         except (ValueError, StartupError) as exc:
             raise typer.BadParameter(str(exc)) from exc
     console = _console()
@@ -408,11 +500,17 @@ def counting_command(
         table.add_column(column, justify="right")
     for c in result.clips:
         table.add_row(str(c.video_id), str(c.frames), str(c.counted), str(c.true), f"{c.error:.0%}")
-    table.add_row("all", str(sum(c.frames for c in result.clips)), str(result.total_counted),
-                  str(result.total_true), f"{result.total_error:.0%}")
+    table.add_row(
+        "all",
+        str(sum(c.frames for c in result.clips)),
+        str(result.total_counted),
+        str(result.total_true),
+        f"{result.total_error:.0%}",
+    )
     console.print(table)
-    console.print(f"mean per-clip error {result.mean_clip_error:.1%}, worst {result.worst_clip_error:.1%}, "
-                  f"{result.fps:.1f} fps")
+    console.print(
+        f"mean per-clip error {result.mean_clip_error:.1%}, worst {result.worst_clip_error:.1%}, {result.fps:.1f} fps"
+    )
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

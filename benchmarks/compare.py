@@ -104,8 +104,10 @@ def compare(
     warnings: list[str] = []
     base_id, new_id = base.machine.get("fingerprint_id"), new.machine.get("fingerprint_id")
     if base_id != new_id:
-        warnings.append(f"different machines or software stacks (fingerprint {base_id} vs {new_id}): "
-                        "differences may not be regressions of the code")
+        warnings.append(
+            f"different machines or software stacks (fingerprint {base_id} vs {new_id}): "
+            "differences may not be regressions of the code"
+        )
     if base.model.name != new.model.name:
         warnings.append(f"different models: {base.model.name} vs {new.model.name}")
     for key in ("threads", "batch"):
@@ -126,10 +128,15 @@ def compare(
             before, after = metric.get(old), metric.get(current)
             if before is None and after is None:  # not applicable (GPU memory of a CPU back end, no --data)
                 continue
-            rows.append(_compare_metric(old.backend, metric, before, after,
-                                        accuracy_tolerance if metric.absolute else tolerance))
-    return Comparison(rows=[r for r in rows if r.verdict != "missing"] + [r for r in rows if r.verdict == "missing"],
-                      warnings=warnings)
+            rows.append(
+                _compare_metric(
+                    old.backend, metric, before, after, accuracy_tolerance if metric.absolute else tolerance
+                )
+            )
+    return Comparison(
+        rows=[r for r in rows if r.verdict != "missing"] + [r for r in rows if r.verdict == "missing"],
+        warnings=warnings,
+    )
 
 
 def _compare_metric(backend: str, metric: Metric, old: float | None, new: float | None, tolerance: float) -> Row:

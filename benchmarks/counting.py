@@ -87,17 +87,19 @@ def measure_counting(
         detector["variant"] = variant
     if threads:
         detector["threads"] = threads
-    cfg = load_config_data({
-        "device_id": "bench-counting",
-        "cameras": [
-            {"id": f"clip{v}", "source": str(path), "read_mode": "every_frame", "realtime": False}
-            for v, path in clips.items()
-        ],
-        "detector": detector,
-        "mqtt": {"host": host, "port": port},
-        "outbox_path": str(workdir / "outbox.sqlite3"),
-        "state_dir": str(workdir / "state"),  # a benchmark must not raise a device's anti-rollback floor
-    })
+    cfg = load_config_data(
+        {
+            "device_id": "bench-counting",
+            "cameras": [
+                {"id": f"clip{v}", "source": str(path), "read_mode": "every_frame", "realtime": False}
+                for v, path in clips.items()
+            ],
+            "detector": detector,
+            "mqtt": {"host": host, "port": port},
+            "outbox_path": str(workdir / "outbox.sqlite3"),
+            "state_dir": str(workdir / "state"),  # a benchmark must not raise a device's anti-rollback floor
+        }
+    )
     agent = build_agent(cfg)
     agent.run()
     summary = agent.summary()
@@ -106,8 +108,9 @@ def measure_counting(
     for v in wanted:
         camera = by_camera[f"clip{v}"]
         error = abs(camera.unique_count - truth[v]) / max(truth[v], 1)
-        results.append(ClipCount(video_id=v, frames=camera.frames, counted=camera.unique_count, true=truth[v],
-                                 error=error))
+        results.append(
+            ClipCount(video_id=v, frames=camera.frames, counted=camera.unique_count, true=truth[v], error=error)
+        )
         logger.info("clip %d: counted %d, true %d (error %.0f %%)", v, camera.unique_count, truth[v], 100 * error)
     total_counted = sum(c.counted for c in results)
     total_true = sum(c.true for c in results)

@@ -31,8 +31,19 @@ _PACKAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 # Keys that identify the hardware and software stack; the fingerprint id hashes only these.
-_IDENTITY_KEYS = ("cpu_model", "cpu_logical_cores", "gpu_name", "gpu_driver", "cuda", "cudnn", "tensorrt",
-                  "onnxruntime", "torch", "l4t", "power_mode")
+_IDENTITY_KEYS = (
+    "cpu_model",
+    "cpu_logical_cores",
+    "gpu_name",
+    "gpu_driver",
+    "cuda",
+    "cudnn",
+    "tensorrt",
+    "onnxruntime",
+    "torch",
+    "l4t",
+    "power_mode",
+)
 
 
 def machine_fingerprint() -> dict[str, object]:
@@ -118,8 +129,13 @@ def _ort_providers() -> list[str] | None:
 
 
 def _gpu_facts() -> dict[str, object]:
-    facts: dict[str, object] = {"gpu_name": None, "gpu_driver": None, "gpu_compute_capability": None,
-                                "cuda": None, "cudnn": None}
+    facts: dict[str, object] = {
+        "gpu_name": None,
+        "gpu_driver": None,
+        "gpu_compute_capability": None,
+        "cuda": None,
+        "cudnn": None,
+    }
     smi = shutil.which("nvidia-smi")
     if smi:
         out = _run([smi, "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"])

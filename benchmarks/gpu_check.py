@@ -32,8 +32,23 @@ logger = logging.getLogger("benchmarks.gpu_check")
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_BACKENDS = "torch-cuda,ort-cuda,tensorrt-fp16,tensorrt-int8,ort-tensorrt,ort-cpu"
-OPTIONAL = ("torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "cuda", "pynvml", "pytest", "matplotlib",
-            "psutil", "typer", "pydantic", "paho", "cryptography", "onnxslim")
+OPTIONAL = (
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxruntime",
+    "tensorrt",
+    "cuda",
+    "pynvml",
+    "pytest",
+    "matplotlib",
+    "psutil",
+    "typer",
+    "pydantic",
+    "paho",
+    "cryptography",
+    "onnxslim",
+)
 
 
 class Deadline:
@@ -73,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logger.info("GPU check -> %s (%s; budget %.0f s)", out, machine.get("gpu_name") or "no GPU", args.budget)
     packages = {name: importlib.util.find_spec(name) is not None for name in OPTIONAL}
-    (out / "machine.json").write_text(json.dumps({"fingerprint": machine, "torch_cuda": cuda_note,
-                                                  "importable": packages}, indent=2, default=str) + "\n")
+    (out / "machine.json").write_text(
+        json.dumps({"fingerprint": machine, "torch_cuda": cuda_note, "importable": packages}, indent=2, default=str)
+        + "\n"
+    )
     if shutil.which("nvidia-smi"):
         _run(["nvidia-smi"], out / "nvidia-smi.txt", timeout=30)
 
@@ -86,14 +103,43 @@ def main(argv: list[str] | None = None) -> int:
     work = out / "work"
     bench: dict[str, object] = {"status": "not run"}
     try:
-        bundle, key, checkpoint = _assets(args, work) if args.bundle is None else (args.bundle, args.key,
-                                                                                    args.checkpoint)
+        bundle, key, checkpoint = (
+            _assets(args, work) if args.bundle is None else (args.bundle, args.key, args.checkpoint)
+        )
         data = args.data or _dataset(work / "data")
         budget = deadline.left() - 15  # leave time for the summary
-        cmd = [sys.executable, "-m", "starfish_cli", "bench", "run", str(bundle), "--backends", GPU_BACKENDS,
-               "--data", str(data), "--baseline", "torch-cuda", "--iterations", "50", "--repeats", "3",
-               "--warmup", "10", "--warmup-s", "2", "--accuracy-frames", "24", "--budget", f"{budget:.0f}",
-               "--timeout", "240", "-o", str(out), "--name", "bench"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "starfish_cli",
+            "bench",
+            "run",
+            str(bundle),
+            "--backends",
+            GPU_BACKENDS,
+            "--data",
+            str(data),
+            "--baseline",
+            "torch-cuda",
+            "--iterations",
+            "50",
+            "--repeats",
+            "3",
+            "--warmup",
+            "10",
+            "--warmup-s",
+            "2",
+            "--accuracy-frames",
+            "24",
+            "--budget",
+            f"{budget:.0f}",
+            "--timeout",
+            "240",
+            "-o",
+            str(out),
+            "--name",
+            "bench",
+        ]
         if key is not None:
             cmd += ["--key", str(key)]
         if checkpoint is not None:
@@ -125,8 +171,9 @@ def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None =
     logger.info("$ %s (timeout %.0f s)", " ".join(cmd), timeout)
     with log.open("w") as handle:
         try:
-            return subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout, env=env,
-                                  cwd=REPO, check=False).returncode
+            return subprocess.run(
+                cmd, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=REPO, check=False
+            ).returncode
         except subprocess.TimeoutExpired:
             handle.write(f"\n[gpu_check] killed after {timeout:.0f} s\n")
             return 124
@@ -135,8 +182,18 @@ def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None =
 def _run_tests(out: Path, env: dict[str, str], timeout: float) -> dict[str, object]:
     if importlib.util.find_spec("pytest") is None:
         return {"status": "skipped", "reason": "pytest not installed"}
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu or tensorrt", "-q", "-p", "no:cacheprovider",
-           f"--junitxml={out / 'pytest-gpu.xml'}", "tests"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu or tensorrt",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={out / 'pytest-gpu.xml'}",
+        "tests",
+    ]
     code = _run(cmd, out / "pytest-gpu.log", timeout=timeout, env=env)
     tail = (out / "pytest-gpu.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
     status = {0: "passed", 5: "no tests", 124: "timed out"}.get(code, f"failed (exit {code})")
@@ -167,8 +224,13 @@ def _assets(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path]:
     untrained_bundle(work / "bundle", key_private, cfg=cfg, input_size=size, int8=True, seed=0)
     torch.manual_seed(0)  # the same seed and config as untrained_bundle: identical weights
     model = build_detector(replace(cfg, pretrained=False)).eval()
-    info = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "architecture": "model_config",
-            "classes": list(CLASSES), "model_config": cfg.to_dict()}
+    info = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "architecture": "model_config",
+        "classes": list(CLASSES),
+        "model_config": cfg.to_dict(),
+    }
     checkpoint = save_detector(model, info, work / "seeded.ckpt")
     return work / "bundle", key_public, checkpoint
 

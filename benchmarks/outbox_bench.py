@@ -38,8 +38,13 @@ Sync = Literal["FULL", "NORMAL"]
 def _frame(i: int) -> dict:
     # A realistic per-frame message: two detections with track ids.
     box = {"x1": 100.0, "y1": 200.0, "x2": 180.5, "y2": 260.0, "score": 0.91, "track_id": i % 7}
-    return {"ts": datetime.now(timezone.utc), "frame": i, "count": 2, "unique_count": i // 50,
-            "detections": [box, {**box, "track_id": i % 5}]}
+    return {
+        "ts": datetime.now(timezone.utc),
+        "frame": i,
+        "count": 2,
+        "unique_count": i // 50,
+        "detections": [box, {**box, "track_id": i % 5}],
+    }
 
 
 def _free_port() -> int:
@@ -49,8 +54,14 @@ def _free_port() -> int:
 
 
 def _cfg(host: str, port: int, protocol: str) -> MqttConfig:
-    return MqttConfig(host=host, port=port, protocol=protocol, reconnect_min_delay_s=0.1, reconnect_max_delay_s=1.0,
-                      discovery={"enabled": False})
+    return MqttConfig(
+        host=host,
+        port=port,
+        protocol=protocol,
+        reconnect_min_delay_s=0.1,
+        reconnect_max_delay_s=1.0,
+        discovery={"enabled": False},
+    )
 
 
 def _write_bytes() -> int | None:
@@ -106,8 +117,11 @@ def sustained(host: str, port: int, protocol: str, workdir: Path, n: int, sync: 
         io1 = _write_bytes()
         pub.stop(timeout=5)
     return {
-        "synchronous": sync, "messages": n, "all_acknowledged": drained,
-        "commit_rate_per_s": round(n / (t_committed - t0)), "sustained_rate_per_s": round(n / (t_acked - t0)),
+        "synchronous": sync,
+        "messages": n,
+        "all_acknowledged": drained,
+        "commit_rate_per_s": round(n / (t_committed - t0)),
+        "sustained_rate_per_s": round(n / (t_acked - t0)),
         # CPU time of this process (all threads) per message: what the rate would be bounded by on an idle core.
         "cpu_us_per_message": round(cpu / n * 1e6, 1),
         # Storage writes (WAL appends, fsyncs' data, checkpoints) per message, inserts and deletes together.
@@ -136,8 +150,14 @@ def replay(host: str, port: int, protocol: str, workdir: Path, n: int, sync: Syn
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         pub.stop(timeout=5)
-    return {"synchronous": sync, "backlog": n, "all_acknowledged": drained, "replay_s": round(elapsed, 3),
-            "replay_rate_per_s": round(n / elapsed), "cpu_us_per_message": round(cpu / n * 1e6, 1)}
+    return {
+        "synchronous": sync,
+        "backlog": n,
+        "all_acknowledged": drained,
+        "replay_s": round(elapsed, 3),
+        "replay_rate_per_s": round(n / elapsed),
+        "cpu_us_per_message": round(cpu / n * 1e6, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
         results = {
-            "host": platform.node(), "protocol": args.protocol, "python": platform.python_version(),
-            "cpus": _cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
+            "host": platform.node(),
+            "protocol": args.protocol,
+            "python": platform.python_version(),
+            "cpus": _cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "outbox_only_commits_per_s": {s: commit_ceiling(workdir, s) for s in syncs},
             "sustained": [sustained(args.host, args.port, args.protocol, workdir, args.messages, s) for s in syncs],
             "replay": [replay(args.host, args.port, args.protocol, workdir, args.backlog, s) for s in syncs],

@@ -59,8 +59,11 @@ def cpu_int8(threads: int, size: int = CPU_SIZE) -> float:
         [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
         initializer=[
             helper.make_tensor(
-                "b", TensorProto.INT8, [size, size],
-                np.random.default_rng(1).integers(-127, 127, (size, size), dtype=np.int8).tobytes(), raw=True,
+                "b",
+                TensorProto.INT8,
+                [size, size],
+                np.random.default_rng(1).integers(-127, 127, (size, size), dtype=np.int8).tobytes(),
+                raw=True,
             )
         ],
     )
@@ -137,8 +140,7 @@ def measure(threads: int, gpu: bool = True) -> dict[str, dict]:
         for key in gpu_values:
             precision = key.split("_")[1]
             method[key] = f"torch CUDA matmul {GPU_SIZE}^3 ({precision}, TF32 off), CUDA events, best of {TRIES}"
-    return {"values_gflops": {k: round(v, 2) for k, v in values.items()}, "method": method,
-            "unavailable": unavailable}
+    return {"values_gflops": {k: round(v, 2) for k, v in values.items()}, "method": method, "unavailable": unavailable}
 
 
 def thread_env(threads: int) -> dict[str, str]:

@@ -60,8 +60,10 @@ class PipelineReport(BaseModel):
     published: bool
     stages: list[StageStats]
     sequential_fps: float = Field(description="Frames / wall time with every stage run one after the other.")
-    agent_loop_fps: float = Field(description="1000 / mean(preprocess+inference+postprocess+publish) ms: the "
-                                  "agent's rate when decoding (on its own thread) keeps up.")
+    agent_loop_fps: float = Field(
+        description="1000 / mean(preprocess+inference+postprocess+publish) ms: the "
+        "agent's rate when decoding (on its own thread) keeps up."
+    )
     detections_per_frame: float
 
 
@@ -98,7 +100,7 @@ def profile_pipeline(
     capture = open_source(source, camera.open_timeout_s, camera.read_timeout_s)
 
     with tempfile.TemporaryDirectory(prefix="starfish-pipeline-") as tmp:
-        publisher, outbox = (_publisher(cfg, Path(tmp), info) if publish else (None, None))
+        publisher, outbox = _publisher(cfg, Path(tmp), info) if publish else (None, None)
         times = {stage: [] for stage in STAGES}
         detections_seen = 0
         index = 0
@@ -124,10 +126,16 @@ def profile_pipeline(
                 if publisher is not None:
                     for event in (*update.new, *update.ended):
                         publisher.publish_track_event(camera.id, event)
-                    publisher.publish_counts(camera.id, {
-                        "ts": datetime.now(timezone.utc).isoformat(), "frame": index, "count": len(found),
-                        "unique_count": update.unique_count, "model": model_ref,
-                    })
+                    publisher.publish_counts(
+                        camera.id,
+                        {
+                            "ts": datetime.now(timezone.utc).isoformat(),
+                            "frame": index,
+                            "count": len(found),
+                            "unique_count": update.unique_count,
+                            "model": model_ref,
+                        },
+                    )
                     publisher.publish_count_value(camera.id, len(found))
                 t5 = time.perf_counter()
                 if index == 0:
@@ -154,9 +162,16 @@ def profile_pipeline(
     stages = [_stage_stats(stage, np.array(times[stage]), float(totals.mean())) for stage in STAGES]
     loop_ms = sum(s.mean_ms for s in stages if s.stage != "decode")
     return PipelineReport(
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine_fingerprint(),
-        config=str(config_path), source=str(source), backend=info, load_s=round(load_s, 3), frames=timed,
-        warmup_frames=warmup_frames, published=publish, stages=stages,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=machine_fingerprint(),
+        config=str(config_path),
+        source=str(source),
+        backend=info,
+        load_s=round(load_s, 3),
+        frames=timed,
+        warmup_frames=warmup_frames,
+        published=publish,
+        stages=stages,
         sequential_fps=round(timed / wall, 2) if wall > 0 else 0.0,
         agent_loop_fps=round(1000.0 / loop_ms, 2) if loop_ms > 0 else 0.0,
         detections_per_frame=round(detections_seen / timed, 3),
@@ -173,8 +188,11 @@ def _publisher(cfg: object, tmp: Path, info: dict) -> tuple[object, object]:
     publisher.start()
     publisher.set_model_info({key: info[key] for key in ("name", "version", "variant", "backend")})
     if not publisher.wait_connected(5.0):
-        logger.warning("MQTT broker %s:%s not reached in 5 s: publish times cover the outbox write only",
-                       cfg.mqtt.host, cfg.mqtt.port)
+        logger.warning(
+            "MQTT broker %s:%s not reached in 5 s: publish times cover the outbox write only",
+            cfg.mqtt.host,
+            cfg.mqtt.port,
+        )
     return publisher, outbox
 
 
@@ -188,5 +206,11 @@ def _check_against_detect(detector: object, image: np.ndarray, staged: object) -
 def _stage_stats(stage: str, values: np.ndarray, total_mean: float) -> StageStats:
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
     mean = float(values.mean())
-    return StageStats(stage=stage, mean_ms=round(mean, 3), p50_ms=round(float(p50), 3), p90_ms=round(float(p90), 3),
-                      p99_ms=round(float(p99), 3), share=round(mean / total_mean, 4) if total_mean > 0 else 0.0)
+    return StageStats(
+        stage=stage,
+        mean_ms=round(mean, 3),
+        p50_ms=round(float(p50), 3),
+        p90_ms=round(float(p90), 3),
+        p99_ms=round(float(p99), 3),
+        share=round(mean / total_mean, 4) if total_mean > 0 else 0.0,
+    )

@@ -14,38 +14,84 @@ from benchmarks.schema import BackendResult, BenchReport
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "backend", "status", "reason", "device", "precision", "variant", "model_size_mb", "load_s",
-    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "p50_min_ms", "p50_max_ms", "fps", "fps_min", "fps_max",
-    "batch", "batch_fps", "peak_rss_mb", "base_rss_mb", "peak_gpu_mb", "f2", "map_50", "best_f2", "best_threshold",
-    "speedup_vs_baseline", "achieved_gflops", "peak_fraction", "peak_key", "threads",
-    "model", "model_version", "machine", "fingerprint_id", "created_at",
+    "backend",
+    "status",
+    "reason",
+    "device",
+    "precision",
+    "variant",
+    "model_size_mb",
+    "load_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "p50_min_ms",
+    "p50_max_ms",
+    "fps",
+    "fps_min",
+    "fps_max",
+    "batch",
+    "batch_fps",
+    "peak_rss_mb",
+    "base_rss_mb",
+    "peak_gpu_mb",
+    "f2",
+    "map_50",
+    "best_f2",
+    "best_threshold",
+    "speedup_vs_baseline",
+    "achieved_gflops",
+    "peak_fraction",
+    "peak_key",
+    "threads",
+    "model",
+    "model_version",
+    "machine",
+    "fingerprint_id",
+    "created_at",
 )
 
 
 def csv_row(report: BenchReport, r: BackendResult) -> dict[str, object]:
     lat, acc = r.latency, r.accuracy
     return {
-        "backend": r.backend, "status": r.status, "reason": r.reason or "", "device": r.device,
-        "precision": r.precision, "variant": r.variant or "",
+        "backend": r.backend,
+        "status": r.status,
+        "reason": r.reason or "",
+        "device": r.device,
+        "precision": r.precision,
+        "variant": r.variant or "",
         "model_size_mb": _round(r.model_size_bytes / 1e6 if r.model_size_bytes else None, 2),
         "load_s": _round(r.load_s, 3),
-        "p50_ms": _round(lat and lat.p50_ms), "p90_ms": _round(lat and lat.p90_ms),
-        "p99_ms": _round(lat and lat.p99_ms), "mean_ms": _round(lat and lat.mean_ms),
-        "p50_min_ms": _round(lat and lat.p50_min_ms), "p50_max_ms": _round(lat and lat.p50_max_ms),
-        "fps": _round(r.throughput and r.throughput.fps), "fps_min": _round(r.throughput and r.throughput.fps_min),
+        "p50_ms": _round(lat and lat.p50_ms),
+        "p90_ms": _round(lat and lat.p90_ms),
+        "p99_ms": _round(lat and lat.p99_ms),
+        "mean_ms": _round(lat and lat.mean_ms),
+        "p50_min_ms": _round(lat and lat.p50_min_ms),
+        "p50_max_ms": _round(lat and lat.p50_max_ms),
+        "fps": _round(r.throughput and r.throughput.fps),
+        "fps_min": _round(r.throughput and r.throughput.fps_min),
         "fps_max": _round(r.throughput and r.throughput.fps_max),
         "batch": r.batch_throughput.batch if r.batch_throughput else 1,
         "batch_fps": _round(r.batch_throughput and r.batch_throughput.fps),
-        "peak_rss_mb": _round(r.peak_rss_mb, 1), "base_rss_mb": _round(r.base_rss_mb, 1),
+        "peak_rss_mb": _round(r.peak_rss_mb, 1),
+        "base_rss_mb": _round(r.base_rss_mb, 1),
         "peak_gpu_mb": _round(r.peak_gpu_mb, 1),
-        "f2": _round(acc and acc.f2, 4), "map_50": _round(acc and acc.map_50, 4),
-        "best_f2": _round(acc and acc.best_f2, 4), "best_threshold": _round(acc and acc.best_threshold, 4),
-        "speedup_vs_baseline": _round(r.speedup_vs_baseline, 3), "achieved_gflops": _round(r.achieved_gflops, 2),
-        "peak_fraction": _round(r.peak_fraction, 4), "peak_key": r.peak_key or "",
+        "f2": _round(acc and acc.f2, 4),
+        "map_50": _round(acc and acc.map_50, 4),
+        "best_f2": _round(acc and acc.best_f2, 4),
+        "best_threshold": _round(acc and acc.best_threshold, 4),
+        "speedup_vs_baseline": _round(r.speedup_vs_baseline, 3),
+        "achieved_gflops": _round(r.achieved_gflops, 2),
+        "peak_fraction": _round(r.peak_fraction, 4),
+        "peak_key": r.peak_key or "",
         "threads": ";".join(f"{k}={v}" for k, v in sorted(r.threads.items())),
-        "model": report.model.name, "model_version": report.model.version,
+        "model": report.model.name,
+        "model_version": report.model.version,
         "machine": report.machine.get("gpu_name") or report.machine.get("cpu_model"),
-        "fingerprint_id": report.machine.get("fingerprint_id"), "created_at": report.created_at,
+        "fingerprint_id": report.machine.get("fingerprint_id"),
+        "created_at": report.created_at,
     }
 
 
@@ -83,11 +129,25 @@ def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
 def results_table(report: BenchReport) -> Table:
     """The run as a terminal table; skipped/failed rows carry their reason in a caption line below."""
     baseline = report.settings.baseline
-    table = Table(title=f"{report.model.name} v{report.model.version} on "
-                        f"{report.machine.get('gpu_name') or report.machine.get('cpu_model')} "
-                        f"({report.settings.threads} threads, load average {report.machine.get('load_average_1m')})")
-    for column in ("back end", "load s", "p50 ms", "p99 ms", "fps", "RSS MB", "GPU MB", "size MB", "F2", "mAP50",
-                   f"x {baseline}" if baseline else "speed-up", "% peak"):
+    table = Table(
+        title=f"{report.model.name} v{report.model.version} on "
+        f"{report.machine.get('gpu_name') or report.machine.get('cpu_model')} "
+        f"({report.settings.threads} threads, load average {report.machine.get('load_average_1m')})"
+    )
+    for column in (
+        "back end",
+        "load s",
+        "p50 ms",
+        "p99 ms",
+        "fps",
+        "RSS MB",
+        "GPU MB",
+        "size MB",
+        "F2",
+        "mAP50",
+        f"x {baseline}" if baseline else "speed-up",
+        "% peak",
+    ):
         table.add_column(column, justify="left" if column == "back end" else "right", no_wrap=True)
     notes = []
     for r in report.results:
@@ -99,11 +159,18 @@ def results_table(report: BenchReport) -> Table:
         lat, acc = r.latency, r.accuracy
         spread = f" ±{(lat.p50_max_ms - lat.p50_min_ms) / 2:.1f}" if lat.repeats > 1 else ""
         table.add_row(
-            r.backend, _fmt(r.load_s, ".2f"), f"{lat.p50_ms:.1f}{spread}", _fmt(lat.p99_ms),
-            _fmt(r.throughput.fps if r.throughput else None), _fmt(r.peak_rss_mb, ".0f"), _fmt(r.peak_gpu_mb, ".0f"),
+            r.backend,
+            _fmt(r.load_s, ".2f"),
+            f"{lat.p50_ms:.1f}{spread}",
+            _fmt(lat.p99_ms),
+            _fmt(r.throughput.fps if r.throughput else None),
+            _fmt(r.peak_rss_mb, ".0f"),
+            _fmt(r.peak_gpu_mb, ".0f"),
             _fmt(r.model_size_bytes / 1e6 if r.model_size_bytes else None),
-            _fmt(acc.f2 if acc else None, ".3f"), _fmt(acc.map_50 if acc else None, ".3f"),
-            _fmt(r.speedup_vs_baseline, ".2f", "x"), _fmt(r.peak_fraction * 100 if r.peak_fraction else None, ".1f"),
+            _fmt(acc.f2 if acc else None, ".3f"),
+            _fmt(acc.map_50 if acc else None, ".3f"),
+            _fmt(r.speedup_vs_baseline, ".2f", "x"),
+            _fmt(r.peak_fraction * 100 if r.peak_fraction else None, ".1f"),
         )
     if notes:
         table.caption = "\n".join(notes)
@@ -171,16 +238,18 @@ def write_chart(report: BenchReport, path: Path) -> Path | None:
         acc_names = [r.backend for r in with_accuracy]
         ys = range(len(acc_names))
         ax2.barh([y - 0.2 for y in ys], [r.accuracy.f2 for r in with_accuracy], height=0.4, label="F2")
-        ax2.barh([y + 0.2 for y in ys], [_nan0(r.accuracy.map_50) for r in with_accuracy], height=0.4,
-                 label="mAP@0.5")
+        ax2.barh([y + 0.2 for y in ys], [_nan0(r.accuracy.map_50) for r in with_accuracy], height=0.4, label="mAP@0.5")
         ax2.set_yticks(list(ys), acc_names)
         ax2.set_xlim(0, 1)
         ax2.invert_yaxis()
         ax2.set_xlabel(f"accuracy on {with_accuracy[0].accuracy.frames} frames")
         ax2.legend(loc="lower right", fontsize=8)
     machine = report.machine.get("gpu_name") or report.machine.get("cpu_model")
-    fig.suptitle(f"{report.model.name} v{report.model.version} - {machine} - {report.settings.threads} threads - "
-                 f"{report.created_at}", fontsize=9)
+    fig.suptitle(
+        f"{report.model.name} v{report.model.version} - {machine} - {report.settings.threads} threads - "
+        f"{report.created_at}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -86,11 +86,17 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
     wants_gpu = any(BACKENDS[name].device == "cuda" for name in runnable)
 
     machine = machine_fingerprint()
-    peak = measure_peak(opts.threads, gpu=wants_gpu) if opts.measure_peak else MachinePeak(
-        unavailable={"all": "not measured (--no-peak)"})
+    peak = (
+        measure_peak(opts.threads, gpu=wants_gpu)
+        if opts.measure_peak
+        else MachinePeak(unavailable={"all": "not measured (--no-peak)"})
+    )
     model = ModelInfo(
-        name=manifest.name, version=manifest.version, bundle_path=str(opts.bundle),
-        input_shape=list(manifest.input.shape), score_threshold=manifest.score_threshold,
+        name=manifest.name,
+        version=manifest.version,
+        bundle_path=str(opts.bundle),
+        input_shape=list(manifest.input.shape),
+        score_threshold=manifest.score_threshold,
         variants={k: v.model_dump(mode="json") for k, v in manifest.variants.items()},
         checkpoint=str(opts.checkpoint) if opts.checkpoint else None,
     )
@@ -105,8 +111,9 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
             if reasons[name] is None and remaining is not None and remaining < MIN_BACKEND_S:
                 reasons[name] = f"run budget of {opts.budget_s:.0f} s exhausted before this back end"
             if reasons[name] is not None:
-                result = BackendResult(backend=name, status="skipped", reason=reasons[name], device=spec.device,
-                                       precision=spec.precision)
+                result = BackendResult(
+                    backend=name, status="skipped", reason=reasons[name], device=spec.device, precision=spec.precision
+                )
             else:
                 timeout = opts.timeout_s if remaining is None else min(opts.timeout_s, remaining)
                 result = _run_worker(name, opts, Path(tmp), progress, timeout)
@@ -118,13 +125,28 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
     if opts.video_ids and not opts.clip:
         frame_source += f" (videos {','.join(map(str, opts.video_ids))})"
     settings = Settings(
-        backends=opts.backends, baseline=baseline, warmup=opts.warmup, warmup_s=opts.warmup_s,
-        iterations=opts.iterations, repeats=opts.repeats, threads=opts.threads, batch=opts.batch,
+        backends=opts.backends,
+        baseline=baseline,
+        warmup=opts.warmup,
+        warmup_s=opts.warmup_s,
+        iterations=opts.iterations,
+        repeats=opts.repeats,
+        threads=opts.threads,
+        batch=opts.batch,
         frame_source=frame_source,
-        pool_frames=opts.pool_frames, accuracy_frames=opts.accuracy_frames if opts.data else 0, isolation=ISOLATION,
+        pool_frames=opts.pool_frames,
+        accuracy_frames=opts.accuracy_frames if opts.data else 0,
+        isolation=ISOLATION,
     )
-    return BenchReport(created_at=created_at, duration_s=round(time.perf_counter() - started, 1), machine=machine,
-                       peak=peak, model=model, settings=settings, results=results)
+    return BenchReport(
+        created_at=created_at,
+        duration_s=round(time.perf_counter() - started, 1),
+        machine=machine,
+        peak=peak,
+        model=model,
+        settings=settings,
+        results=results,
+    )
 
 
 def measure_peak(threads: int, gpu: bool) -> MachinePeak:
@@ -155,20 +177,30 @@ def _count_model_macs(model: ModelInfo, bundle: object, opts: BenchOptions) -> N
         model.macs_method = f"not counted: {exc}"
         return
     model.macs = count.total
-    model.macs_method = (f"{variant} ONNX graph run once on a real frame: Conv/Gemm/MatMul MACs from actual shapes "
-                         f"({', '.join(f'{k} {v / 1e9:.2f}G' for k, v in sorted(count.by_op.items()))})")
+    model.macs_method = (
+        f"{variant} ONNX graph run once on a real frame: Conv/Gemm/MatMul MACs from actual shapes "
+        f"({', '.join(f'{k} {v / 1e9:.2f}G' for k, v in sorted(count.by_op.items()))})"
+    )
 
 
 def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, timeout_s: float) -> BackendResult:
     spec = BACKENDS[name]
     worker_spec = WorkerSpec(
-        backend=name, bundle=str(opts.bundle), trusted_keys=[str(k) for k in opts.trusted_keys],
+        backend=name,
+        bundle=str(opts.bundle),
+        trusted_keys=[str(k) for k in opts.trusted_keys],
         checkpoint=str(opts.checkpoint) if opts.checkpoint else None,
-        data=str(opts.data) if opts.data else None, clip=str(opts.clip) if opts.clip else None,
+        data=str(opts.data) if opts.data else None,
+        clip=str(opts.clip) if opts.clip else None,
         video_ids=opts.video_ids,
-        pool_frames=opts.pool_frames, warmup=opts.warmup, warmup_s=opts.warmup_s, iterations=opts.iterations,
+        pool_frames=opts.pool_frames,
+        warmup=opts.warmup,
+        warmup_s=opts.warmup_s,
+        iterations=opts.iterations,
         repeats=opts.repeats,
-        threads=opts.threads, batch=opts.batch, accuracy_frames=opts.accuracy_frames,
+        threads=opts.threads,
+        batch=opts.batch,
+        accuracy_frames=opts.accuracy_frames,
         engine_cache_dir=str(opts.engine_cache_dir) if opts.engine_cache_dir else None,
     )
     spec_path, out_path, log_path = tmp / f"{name}.spec.json", tmp / f"{name}.result.json", tmp / f"{name}.log"
@@ -177,7 +209,10 @@ def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, ti
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", str(spec_path), str(out_path)],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
         )
         timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
@@ -192,8 +227,9 @@ def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, ti
     tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
     why = f"killed after {timeout_s:.0f} s (timeout)" if code in (-9, 137) else f"worker exited with code {code}"
     logger.warning("%s: %s; log tail: %s", name, why, tail)
-    return BackendResult(backend=name, status="failed", reason=f"{why}: {tail}"[:500], device=spec.device,
-                         precision=spec.precision)
+    return BackendResult(
+        backend=name, status="failed", reason=f"{why}: {tail}"[:500], device=spec.device, precision=spec.precision
+    )
 
 
 def _forward_event(name: str, line: str, progress: Progress) -> None:

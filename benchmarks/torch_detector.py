@@ -48,10 +48,14 @@ class TorchDetector(Detector):
         # None when the bundle does not record its checkpoint (e.g. an untrained demo): nothing to check against.
         self.matches_bundle = None if expected is None else source.sha256 == expected
         if self.matches_bundle is False:
-            logger.warning("%s is not the checkpoint %s was exported from (sha256 %s..., bundle says %s...)",
-                           checkpoint, bundle.manifest.name, source.sha256[:12], expected[:12])
-        self.module = ContractDetector(source.model.eval().to(self.device), self.input_width,
-                                       self.input_height).eval()
+            logger.warning(
+                "%s is not the checkpoint %s was exported from (sha256 %s..., bundle says %s...)",
+                checkpoint,
+                bundle.manifest.name,
+                source.sha256[:12],
+                expected[:12],
+            )
+        self.module = ContractDetector(source.model.eval().to(self.device), self.input_width, self.input_height).eval()
 
     @classmethod
     def available(cls, device: str = "cpu") -> tuple[bool, str]:
@@ -82,8 +86,9 @@ class TorchDetector(Detector):
             features = model.backbone(x)
             proposals, _ = model.rpn(images, features)
             detections, _ = model.roi_heads(features, proposals, images.image_sizes)
-            return [(d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(), d["labels"].cpu().numpy())
-                    for d in detections]
+            return [
+                (d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(), d["labels"].cpu().numpy()) for d in detections
+            ]
 
     def count_macs(self, tensor: np.ndarray) -> int:
         """MACs of one forward pass on ``tensor`` (torch's FLOP counter / 2): the source model may differ from the

@@ -62,19 +62,30 @@ def run(spec: WorkerSpec) -> BackendResult:
     from edge_agent.bundle import load_bundle
 
     backend = BACKENDS[spec.backend]
-    result = BackendResult(backend=backend.name, status="ok", device=backend.device, precision=backend.precision,
-                           variant=None if backend.family == "torch" else backend.variant)
+    result = BackendResult(
+        backend=backend.name,
+        status="ok",
+        device=backend.device,
+        precision=backend.precision,
+        variant=None if backend.family == "torch" else backend.variant,
+    )
     emit("phase", phase="frames", total=0)
-    pool, _ = load_pool(Path(spec.data) if spec.data else None, Path(spec.clip) if spec.clip else None,
-                        spec.pool_frames, spec.video_ids)
+    pool, _ = load_pool(
+        Path(spec.data) if spec.data else None, Path(spec.clip) if spec.clip else None, spec.pool_frames, spec.video_ids
+    )
     bundle = load_bundle(spec.bundle, [Path(k) for k in spec.trusted_keys])
     result.base_rss_mb = round(current_rss_mb(), 1)
 
     gpu = GpuMemorySampler().start() if backend.device == "cuda" else None
     emit("phase", phase="load", total=0)
     start = time.perf_counter()
-    detector = open_detector(backend, bundle, Path(spec.checkpoint) if spec.checkpoint else None, spec.threads,
-                             Path(spec.engine_cache_dir) if spec.engine_cache_dir else None)
+    detector = open_detector(
+        backend,
+        bundle,
+        Path(spec.checkpoint) if spec.checkpoint else None,
+        spec.threads,
+        Path(spec.engine_cache_dir) if spec.engine_cache_dir else None,
+    )
     # The first call on a real frame finishes lazy initialisation (arena allocation, kernel choice, TensorRT EP
     # engine build); it belongs to the load cost, and is excluded from the timed loops below.
     detector.detect(pool[0])
@@ -89,8 +100,15 @@ def run(spec: WorkerSpec) -> BackendResult:
     result.model_size_bytes = on_disk.stat().st_size if on_disk.is_file() else detector.model_size
 
     emit("phase", phase="timing", total=spec.warmup + spec.iterations * spec.repeats)
-    repeats = time_repeats(detector.detect, pool, warmup=spec.warmup, iterations=spec.iterations,
-                           repeats=spec.repeats, min_warmup_s=spec.warmup_s, on_step=lambda: emit("step"))
+    repeats = time_repeats(
+        detector.detect,
+        pool,
+        warmup=spec.warmup,
+        iterations=spec.iterations,
+        repeats=spec.repeats,
+        min_warmup_s=spec.warmup_s,
+        on_step=lambda: emit("step"),
+    )
     result.latency = latency_stats(repeats, spec.iterations)
     result.throughput = throughput(repeats, batch=1)
 
@@ -104,8 +122,11 @@ def run(spec: WorkerSpec) -> BackendResult:
         frames = dataset_frames(Path(spec.data), spec.accuracy_frames, spec.video_ids)
         emit("phase", phase="accuracy", total=len(frames))
         variant = getattr(detector, "variant", None)
-        threshold = (bundle.manifest.threshold_for(variant) if variant in bundle.manifest.variants
-                     else bundle.manifest.score_threshold)
+        threshold = (
+            bundle.manifest.threshold_for(variant)
+            if variant in bundle.manifest.variants
+            else bundle.manifest.score_threshold
+        )
         result.accuracy = _accuracy(detector, frames, threshold)
 
     if gpu is not None:
@@ -122,11 +143,18 @@ def run(spec: WorkerSpec) -> BackendResult:
     result.threads = threads() if threads else {}
     if backend.family == "onnxruntime":
         result.threads.update(onnxruntime_intra_op=spec.threads, onnxruntime_inter_op=1)
-    result.threads.update(requested=spec.threads, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "unset"),
-                          OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "unset"))
-    result.details.update({k: v for k, v in detector.describe().items() if k in ("providers", "tensorrt_version",
-                                                                                    "device", "checkpoint",
-                                                                                    "checkpoint_matches_bundle")})
+    result.threads.update(
+        requested=spec.threads,
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "unset"),
+        OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "unset"),
+    )
+    result.details.update(
+        {
+            k: v
+            for k, v in detector.describe().items()
+            if k in ("providers", "tensorrt_version", "device", "checkpoint", "checkpoint_matches_bundle")
+        }
+    )
     if getattr(detector, "precision", None):
         result.details["engine_precision"] = detector.precision
     detector.close()
@@ -137,12 +165,21 @@ def _batch_throughput(detector: object, pool: list[np.ndarray], spec: WorkerSpec
     from edge_agent import preprocess
 
     tensors = [preprocess.letterbox(f, detector.input_width, detector.input_height)[0] for f in pool]
-    batches = [np.concatenate([tensors[(i + j) % len(tensors)] for j in range(spec.batch)])
-               for i in range(0, max(len(tensors), spec.batch), spec.batch)]
+    batches = [
+        np.concatenate([tensors[(i + j) % len(tensors)] for j in range(spec.batch)])
+        for i in range(0, max(len(tensors), spec.batch), spec.batch)
+    ]
     emit("phase", phase=f"batch {spec.batch}", total=spec.warmup + spec.iterations * spec.repeats)
-    repeats = time_repeats(detector.infer_batch, batches, warmup=spec.warmup, iterations=spec.iterations,
-                           repeats=spec.repeats, min_warmup_s=spec.warmup_s, frames_per_call=spec.batch,
-                           on_step=lambda: emit("step"))
+    repeats = time_repeats(
+        detector.infer_batch,
+        batches,
+        warmup=spec.warmup,
+        iterations=spec.iterations,
+        repeats=spec.repeats,
+        min_warmup_s=spec.warmup_s,
+        frames_per_call=spec.batch,
+        on_step=lambda: emit("step"),
+    )
     return throughput(repeats, batch=spec.batch)
 
 
@@ -159,8 +196,15 @@ def _accuracy(detector: object, frames: list, score_threshold: float) -> Accurac
     at_threshold = f2_score(predictions, truths, score_threshold)
     best = best_f2_threshold(predictions, truths)
     maps = coco_map(predictions, truths)
-    return Accuracy(frames=len(frames), score_threshold=score_threshold, f2=at_threshold.f2,
-                    map_50=maps["map_50"], map=maps["map"], best_f2=best.f2, best_threshold=best.threshold)
+    return Accuracy(
+        frames=len(frames),
+        score_threshold=score_threshold,
+        f2=at_threshold.f2,
+        map_50=maps["map_50"],
+        map=maps["map"],
+        best_f2=best.f2,
+        best_threshold=best.threshold,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,12 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(spec)
     except BackendSkipped as exc:
-        result = BackendResult(backend=backend.name, status="skipped", reason=str(exc), device=backend.device,
-                               precision=backend.precision)
+        result = BackendResult(
+            backend=backend.name, status="skipped", reason=str(exc), device=backend.device, precision=backend.precision
+        )
     except Exception as exc:  # noqa: BLE001 - any failure of one back end is reported, never fatal to the run
         traceback.print_exc()
-        result = BackendResult(backend=backend.name, status="failed", reason=f"{type(exc).__name__}: {exc}",
-                               device=backend.device, precision=backend.precision)
+        result = BackendResult(
+            backend=backend.name,
+            status="failed",
+            reason=f"{type(exc).__name__}: {exc}",
+            device=backend.device,
+            precision=backend.precision,
+        )
     out.write_text(result.model_dump_json(indent=2))
     return 0
 

@@ -141,8 +141,9 @@ class Agent:
         self.cameras: dict[str, CameraRuntime] = {}
         for cam_cfg in cfg.cameras:
             camera = Camera(cam_cfg, on_status=self._on_camera_status, wakeup=self._wakeup)
-            tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_age_s, cfg.tracker.min_hits,
-                              cfg.tracker.low_iou_threshold)
+            tracker = Tracker(
+                cfg.tracker.iou_threshold, cfg.tracker.max_age_s, cfg.tracker.min_hits, cfg.tracker.low_iou_threshold
+            )
             self.cameras[cam_cfg.id] = CameraRuntime(camera, tracker)
         self._inference_ms: deque[float] = deque(maxlen=2000)
         self._window_ms: list[float] = []
@@ -244,8 +245,14 @@ class Agent:
         elapsed_ms = (time.perf_counter() - started) * 1000
         self._inference_ms.append(elapsed_ms)
         self._window_ms.append(elapsed_ms)
-        update = runtime.tracker.update(detections.boxes, detections.scores, frame.index, frame.timestamp,
-                                        clock=frame.media_s, score_threshold=detector.score_threshold)
+        update = runtime.tracker.update(
+            detections.boxes,
+            detections.scores,
+            frame.index,
+            frame.timestamp,
+            clock=frame.media_s,
+            score_threshold=detector.score_threshold,
+        )
         # Low-score boxes only served association: report those that kept a confirmed track alive, drop the rest.
         shown = (detections.scores >= detector.score_threshold) | (update.track_ids >= 0)
         if not shown.all():
@@ -273,8 +280,14 @@ class Agent:
         }
         if self.cfg.mqtt.counts.include_detections and self.cfg.mqtt.counts.mode == "per_frame":
             payload["detections"] = [
-                {"x1": round(float(b[0]), 1), "y1": round(float(b[1]), 1), "x2": round(float(b[2]), 1),
-                 "y2": round(float(b[3]), 1), "score": round(float(s), 4), "track_id": int(t) if t >= 0 else None}
+                {
+                    "x1": round(float(b[0]), 1),
+                    "y1": round(float(b[1]), 1),
+                    "x2": round(float(b[2]), 1),
+                    "y2": round(float(b[3]), 1),
+                    "score": round(float(s), 4),
+                    "track_id": int(t) if t >= 0 else None,
+                }
                 for b, s, t in zip(detections.boxes, detections.scores, track_ids, strict=True)
             ]
         try:
@@ -353,8 +366,12 @@ class Agent:
         log, suppressed = self._command_log.allow("model")
         if log:
             more = f"; {suppressed} more since the last report" if suppressed else ""
-            logger.info("inbound %s (%d bytes): model updates are not handled by this agent version%s", topic,
-                        len(payload), more)
+            logger.info(
+                "inbound %s (%d bytes): model updates are not handled by this agent version%s",
+                topic,
+                len(payload),
+                more,
+            )
 
     # -- reporting -------------------------------------------------------------------------------------------------
     def _publish_model_info(self) -> None:
@@ -396,8 +413,10 @@ class Agent:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         parts = [f"{self._processed / elapsed:5.1f} fps"]
         for camera_id, runtime in self.cameras.items():
-            parts.append(f"{camera_id}: count {runtime.last_count} unique {runtime.tracker.unique_count} "
-                         f"({runtime.camera.state.value})")
+            parts.append(
+                f"{camera_id}: count {runtime.last_count} unique {runtime.tracker.unique_count} "
+                f"({runtime.camera.state.value})"
+            )
         connected = getattr(self.publisher, "connected", None)
         depth = getattr(self.publisher, "outbox_depth", None)
         broker = "broker up" if connected else "broker DOWN"
@@ -410,8 +429,17 @@ class Agent:
         for camera_id, runtime in self.cameras.items():
             histogram = dict(sorted(Counter(runtime.counts).items()))
             stats = runtime.camera.stats()
-            cameras.append(CameraSummary(camera_id, runtime.frames, runtime.tracker.unique_count, histogram,
-                                         max(runtime.counts, default=0), stats.state.value, stats.frames_dropped))
+            cameras.append(
+                CameraSummary(
+                    camera_id,
+                    runtime.frames,
+                    runtime.tracker.unique_count,
+                    histogram,
+                    max(runtime.counts, default=0),
+                    stats.state.value,
+                    stats.frames_dropped,
+                )
+            )
         p50 = float(np.percentile(self._inference_ms, 50)) if self._inference_ms else None
         fps = 0.0
         if self._first_frame_at is not None and self._processed > 1 and self._last_frame_at > self._first_frame_at:
@@ -438,12 +466,18 @@ class Agent:
             (f"camera {cid} stop request", runtime.camera.request_stop)  # all first: they wind down in parallel
             for cid, runtime in self.cameras.items()
         ]
-        steps += [(f"camera {cid} stop", functools.partial(stop_camera, runtime))
-                  for cid, runtime in self.cameras.items()]
-        steps += [(f"camera {cid} tracker flush", functools.partial(self._flush_tracks, runtime, "shutdown"))
-                  for cid, runtime in self.cameras.items()]
-        steps += [("evidence writer", self._evidence.stop), ("publisher", lambda: self.publisher.stop(timeout=3.0)),
-                  ("detector close", self.slot.detector.close)]
+        steps += [
+            (f"camera {cid} stop", functools.partial(stop_camera, runtime)) for cid, runtime in self.cameras.items()
+        ]
+        steps += [
+            (f"camera {cid} tracker flush", functools.partial(self._flush_tracks, runtime, "shutdown"))
+            for cid, runtime in self.cameras.items()
+        ]
+        steps += [
+            ("evidence writer", self._evidence.stop),
+            ("publisher", lambda: self.publisher.stop(timeout=3.0)),
+            ("detector close", self.slot.detector.close),
+        ]
         steps += [(f"closer {i}", close) for i, close in enumerate(self.closers)]
         failed = 0
         for name, step in steps:
@@ -453,8 +487,9 @@ class Agent:
                 failed += 1
                 logger.exception("shutdown step %r failed; continuing with the others", name)
         self._stopped.set()
-        logger.info("stopped after %d frames%s", self._processed, f" ({failed} shutdown step(s) failed)" if failed
-                    else "")
+        logger.info(
+            "stopped after %d frames%s", self._processed, f" ({failed} shutdown step(s) failed)" if failed else ""
+        )
 
 
 class StartupError(RuntimeError):
@@ -481,8 +516,10 @@ def load_detector(cfg: AgentConfig, bundle_path: Path | None = None) -> tuple[De
         raise StartupError(f"model bundle {path} refused: {exc}") from exc
     state_dir = Path(cfg.state_dir).resolve()
     if not bundle.is_tar and state_dir.is_relative_to(bundle.root):
-        raise StartupError(f"state_dir {cfg.state_dir} lies inside the bundle {bundle.root}: device state must be "
-                           "somewhere no bundle can write")
+        raise StartupError(
+            f"state_dir {cfg.state_dir} lies inside the bundle {bundle.root}: device state must be "
+            "somewhere no bundle can write"
+        )
     manifest = bundle.manifest
     try:
         with DeviceState(state_dir) as state:
@@ -491,8 +528,12 @@ def load_detector(cfg: AgentConfig, bundle_path: Path | None = None) -> tuple[De
         raise StartupError(f"model bundle {path} refused: {exc}") from exc
     except DeviceStateError as exc:
         raise StartupError(str(exc)) from exc
-    options = DetectorOptions(score_threshold=det.score_threshold, threads=det.threads,
-                              engine_cache_dir=det.engine_cache_dir, state_dir=state_dir)
+    options = DetectorOptions(
+        score_threshold=det.score_threshold,
+        threads=det.threads,
+        engine_cache_dir=det.engine_cache_dir,
+        state_dir=state_dir,
+    )
     try:
         detector = create_detector(det.backends, bundle, det.variant, options)
     except (DetectorUnavailable, BundleError) as exc:
@@ -509,8 +550,9 @@ def commit_model(cfg: AgentConfig, detector: Detector) -> int:
     with DeviceState(cfg.state_dir) as state:
         floor = state.raise_floor(manifest.name, manifest.version)
     if floor > manifest.version:
-        logger.warning("running %s v%d below this device's floor v%d (explicit rollback)", manifest.name,
-                       manifest.version, floor)
+        logger.warning(
+            "running %s v%d below this device's floor v%d (explicit rollback)", manifest.name, manifest.version, floor
+        )
     return floor
 
 

@@ -25,12 +25,19 @@ EXIT_CONFIG = 2  # bad configuration or an unusable model bundle: fix the input,
 
 @app.command("run")
 def run(
-    config: Path = typer.Option(..., "--config", "-c", help="Agent YAML file (see `starfish agent config --example`).",
-                                exists=True, dir_okay=False),
+    config: Path = typer.Option(
+        ...,
+        "--config",
+        "-c",
+        help="Agent YAML file (see `starfish agent config --example`).",
+        exists=True,
+        dir_okay=False,
+    ),
     console: bool = typer.Option(True, "--console/--no-console", help="Print a live status line."),
     summary_json: Path | None = typer.Option(None, help="Also write the end-of-run summary to this JSON file."),
     allow_rollback: bool = typer.Option(
-        False, "--allow-rollback",
+        False,
+        "--allow-rollback",
         help="Accept a bundle older than the newest this device has run (explicit rollback, logged).",
     ),
 ) -> None:
@@ -124,8 +131,14 @@ def print_summary(out, summary) -> None:
         table.add_column(column)
     for camera in summary.cameras:
         histogram = ", ".join(f"{k}: {v}" for k, v in camera.count_histogram.items()) or "-"
-        table.add_row(camera.camera_id, str(camera.frames), str(camera.unique_count), str(camera.max_count),
-                      histogram, str(camera.dropped))
+        table.add_row(
+            camera.camera_id,
+            str(camera.frames),
+            str(camera.unique_count),
+            str(camera.max_count),
+            histogram,
+            str(camera.dropped),
+        )
     out.print(table)
     p50 = f", inference p50 {summary.inference_ms_p50:.1f} ms" if summary.inference_ms_p50 is not None else ""
     out.print(f"{summary.frames} frames in {summary.elapsed_s:.1f} s = {summary.fps:.1f} fps{p50}")
@@ -134,8 +147,12 @@ def print_summary(out, summary) -> None:
 @app.command("config")
 def config_cmd(
     example: bool = typer.Option(False, "--example", help="Print a commented example configuration."),
-    check: Path | None = typer.Option(None, "--check", help="Validate this file (with env overrides): schema, and "
-                                      "that the bundle and every trusted key exist and verify; then exit."),
+    check: Path | None = typer.Option(
+        None,
+        "--check",
+        help="Validate this file (with env overrides): schema, and "
+        "that the bundle and every trusted key exist and verify; then exit.",
+    ),
 ) -> None:
     """Print an example configuration, or validate one."""
     from edge_agent.config import EXAMPLE_YAML, ConfigError, load_config, preflight
@@ -158,8 +175,10 @@ def config_cmd(
     if problems:
         typer.echo(f"configuration error: {check}: " + "; ".join(problems), err=True)
         raise typer.Exit(EXIT_CONFIG)
-    typer.echo(f"{check}: valid ({len(cfg.cameras)} camera(s), device {cfg.device_id}); bundle "
-               f"{cfg.detector.bundle} verifies with {len(cfg.detector.trusted_keys)} trusted key(s)")
+    typer.echo(
+        f"{check}: valid ({len(cfg.cameras)} camera(s), device {cfg.device_id}); bundle "
+        f"{cfg.detector.bundle} verifies with {len(cfg.detector.trusted_keys)} trusted key(s)"
+    )
 
 
 measure_app = typer.Typer(no_args_is_help=True, help="Measure the agent's goals (numbers for reports).")
@@ -168,8 +187,9 @@ app.add_typer(measure_app, name="measure")
 
 @measure_app.command("pipeline")
 def measure_pipeline_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="Agent YAML whose first camera is a video file.",
-                                exists=True, dir_okay=False),
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="Agent YAML whose first camera is a video file.", exists=True, dir_okay=False
+    ),
     frames: int = typer.Option(200, min=10, help="Frames to measure (from the start of the file)."),
     repeats: int = typer.Option(3, min=1, help="Interleaved detector-only / agent runs; medians are reported."),
 ) -> None:
@@ -189,16 +209,22 @@ def measure_pipeline_cmd(
 
 @measure_app.command("tracking")
 def measure_tracking_cmd(
-    data: Path = typer.Option(..., help="Synthetic dataset root (`starfish data synth --out`).",
-                              exists=True, file_okay=False),
+    data: Path = typer.Option(
+        ..., help="Synthetic dataset root (`starfish data synth --out`).", exists=True, file_okay=False
+    ),
     video: list[int] = typer.Option([0], help="Video id (repeat for several)."),
-    tracker: list[str] = typer.Option(["ours"], help="ours | bytetrack (repeat to compare; bytetrack needs the "
-                                      "`trackers` package)."),
+    tracker: list[str] = typer.Option(
+        ["ours"], help="ours | bytetrack (repeat to compare; bytetrack needs the `trackers` package)."
+    ),
     miss: float = typer.Option(0.1, min=0, max=1, help="Share of true boxes the simulated detector misses."),
     jitter: float = typer.Option(2.0, min=0, help="Box jitter (px, std)."),
     false_positives: float = typer.Option(0.05, min=0, max=1, help="Chance of a one-frame false box per frame."),
-    low_score: float = typer.Option(0.0, min=0, max=1, help="Share of the misses still returned below the "
-                                    "threshold (what ByteTrack's second pass can use)."),
+    low_score: float = typer.Option(
+        0.0,
+        min=0,
+        max=1,
+        help="Share of the misses still returned below the threshold (what ByteTrack's second pass can use).",
+    ),
     seed: int = typer.Option(0, help="Noise seed."),
 ) -> None:
     """Unique-count error of the tracker(s) on synthetic videos' true tracks with detector-like noise (JSON lines)."""
@@ -214,8 +240,16 @@ def measure_tracking_cmd(
     for video_id in video:
         for name in tracker:
             try:
-                result = measure_tracking(data, video_id, tracker=name, miss=miss, jitter=jitter,
-                                          false_positives=false_positives, low_score=low_score, seed=seed)
+                result = measure_tracking(
+                    data,
+                    video_id,
+                    tracker=name,
+                    miss=miss,
+                    jitter=jitter,
+                    false_positives=false_positives,
+                    low_score=low_score,
+                    seed=seed,
+                )
             except (ValueError, RuntimeError) as exc:
                 typer.echo(f"cannot measure: {exc}", err=True)
                 raise typer.Exit(EXIT_CONFIG) from exc
@@ -237,19 +271,37 @@ def set_clip_maker(make_clip: ClipMaker | None) -> None:
 def demo(
     broker_host: str = typer.Option("127.0.0.1", help="MQTT broker host (started locally if absent)."),
     broker_port: int = typer.Option(1883, help="MQTT broker port."),
-    start_broker: bool = typer.Option(True, "--start-broker/--no-start-broker",
-                                      help="Start the local mosquitto when no broker listens on a loopback host."),
+    start_broker: bool = typer.Option(
+        True,
+        "--start-broker/--no-start-broker",
+        help="Start the local mosquitto when no broker listens on a loopback host.",
+    ),
     frames: int = typer.Option(150, min=10, max=3000, help="Frames in the generated clip."),
-    clip: Path | None = typer.Option(None, "--clip", help="Run on this video instead of a generated synthetic clip "
-                                     "(the true count is then unknown).", exists=True, dir_okay=False),
+    clip: Path | None = typer.Option(
+        None,
+        "--clip",
+        help="Run on this video instead of a generated synthetic clip (the true count is then unknown).",
+        exists=True,
+        dir_okay=False,
+    ),
     workdir: Path = typer.Option(Path(".starfish-demo"), help="Where the clip, outbox and snapshots go."),
     bundle: Path = typer.Option(Path("models/demo"), help="Model bundle to run.", exists=True),
 ) -> None:
     """One command: synthetic reef clip + demo bundle + local Mosquitto -> live counts, then a summary."""
     from edge_agent.demo import run_demo
 
-    raise typer.Exit(run_demo(broker_host, broker_port, frames, workdir, bundle, start_broker=start_broker,
-                              clip=clip, make_clip=_clip_maker))
+    raise typer.Exit(
+        run_demo(
+            broker_host,
+            broker_port,
+            frames,
+            workdir,
+            bundle,
+            start_broker=start_broker,
+            clip=clip,
+            make_clip=_clip_maker,
+        )
+    )
 
 
 if __name__ == "__main__":

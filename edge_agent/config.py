@@ -34,8 +34,10 @@ class _Strict(BaseModel):
 class CameraConfig(_Strict):
     """One video source. Capture runs on its own thread; inference always takes the newest frame."""
 
-    id: str = Field(description="Camera id used in topics (`starfish/{device}/{id}/counts`): 1-64 of A-Z a-z 0-9 "
-                    f"_ . -; reserved: {', '.join(sorted(RESERVED_CAMERA_IDS))}.")
+    id: str = Field(
+        description="Camera id used in topics (`starfish/{device}/{id}/counts`): 1-64 of A-Z a-z 0-9 "
+        f"_ . -; reserved: {', '.join(sorted(RESERVED_CAMERA_IDS))}."
+    )
     source: int | str = Field(
         description="What to open: a V4L2 index (0) or device path (/dev/video0); an RTSP/HTTP/UDP URL; a video "
         "file path; or a GStreamer pipeline ending in `appsink` (Jetson CSI: `nvarguscamerasrc ! ... ! appsink`)."
@@ -89,8 +91,11 @@ class DetectorConfig(_Strict):
     trusted_keys: list[Path] = Field(
         min_length=1, description="ed25519 public key files (PEM) whose signature on the bundle is accepted."
     )
-    variant: str | None = Field(None, description="Bundle variant to run (fp32, int8, int8_cpu, ...); None: the "
-                                "bundle's default, or int8_cpu instead of int8 for onnxruntime on CPU only.")
+    variant: str | None = Field(
+        None,
+        description="Bundle variant to run (fp32, int8, int8_cpu, ...); None: the "
+        "bundle's default, or int8_cpu instead of int8 for onnxruntime on CPU only.",
+    )
     backends: list[BackendName] = Field(
         default_factory=lambda: list(BACKENDS),
         min_length=1,
@@ -122,13 +127,19 @@ class TrackerConfig(_Strict):
 
     iou_threshold: float = Field(0.2, gt=0, lt=1, description="Minimum IoU between prediction and detection.")
     max_age_s: float = Field(
-        1.5, ge=0, le=600, description="Seconds of capture time a confirmed track may go unseen before it ends "
-        "(frame-rate independent: the same at 2 and at 30 processed frames per second)."
+        1.5,
+        ge=0,
+        le=600,
+        description="Seconds of capture time a confirmed track may go unseen before it ends "
+        "(frame-rate independent: the same at 2 and at 30 processed frames per second).",
     )
     min_hits: int = Field(3, ge=1, le=100, description="Detections before a track counts as a starfish.")
     low_score_threshold: float | None = Field(
-        0.1, ge=0, le=1, description="ByteTrack's second pass: detections from this score up to the detector's "
-        "threshold only keep already-confirmed tracks alive (never start one, never counted alone). None: off."
+        0.1,
+        ge=0,
+        le=1,
+        description="ByteTrack's second pass: detections from this score up to the detector's "
+        "threshold only keep already-confirmed tracks alive (never start one, never counted alone). None: off.",
     )
     low_iou_threshold: float = Field(0.5, gt=0, lt=1, description="Minimum IoU for a low-score match.")
 
@@ -150,8 +161,13 @@ class VideoOutputConfig(_Strict):
     enabled: bool = Field(False, description="Write an annotated video per camera.")
     directory: Path = Field(Path("annotated"), description="Where `{camera_id}.mp4` files go.")
     fps: float = Field(10.0, gt=0, le=240, description="Frame rate written into the file.")
-    segment_s: float = Field(300.0, gt=0, le=86400, description="A new `{camera_id}_{UTC start}.mp4` file every "
-                             "this many seconds, so retention can drop the oldest footage.")
+    segment_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="A new `{camera_id}_{UTC start}.mp4` file every "
+        "this many seconds, so retention can drop the oldest footage.",
+    )
 
 
 class EvidenceLimits(_Strict):
@@ -159,10 +175,18 @@ class EvidenceLimits(_Strict):
     ~10 GB, the outbox at its 1,000,000-message bound up to ~2 GB; evidence gets 4 GB and stops while less than
     2 GB is free, so counts are never starved of space by pictures."""
 
-    max_total_mb: float = Field(4096, gt=0, description="Quota of snapshots + annotated video; the oldest files "
-                                "(also those of earlier runs) are deleted first.")
-    min_free_mb: float = Field(2048, ge=0, description="Pause evidence while the filesystem of an evidence "
-                               "directory has less free space than this (resumes 10 % above it).")
+    max_total_mb: float = Field(
+        4096,
+        gt=0,
+        description="Quota of snapshots + annotated video; the oldest files "
+        "(also those of earlier runs) are deleted first.",
+    )
+    min_free_mb: float = Field(
+        2048,
+        ge=0,
+        description="Pause evidence while the filesystem of an evidence "
+        "directory has less free space than this (resumes 10 % above it).",
+    )
     check_interval_s: float = Field(5.0, gt=0, le=3600, description="How often free space is read (statvfs).")
 
 
@@ -203,8 +227,9 @@ class AgentConfig(BaseSettings):
     )
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="JPEG evidence for people.")
     video_output: VideoOutputConfig = Field(default_factory=VideoOutputConfig, description="Annotated video.")
-    evidence: EvidenceLimits = Field(default_factory=EvidenceLimits, description="Disk quota and free-space guard "
-                                     "of snapshots and annotated video.")
+    evidence: EvidenceLimits = Field(
+        default_factory=EvidenceLimits, description="Disk quota and free-space guard of snapshots and annotated video."
+    )
     console_interval_s: float = Field(1.0, gt=0, description="How often the live console line refreshes.")
     stop_when_sources_end: bool = Field(
         True, description="Exit by itself once every camera is a finished (non-looping) video file."

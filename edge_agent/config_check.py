@@ -45,8 +45,10 @@ def check_deployment(cfg: AgentConfig) -> list[str]:
             problems.append(f"detector.bundle: {bundle} refused: {exc}")
         else:
             if cfg.detector.variant is not None and cfg.detector.variant not in manifest.variants:
-                problems.append(f"detector.variant: {cfg.detector.variant!r} is not in the bundle (it has "
-                                f"{', '.join(manifest.variants)})")
+                problems.append(
+                    f"detector.variant: {cfg.detector.variant!r} is not in the bundle (it has "
+                    f"{', '.join(manifest.variants)})"
+                )
     why = _outbox_problem(cfg.outbox_path)
     if why is not None:
         problems.append(f"outbox_path: cannot create {cfg.outbox_path}: {why}")

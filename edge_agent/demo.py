@@ -59,8 +59,10 @@ def choose_clip(clip: Path | None, make_clip: ClipMaker | None, workdir: Path, f
             raise DemoError(f"--clip {clip}: no such file")
         return clip, None
     if make_clip is None:
-        raise DemoError("no clip generator here (the synthetic reef generator ships with the `train` unit): "
-                        "give a video with --clip VIDEO")
+        raise DemoError(
+            "no clip generator here (the synthetic reef generator ships with the `train` unit): "
+            "give a video with --clip VIDEO"
+        )
     return make_clip(workdir, frames)
 
 
@@ -72,8 +74,9 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def ensure_broker(host: str, port: int, workdir: Path, console: Console,
-                  start: bool = True) -> subprocess.Popen[bytes] | None:
+def ensure_broker(
+    host: str, port: int, workdir: Path, console: Console, start: bool = True
+) -> subprocess.Popen[bytes] | None:
     """Return a Mosquitto we started (to stop later), None if one was already listening; DemoError otherwise."""
     if _port_open(host, port):
         console.print(f"MQTT broker found at {host}:{port}")
@@ -114,8 +117,9 @@ class DemoSubscriber:
         self.count_messages = 0
         self.track_events = 0
         self._ready = False
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="starfish-demo-viewer",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id="starfish-demo-viewer", protocol=mqtt.MQTTv5
+        )
         self.client.on_connect = lambda c, *_a: c.subscribe(f"starfish/{DEVICE_ID}/#", qos=1)
         self.client.on_message = self._on_message
         self.client.connect(host, port, keepalive=30)
@@ -131,12 +135,17 @@ class DemoSubscriber:
             boxes = " ".join(f"#{d.get('track_id') or '?'}:{d['score']:.2f}" for d in doc.get("detections") or [])
             self.console.print(
                 f"[cyan]<- {topic}[/cyan] seq={doc['seq']} frame={doc['frame']} count={doc['count']} "
-                f"unique={doc['unique_count']} {boxes}", highlight=False)
+                f"unique={doc['unique_count']} {boxes}",
+                highlight=False,
+            )
         elif topic.endswith("/tracks"):
             self.track_events += 1
             doc = json.loads(text)
-            self.console.print(f"[magenta]<- {topic}[/magenta] {doc['event']} track #{doc['track_id']} "
-                               f"frames={doc['frames']} max_score={doc['max_score']}", highlight=False)
+            self.console.print(
+                f"[magenta]<- {topic}[/magenta] {doc['event']} track #{doc['track_id']} "
+                f"frames={doc['frames']} max_score={doc['max_score']}",
+                highlight=False,
+            )
         elif topic.endswith("/count"):
             return  # the plain-number twin of counts, for dashboards; no need to print it twice
         elif topic == "stats":
@@ -152,8 +161,17 @@ class DemoSubscriber:
         self.client.disconnect()
 
 
-def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path, *, start_broker: bool = True,
-             clip: Path | None = None, make_clip: ClipMaker | None = None) -> int:
+def run_demo(
+    host: str,
+    port: int,
+    frames: int,
+    workdir: Path,
+    bundle_path: Path,
+    *,
+    start_broker: bool = True,
+    clip: Path | None = None,
+    make_clip: ClipMaker | None = None,
+) -> int:
     """The `starfish agent demo` command; returns the exit code."""
     from edge_agent.app import StartupError, build_agent
     from edge_agent.cli import print_summary, run_until_signal
@@ -169,15 +187,17 @@ def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path
         broker = ensure_broker(host, port, workdir, console, start=start_broker)
         video, truth = choose_clip(clip, make_clip, workdir, frames)
         console.print(f"clip {video}")
-        cfg = load_config_data({
-            "device_id": DEVICE_ID,
-            "cameras": [{"id": "reef", "source": str(video), "read_mode": "every_frame", "realtime": False}],
-            "detector": {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]},
-            "mqtt": {"host": host, "port": port, "stats_interval_s": 5.0},
-            "outbox_path": str(workdir / "outbox.sqlite3"),
-            "state_dir": str(workdir / "state"),
-            "snapshots": {"enabled": True, "directory": str(workdir / "snapshots"), "min_interval_s": 3.0},
-        })
+        cfg = load_config_data(
+            {
+                "device_id": DEVICE_ID,
+                "cameras": [{"id": "reef", "source": str(video), "read_mode": "every_frame", "realtime": False}],
+                "detector": {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]},
+                "mqtt": {"host": host, "port": port, "stats_interval_s": 5.0},
+                "outbox_path": str(workdir / "outbox.sqlite3"),
+                "state_dir": str(workdir / "state"),
+                "snapshots": {"enabled": True, "directory": str(workdir / "snapshots"), "min_interval_s": 3.0},
+            }
+        )
         agent = build_agent(cfg)
     except (DemoError, StartupError) as exc:
         # To stderr, unwrapped: the one line that says what to do (the broker hint keeps its own lines).
@@ -197,14 +217,20 @@ def run_demo(host: str, port: int, frames: int, workdir: Path, bundle_path: Path
     summary = agent.summary()
     print_summary(console, summary)
     unique = summary.cameras[0].unique_count
-    console.print(f"subscriber received {viewer.count_messages} counts messages ({len(viewer.seqs)} distinct seq), "
-                  f"{viewer.track_events} track events")
+    console.print(
+        f"subscriber received {viewer.count_messages} counts messages ({len(viewer.seqs)} distinct seq), "
+        f"{viewer.track_events} track events"
+    )
     if truth is not None:
-        console.print(f"unique starfish counted: [bold]{unique}[/bold]  vs true distinct starfish in the clip: "
-                      f"[bold]{truth}[/bold]  (error {unique - truth:+d})")
+        console.print(
+            f"unique starfish counted: [bold]{unique}[/bold]  vs true distinct starfish in the clip: "
+            f"[bold]{truth}[/bold]  (error {unique - truth:+d})"
+        )
     manifest = agent.slot.detector.bundle.manifest
     if manifest.training.checkpoint_sha256 is None:
-        console.print("[yellow]note:[/yellow] this demo bundle is untrained (random weights), so its counts are not "
-                      "meaningful; train and export a model to count starfish for real.")
+        console.print(
+            "[yellow]note:[/yellow] this demo bundle is untrained (random weights), so its counts are not "
+            "meaningful; train and export a model to count starfish for real."
+        )
     console.print(f"snapshots with boxes: {workdir / 'snapshots'}")
     return code

@@ -82,9 +82,15 @@ class EvidenceWriter:
 
     def stats(self) -> dict[str, Any]:
         """For the `stats` topic."""
-        return {"paused_low_space": self.paused, "bytes": self._bytes, "snapshots": self.snapshots_written,
-                "deleted": self.deleted, "dropped_busy": self.dropped, "skipped_low_space": self.skipped_low_space,
-                "errors": self.errors}
+        return {
+            "paused_low_space": self.paused,
+            "bytes": self._bytes,
+            "snapshots": self.snapshots_written,
+            "deleted": self.deleted,
+            "dropped_busy": self.dropped,
+            "skipped_low_space": self.skipped_low_space,
+            "errors": self.errors,
+        }
 
     def _directories(self) -> list[Path]:
         dirs = []
@@ -158,8 +164,7 @@ class EvidenceWriter:
                 except Exception:  # noqa: BLE001 - one bad frame (NaN box, full disk, codec error) must not end evidence
                     self.errors += 1
                     if self.errors == 1 or self.errors % 100 == 0:
-                        logger.exception("camera %s: writing evidence failed (%d so far)", frame.camera_id,
-                                         self.errors)
+                        logger.exception("camera %s: writing evidence failed (%d so far)", frame.camera_id, self.errors)
         except BaseException:
             logger.exception("evidence writer stopped unexpectedly")  # stop() still returns: it never waits on us
             raise

@@ -77,8 +77,10 @@ def _video_file(cfg: AgentConfig) -> Path:
 
     camera = cfg.cameras[0]
     if classify_source(camera.source) is not SourceKind.FILE:
-        raise ConfigError(f"cameras.0.source: measuring the pipeline needs a video file, camera {camera.id!r} reads "
-                          f"{camera.source!r} (a {classify_source(camera.source).name.lower()} source)")
+        raise ConfigError(
+            f"cameras.0.source: measuring the pipeline needs a video file, camera {camera.id!r} reads "
+            f"{camera.source!r} (a {classify_source(camera.source).name.lower()} source)"
+        )
     path = Path(str(camera.source))
     if not path.is_file():
         raise ConfigError(f"cameras.0.source: video file {path} does not exist")
@@ -109,9 +111,13 @@ def _measure(cfg: AgentConfig, frames: int, repeats: int) -> PipelineResult:
     detector_fps, agent_fps = float(np.median(detector_runs)), float(np.median(agent_runs))
     logger.info("detector-only fps %s, agent fps %s", detector_runs, agent_runs)
     return PipelineResult(
-        frames=processed, detector_fps=round(detector_fps, 2), agent_fps=round(agent_fps, 2),
-        ratio=round(agent_fps / detector_fps, 3), agent_peak_rss_mb=round(peak, 1),
-        backend=info["backend"], variant=info["variant"],
+        frames=processed,
+        detector_fps=round(detector_fps, 2),
+        agent_fps=round(agent_fps, 2),
+        ratio=round(agent_fps / detector_fps, 3),
+        agent_peak_rss_mb=round(peak, 1),
+        backend=info["backend"],
+        variant=info["variant"],
     )
 
 
@@ -133,8 +139,9 @@ def _agent_run(cfg: AgentConfig, frames: int) -> tuple[float, int, float]:
     """Run `starfish agent run` on the clip in a child process; (fps, frames, its peak RSS in MB)."""
     with tempfile.TemporaryDirectory(prefix="starfish-measure-") as tmp:
         data = cfg.model_dump(mode="json", exclude_unset=False)
-        data["cameras"] = [{**data["cameras"][0], "read_mode": "every_frame", "realtime": False, "loop": False,
-                            "enabled": True}]
+        data["cameras"] = [
+            {**data["cameras"][0], "read_mode": "every_frame", "realtime": False, "loop": False, "enabled": True}
+        ]
         data["mqtt"]["password"] = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
         data["outbox_path"] = str(Path(tmp) / "outbox.sqlite3")
         data["state_dir"] = str(Path(tmp) / "state")  # a measurement must not raise the device's rollback floor
@@ -142,9 +149,21 @@ def _agent_run(cfg: AgentConfig, frames: int) -> tuple[float, int, float]:
         config_path, summary_path = Path(tmp) / "agent.yaml", Path(tmp) / "summary.json"
         config_path.write_text(yaml.safe_dump(data))
         proc = subprocess.run(
-            [sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config_path), "--no-console",
-             "--summary-json", str(summary_path)],
-            capture_output=True, text=True, timeout=3600,
+            [
+                sys.executable,
+                "-m",
+                "starfish_cli",
+                "agent",
+                "run",
+                "--config",
+                str(config_path),
+                "--no-console",
+                "--summary-json",
+                str(summary_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=3600,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"agent run failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
@@ -202,11 +221,15 @@ class _ByteTrackAdapter:
         try:
             from trackers import ByteTrackTracker
         except ImportError as exc:
-            raise RuntimeError("the bytetrack comparison needs roboflow's `trackers` package: "
-                               "pip install supervision && pip install --no-deps trackers") from exc
+            raise RuntimeError(
+                "the bytetrack comparison needs roboflow's `trackers` package: "
+                "pip install supervision && pip install --no-deps trackers"
+            ) from exc
         self._make = lambda: ByteTrackTracker(
             lost_track_buffer=round(max_age_s * 30),  # the library counts the buffer in 30 fps frames
-            frame_rate=fps, track_activation_threshold=SCORE_THRESHOLD, high_conf_det_threshold=SCORE_THRESHOLD,
+            frame_rate=fps,
+            track_activation_threshold=SCORE_THRESHOLD,
+            high_conf_det_threshold=SCORE_THRESHOLD,
             minimum_consecutive_frames=min_hits,
         )
         self.tracker = self._make()
@@ -216,8 +239,10 @@ class _ByteTrackAdapter:
     def update(self, boxes: np.ndarray, scores: np.ndarray, frame: int, clock: float) -> None:
         import supervision as sv
 
-        result = self.tracker.update(sv.Detections(xyxy=boxes.reshape(-1, 4).astype(np.float32),
-                                                   confidence=scores.astype(np.float32)), timestamp=clock)
+        result = self.tracker.update(
+            sv.Detections(xyxy=boxes.reshape(-1, 4).astype(np.float32), confidence=scores.astype(np.float32)),
+            timestamp=clock,
+        )
         ids = result.tracker_id if result.tracker_id is not None else np.zeros(0, int)
         self._ids.update((self._generation, int(t)) for t in ids if t >= 0)
 
@@ -231,9 +256,19 @@ class _ByteTrackAdapter:
 
 
 def measure_tracking(
-    data_root: Path, video_id: int, *, tracker: str = "ours", miss: float = 0.1, jitter: float = 2.0,
-    false_positives: float = 0.05, low_score: float = 0.0, iou_threshold: float = 0.2, max_age_s: float = 1.5,
-    min_hits: int = 3, fps: float = 10.0, seed: int = 0,
+    data_root: Path,
+    video_id: int,
+    *,
+    tracker: str = "ours",
+    miss: float = 0.1,
+    jitter: float = 2.0,
+    false_positives: float = 0.05,
+    low_score: float = 0.0,
+    iou_threshold: float = 0.2,
+    max_age_s: float = 1.5,
+    min_hits: int = 3,
+    fps: float = 10.0,
+    seed: int = 0,
 ) -> TrackingResult:
     """Unique-count error of ``tracker`` on a synthetic video's true boxes with detector-like noise.
 
@@ -255,7 +290,8 @@ def measure_tracking(
         raise DatasetError(f"{data_root}: no frames of video {video_id} (it has video ids {videos})")
     rng = np.random.default_rng(seed)
     runner: _OursAdapter | _ByteTrackAdapter = (
-        _OursAdapter(iou_threshold, max_age_s, min_hits) if tracker == "ours"
+        _OursAdapter(iou_threshold, max_age_s, min_hits)
+        if tracker == "ours"
         else _ByteTrackAdapter(max_age_s, min_hits, fps)
     )
     sequence = None
@@ -273,10 +309,19 @@ def measure_tracking(
             x, y = rng.uniform(0, 1200), rng.uniform(0, 650)
             boxes = np.vstack([boxes, [[x, y, x + 40, y + 40]]])
             scores = np.append(scores, rng.uniform(0.5, 0.8))
-        runner.update(boxes.astype(np.float32), scores.astype(np.float32), record.video_frame,
-                      record.video_frame / fps)
+        runner.update(boxes.astype(np.float32), scores.astype(np.float32), record.video_frame, record.video_frame / fps)
     truth = true_unique_count([r.track_ids for r in records])
     predicted = runner.unique_count
-    return TrackingResult(video_id, tracker, len(records), truth, predicted,
-                          round(unique_count_error(predicted, truth), 4), miss, jitter, false_positives, low_score,
-                          seed)
+    return TrackingResult(
+        video_id,
+        tracker,
+        len(records),
+        truth,
+        predicted,
+        round(unique_count_error(predicted, truth), 4),
+        miss,
+        jitter,
+        false_positives,
+        low_score,
+        seed,
+    )

@@ -164,9 +164,7 @@ def _f2(tp: int, fp: int, fn: int) -> float:
     return 1.0 if denominator == 0 else 5 * tp / denominator
 
 
-def _result_at(
-    scores: np.ndarray, matched: dict[float, np.ndarray], total_gt: int, score_threshold: float
-) -> F2Result:
+def _result_at(scores: np.ndarray, matched: dict[float, np.ndarray], total_gt: int, score_threshold: float) -> F2Result:
     keep = scores >= score_threshold
     per_iou, tps, fps, fns = {}, {}, {}, {}
     for t, is_tp in matched.items():
@@ -201,8 +199,9 @@ def best_f2_threshold(
     "predict nothing". Among equal F2 the highest threshold wins (fewer boxes for the same score).
     """
     matches = _match_all(predictions, ground_truths, iou_thresholds)
-    thresholds = (np.unique(np.concatenate([matches.scores, [1.01]])).tolist() if candidates is None
-                  else list(candidates))
+    thresholds = (
+        np.unique(np.concatenate([matches.scores, [1.01]])).tolist() if candidates is None else list(candidates)
+    )
     best: F2Result | None = None
     for threshold in sorted(thresholds, reverse=True):
         result = _result_at(matches.scores, matches.matched, matches.total_gt, float(threshold))
@@ -237,11 +236,13 @@ def recall_by_size(
         inside = (all_sizes >= low) & (all_sizes < high)
         label = f"{low:g}+" if math.isinf(high) else f"{low:g}-{high:g}"
         count = int(inside.sum())
-        buckets.append({
-            "size_px": label,
-            "boxes": count,
-            "recall": {f"{t:.2f}": (float(all_found[t][inside].mean()) if count else None) for t in iou_thresholds},
-        })
+        buckets.append(
+            {
+                "size_px": label,
+                "boxes": count,
+                "recall": {f"{t:.2f}": (float(all_found[t][inside].mean()) if count else None) for t in iou_thresholds},
+            }
+        )
     return buckets
 
 
@@ -259,11 +260,18 @@ def coco_map(predictions: Sequence[Prediction], ground_truths: Sequence[Boxes]) 
         for x1, y1, x2, y2 in np.asarray(gt, dtype=np.float64).reshape(-1, 4):
             w, h = x2 - x1, y2 - y1
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": [x1, y1, w, h],
-                 "area": w * h, "iscrowd": 0}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [x1, y1, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
             )
-        for (x1, y1, x2, y2), score in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(scores).reshape(-1),
-                                           strict=True):
+        for (x1, y1, x2, y2), score in zip(
+            np.asarray(boxes).reshape(-1, 4), np.asarray(scores).reshape(-1), strict=True
+        ):
             detections.append([image_id, x1, y1, x2 - x1, y2 - y1, float(score), 1])
     if not annotations:
         return {"map": float("nan"), "map_50": float("nan")}

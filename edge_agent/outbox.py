@@ -172,8 +172,12 @@ class Outbox:
         self._next_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]) + 1
         self._closed = False
         logger.info(
-            "outbox %s (id %s): %d message(s) waiting, last seq %d, session %d", self.path, self.outbox_id,
-            self._depth, self._seq, self._session,
+            "outbox %s (id %s): %d message(s) waiting, last seq %d, session %d",
+            self.path,
+            self.outbox_id,
+            self._depth,
+            self._seq,
+            self._session,
         )
 
     def _migrate(self) -> None:
@@ -297,7 +301,11 @@ class Outbox:
         return self.append_many([PendingMessage(topic, make_payload, sequenced)], now=now, boot_s=boot_s)[0]
 
     def append_many(
-        self, messages: Sequence[PendingMessage], *, now: float | None = None, boot_s: float | None = None,
+        self,
+        messages: Sequence[PendingMessage],
+        *,
+        now: float | None = None,
+        boot_s: float | None = None,
         delete_ids: Sequence[int] = (),
     ) -> list[OutboxRecord]:
         """Store several messages in one transaction (one fsync) and return them, in order.
@@ -328,7 +336,8 @@ class Outbox:
                 if rows:
                     self._db.executemany(
                         "INSERT INTO messages(id, seq, topic, payload, created_at, boot, boot_s)"
-                        " VALUES (?,?,?,?,?,?,?)", rows,
+                        " VALUES (?,?,?,?,?,?,?)",
+                        rows,
                     )
                 if seq != self._seq:
                     self._db.execute("UPDATE counters SET value=? WHERE name='seq'", (seq,))
@@ -420,7 +429,7 @@ class Outbox:
     def _delete_in_transaction(self, ids: Sequence[int]) -> int:
         removed = 0
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            chunk = list(ids[start:start + 500])
+            chunk = list(ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
             removed += self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
         return removed

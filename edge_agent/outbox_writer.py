@@ -44,7 +44,10 @@ class OutboxWriter:
     """Owns all writes to one `Outbox` while running (reads may happen from any thread)."""
 
     def __init__(
-        self, outbox: Outbox, on_commit: Callable[[], None] | None = None, linger_s: float = 0.05,
+        self,
+        outbox: Outbox,
+        on_commit: Callable[[], None] | None = None,
+        linger_s: float = 0.05,
         max_batch: int = 2000,
     ) -> None:
         self.outbox = outbox
@@ -215,8 +218,12 @@ class OutboxWriter:
             if due:
                 self._last_log = now
         if due:
-            logger.error("outbox: %d message(s) could not be stored (%s); detection goes on; not stored so far: %s",
-                         len(items), exc, totals)
+            logger.error(
+                "outbox: %d message(s) could not be stored (%s); detection goes on; not stored so far: %s",
+                len(items),
+                exc,
+                totals,
+            )
         for item in items:
             if item.future is not None:
                 item.future.set_exception(exc if isinstance(exc, OutboxError) else OutboxError(str(exc)))
@@ -226,5 +233,6 @@ class OutboxWriter:
             since, self._failing_since = self._failing_since, None
             totals = dict(self._not_stored)
         if since is not None:
-            logger.warning("outbox: storing works again after %.1f s; not stored in total: %s",
-                           time.monotonic() - since, totals)
+            logger.warning(
+                "outbox: storing works again after %.1f s; not stored in total: %s", time.monotonic() - since, totals
+            )

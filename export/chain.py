@@ -116,8 +116,15 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
     baseline_model = copy.deepcopy(source.model)  # pruning works in place; the baseline is timed at the end
     base = torch_runner(baseline_model, width, height, opts.threads)
     report["variants"]["pytorch_fp32"] = _measure(
-        "pytorch_fp32", base, model_stats(baseline_model, width, height).to_dict(), None, eval_records, width, height,
-        ood_records)
+        "pytorch_fp32",
+        base,
+        model_stats(baseline_model, width, height).to_dict(),
+        None,
+        eval_records,
+        width,
+        height,
+        ood_records,
+    )
 
     step(f"pruning (ratio {opts.prune.ratio}, head {opts.prune.head_ratio}, proposals {opts.prune.proposals})")
     pruned_model, pruned_cfg = prune_detector(source.model, source.cfg, opts.prune, width, height)
@@ -130,8 +137,9 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         set_test_proposals(pruned_model, pruned_cfg.rpn_pre_nms_top_n_test, pruned_cfg.rpn_post_nms_top_n_test)
     else:
         step("fine-tuning skipped" + (" (untrained demo model)" if opts.checkpoint is None else ""))
-    pruned_ckpt = save_pruned(pruned_model, pruned_cfg, {**source.info, "pruned_from": source.sha256},
-                              opts.out / "pruned.ckpt")
+    pruned_ckpt = save_pruned(
+        pruned_model, pruned_cfg, {**source.info, "pruned_from": source.sha256}, opts.out / "pruned.ckpt"
+    )
     report["pruned_checkpoint"] = str(pruned_ckpt)
     pruned_stats = model_stats(pruned_model, width, height).to_dict()
 
@@ -140,39 +148,69 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         fp32_path = export_onnx(pruned_model, Path(tmp) / "fp32.onnx", width, height)
         pruned_torch = torch_runner(pruned_model, width, height, opts.threads)
         fp32 = onnx_runner(fp32_path, opts.threads)
-        parity = checks.check_parity(pruned_torch, fp32, probe, score_floor=pruned_cfg.box_score_thresh,
-                                          max_detections=pruned_cfg.box_detections_per_img)
+        parity = checks.check_parity(
+            pruned_torch,
+            fp32,
+            probe,
+            score_floor=pruned_cfg.box_score_thresh,
+            max_detections=pruned_cfg.box_detections_per_img,
+        )
         report["parity_fp32"] = parity.to_dict()
         if not parity.passed:
             raise ExportError(f"fp32 ONNX parity with PyTorch failed: {parity.problems[:3]}")
         report["variants"]["pruned_onnx_fp32"] = _measure(
-            "pruned_onnx_fp32", fp32, pruned_stats, fp32_path, eval_records, width, height, ood_records)
+            "pruned_onnx_fp32", fp32, pruned_stats, fp32_path, eval_records, width, height, ood_records
+        )
 
         step(f"quantizing to INT8 (QDQ) with {len(calibration)} calibration frames")
         int8_path = quantize_int8(fp32_path, Path(tmp) / "int8.onnx", calibration, method=opts.calibration_method)
         int8 = onnx_runner(int8_path, opts.threads)
-        agreement = checks.check_parity(fp32, int8, probe, min_iou=0.5, max_score_diff=0.1,
-                                        score_floor=INT8_AGREEMENT_FLOOR,
-                                        max_detections=pruned_cfg.box_detections_per_img)
+        agreement = checks.check_parity(
+            fp32,
+            int8,
+            probe,
+            min_iou=0.5,
+            max_score_diff=0.1,
+            score_floor=INT8_AGREEMENT_FLOOR,
+            max_detections=pruned_cfg.box_detections_per_img,
+        )
         report["int8_vs_fp32"] = {**agreement.to_dict(), "score_floor": INT8_AGREEMENT_FLOOR}
         report["variants"]["pruned_onnx_int8"] = _measure(
-            "pruned_onnx_int8", int8, pruned_stats, int8_path, eval_records, width, height, ood_records)
-        runners = {"pytorch_fp32": base, "pruned_pytorch_fp32": pruned_torch, "pruned_onnx_fp32": fp32,
-                   "pruned_onnx_int8": int8}
+            "pruned_onnx_int8", int8, pruned_stats, int8_path, eval_records, width, height, ood_records
+        )
+        runners = {
+            "pytorch_fp32": base,
+            "pruned_pytorch_fp32": pruned_torch,
+            "pruned_onnx_fp32": fp32,
+            "pruned_onnx_int8": int8,
+        }
         int8_cpu_path = None
         if opts.cpu_int8:
-            int8_cpu_path = quantize_int8(fp32_path, Path(tmp) / "int8_cpu.onnx", calibration,
-                                          method=opts.calibration_method, activations="asymmetric")
+            int8_cpu_path = quantize_int8(
+                fp32_path,
+                Path(tmp) / "int8_cpu.onnx",
+                calibration,
+                method=opts.calibration_method,
+                activations="asymmetric",
+            )
             runners["pruned_onnx_int8_cpu"] = onnx_runner(int8_cpu_path, opts.threads)
             report["variants"]["pruned_onnx_int8_cpu"] = _measure(
-                "pruned_onnx_int8_cpu", runners["pruned_onnx_int8_cpu"], pruned_stats, int8_cpu_path, eval_records,
-                width, height, ood_records)
+                "pruned_onnx_int8_cpu",
+                runners["pruned_onnx_int8_cpu"],
+                pruned_stats,
+                int8_cpu_path,
+                eval_records,
+                width,
+                height,
+                ood_records,
+            )
 
         step(f"timing every variant ({opts.latency_runs} interleaved runs, {opts.threads} threads)")
         report["load_average_before_timing"] = list(os.getloadavg())  # a shared machine: say how busy it was
         for name, latency in checks.measure_latencies(runners, probe, runs=opts.latency_runs).items():
-            report["variants"].setdefault(name, {"params": pruned_stats["params"], "macs": pruned_stats["macs"],
-                                                 "file_bytes": None})["latency"] = latency.to_dict()
+            report["variants"].setdefault(
+                name, {"params": pruned_stats["params"], "macs": pruned_stats["macs"], "file_bytes": None}
+            )["latency"] = latency.to_dict()
             logger.info("%s: %.1f ms median", name, latency.median_ms)
         report["load_average_after_timing"] = list(os.getloadavg())
 
@@ -208,9 +246,13 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             overwrite=True,
         )
     load_bundle(bundle_dir, [key.public_key()])  # what we wrote must verify
-    report["bundle"] = {"path": str(bundle_dir), "version": manifest.version, "score_threshold": threshold,
-                        "variant_thresholds": {v: manifest.threshold_for(v) for v in manifest.variants},
-                        "size_bytes": sum(v.size for v in manifest.variants.values())}
+    report["bundle"] = {
+        "path": str(bundle_dir),
+        "version": manifest.version,
+        "score_threshold": threshold,
+        "variant_thresholds": {v: manifest.threshold_for(v) for v in manifest.variants},
+        "size_bytes": sum(v.size for v in manifest.variants.values()),
+    }
     report["goals"] = _goals(report)
     step("writing the report")
     (opts.out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
@@ -311,8 +353,13 @@ def _measure(name, runner, stats, path, eval_records, width, height, ood_records
         predictions, truths = checks.predict(runner, eval_records, width, height)
         entry["accuracy"] = checks.accuracy(predictions, truths).to_dict()
         entry["deployed_threshold"] = entry["accuracy"]["best_threshold"]
-        logger.info("%s: F2 %.3f (thr %.2f), mAP@0.5 %.3f", name, entry["accuracy"]["best_f2"],
-                    entry["accuracy"]["best_threshold"], entry["accuracy"]["map50"])
+        logger.info(
+            "%s: F2 %.3f (thr %.2f), mAP@0.5 %.3f",
+            name,
+            entry["accuracy"]["best_f2"],
+            entry["accuracy"]["best_threshold"],
+            entry["accuracy"]["map50"],
+        )
         if ood_records:
             # The deployed threshold is the one that maximises F2 out of distribution; both sets are scored at it.
             ood_predictions, ood_truths = checks.predict(runner, list(ood_records), width, height)
@@ -320,10 +367,16 @@ def _measure(name, runner, stats, path, eval_records, width, height, ood_records
             entry["accuracy_ood"] = ood
             entry["deployed_threshold"] = ood["best_threshold"]
             entry["f2_in_distribution_at_deployed"] = checks.accuracy(
-                predictions, truths, score_threshold=ood["best_threshold"]).f2
-            logger.info("%s: out-of-distribution F2 %.3f (thr %.2f), mAP@0.5 %.3f; in-distribution F2 %.3f there",
-                        name, ood["best_f2"], ood["best_threshold"], ood["map50"],
-                        entry["f2_in_distribution_at_deployed"])
+                predictions, truths, score_threshold=ood["best_threshold"]
+            ).f2
+            logger.info(
+                "%s: out-of-distribution F2 %.3f (thr %.2f), mAP@0.5 %.3f; in-distribution F2 %.3f there",
+                name,
+                ood["best_f2"],
+                ood["best_threshold"],
+                ood["map50"],
+                entry["f2_in_distribution_at_deployed"],
+            )
     return entry
 
 
@@ -331,9 +384,13 @@ def _variant_source(path: Path, entry: dict[str, Any]) -> VariantSource:
     """A bundle variant with its own best-F2 threshold: INT8 scores are not the fp32 model's, so one threshold
     for every variant would run all but one of them off their best F2."""
     acc = entry.get("accuracy")
-    return VariantSource(path, f2=acc["best_f2"] if acc else None, map50=acc["map50"] if acc else None,
-                         latency_ms=entry["latency"]["median_ms"],
-                         score_threshold=_clamp(entry["deployed_threshold"]) if acc else None)
+    return VariantSource(
+        path,
+        f2=acc["best_f2"] if acc else None,
+        map50=acc["map50"] if acc else None,
+        latency_ms=entry["latency"]["median_ms"],
+        score_threshold=_clamp(entry["deployed_threshold"]) if acc else None,
+    )
 
 
 def _clamp(threshold: float) -> float:
@@ -373,8 +430,15 @@ def _goals(report: dict[str, Any]) -> dict[str, Any]:
         # Each variant at its own best-F2 threshold (what the bundle deploys), and at the baseline's threshold.
         base_f2, int8_f2 = base["accuracy"]["best_f2"], int8["accuracy"]["best_f2"]
         drop = base_f2 - int8_f2
-        goals.update({"f2_base": base_f2, "f2_judged": int8_f2, "f2_drop": drop,
-                      "f2_drop_relative": drop / base_f2 if base_f2 else None, "f2_goal_met": drop <= F2_DROP_GOAL})
+        goals.update(
+            {
+                "f2_base": base_f2,
+                "f2_judged": int8_f2,
+                "f2_drop": drop,
+                "f2_drop_relative": drop / base_f2 if base_f2 else None,
+                "f2_goal_met": drop <= F2_DROP_GOAL,
+            }
+        )
     return goals
 
 
@@ -423,16 +487,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         _latency_line(report, goals, judged),
     ]
     if "latency_ratio_tensorrt_int8" in goals and judged != "int8":
-        lines.append(f"- the same ratio for the TensorRT-ready `int8` variant (zero-point-0 activations, which "
-                     f"onnxruntime's CPU kernels run in float): {goals['latency_ratio_tensorrt_int8']:.2f}x")
+        lines.append(
+            f"- the same ratio for the TensorRT-ready `int8` variant (zero-point-0 activations, which "
+            f"onnxruntime's CPU kernels run in float): {goals['latency_ratio_tensorrt_int8']:.2f}x"
+        )
     if "f2_drop" in goals:
         lines.append(_f2_line(goals, judged))
     if "fine_tune" in report:
         lines.append(f"- fine-tune validation: {_settings(report['fine_tune'])}")
     lines += _ood_lines(report)
     b = report["bundle"]
-    lines += ["", f"Bundle `{b['path']}` v{b['version']}, score threshold {b['score_threshold']:.3f}, "
-              f"{b['size_bytes'] / 1e6:.1f} MB of model files.", ""]
+    lines += [
+        "",
+        f"Bundle `{b['path']}` v{b['version']}, score threshold {b['score_threshold']:.3f}, "
+        f"{b['size_bytes'] / 1e6:.1f} MB of model files.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -441,8 +511,10 @@ def _int8_agreement_line(agreement: dict[str, Any]) -> str:
     prefix = f"- INT8 vs fp32 ONNX (fp32 score > {floor:.2f})" if floor is not None else "- INT8 vs fp32 ONNX"
     if agreement["reference_detections"] == 0:
         return f"{prefix}: no fp32 detection above the floor on {agreement['frames']} frames, nothing compared"
-    return (f"{prefix}: {agreement['matched']}/{agreement['reference_detections']} matched, min IoU "
-            f"{agreement['min_iou']:.3f}, max |Δscore| {agreement['max_score_diff']:.3f}")
+    return (
+        f"{prefix}: {agreement['matched']}/{agreement['reference_detections']} matched, min IoU "
+        f"{agreement['min_iou']:.3f}, max |Δscore| {agreement['max_score_diff']:.3f}"
+    )
 
 
 def _met(ok: bool) -> str:
@@ -452,12 +524,17 @@ def _met(ok: bool) -> str:
 def _latency_line(report: dict[str, Any], goals: dict[str, Any], judged: str) -> str:
     variants = report["variants"]
     base = variants["pytorch_fp32"]["latency"]["median_ms"]
-    name = "pruned_onnx_int8_cpu" if judged == CPU_INT8_VARIANT and "pruned_onnx_int8_cpu" in variants \
+    name = (
+        "pruned_onnx_int8_cpu"
+        if judged == CPU_INT8_VARIANT and "pruned_onnx_int8_cpu" in variants
         else "pruned_onnx_int8"
+    )
     int8 = variants[name]["latency"]["median_ms"]
     ratio = base / int8  # recomputed from the numbers shown, so the verdict cannot disagree with them
-    return (f"- latency: unpruned PyTorch fp32 {base:.1f} ms / pruned INT8 ONNX ({judged}) {int8:.1f} ms = "
-            f"**{ratio:.2f}x** (goal >= {LATENCY_RATIO_GOAL:g}x: {_met(ratio >= LATENCY_RATIO_GOAL)})")
+    return (
+        f"- latency: unpruned PyTorch fp32 {base:.1f} ms / pruned INT8 ONNX ({judged}) {int8:.1f} ms = "
+        f"**{ratio:.2f}x** (goal >= {LATENCY_RATIO_GOAL:g}x: {_met(ratio >= LATENCY_RATIO_GOAL)})"
+    )
 
 
 def _f2_line(goals: dict[str, Any], judged: str) -> str:
@@ -467,9 +544,11 @@ def _f2_line(goals: dict[str, Any], judged: str) -> str:
     relative = goals.get("f2_drop_relative")
     rel = f", {relative * 100:.2f}% relative" if relative is not None else ""
     direction = "drop" if drop >= 0 else "rise (negative drop)"
-    return (f"- best-threshold F2, unpruned PyTorch -> pruned INT8 ({judged}): {change}{direction} "
-            f"**{abs(drop):.4f}** absolute{rel} (goal: drop <= {F2_DROP_GOAL:g} absolute: "
-            f"{_met(drop <= F2_DROP_GOAL)})")
+    return (
+        f"- best-threshold F2, unpruned PyTorch -> pruned INT8 ({judged}): {change}{direction} "
+        f"**{abs(drop):.4f}** absolute{rel} (goal: drop <= {F2_DROP_GOAL:g} absolute: "
+        f"{_met(drop <= F2_DROP_GOAL)})"
+    )
 
 
 def _settings(values: Any) -> str:
@@ -500,15 +579,21 @@ def _ood_lines(report: dict[str, Any]) -> list[str]:
     rows = [(name, v) for name, v in report["variants"].items() if "accuracy_ood" in v]
     if not rows:
         return []
-    lines = ["", f"Out-of-distribution renderer ({report.get('ood_eval_frames', 0)} frames, never trained on) next "
-             f"to the in-distribution held-out frames ({report.get('eval_frames', 0)}); each variant's deployed "
-             "threshold is its best-F2 threshold on the out-of-distribution frames:", "",
-             "| variant | deployed thr | F2 OOD | mAP@0.5 OOD | F2 in-dist. at deployed thr | F2 in-dist. (own best) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        f"Out-of-distribution renderer ({report.get('ood_eval_frames', 0)} frames, never trained on) next "
+        f"to the in-distribution held-out frames ({report.get('eval_frames', 0)}); each variant's deployed "
+        "threshold is its best-F2 threshold on the out-of-distribution frames:",
+        "",
+        "| variant | deployed thr | F2 OOD | mAP@0.5 OOD | F2 in-dist. at deployed thr | F2 in-dist. (own best) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, v in rows:
         ood, acc = v["accuracy_ood"], v["accuracy"]
-        lines.append(f"| {name} | {_f(v['deployed_threshold'], 3)} | {_f(ood['best_f2'])} | {_f(ood['map50'])} "
-                     f"| {_f(v['f2_in_distribution_at_deployed'])} | {_f(acc['best_f2'])} |")
+        lines.append(
+            f"| {name} | {_f(v['deployed_threshold'], 3)} | {_f(ood['best_f2'])} | {_f(ood['map50'])} "
+            f"| {_f(v['f2_in_distribution_at_deployed'])} | {_f(acc['best_f2'])} |"
+        )
     return lines
 
 

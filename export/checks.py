@@ -54,7 +54,7 @@ def check_parity(
     worst_iou, worst_diff = 1.0, 0.0
     for index, tensor in enumerate(tensors):
         ref, cand = reference(tensor), candidate(tensor)
-        for (a, b, name) in ((ref, cand, "reference"), (cand, ref, "candidate")):
+        for a, b, name in ((ref, cand, "reference"), (cand, ref, "candidate")):
             boxes_a, scores_a, labels_a = a
             boxes_b, scores_b, labels_b = b
             cutoff = score_floor
@@ -82,8 +82,15 @@ def check_parity(
     result = ParityResult(len(tensors), total, matched, worst_iou, worst_diff, not problems, problems[:20])
     # 0/0 is not a pass: nothing was compared (an untrained model scores every box below the cut-offs).
     verdict = "NOT TESTED" if total == 0 else ("PASS" if result.passed else "FAIL")
-    logger.info("parity on %d frames: %d/%d matched, min IoU %.4f, max |Δscore| %.2e -> %s", result.frames,
-                matched, total, worst_iou, worst_diff, verdict)
+    logger.info(
+        "parity on %d frames: %d/%d matched, min IoU %.4f, max |Δscore| %.2e -> %s",
+        result.frames,
+        matched,
+        total,
+        worst_iou,
+        worst_diff,
+        verdict,
+    )
     return result
 
 
@@ -156,6 +163,7 @@ def measure_latencies(
     out = {}
     for name, values in times.items():
         values.sort()
-        out[name] = Latency(runs, statistics.median(values), values[int(0.9 * (len(values) - 1))],
-                            statistics.fmean(values))
+        out[name] = Latency(
+            runs, statistics.median(values), values[int(0.9 * (len(values) - 1))], statistics.fmean(values)
+        )
     return out

@@ -41,8 +41,9 @@ def _size(value: str | None) -> tuple[int, int] | None:
 
 @app.command()
 def onnx(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (or pruned checkpoint from `export prune`).",
-                                      exists=True, dir_okay=False),
+    checkpoint: Path = typer.Argument(
+        ..., help="Training checkpoint (or pruned checkpoint from `export prune`).", exists=True, dir_okay=False
+    ),
     out: Path = typer.Option(Path("model-fp32.onnx"), "--out", "-o", help="ONNX file to write."),
     size: str | None = typer.Option(None, help="Input WIDTHxHEIGHT (multiples of 32; default from the config)."),
     data: Path | None = typer.Option(None, help="Dataset root for the parity frames (default: the training one)."),
@@ -62,15 +63,21 @@ def onnx(
         if parity_frames > 0:
             records = _held_out(source, data)
             probe = _probe_tensors(_subset(records, parity_frames), [], parity_frames, width, height)
-            result = checks.check_parity(torch_runner(source.model, width, height), onnx_runner(path), probe,
-                                         score_floor=source.cfg.box_score_thresh,
-                                         max_detections=source.cfg.box_detections_per_img)
+            result = checks.check_parity(
+                torch_runner(source.model, width, height),
+                onnx_runner(path),
+                probe,
+                score_floor=source.cfg.box_score_thresh,
+                max_detections=source.cfg.box_detections_per_img,
+            )
             if not result.passed:
                 path.unlink()
                 raise ExportError(f"parity with PyTorch failed: {result.problems[:3]}")
-            typer.echo(f"parity: {result.matched}/{result.reference_detections} detections matched on "
-                       f"{result.frames} frames (min IoU {result.min_iou:.4f}, max |Δscore| "
-                       f"{result.max_score_diff:.1e})")
+            typer.echo(
+                f"parity: {result.matched}/{result.reference_detections} detections matched on "
+                f"{result.frames} frames (min IoU {result.min_iou:.4f}, max |Δscore| "
+                f"{result.max_score_diff:.1e})"
+            )
     except (ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"wrote {path} ({width}x{height})")
@@ -79,14 +86,18 @@ def onnx(
 @app.command()
 def int8(
     model: Path = typer.Argument(..., help="fp32 ONNX exported by `export onnx`.", exists=True, dir_okay=False),
-    checkpoint: Path = typer.Option(..., "--ckpt", help="Checkpoint whose training split provides calibration.",
-                                    exists=True, dir_okay=False),
+    checkpoint: Path = typer.Option(
+        ..., "--ckpt", help="Checkpoint whose training split provides calibration.", exists=True, dir_okay=False
+    ),
     out: Path = typer.Option(Path("model-int8.onnx"), "--out", "-o", help="INT8 QDQ ONNX file to write."),
     data: Path | None = typer.Option(None, help="Dataset root (default: the checkpoint's training data)."),
     frames: int = typer.Option(100, help="Calibration frames drawn evenly from the training split."),
     method: str = typer.Option("minmax", help="Calibration: minmax, percentile or entropy."),
-    activations: str = typer.Option("symmetric", help="symmetric (int8, zero point 0: TensorRT) or asymmetric "
-                                    "(uint8: onnxruntime on CPUs, the bundle's int8_cpu)."),
+    activations: str = typer.Option(
+        "symmetric",
+        help="symmetric (int8, zero point 0: TensorRT) or asymmetric "
+        "(uint8: onnxruntime on CPUs, the bundle's int8_cpu).",
+    ),
 ) -> None:
     """Static INT8 quantization (QDQ, per-channel int8 weights) calibrated on training frames."""
     from export.onnx_export import ExportError
@@ -100,8 +111,13 @@ def int8(
         height, width = shape[2].dim_value, shape[3].dim_value
         source = load_source(checkpoint)
         train_records = _split(source, data)[0]
-        path = quantize_int8(model, out, calibration_tensors(train_records, frames, width, height), method=method,
-                             activations=activations)
+        path = quantize_int8(
+            model,
+            out,
+            calibration_tensors(train_records, frames, width, height),
+            method=method,
+            activations=activations,
+        )
     except (ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     except Exception as exc:  # noqa: BLE001  onnx raises protobuf DecodeError for non-ONNX files
@@ -149,16 +165,23 @@ def prune(
         def measure(name: str, model: torch.nn.Module) -> None:
             predictions, truths = checks.predict(torch_runner(model, width, height), records, width, height)
             acc = checks.accuracy(predictions, truths)
-            rows[name] = {**model_stats(model, width, height).to_dict(), "state_dict_mb": size_mb(model),
-                          "f2": acc.best_f2, "threshold": acc.best_threshold, "map50": acc.map50}
+            rows[name] = {
+                **model_stats(model, width, height).to_dict(),
+                "state_dict_mb": size_mb(model),
+                "f2": acc.best_f2,
+                "threshold": acc.best_threshold,
+                "map50": acc.map50,
+            }
 
         measure("before", source.model)
-        plan = PruneConfig(ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio, fpn_ratio=fpn_ratio,
-                           proposals=proposals)
+        plan = PruneConfig(
+            ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio, fpn_ratio=fpn_ratio, proposals=proposals
+        )
         model, cfg = prune_detector(source.model, source.cfg, plan, width, height)
         if epochs > 0:
-            model, _ = _fine_tune(model, source, ChainOptions(checkpoint, out.parent, Path(), data_root=data,
-                                                              fine_tune_epochs=epochs))
+            model, _ = _fine_tune(
+                model, source, ChainOptions(checkpoint, out.parent, Path(), data_root=data, fine_tune_epochs=epochs)
+            )
             set_test_proposals(model, cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test)
         measure("after", model)
         save_pruned(model, cfg, {**source.info, "pruned_from": source.sha256}, out)
@@ -170,8 +193,9 @@ def prune(
 
 @app.command()
 def bundle(
-    checkpoint: Path = typer.Option(..., "--ckpt", help="Checkpoint the models were exported from (provenance).",
-                                    exists=True, dir_okay=False),
+    checkpoint: Path = typer.Option(
+        ..., "--ckpt", help="Checkpoint the models were exported from (provenance).", exists=True, dir_okay=False
+    ),
     fp32: Path | None = typer.Option(None, help="fp32 ONNX.", exists=True, dir_okay=False),
     int8_model: Path | None = typer.Option(None, "--int8", help="INT8 ONNX.", exists=True, dir_okay=False),
     key: Path = typer.Option(..., "--key", "-k", help=_KEY_HELP),
@@ -198,12 +222,21 @@ def bundle(
         dims = onnx_lib.load(str(next(iter(variants.values())).path)).graph.input[0].type.tensor_type.shape.dim
         source = load_source(checkpoint)
         manifest = write_bundle(
-            out, name=MODEL_NAME, version=version, parent_version=parent_version, classes=source.classes,
-            input_spec=InputSpec.for_size(dims[3].dim_value, dims[2].dim_value), variants=variants,
+            out,
+            name=MODEL_NAME,
+            version=version,
+            parent_version=parent_version,
+            classes=source.classes,
+            input_spec=InputSpec.for_size(dims[3].dim_value, dims[2].dim_value),
+            variants=variants,
             score_threshold=source.score_threshold if score_threshold is None else score_threshold,
-            training=TrainingInfo(config_digest=source.config_digest, data_fingerprint=source.data_fingerprint,
-                                  checkpoint_sha256=source.sha256),
-            private_key=load_private_key(key), overwrite=force,
+            training=TrainingInfo(
+                config_digest=source.config_digest,
+                data_fingerprint=source.data_fingerprint,
+                checkpoint_sha256=source.sha256,
+            ),
+            private_key=load_private_key(key),
+            overwrite=force,
         )
     except (BundleError, ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
@@ -212,8 +245,9 @@ def bundle(
 
 @app.command("all")
 def all_(
-    checkpoint: Path | None = typer.Argument(None, help="Training checkpoint (omit with --untrained).",
-                                             exists=True, dir_okay=False),
+    checkpoint: Path | None = typer.Argument(
+        None, help="Training checkpoint (omit with --untrained).", exists=True, dir_okay=False
+    ),
     out: Path = typer.Option(Path("export-out"), "--out", "-o", help="Output directory (bundle/, report.*)."),
     key: Path = typer.Option(..., "--key", "-k", help=_KEY_HELP),
     untrained: bool = typer.Option(False, help="Use an untrained demo-size model (no checkpoint, no data)."),
@@ -229,14 +263,19 @@ def all_(
     calibration_frames: int = typer.Option(100, help="INT8 calibration frames from the training split."),
     calibration_method: str = typer.Option("minmax", help="INT8 calibration: minmax, percentile or entropy."),
     eval_frames: int | None = typer.Option(None, help="Cap on held-out frames for F2/mAP (default: all)."),
-    ood_data: Path | None = typer.Option(None, "--ood-data", help="Out-of-distribution set that picks each "
-                                         "variant's score threshold (default: the checkpoint's data.ood_root)."),
+    ood_data: Path | None = typer.Option(
+        None,
+        "--ood-data",
+        help="Out-of-distribution set that picks each "
+        "variant's score threshold (default: the checkpoint's data.ood_root).",
+    ),
     latency_runs: int = typer.Option(30, help="Timed inferences per variant."),
     threads: int = typer.Option(2, help="CPU threads for every variant."),
     version: int | None = typer.Option(None, help="Bundle version (default: previous in --out + 1)."),
     no_fp32: bool = typer.Option(False, "--no-fp32", help="Ship only the INT8 variants (smaller bundle)."),
-    cpu_int8: bool = typer.Option(True, "--cpu-int8/--no-cpu-int8",
-                                  help="Also build `int8_cpu` (uint8 activations) for onnxruntime on CPUs."),
+    cpu_int8: bool = typer.Option(
+        True, "--cpu-int8/--no-cpu-int8", help="Also build `int8_cpu` (uint8 activations) for onnxruntime on CPUs."
+    ),
 ) -> None:
     """prune -> fine-tune -> fp32 ONNX -> INT8 ONNX -> parity/accuracy -> signed bundle -> report."""
     from edge_agent.bundle import BundleError
@@ -247,15 +286,29 @@ def all_(
     if (checkpoint is None) != untrained:
         raise typer.BadParameter("give a CHECKPOINT, or --untrained for a demo model without one")
     try:
-        report = run_chain(ChainOptions(
-            checkpoint=checkpoint, out=out, private_key=key, data_root=data,
-            prune=PruneConfig(ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio,
-                                fpn_ratio=fpn_ratio, proposals=proposals), fine_tune_epochs=epochs,
-            input_size=_size(size), calibration_frames=calibration_frames, calibration_method=calibration_method,
-            eval_frames=eval_frames, ood_root=ood_data,
-            latency_runs=latency_runs, threads=threads, version=version, keep_fp32=not no_fp32, cpu_int8=cpu_int8,
-            fine_tune_overrides={"data.train_limit": fine_tune_frames} if fine_tune_frames else {},
-        ))
+        report = run_chain(
+            ChainOptions(
+                checkpoint=checkpoint,
+                out=out,
+                private_key=key,
+                data_root=data,
+                prune=PruneConfig(
+                    ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio, fpn_ratio=fpn_ratio, proposals=proposals
+                ),
+                fine_tune_epochs=epochs,
+                input_size=_size(size),
+                calibration_frames=calibration_frames,
+                calibration_method=calibration_method,
+                eval_frames=eval_frames,
+                ood_root=ood_data,
+                latency_runs=latency_runs,
+                threads=threads,
+                version=version,
+                keep_fp32=not no_fp32,
+                cpu_int8=cpu_int8,
+                fine_tune_overrides={"data.train_limit": fine_tune_frames} if fine_tune_frames else {},
+            )
+        )
     except (BundleError, ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo((out / "report.md").read_text())
@@ -265,14 +318,17 @@ def all_(
 @app.command()
 def tensorrt(
     bundle_path: Path = typer.Argument(..., help="Verified bundle directory.", exists=True),
-    key: list[Path] = typer.Option(..., "--key", "-k", help="Trusted public key(s) to verify the bundle.",
-                                   exists=True, dir_okay=False),
+    key: list[Path] = typer.Option(
+        ..., "--key", "-k", help="Trusted public key(s) to verify the bundle.", exists=True, dir_okay=False
+    ),
     precision: str = typer.Option("fp16", help="fp16 (from the fp32 ONNX) or int8 (explicit, from the QDQ ONNX)."),
     cache_dir: Path | None = typer.Option(None, help="Engine cache (default: <bundle>.engines beside it)."),
     workspace_mb: int = typer.Option(1024, help="Builder workspace limit in MiB."),
     state_dir: Path | None = typer.Option(
-        None, help="Device state dir holding the engine-cache key (use the agent's `state_dir` so it accepts the "
-        "engine; default: $STARFISH_STATE_DIR or ~/.local/state/starfish)."),
+        None,
+        help="Device state dir holding the engine-cache key (use the agent's `state_dir` so it accepts the "
+        "engine; default: $STARFISH_STATE_DIR or ~/.local/state/starfish).",
+    ),
 ) -> None:
     """Build a TensorRT engine for this device from a bundle and store it under its cache key (authenticated with
     the device's engine-cache key)."""
@@ -285,12 +341,19 @@ def tensorrt(
         verified = load_bundle(bundle_path, key)
         variant = "int8" if precision == "int8" else ("fp32" if "fp32" in verified.manifest.variants else None)
         if variant is None or variant not in verified.manifest.variants:
-            raise BundleError(f"{precision} needs the {'int8' if precision == 'int8' else 'fp32'} variant; "
-                              f"bundle has {sorted(verified.manifest.variants)}")
+            raise BundleError(
+                f"{precision} needs the {'int8' if precision == 'int8' else 'fp32'} variant; "
+                f"bundle has {sorted(verified.manifest.variants)}"
+            )
         cache = cache_dir or bundle_path.parent / f"{bundle_path.name}.engines"
         # The verified bytes, not the path: what is built is what was checked.
-        engine = build_engine(verified.read_variant(variant), cache, precision=precision,
-                              workspace_bytes=workspace_mb << 20, state_dir=state_dir)
+        engine = build_engine(
+            verified.read_variant(variant),
+            cache,
+            precision=precision,
+            workspace_bytes=workspace_mb << 20,
+            state_dir=state_dir,
+        )
     except (TensorRTUnavailable, TensorRTError) as exc:
         raise _fail(exc, code=1) from exc
     except (BundleError, OSError) as exc:

@@ -22,8 +22,15 @@ from train.model import CLASSES, ModelConfig, build_detector
 logger = logging.getLogger(__name__)
 
 # Small enough to export in seconds and to commit: 64 FPN channels, box head representation 128.
-DEMO_CONFIG = ModelConfig(min_size=128, max_size=224, fpn_channels=64, representation_size=128,
-                          rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_detections_per_img=20)
+DEMO_CONFIG = ModelConfig(
+    min_size=128,
+    max_size=224,
+    fpn_channels=64,
+    representation_size=128,
+    rpn_pre_nms_top_n_test=100,
+    rpn_post_nms_top_n_test=50,
+    box_detections_per_img=20,
+)
 
 
 def untrained_bundle(
@@ -60,8 +67,9 @@ def untrained_bundle(
             if int8:
                 variants["int8"] = VariantSource(quantize_int8(fp32, Path(tmp) / "int8.onnx", frames))
             if cpu_int8:
-                variants[CPU_INT8_VARIANT] = VariantSource(quantize_int8(
-                    fp32, Path(tmp) / "int8_cpu.onnx", frames, activations="asymmetric"))
+                variants[CPU_INT8_VARIANT] = VariantSource(
+                    quantize_int8(fp32, Path(tmp) / "int8_cpu.onnx", frames, activations="asymmetric")
+                )
         return write_bundle(
             dest,
             name=MODEL_NAME,
@@ -70,8 +78,9 @@ def untrained_bundle(
             input_spec=InputSpec.for_size(width, height),
             variants=variants,
             score_threshold=score_threshold,
-            training=TrainingInfo(config_digest=config_digest(cfg.to_dict()), data_fingerprint=None,
-                                  checkpoint_sha256=None),
+            training=TrainingInfo(
+                config_digest=config_digest(cfg.to_dict()), data_fingerprint=None, checkpoint_sha256=None
+            ),
             private_key=key,
             overwrite=overwrite,
         )

@@ -25,8 +25,9 @@ def generate(
     public = public or private.with_suffix(".pub")
     existing = [str(p) for p in (private, public) if p.exists()]
     if existing and not force:
-        typer.secho(f"error: {existing[0]} already exists; pass --force to replace the key pair",
-                    fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"error: {existing[0]} already exists; pass --force to replace the key pair", fg=typer.colors.RED, err=True
+        )
         raise typer.Exit(2)
     passphrase = os.environ.get("STARFISH_KEY_PASSPHRASE")
     try:

@@ -113,8 +113,7 @@ def export_onnx(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    logger.info("exported %s (%dx%d, opset %d, %.1f MB)", out_path, width, height, opset,
-                out_path.stat().st_size / 1e6)
+    logger.info("exported %s (%dx%d, opset %d, %.1f MB)", out_path, width, height, opset, out_path.stat().st_size / 1e6)
     return out_path
 
 
@@ -143,5 +142,6 @@ def check_onnx(model_or_path, source: str | None = None) -> None:  # type: ignor
     inputs = [i.name for i in proto.graph.input]
     outputs = [o.name for o in proto.graph.output]
     if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-        raise ExportError(f"{name} has inputs {inputs} / outputs {outputs}; the contract is {INPUT_NAME} -> "
-                          f"{list(OUTPUT_NAMES)}")
+        raise ExportError(
+            f"{name} has inputs {inputs} / outputs {outputs}; the contract is {INPUT_NAME} -> {list(OUTPUT_NAMES)}"
+        )

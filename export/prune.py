@@ -82,8 +82,10 @@ def prune_detector(
     from train.model import count_frozen_batchnorm
 
     if count_frozen_batchnorm(model):
-        raise ExportError("the model has FrozenBatchNorm2d layers, which torch-pruning cannot prune; "
-                          "convert them to BatchNorm2d first")
+        raise ExportError(
+            "the model has FrozenBatchNorm2d layers, which torch-pruning cannot prune; "
+            "convert them to BatchNorm2d first"
+        )
     for p in model.parameters():
         p.requires_grad_(True)  # torch-pruning does not see frozen parameters
     model.eval()
@@ -120,8 +122,10 @@ def prune_detector(
     head_ratio = prune.ratio if prune.head_ratio is None else prune.head_ratio
     if head_ratio > 0:
         box_head, predictor = model.roi_heads.box_head, model.roi_heads.box_predictor
-        for layer, consumers in ((box_head.fc6, [box_head.fc7]),
-                                 (box_head.fc7, [predictor.cls_score, predictor.bbox_pred])):
+        for layer, consumers in (
+            (box_head.fc6, [box_head.fc7]),
+            (box_head.fc7, [predictor.cls_score, predictor.bbox_pred]),
+        ):
             keep = _keep(layer.weight.detach(), head_ratio, prune.round_to)
             drop = _complement(keep, layer.out_features)
             tp.prune_linear_out_channels(layer, drop)
@@ -129,9 +133,11 @@ def prune_detector(
                 tp.prune_linear_in_channels(consumer, drop)
     new_cfg = replace(model_cfg, representation_size=model.roi_heads.box_head.fc7.out_features)
     if prune.proposals is not None:
-        new_cfg = replace(new_cfg, rpn_post_nms_top_n_test=prune.proposals,
-                          rpn_pre_nms_top_n_test=max(prune.proposals, min(model_cfg.rpn_pre_nms_top_n_test,
-                                                                         4 * prune.proposals)))
+        new_cfg = replace(
+            new_cfg,
+            rpn_post_nms_top_n_test=prune.proposals,
+            rpn_pre_nms_top_n_test=max(prune.proposals, min(model_cfg.rpn_pre_nms_top_n_test, 4 * prune.proposals)),
+        )
         set_test_proposals(model, new_cfg.rpn_pre_nms_top_n_test, new_cfg.rpn_post_nms_top_n_test)
     model.eval()
     with torch.no_grad():
@@ -174,8 +180,9 @@ def set_test_proposals(model: nn.Module, pre_nms: int, post_nms: int) -> None:
 def _keep(weight: torch.Tensor, ratio: float, round_to: int) -> list[int]:
     """Indices of the output channels to keep: the largest L2 norms, count rounded to ``round_to``."""
     total = weight.shape[0]
-    keep = max(round_to, int(round(total * (1 - ratio) / round_to)) * round_to) if round_to else round(
-        total * (1 - ratio))
+    keep = (
+        max(round_to, int(round(total * (1 - ratio) / round_to)) * round_to) if round_to else round(total * (1 - ratio))
+    )
     keep = min(total, max(1, keep))
     norms = weight.reshape(total, -1).norm(dim=1)
     return sorted(torch.argsort(norms, descending=True)[:keep].tolist())

@@ -95,8 +95,11 @@ def quantize_int8(
 
     if len(frames) == 0:
         raise CalibrationError("calibration data is empty: pass at least one frame")
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     if method not in methods:
         raise CalibrationError(f"unknown calibration method {method!r}; choose one of {', '.join(methods)}")
     if activations not in ACTIVATION_MODES:
@@ -142,8 +145,14 @@ def quantize_int8(
             )
         check_onnx(staged, source=str(out_path))
         os.replace(staged, out_path) if _same_fs(staged, out_path) else _copy_atomic(staged, out_path)
-    logger.info("wrote INT8 QDQ model %s (%s activations, %.1f MB, %d calibration frames, %d nodes kept float)",
-                out_path, activations, out_path.stat().st_size / 1e6, len(frames), len(exclude))
+    logger.info(
+        "wrote INT8 QDQ model %s (%s activations, %.1f MB, %d calibration frames, %d nodes kept float)",
+        out_path,
+        activations,
+        out_path.stat().st_size / 1e6,
+        len(frames),
+        len(exclude),
+    )
     return out_path
 
 

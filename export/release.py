@@ -88,9 +88,17 @@ def make_release(
     tar, name, version, size = store_bundle(bundle, store, bundle_keys)
     created = now or datetime.now(timezone.utc)
     announcement = Announcement(
-        name=name, version=version, url=f"{url_base.rstrip('/')}/{tar.name}", sha256=sha256_file(tar), size=size,
-        created_at=created, expires_at=created + expires_in, min_agent_version=min_agent_version,
-        platforms=platforms, rollout=rollout or Rollout(), rollback=rollback,
+        name=name,
+        version=version,
+        url=f"{url_base.rstrip('/')}/{tar.name}",
+        sha256=sha256_file(tar),
+        size=size,
+        created_at=created,
+        expires_at=created + expires_in,
+        min_agent_version=min_agent_version,
+        platforms=platforms,
+        rollout=rollout or Rollout(),
+        rollback=rollback,
     )
     logger.info("release %s: %s (%d bytes)", announcement.describe(), tar, size)
     return Release(tar, announcement, sign_announcement(announcement, release_key))

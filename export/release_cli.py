@@ -20,7 +20,8 @@ def release(
     url_base: str = typer.Option(..., "--url-base", help="URL under which the store directory is served."),
     key: Path = typer.Option(..., "--key", help="Release private key (PEM, `starfish keys generate`)."),
     bundle_key: list[Path] = typer.Option(
-        None, "--bundle-key", help="Public key(s) the bundle must verify with (default: the release key's)."),
+        None, "--bundle-key", help="Public key(s) the bundle must verify with (default: the release key's)."
+    ),
     expires_days: float = typer.Option(7.0, "--expires-days", min=0.001, help="Days until devices ignore it."),
     min_agent_version: str = typer.Option("0", "--min-agent-version", help="Oldest agent that may install it."),
     platform: list[str] = typer.Option(["any"], "--platform", help="Platform tags (linux-aarch64...) or 'any'."),
@@ -47,9 +48,16 @@ def release(
         keys = [load_public_key(p) for p in bundle_key] if bundle_key else [private.public_key()]
         rollout = Rollout(wave=wave, canary=canary, devices=tuple(device) if device else None)
         result = make_release(
-            bundle, store=store, url_base=url_base, release_key=private, bundle_keys=keys,
-            expires_in=timedelta(days=expires_days), min_agent_version=min_agent_version,
-            platforms=tuple(platform), rollout=rollout, rollback=rollback,
+            bundle,
+            store=store,
+            url_base=url_base,
+            release_key=private,
+            bundle_keys=keys,
+            expires_in=timedelta(days=expires_days),
+            min_agent_version=min_agent_version,
+            platforms=tuple(platform),
+            rollout=rollout,
+            rollback=rollback,
         )
         if out is not None:
             out.write_bytes(result.payload)
@@ -57,8 +65,12 @@ def release(
             host, _, port = broker.rpartition(":")
             if not host or not port.isdigit():
                 _fail(f"--broker must be host:port, got {broker!r}")
-            publish(result.payload, host=host, port=int(port), topic=Topics(prefix=prefix,
-                                                                            device_id="release").fleet_model(fleet))
+            publish(
+                result.payload,
+                host=host,
+                port=int(port),
+                topic=Topics(prefix=prefix, device_id="release").fleet_model(fleet),
+            )
     except (BundleError, OSError) as exc:
         _fail(f"release refused: {exc}")
     except ValidationError as exc:

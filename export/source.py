@@ -84,14 +84,19 @@ def load_source(path: str | os.PathLike, expected_classes: tuple[str, ...] | Non
     predictor = model.roi_heads.box_predictor.cls_score
     if predictor.out_features != len(classes):
         raise ExportError(f"{path}: the box predictor has {predictor.out_features} outputs for {len(classes)} classes")
-    logger.info("loaded %s (%s, %d classes, %.2fM parameters)", path, info.get("architecture", "model_config"),
-                len(classes), count_parameters(model) / 1e6)
+    logger.info(
+        "loaded %s (%s, %d classes, %.2fM parameters)",
+        path,
+        info.get("architecture", "model_config"),
+        len(classes),
+        count_parameters(model) / 1e6,
+    )
     return SourceModel(model.eval(), cfg, info, path, sha256_file(path), classes)
 
 
 def _weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if any(k.startswith("model.") for k in state):
-        return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     return dict(state)
 
 
@@ -137,8 +142,12 @@ def save_pruned(model: nn.Module, cfg: ModelConfig, info: dict[str, Any], path: 
     """Write a pruned detector checkpoint (weights + layer shapes + provenance) atomically."""
     from train.checkpoint import save_detector
 
-    payload = {**info, "architecture": PRUNED_ARCHITECTURE, "model_config": cfg.to_dict(),
-               "layer_shapes": layer_shapes(model)}
+    payload = {
+        **info,
+        "architecture": PRUNED_ARCHITECTURE,
+        "model_config": cfg.to_dict(),
+        "layer_shapes": layer_shapes(model),
+    }
     return save_detector(model, payload, path)
 
 

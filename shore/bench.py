@@ -38,12 +38,23 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def _payload(device: str, camera: str, seq: int, ts: float) -> bytes:
-    return json.dumps({
-        "schema_version": 1, "device_id": device, "camera_id": camera, "session": 1, "seq": seq,
-        "outbox_id": "bench", "ts": datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z"),
-        "frame": seq, "count": seq % 5, "unique_count": seq // 50, "historical": False,
-        "model": {"name": "bench", "version": 1, "variant": "int8", "backend": "onnxruntime"},
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "device_id": device,
+            "camera_id": camera,
+            "session": 1,
+            "seq": seq,
+            "outbox_id": "bench",
+            "ts": datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "frame": seq,
+            "count": seq % 5,
+            "unique_count": seq // 50,
+            "historical": False,
+            "model": {"name": "bench", "version": 1, "variant": "int8", "backend": "onnxruntime"},
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 @contextlib.contextmanager
@@ -83,8 +94,26 @@ def _rate(storage: Storage, batches: list[list[Any]], parser: MessageParser | No
 
 
 def _records(n: int, t0: float) -> list[CountRecord]:
-    return [CountRecord("bench", f"cam{i % 10}", "bench", i + 1, 1, t0 + i * 0.01, i, i % 5, i // 50, 1,
-                        float(i % 5), i % 5, False, "bench v1 (int8, onnxruntime)", t0) for i in range(n)]
+    return [
+        CountRecord(
+            "bench",
+            f"cam{i % 10}",
+            "bench",
+            i + 1,
+            1,
+            t0 + i * 0.01,
+            i,
+            i % 5,
+            i // 50,
+            1,
+            float(i % 5),
+            i % 5,
+            False,
+            "bench v1 (int8, onnxruntime)",
+            t0,
+        )
+        for i in range(n)
+    ]
 
 
 def _publisher(port: int, n: int, ready: Any) -> None:
@@ -98,8 +127,12 @@ def _publisher(port: int, n: int, ready: Any) -> None:
     client.loop_start()
     ready.wait(30)
     t0 = time.time()
-    infos = [client.publish(f"starfish/bench/cam{i % 10}/counts", _payload("bench", f"cam{i % 10}", i + 1,
-                                                                        t0 + i * 0.01), qos=1) for i in range(n)]
+    infos = [
+        client.publish(
+            f"starfish/bench/cam{i % 10}/counts", _payload("bench", f"cam{i % 10}", i + 1, t0 + i * 0.01), qos=1
+        )
+        for i in range(n)
+    ]
     for info in infos:
         info.wait_for_publish(60)
     client.disconnect()
@@ -128,8 +161,9 @@ def _mqtt_rate(url: str, n: int) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory(prefix="shore-bench-mqtt-") as tmp:
         conf = Path(tmp) / "m.conf"
         # No broker-side cap on in-flight or queued messages: our Receive Maximum (1000) is the flow control.
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\n"
-                        "max_queued_messages 0\n")
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 0\n"
+        )
         broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)
@@ -161,8 +195,12 @@ def _mqtt_rate(url: str, n: int) -> dict[str, Any] | None:
                     got = ingest.stats.new_counts
                     ingest.stop()
                     proc.join(30)
-                    out[mode] = {"counts": got, "seconds": round(elapsed, 3), "counts_per_s": round(got / elapsed),
-                                 "batches": ingest.stats.batches}
+                    out[mode] = {
+                        "counts": got,
+                        "seconds": round(elapsed, 3),
+                        "counts_per_s": round(got / elapsed),
+                        "batches": ingest.stats.batches,
+                    }
         finally:
             broker.kill()
             broker.wait(5)
@@ -184,8 +222,25 @@ def _chart(url: str, cameras: int) -> dict[str, Any]:
             batch = []
             for cam in range(cameras):
                 seq += 1
-                batch.append(CountRecord("bench", f"cam{cam}", "bench", seq, 1, t0 + minute * 60, seq, 2,
-                                         minute // 3, 600, 600 * 1.5, 6, False, None, now))
+                batch.append(
+                    CountRecord(
+                        "bench",
+                        f"cam{cam}",
+                        "bench",
+                        seq,
+                        1,
+                        t0 + minute * 60,
+                        seq,
+                        2,
+                        minute // 3,
+                        600,
+                        600 * 1.5,
+                        6,
+                        False,
+                        None,
+                        now,
+                    )
+                )
             storage.write(batch)
         query = []
         for _ in range(20):
@@ -197,8 +252,9 @@ def _chart(url: str, cameras: int) -> dict[str, Any]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(WebConfig(port=port), storage), host="127.0.0.1",
-                                               port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(WebConfig(port=port), storage), host="127.0.0.1", port=port, log_level="warning")
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
@@ -215,9 +271,14 @@ def _chart(url: str, cameras: int) -> dict[str, Any]:
         server.should_exit = True
         thread.join(10)
     n_points = sum(len(c["minute"]) for c in points["cameras"].values())
-    return {"cameras": cameras, "points": n_points, "query_ms_median": round(statistics.median(query) * 1000, 1),
-            "http_ms_median": round(statistics.median(http) * 1000, 1), "http_ms_max": round(max(http) * 1000, 1),
-            "response_kib": round(size / 1024, 1)}
+    return {
+        "cameras": cameras,
+        "points": n_points,
+        "query_ms_median": round(statistics.median(query) * 1000, 1),
+        "http_ms_median": round(statistics.median(http) * 1000, 1),
+        "http_ms_max": round(max(http) * 1000, 1),
+        "response_kib": round(size / 1024, 1),
+    }
 
 
 def _reachable(url: str) -> bool:
@@ -240,8 +301,13 @@ def run_bench(dbs: list[str] | None, *, counts: int, batch: int, cameras: int) -
     import os
 
     # Shared machines make every figure depend on what else runs: say how busy this one was.
-    report: dict[str, Any] = {"counts": counts, "batch": batch, "cpus": os.cpu_count(),
-                              "load_average_before": [round(x, 1) for x in os.getloadavg()], "results": {}}
+    report: dict[str, Any] = {
+        "counts": counts,
+        "batch": batch,
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 1) for x in os.getloadavg()],
+        "results": {},
+    }
     parser = MessageParser("starfish")
     t0 = time.time()
     for target in targets:
@@ -249,12 +315,13 @@ def run_bench(dbs: list[str] | None, *, counts: int, batch: int, cameras: int) -
         name = "sqlite" if not url.startswith("postgres") else "postgresql"
         logger.info("bench: %s", name)
         records = _records(counts, t0)
-        payloads = [(f"starfish/bench/{r.camera_id}/counts", _payload("bench", r.camera_id, r.seq, r.ts))
-                    for r in records]
+        payloads = [
+            (f"starfish/bench/{r.camera_id}/counts", _payload("bench", r.camera_id, r.seq, r.ts)) for r in records
+        ]
         with _fresh(url or "sqlite") as storage:
-            write = _rate(storage, [records[i:i + batch] for i in range(0, counts, batch)], None)
+            write = _rate(storage, [records[i : i + batch] for i in range(0, counts, batch)], None)
         with _fresh(url or "sqlite") as storage:
-            parsed = _rate(storage, [payloads[i:i + batch] for i in range(0, counts, batch)], parser)
+            parsed = _rate(storage, [payloads[i : i + batch] for i in range(0, counts, batch)], parser)
         result: dict[str, Any] = {"write_counts_per_s": round(write), "parse_write_counts_per_s": round(parsed)}
         result["mqtt"] = _mqtt_rate(url or "sqlite", min(counts, 20_000))
         result["chart_24h"] = _chart(url or "sqlite", cameras)

@@ -9,8 +9,11 @@ from pathlib import Path
 import typer
 from pydantic import SecretStr, ValidationError
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Shore station: MQTT ingest into SQLite / PostgreSQL and a live web dashboard.")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Shore station: MQTT ingest into SQLite / PostgreSQL and a live web dashboard.",
+)
 logger = logging.getLogger(__name__)
 
 
@@ -30,8 +33,9 @@ def _validation_line(exc: ValidationError) -> str:
 def _ensure_logging() -> None:
     # `python -m shore` has no root callback configuring logging; `starfish` does.
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
 
 
 def _cannot_listen(host: str, port: int) -> str | None:
@@ -79,13 +83,20 @@ def run(
         raise _fail("--no-ingest and --no-web together leave nothing to run")
     try:
         settings = ShoreSettings(
-            db=db, db_schema=db_schema,
-            mqtt=IngestConfig(host=mqtt_host, port=mqtt_port, username=mqtt_user, topic_prefix=prefix,
-                              client_id=client_id, share_group=share_group,
-                              tls=TlsConfig(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, insecure=False)
-                              if (tls or tls_ca or tls_cert or tls_key) else None),
-            web=WebConfig(host=host, port=port, token=SecretStr(token) if token else None,
-                          sse_heartbeat_s=heartbeat),
+            db=db,
+            db_schema=db_schema,
+            mqtt=IngestConfig(
+                host=mqtt_host,
+                port=mqtt_port,
+                username=mqtt_user,
+                topic_prefix=prefix,
+                client_id=client_id,
+                share_group=share_group,
+                tls=TlsConfig(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, insecure=False)
+                if (tls or tls_ca or tls_cert or tls_key)
+                else None,
+            ),
+            web=WebConfig(host=host, port=port, token=SecretStr(token) if token else None, sse_heartbeat_s=heartbeat),
         )
     except ValidationError as exc:
         raise _fail(_validation_line(exc)) from None
@@ -103,8 +114,12 @@ def run(
 
 @app.command()
 def bench(
-    db: list[str] = typer.Option(None, "--db", help="`sqlite` (a temporary file) or a postgresql:// URL, "
-                                 "repeatable; default: sqlite and, when reachable, PostgreSQL on 127.0.0.1."),
+    db: list[str] = typer.Option(
+        None,
+        "--db",
+        help="`sqlite` (a temporary file) or a postgresql:// URL, "
+        "repeatable; default: sqlite and, when reachable, PostgreSQL on 127.0.0.1.",
+    ),
     counts: int = typer.Option(50_000, "--counts", help="Counts messages to ingest."),
     batch: int = typer.Option(200, "--batch", help="Messages per transaction."),
     cameras: int = typer.Option(10, "--cameras", help="Cameras for the chart query."),

@@ -21,31 +21,42 @@ class IngestConfig(_Strict):
     host: str = Field(default="127.0.0.1", min_length=1, description="MQTT broker host.")
     port: int = Field(default=1883, ge=1, le=65535, description="MQTT broker port.")
     username: str | None = Field(
-        default=None, description="Broker user name (password from $STARFISH_SHORE_MQTT_PASSWORD).",
+        default=None,
+        description="Broker user name (password from $STARFISH_SHORE_MQTT_PASSWORD).",
     )
     password: SecretStr | None = Field(default=None, description="Broker password; prefer the environment variable.")
     topic_prefix: str = Field(
-        default="starfish", min_length=1, description="Fleet topic prefix (`{prefix}/{device_id}/…`).",
+        default="starfish",
+        min_length=1,
+        description="Fleet topic prefix (`{prefix}/{device_id}/…`).",
     )
     tls: TlsConfig | None = Field(
-        default=None, description="TLS towards the broker (the agent's own TLS block: CA, client certificate).",
+        default=None,
+        description="TLS towards the broker (the agent's own TLS block: CA, client certificate).",
     )
     client_id: str = Field(
-        default="starfish-shore", min_length=1, max_length=64,
+        default="starfish-shore",
+        min_length=1,
+        max_length=64,
         description="MQTT client id; it names the persistent session, so keep it stable across restarts.",
     )
     share_group: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        default=None,
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
         description="MQTT 5 shared-subscription group: several ingest processes (each with its own client id) "
         "split the counts between them. Retained states are subscribed by every process.",
     )
     session_expiry_s: int = Field(
-        default=7 * 24 * 3600, ge=60,
+        default=7 * 24 * 3600,
+        ge=60,
         description="How long the broker keeps our session (and queues counts) while away.",
     )
     keepalive_s: int = Field(default=15, ge=2, le=3600, description="MQTT keepalive.")
     receive_maximum: int = Field(
-        default=1000, ge=1, le=65535, description="QoS 1 messages the broker may send before our acknowledgements.",
+        default=1000,
+        ge=1,
+        le=65535,
+        description="QoS 1 messages the broker may send before our acknowledgements.",
     )
     max_payload_bytes: int = Field(default=65536, ge=256, description="Larger messages are counted and ignored.")
     batch_max: int = Field(default=1000, ge=1, description="Most messages committed in one transaction.")
@@ -69,13 +80,18 @@ class WebConfig(_Strict):
     host: str = Field(default="127.0.0.1", description="Bind address; anything but loopback requires a token.")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port.")
     token: SecretStr | None = Field(
-        default=None, description=f"Access token (or ${TOKEN_ENV}); required off loopback.",
+        default=None,
+        description=f"Access token (or ${TOKEN_ENV}); required off loopback.",
     )
     sse_heartbeat_s: float = Field(
-        default=15.0, gt=0, description="Comment line sent on an idle live-update stream.",
+        default=15.0,
+        gt=0,
+        description="Comment line sent on an idle live-update stream.",
     )
     sse_poll_s: float = Field(
-        default=0.5, gt=0, description="How often the live-update stream looks for new data.",
+        default=0.5,
+        gt=0,
+        description="How often the live-update stream looks for new data.",
     )
     title: str = Field(default="Starfish shore station", max_length=100, description="Page title.")
 
@@ -84,8 +100,10 @@ class WebConfig(_Strict):
         if self.token is None and os.environ.get(TOKEN_ENV):
             self.token = SecretStr(os.environ[TOKEN_ENV])
         if self.token is None and not is_loopback(self.host):
-            raise ValueError(f"binding to {self.host} needs a token (--token or ${TOKEN_ENV}); "
-                             "without one, only 127.0.0.1 / ::1 are allowed")
+            raise ValueError(
+                f"binding to {self.host} needs a token (--token or ${TOKEN_ENV}); "
+                "without one, only 127.0.0.1 / ::1 are allowed"
+            )
         if self.token is not None and len(self.token.get_secret_value()) < 16:
             raise ValueError("the token must be at least 16 characters")
         return self

@@ -86,8 +86,11 @@ class Ingest:
         self._subscribed = threading.Event()
         self._writer: threading.Thread | None = None
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=MQTTProtocolVersion.MQTTv5,
-            manual_ack=True, reconnect_on_failure=True,
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+            reconnect_on_failure=True,
         )
         self._client.reconnect_delay_set(0.2, cfg.reconnect_max_delay_s)  # type: ignore[arg-type]
         if cfg.username is not None:
@@ -97,7 +100,8 @@ class Ingest:
                 ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
                 certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
                 keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             self._client.tls_insecure_set(cfg.tls.insecure)
         self._client.enable_logger(_PAHO_LOGGER)
@@ -114,8 +118,9 @@ class Ingest:
         props.ReceiveMaximum = self.cfg.receive_maximum
         logger.info("shore ingest: connecting to %s:%d as %s", self.cfg.host, self.cfg.port, self.cfg.client_id)
         # clean_start=False resumes the session: what arrived while we were away is waiting for us.
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                                   clean_start=False, properties=props)
+        self._client.connect_async(
+            self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, clean_start=False, properties=props
+        )
         self._client.loop_start()
         self._writer = threading.Thread(target=self._writer_main, name="shore-writer", daemon=True)
         self._writer.start()
@@ -166,8 +171,9 @@ class Ingest:
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")  # noqa: SLF001 - paho has no raw-topic accessor
         self.stats.received += 1
-        self._queue.put(_Message(self._generation, msg.mid, msg.qos, topic, bytes(msg.payload), bool(msg.retain),
-                                 time.time()))
+        self._queue.put(
+            _Message(self._generation, msg.mid, msg.qos, topic, bytes(msg.payload), bool(msg.retain), time.time())
+        )
 
     # -- writer thread --------------------------------------------------------------------------------------------
     def _writer_main(self) -> None:

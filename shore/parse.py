@@ -34,6 +34,7 @@ _TOPIC_KEEP = 200  # characters of a rejected topic kept for diagnosis
 def subscriptions(prefix: str, share_group: str | None = None) -> list[tuple[str, int]]:
     """(filter, QoS) pairs. Counts and tracks may go to a shared group; retained state never does, because MQTT 5
     does not deliver retained messages on shared subscriptions and every ingest process needs the states."""
+
     def shared(flt: str) -> str:
         return f"$share/{share_group}/{flt}" if share_group else flt
 
@@ -69,7 +70,7 @@ class MessageParser:
         head = self.prefix + "/"
         if not topic.startswith(head):
             return reject("topic")
-        levels = topic[len(head):].split("/")
+        levels = topic[len(head) :].split("/")
         if len(levels) not in (2, 3):
             return reject("topic")
         device_id = levels[0]
@@ -127,8 +128,15 @@ class MessageParser:
             if isinstance(parsed, str):
                 return reject(parsed)
             track = TrackRecord(
-                device_id, camera_id, parsed.session, parsed.event, parsed.track_id,
-                parsed.first_seen.timestamp(), parsed.last_seen.timestamp(), parsed.frames, parsed.max_score,
+                device_id,
+                camera_id,
+                parsed.session,
+                parsed.event,
+                parsed.track_id,
+                parsed.first_seen.timestamp(),
+                parsed.last_seen.timestamp(),
+                parsed.frames,
+                parsed.max_score,
             )
             return [track, *cam_seen]
         return reject("topic")
@@ -152,12 +160,25 @@ class MessageParser:
             count_max = parsed.aggregate.count_max
         else:
             frames, count_sum, count_max = 1, float(parsed.count), parsed.count
-        return [CountRecord(
-            device_id=device_id, camera_id=camera_id, outbox_id=parsed.outbox_id, seq=parsed.seq,
-            session=parsed.session, ts=parsed.ts.timestamp(), frame=parsed.frame, count=parsed.count,
-            unique_count=parsed.unique_count, frames=frames, count_sum=count_sum, count_max=count_max,
-            historical=parsed.historical, model=_model_label(parsed.model), received_at=now,
-        )]
+        return [
+            CountRecord(
+                device_id=device_id,
+                camera_id=camera_id,
+                outbox_id=parsed.outbox_id,
+                seq=parsed.seq,
+                session=parsed.session,
+                ts=parsed.ts.timestamp(),
+                frame=parsed.frame,
+                count=parsed.count,
+                unique_count=parsed.unique_count,
+                frames=frames,
+                count_sum=count_sum,
+                count_max=count_max,
+                historical=parsed.historical,
+                model=_model_label(parsed.model),
+                received_at=now,
+            )
+        ]
 
     def _why(self, payload: bytes, model: type[BaseModel]) -> str:
         doc = self._json_object(payload)
@@ -178,8 +199,7 @@ class MessageParser:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def _validate(self, model: type[BaseModel], payload: bytes, device_id: str,
-                  camera_id: str | None = None) -> Any:
+    def _validate(self, model: type[BaseModel], payload: bytes, device_id: str, camera_id: str | None = None) -> Any:
         doc = self._json_object(payload)
         if doc is None:
             return "payload"

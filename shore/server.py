@@ -25,15 +25,26 @@ def run(settings: ShoreSettings, *, ingest: bool = True, web: bool = True) -> No
             worker.start()
         if web:
             app = create_app(settings.web, storage, worker.stats if worker is not None else None)
-            config = uvicorn.Config(app, host=settings.web.host, port=settings.web.port, log_level="warning",
-                                    timeout_graceful_shutdown=3, access_log=False)
+            config = uvicorn.Config(
+                app,
+                host=settings.web.host,
+                port=settings.web.port,
+                log_level="warning",
+                timeout_graceful_shutdown=3,
+                access_log=False,
+            )
             server = uvicorn.Server(config)
             # uvicorn re-raises the signal that stopped it once it has shut down; with the default handler in place
             # that would end the process before the `finally` below commits and acknowledges what ingest holds.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: None)
-            logger.info("shore: dashboard on http://%s:%d/ (storage: %s%s)", settings.web.host, settings.web.port,
-                        storage.engine, "" if is_loopback(settings.web.host) else ", token required")
+            logger.info(
+                "shore: dashboard on http://%s:%d/ (storage: %s%s)",
+                settings.web.host,
+                settings.web.port,
+                storage.engine,
+                "" if is_loopback(settings.web.host) else ", token required",
+            )
             server.run()
         else:
             done = threading.Event()

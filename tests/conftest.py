@@ -30,7 +30,6 @@ _FIXTURE_MODULES = (
 pytest_plugins = ["pytester"] + [name for name in _FIXTURE_MODULES if importlib.util.find_spec(name) is not None]
 
 
-
 def _fail_on_violations() -> None:
     violations = loopback.take_violations()
     if violations:

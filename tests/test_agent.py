@@ -53,13 +53,19 @@ def _device_status(sub) -> list[str]:
     return [m.payload.decode() for m in sub.on(f"{DEVICE}/status")]
 
 
-def test_topics_fields_commands_and_a_missing_camera(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
-                                                     mqtt_subscriber) -> None:
+def test_topics_fields_commands_and_a_missing_camera(
+    tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber
+) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#", "homeassistant/#"])
-    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port,
-                       detector={"score_threshold": 0.0},
-                       stop_when_sources_end=False,
-                       mqtt={"stats_interval_s": 0.3})
+    cfg = agent_config(
+        tmp_path,
+        agent_bundle,
+        clip.path,
+        mosquitto.port,
+        detector={"score_threshold": 0.0},
+        stop_when_sources_end=False,
+        mqtt={"stats_interval_s": 0.3},
+    )
     cfg["cameras"].append({"id": "cam1", "source": 57, "reconnect_initial_s": 0.2, "reconnect_max_s": 0.5})
     runner = AgentThread(cfg)
     assert wait_until(lambda: runner.agent.cameras["cam0"].camera.finished, 60)
@@ -80,8 +86,19 @@ def test_topics_fields_commands_and_a_missing_camera(tmp_path: Path, clip: Clip,
     assert [c["seq"] for c in counts] == list(range(counts[0]["seq"], counts[0]["seq"] + clip.frames))
     assert [c["frame"] for c in counts] == list(range(clip.frames))
     for c in counts:
-        assert {"schema_version", "device_id", "camera_id", "session", "seq", "ts", "frame", "count",
-                "unique_count", "model", "historical"} <= c.keys()
+        assert {
+            "schema_version",
+            "device_id",
+            "camera_id",
+            "session",
+            "seq",
+            "ts",
+            "frame",
+            "count",
+            "unique_count",
+            "model",
+            "historical",
+        } <= c.keys()
         assert c["device_id"] == DEVICE and c["camera_id"] == "cam0" and c["historical"] is False
         # `count` is the confirmed starfish in view: the boxes that carry a (confirmed) track id.
         assert c["count"] == len({d["track_id"] for d in c["detections"] if d.get("track_id") is not None})
@@ -106,8 +123,9 @@ def test_topics_fields_commands_and_a_missing_camera(tmp_path: Path, clip: Clip,
     assert any(m.topic.startswith("homeassistant/sensor/") and m.topic.endswith("/config") for m in sub.messages)
 
 
-def test_hot_swap_keeps_capture_and_publishing_running(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
-                                                       mqtt_subscriber) -> None:
+def test_hot_swap_keeps_capture_and_publishing_running(
+    tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber
+) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"])
     # Without ByteTrack's low-score pass: with it, tracks confirmed before the swap would rightly live on from the
     # untrained model's below-threshold boxes (tests/test_tracking.py covers that), and `count` would not drop to 0.
@@ -129,8 +147,9 @@ def test_hot_swap_keeps_capture_and_publishing_running(tmp_path: Path, clip: Cli
     assert _counts(sub)[-1]["count"] == 0  # the new threshold (0.99) is in force
 
 
-def test_sigterm_exits_zero_with_stopped_and_kill9_fires_the_last_will(tmp_path: Path, clip: Clip, agent_bundle,
-                                                                        mosquitto, mqtt_subscriber) -> None:
+def test_sigterm_exits_zero_with_stopped_and_kill9_fires_the_last_will(
+    tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber
+) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/status"])
     cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port)
     cfg["cameras"][0].update(loop=True, read_mode="latest")
@@ -154,8 +173,14 @@ def test_sigterm_exits_zero_with_stopped_and_kill9_fires_the_last_will(tmp_path:
 def test_tracks_never_span_a_file_loop(tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber) -> None:
     """A looping file is a new scene each time: its tracks end at the loop (`end` events), none bridges it."""
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/cam0/tracks"])
-    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0},
-                       stop_when_sources_end=False)
+    cfg = agent_config(
+        tmp_path,
+        agent_bundle,
+        clip.path,
+        mosquitto.port,
+        detector={"score_threshold": 0.0},
+        stop_when_sources_end=False,
+    )
     cfg["cameras"][0].update(loop=True, realtime=False)
     runner = AgentThread(cfg)
     runtime = runner.agent.cameras["cam0"]
@@ -185,8 +210,15 @@ def test_tracks_end_when_a_camera_goes_offline(tmp_path: Path, agent_bundle, mos
 
     server = MjpegServer(frames_per_connection=15)
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/cam0/tracks"])
-    cfg = agent_config(tmp_path, agent_bundle, server.url, mosquitto.port, detector={"score_threshold": 0.0},
-                       stop_when_sources_end=False, tracker={"max_age_s": 0.5, "min_hits": 2})
+    cfg = agent_config(
+        tmp_path,
+        agent_bundle,
+        server.url,
+        mosquitto.port,
+        detector={"score_threshold": 0.0},
+        stop_when_sources_end=False,
+        tracker={"max_age_s": 0.5, "min_hits": 2},
+    )
     cfg["cameras"][0].update(read_mode="latest", reconnect_initial_s=2.0, reconnect_max_s=4.0, read_timeout_s=1.0)
     runner = AgentThread(cfg)
     runtime = runner.agent.cameras["cam0"]
@@ -213,8 +245,9 @@ def test_sigterm_while_a_network_camera_is_blocked_in_open_exits_cleanly(
 
     server = SilentServer()
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/status"])
-    cfg = agent_config(tmp_path, agent_bundle, f"rtsp://127.0.0.1:{server.port}/stream", mosquitto.port,
-                       stop_when_sources_end=False)
+    cfg = agent_config(
+        tmp_path, agent_bundle, f"rtsp://127.0.0.1:{server.port}/stream", mosquitto.port, stop_when_sources_end=False
+    )
     cfg["cameras"][0].update(open_timeout_s=open_timeout_s, read_timeout_s=2.0)
     proc = AgentProcess(write_config(tmp_path / "agent.yaml", cfg), tmp_path / "agent.log")
     try:
@@ -236,8 +269,9 @@ def test_sigterm_while_a_network_camera_is_blocked_in_open_exits_cleanly(
 
 
 @pytest.mark.slow
-def test_power_cut_loses_no_seq_and_seq_continues(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
-                                                  mqtt_subscriber) -> None:
+def test_power_cut_loses_no_seq_and_seq_continues(
+    tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber
+) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/+/counts"], durable=True, client_id="power-cut-sub")
     cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port)
     cfg["cameras"][0]["loop"] = True
@@ -263,8 +297,9 @@ def test_power_cut_loses_no_seq_and_seq_continues(tmp_path: Path, clip: Clip, ag
 
 
 @pytest.mark.slow
-def test_broker_outages_three_times_lose_nothing(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
-                                                 mqtt_subscriber) -> None:
+def test_broker_outages_three_times_lose_nothing(
+    tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber
+) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/+/counts"], durable=True, client_id="outage-sub")
     cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port)
     cfg["cameras"][0].update(loop=True, read_mode="every_frame", realtime=True)  # ~10 fps, like a camera
@@ -295,16 +330,36 @@ def test_stream_drop_reports_offline_and_recovers(tmp_path: Path, agent_bundle, 
 
     def serve() -> subprocess.Popen:
         return subprocess.Popen(
-            ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip.path),
-             # mpeg2 repeats its sequence header every GOP, so a receiver can join (and re-join) mid-stream.
-             "-c:v", "mpeg2video", "-q:v", "4", "-g", "5", "-f", "mpegts", f"{url}?pkt_size=1316"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-re",
+                "-stream_loop",
+                "-1",
+                "-i",
+                str(clip.path),
+                # mpeg2 repeats its sequence header every GOP, so a receiver can join (and re-join) mid-stream.
+                "-c:v",
+                "mpeg2video",
+                "-q:v",
+                "4",
+                "-g",
+                "5",
+                "-f",
+                "mpegts",
+                f"{url}?pkt_size=1316",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"])
     cfg = agent_config(tmp_path, agent_bundle, url, mosquitto.port)
-    cfg["cameras"][0].update(read_mode="latest", open_timeout_s=3.0, read_timeout_s=1.5, reconnect_initial_s=0.3,
-                             reconnect_max_s=1.0)
+    cfg["cameras"][0].update(
+        read_mode="latest", open_timeout_s=3.0, read_timeout_s=1.5, reconnect_initial_s=0.3, reconnect_max_s=1.0
+    )
     server = serve()
     runner = AgentThread(cfg)
     try:
@@ -336,10 +391,15 @@ def test_bad_signature_bundle_fails_at_startup_with_a_clear_error(tmp_path: Path
 
 
 def test_evidence_snapshots_and_video(tmp_path: Path, clip: Clip, agent_bundle, mosquitto) -> None:
-    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port,
-                       detector={"score_threshold": 0.0},
-                       snapshots={"enabled": True, "directory": str(tmp_path / "snaps"), "min_interval_s": 0.5},
-                       video_output={"enabled": True, "directory": str(tmp_path / "video"), "fps": 10})
+    cfg = agent_config(
+        tmp_path,
+        agent_bundle,
+        clip.path,
+        mosquitto.port,
+        detector={"score_threshold": 0.0},
+        snapshots={"enabled": True, "directory": str(tmp_path / "snaps"), "min_interval_s": 0.5},
+        video_output={"enabled": True, "directory": str(tmp_path / "video"), "fps": 10},
+    )
     agent = build_agent(load_config_data(cfg))
     assert agent.run() == 0
     boxes = sorted((tmp_path / "snaps").glob("*_boxes.jpg"))
@@ -367,7 +427,8 @@ def test_agent_runs_end_to_end_without_torch(tmp_path: Path, clip: Clip, agent_b
     from tests.helpers.no_torch import run_without_torch
 
     config = write_config(tmp_path / "agent.yaml", agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port))
-    result = run_without_torch(f"""
+    result = run_without_torch(
+        f"""
         import sys
         from pathlib import Path
         from edge_agent.app import build_agent
@@ -377,15 +438,24 @@ def test_agent_runs_end_to_end_without_torch(tmp_path: Path, clip: Clip, agent_b
         assert agent.summary().frames == {clip.frames}, agent.summary()
         assert not any(name.split(".")[0] in ("torch", "torchvision") for name in sys.modules)
         print("ok")
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
-def test_aggregate_mode_summarises_windows(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
-                                           mqtt_subscriber) -> None:
+def test_aggregate_mode_summarises_windows(
+    tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber
+) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/+/counts"])
-    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0},
-                       mqtt={"counts": {"mode": "aggregate", "interval_s": 0.5}})
+    cfg = agent_config(
+        tmp_path,
+        agent_bundle,
+        clip.path,
+        mosquitto.port,
+        detector={"score_threshold": 0.0},
+        mqtt={"counts": {"mode": "aggregate", "interval_s": 0.5}},
+    )
     cfg["cameras"][0]["realtime"] = True  # 6 s of video at 10 fps -> about a dozen windows
     assert build_agent(load_config_data(cfg)).run() == 0
     assert wait_until(lambda: sum(c["aggregate"]["frames"] for c in _counts(sub)) == clip.frames, 10)
@@ -404,9 +474,23 @@ def test_demo_runs_on_the_committed_bundle(tmp_path: Path, mosquitto) -> None:
     if not (REPO_ROOT / "models" / "demo").is_dir():
         pytest.skip("models/demo is not in this checkout")
     proc = subprocess.run(
-        [sys.executable, "-m", "starfish_cli", "agent", "demo", "--frames", "20", "--broker-port", str(mosquitto.port),
-         "--workdir", str(tmp_path / "demo")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "starfish_cli",
+            "agent",
+            "demo",
+            "--frames",
+            "20",
+            "--broker-port",
+            str(mosquitto.port),
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -423,16 +507,34 @@ def test_demo_without_a_broker_says_how_to_get_one(tmp_path: Path) -> None:
     # A closed loopback port, and the demo told not to start a broker there itself: nothing leaves the machine.
     port = free_port()
     proc = subprocess.run(
-        [sys.executable, "-m", "starfish_cli", "agent", "demo", "--frames", "20", "--broker-host", "127.0.0.1",
-         "--broker-port", str(port), "--no-start-broker", "--workdir", str(tmp_path / "demo")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "starfish_cli",
+            "agent",
+            "demo",
+            "--frames",
+            "20",
+            "--broker-host",
+            "127.0.0.1",
+            "--broker-port",
+            str(port),
+            "--no-start-broker",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"no MQTT broker at 127.0.0.1:{port}" in proc.stderr and "apt-get install mosquitto" in proc.stderr
 
 
-def test_two_cameras_share_one_detector_with_separate_trackers(tmp_path: Path, clip: Clip, agent_bundle, mosquitto,
-                                                               mqtt_subscriber) -> None:
+def test_two_cameras_share_one_detector_with_separate_trackers(
+    tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber
+) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/+/counts"])
     other = make_clip(tmp_path / "other.mp4", frames=30, seed=5)
     cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0})
@@ -461,13 +563,15 @@ def test_committed_demo_bundle_counts_a_synthetic_reef_clip_within_one(tmp_path:
 
     video, truth = demo_clip(tmp_path / "clip", 100)
     assert truth is not None and truth >= 3, "the clip must hold a few starfish for the count to mean anything"
-    cfg = load_config_data({
-        "device_id": "demo-count",
-        "cameras": [{"id": "reef", "source": str(video), "read_mode": "every_frame", "realtime": False}],
-        "detector": {"bundle": str(demo / "bundle"), "trusted_keys": [str(demo / "demo_key.pub")], "threads": 2},
-        "mqtt": {"host": "127.0.0.1", "port": mosquitto.port},
-        "outbox_path": str(tmp_path / "outbox.sqlite3"),
-    })
+    cfg = load_config_data(
+        {
+            "device_id": "demo-count",
+            "cameras": [{"id": "reef", "source": str(video), "read_mode": "every_frame", "realtime": False}],
+            "detector": {"bundle": str(demo / "bundle"), "trusted_keys": [str(demo / "demo_key.pub")], "threads": 2},
+            "mqtt": {"host": "127.0.0.1", "port": mosquitto.port},
+            "outbox_path": str(tmp_path / "outbox.sqlite3"),
+        }
+    )
     agent = build_agent(cfg)
     assert agent.run() == 0
     camera = agent.summary().cameras[0]

@@ -91,14 +91,28 @@ def test_unreadable_files_give_clear_errors(tmp_path: Path) -> None:
 
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=8))
-_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.text(max_size=8), inner, max_size=3), max_leaves=8)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    section=st.sampled_from(["device_id", "cameras", "detector", "tracker", "mqtt", "snapshots", "outbox_path",
-                             "unknown_key", "console_interval_s"]),
+    section=st.sampled_from(
+        [
+            "device_id",
+            "cameras",
+            "detector",
+            "tracker",
+            "mqtt",
+            "snapshots",
+            "outbox_path",
+            "unknown_key",
+            "console_interval_s",
+        ]
+    ),
     value=_values,
 )
 def test_fuzzed_config_fails_only_with_config_error(section: str, value: Any) -> None:
@@ -112,16 +126,31 @@ def test_fuzzed_config_fails_only_with_config_error(section: str, value: Any) ->
 
 
 def test_cli_example_and_check(tmp_path: Path) -> None:
-    example = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "config", "--example"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    example = subprocess.run(
+        [sys.executable, "-m", "starfish_cli", "agent", "config", "--example"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert example.returncode == 0 and yaml.safe_load(example.stdout)["device_id"] == "reef-01"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**_valid(), "cameras": [{"id": "cam0", "source": 0, "fps": 3}]}))
-    check = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "config", "--check", str(bad)],
-                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, "-m", "starfish_cli", "agent", "config", "--check", str(bad)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 2 and "cameras.0.fps" in check.stderr
-    run = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(bad)],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(bad)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "cameras.0.fps" in run.stderr
 
 
@@ -145,8 +174,11 @@ def _runtime_cases(tmp_path: Path) -> dict[str, tuple[dict[str, Any], dict[str, 
         "prefix with leading /": ({"mqtt": {"topic_prefix": "/starfish"}}, {}, "mqtt.topic_prefix"),
         "fleet with /": ({"mqtt": {"fleet": "reef/north"}}, {}, "mqtt.fleet"),
         "discovery prefix #": ({"mqtt": {"discovery": {"prefix": "#"}}}, {}, "mqtt.discovery.prefix"),
-        "unset password_env": ({"mqtt": {"username": "agent", "password_env": "STARFISH_TEST_UNSET_PW"}}, {},
-                               "STARFISH_TEST_UNSET_PW"),
+        "unset password_env": (
+            {"mqtt": {"username": "agent", "password_env": "STARFISH_TEST_UNSET_PW"}},
+            {},
+            "STARFISH_TEST_UNSET_PW",
+        ),
         "non-PEM CA file": ({"mqtt": {"tls": {"ca_file": str(not_pem)}}}, {}, "PEM"),
         "outbox under a file": ({"outbox_path": str(a_file / "outbox.db")}, {}, "outbox_path"),
         "malformed env list": ({}, {"STARFISH_DETECTOR__BACKENDS": "[onnxruntime"}, "environment"),
@@ -171,8 +203,14 @@ def test_check_catches_what_would_crash_at_run_time(case: str, tmp_path: Path) -
     environ = {k: v for k, v in os.environ.items() if not k.startswith("STARFISH_")}
     environ.update(env)
     for command in (["config", "--check", str(path)], ["run", "--config", str(path), "--no-console"]):
-        proc = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", *command], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=120, env=environ)
+        proc = subprocess.run(
+            [sys.executable, "-m", "starfish_cli", "agent", *command],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environ,
+        )
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2, (command, proc.returncode, proc.stderr[-2000:])
         assert len(lines) == 1 and needle in lines[0], (command, proc.stderr[-2000:])
@@ -196,12 +234,19 @@ def test_camera_id_rule_is_the_topics_rule() -> None:
         load_config_data(data)
 
 
-def _starfish(*args: str, cwd: Path, env: dict[str, str] | None = None,
-              timeout: float = 120) -> subprocess.CompletedProcess:
+def _starfish(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "starfish_cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "starfish_cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+    )
 
 
 def _repo_like(tmp_path: Path) -> Path:
@@ -224,15 +269,20 @@ def test_example_as_written_checks_bundle_and_keys(tmp_path: Path) -> None:
     assert not (root / "state").exists(), "--check must not create anything"
 
 
-@pytest.mark.parametrize(("edit", "expected"), [
-    (lambda d: d["detector"].update(trusted_keys=["models/demo/demo_public_key.pem"]),
-     "detector.trusted_keys.0: public key models/demo/demo_public_key.pem does not exist"),
-    (lambda d: d["detector"].update(bundle="models/demo/nothing"), "detector.bundle: models/demo/nothing does not"),
-    (lambda d: d["detector"].update(bundle="models/demo"), "detector.bundle: models/demo refused"),
-    (lambda d: d["detector"].update(trusted_keys=["other.pub"]), "detector.bundle: models/demo/bundle refused"),
-    (lambda d: d["detector"].update(variant="fp16"), "detector.variant: 'fp16' is not in the bundle"),
-    (lambda d: d.update(outbox_path="agent.yaml/outbox.sqlite3"), "agent.yaml is not a directory"),
-])
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: d["detector"].update(trusted_keys=["models/demo/demo_public_key.pem"]),
+            "detector.trusted_keys.0: public key models/demo/demo_public_key.pem does not exist",
+        ),
+        (lambda d: d["detector"].update(bundle="models/demo/nothing"), "detector.bundle: models/demo/nothing does not"),
+        (lambda d: d["detector"].update(bundle="models/demo"), "detector.bundle: models/demo refused"),
+        (lambda d: d["detector"].update(trusted_keys=["other.pub"]), "detector.bundle: models/demo/bundle refused"),
+        (lambda d: d["detector"].update(variant="fp16"), "detector.variant: 'fp16' is not in the bundle"),
+        (lambda d: d.update(outbox_path="agent.yaml/outbox.sqlite3"), "agent.yaml is not a directory"),
+    ],
+)
 def test_check_refuses_what_would_not_start(tmp_path: Path, edit, expected: str) -> None:
     from edge_agent.bundle import generate_keypair
 
@@ -261,9 +311,20 @@ def test_example_config_runs_end_to_end_against_a_real_broker(tmp_path: Path, mo
     (root / "agent.yaml").write_text(_starfish("agent", "config", "--example", cwd=root).stdout)
     sub = mqtt_subscriber(mosquitto, ["starfish/reef-01/#"])
     camera = [{"id": "cam0", "source": str(clip.path), "read_mode": "every_frame"}]
-    run = _starfish("agent", "run", "--config", "agent.yaml", "--no-console", cwd=root, timeout=300, env={
-        "STARFISH_MQTT__PORT": str(mosquitto.port), "STARFISH_CAMERAS": json.dumps(camera),
-        "STARFISH_DETECTOR__THREADS": "1"})
+    run = _starfish(
+        "agent",
+        "run",
+        "--config",
+        "agent.yaml",
+        "--no-console",
+        cwd=root,
+        timeout=300,
+        env={
+            "STARFISH_MQTT__PORT": str(mosquitto.port),
+            "STARFISH_CAMERAS": json.dumps(camera),
+            "STARFISH_DETECTOR__THREADS": "1",
+        },
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert (root / "state" / "outbox.sqlite3").is_file()
     from tests.helpers.mqtt_broker import wait_until

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.mqtt
 DEVICE = "test-dev"
 
 
-def test_disk_full_and_a_failing_tracker_flush(tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_disk_full_and_a_failing_tracker_flush(
+    tmp_path: Path, clip: Clip, agent_bundle, mosquitto, mqtt_subscriber, caplog: pytest.LogCaptureFixture
+) -> None:
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"])
     cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0})
     agent = build_agent(load_config_data(cfg))

@@ -107,20 +107,26 @@ def test_start_up_refuses_an_older_signed_bundle(tmp_path: Path, versions, bundl
         assert state.floor("starfish-cots") == 2
 
 
-def test_agent_run_exit_2_for_a_rollback_and_allow_rollback_flag(tmp_path: Path, versions, bundle_keys,
-                                                                 clip) -> None:
+def test_agent_run_exit_2_for_a_rollback_and_allow_rollback_flag(tmp_path: Path, versions, bundle_keys, clip) -> None:
     with DeviceState(tmp_path / "state") as state:
         state.raise_floor("starfish-cots", 2)
     config = write_config(tmp_path / "agent.yaml", _cfg(tmp_path, versions[1], bundle_keys.public, str(clip.path)))
     command = [sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config), "--no-console"]
-    refused = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "COLUMNS": "60"})
+    refused = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "60"}
+    )
     assert refused.returncode == 2, refused.stderr
     lines = [line for line in refused.stderr.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and "older than v2" in lines[0] and "Traceback" not in refused.stderr
     # With the flag it runs the clip to its end (no broker: counts stay in the outbox) and says it rolled back.
-    allowed = subprocess.run([*command, "--allow-rollback"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=180, env={**os.environ, "COLUMNS": "200"})
+    allowed = subprocess.run(
+        [*command, "--allow-rollback"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     assert "explicit rollback" in allowed.stderr + allowed.stdout
     with DeviceState(tmp_path / "state") as state:

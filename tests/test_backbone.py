@@ -68,8 +68,14 @@ def test_provenance_names_the_wheel_and_hashes_its_file():
 
 def test_detector_keeps_imagenet_norm_statistics_while_training():
     cfg = ModelConfig(
-        backbone="efficientnet_lite0_fpn", pretrained=True, freeze_backbone_norm=True, min_size=128, max_size=160,
-        fpn_channels=32, representation_size=64, anchor_sizes=((16, 32),),
+        backbone="efficientnet_lite0_fpn",
+        pretrained=True,
+        freeze_backbone_norm=True,
+        min_size=128,
+        max_size=160,
+        fpn_channels=32,
+        representation_size=64,
+        anchor_sizes=((16, 32),),
     )
     model = build_detector(cfg)
     body = model.backbone.body
@@ -108,8 +114,15 @@ def test_detection_cap_flows_from_config_into_the_exported_graph(cap, tmp_path):
 
     torch.manual_seed(0)
     cfg = ModelConfig(
-        backbone="efficientnet_lite0_fpn", min_size=192, max_size=320, fpn_channels=32, representation_size=64,
-        anchor_sizes=((16, 32),), box_score_thresh=0.0, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+        backbone="efficientnet_lite0_fpn",
+        min_size=192,
+        max_size=320,
+        fpn_channels=32,
+        representation_size=64,
+        anchor_sizes=((16, 32),),
+        box_score_thresh=0.0,
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=1000,
         box_detections_per_img=cap,
     )
     model = build_detector(cfg).eval()

@@ -64,8 +64,13 @@ def bench_bundle(tmp_path_factory: pytest.TempPathFactory, bundle_keys) -> Bench
     # from, so torch-cpu and ort-cpu must agree on accuracy.
     torch.manual_seed(0)
     model = build_detector(replace(DEMO_CONFIG, pretrained=False)).eval()
-    info = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "architecture": "model_config",
-            "classes": list(CLASSES), "model_config": DEMO_CONFIG.to_dict()}
+    info = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "architecture": "model_config",
+        "classes": list(CLASSES),
+        "model_config": DEMO_CONFIG.to_dict(),
+    }
     checkpoint = save_detector(model, info, root / "tiny.ckpt")
     return BenchBundle(root / "bundle", bundle_keys.public, checkpoint)
 
@@ -83,14 +88,34 @@ def _invoke(args: list[str]) -> object:
 def bench_run(bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
     out = tmp_path_factory.mktemp("bench-out")
     # `starfish bench BUNDLE …` (no `run`): the spelling the docs use.
-    result = _invoke([str(bench_bundle.path), "--key", str(bench_bundle.public_key), "--checkpoint",
-                      str(bench_bundle.checkpoint), "--backends", ",".join(ALL_BACKENDS), "--data",
-                      str(synthetic_dataset), "--video-ids", "1,2", "--accuracy-frames", "6", "--threads", "1",
-                      "--baseline", "ort-cpu",
-                      "-o", str(out), "--name", "tiny", *FAST])
+    result = _invoke(
+        [
+            str(bench_bundle.path),
+            "--key",
+            str(bench_bundle.public_key),
+            "--checkpoint",
+            str(bench_bundle.checkpoint),
+            "--backends",
+            ",".join(ALL_BACKENDS),
+            "--data",
+            str(synthetic_dataset),
+            "--video-ids",
+            "1,2",
+            "--accuracy-frames",
+            "6",
+            "--threads",
+            "1",
+            "--baseline",
+            "ort-cpu",
+            "-o",
+            str(out),
+            "--name",
+            "tiny",
+            *FAST,
+        ]
+    )
     assert result.exit_code == 0, result.output
-    return BenchRun(read_json(out / "tiny.json"), out / "tiny.json", out / "tiny.csv", out / "tiny.png",
-                    result.output)
+    return BenchRun(read_json(out / "tiny.json"), out / "tiny.json", out / "tiny.csv", out / "tiny.png", result.output)
 
 
 def test_available_backends_run_and_report_every_measure(bench_run: BenchRun, bench_bundle: BenchBundle) -> None:
@@ -152,8 +177,21 @@ def test_json_csv_and_chart_follow_their_schema(bench_run: BenchRun) -> None:
     assert raw["schema_version"] == 1 and raw["kind"] == "starfish-bench"
     assert BenchReport.model_validate(raw) == bench_run.report
     machine = raw["machine"]
-    for key in ("cpu_model", "cpu_logical_cores", "gpu_name", "gpu_driver", "cuda", "cudnn", "tensorrt",
-                "onnxruntime", "torch", "l4t", "jetpack", "power_mode", "fingerprint_id"):
+    for key in (
+        "cpu_model",
+        "cpu_logical_cores",
+        "gpu_name",
+        "gpu_driver",
+        "cuda",
+        "cudnn",
+        "tensorrt",
+        "onnxruntime",
+        "torch",
+        "l4t",
+        "jetpack",
+        "power_mode",
+        "fingerprint_id",
+    ):
         assert key in machine, f"fingerprint lacks {key}"
     assert machine["onnxruntime"] and machine["torch"]
 
@@ -233,11 +271,40 @@ def test_compare_rejects_bad_input(bench_run: BenchRun, tmp_path: Path) -> None:
 def test_a_broken_backend_fails_alone(bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    result = _invoke(["run", str(bench_bundle.path), "--key", str(bench_bundle.public_key), "--checkpoint",
-                      str(junk), "--backends", "torch-cpu,ort-cpu", "--baseline", "torch-cpu", "--data",
-                      str(synthetic_dataset),
-                      "--accuracy-frames", "2", "--threads", "1", "--no-peak", "--no-chart", "-o", str(tmp_path),
-                      "--name", "broken", "--warmup", "0", "--warmup-s", "0", "--iterations", "2", "--repeats", "1"])
+    result = _invoke(
+        [
+            "run",
+            str(bench_bundle.path),
+            "--key",
+            str(bench_bundle.public_key),
+            "--checkpoint",
+            str(junk),
+            "--backends",
+            "torch-cpu,ort-cpu",
+            "--baseline",
+            "torch-cpu",
+            "--data",
+            str(synthetic_dataset),
+            "--accuracy-frames",
+            "2",
+            "--threads",
+            "1",
+            "--no-peak",
+            "--no-chart",
+            "-o",
+            str(tmp_path),
+            "--name",
+            "broken",
+            "--warmup",
+            "0",
+            "--warmup-s",
+            "0",
+            "--iterations",
+            "2",
+            "--repeats",
+            "1",
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = read_json(tmp_path / "broken.json")
     torch_row, ort_row = report.results
@@ -256,8 +323,11 @@ def test_a_broken_backend_fails_alone(bench_bundle: BenchBundle, synthetic_datas
     ],
 )
 def test_bad_options_fail_with_a_clear_message(
-    bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path: Path,
-    args: list[str], message: str,
+    bench_bundle: BenchBundle,
+    synthetic_dataset: Path,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
 ) -> None:
     from edge_agent.bundle import generate_keypair
 
@@ -277,9 +347,26 @@ def test_gpu_backends_run_or_say_why(bench_bundle: BenchBundle, synthetic_datase
     """On a CUDA machine: torch-cuda runs with its GPU memory measured; the onnxruntime / TensorRT GPU back ends run
     too, or are skipped with a reason (their packages are optional) — none fails."""
     gpu = ("torch-cuda", "ort-cuda", "ort-tensorrt", "tensorrt-fp16", "tensorrt-int8")
-    result = _invoke([str(bench_bundle.path), "--key", str(bench_bundle.public_key), "--checkpoint",
-                      str(bench_bundle.checkpoint), "--backends", ",".join(gpu), "--data", str(synthetic_dataset),
-                      "--accuracy-frames", "4", "-o", str(tmp_path), "--name", "gpu", *FAST])
+    result = _invoke(
+        [
+            str(bench_bundle.path),
+            "--key",
+            str(bench_bundle.public_key),
+            "--checkpoint",
+            str(bench_bundle.checkpoint),
+            "--backends",
+            ",".join(gpu),
+            "--data",
+            str(synthetic_dataset),
+            "--accuracy-frames",
+            "4",
+            "-o",
+            str(tmp_path),
+            "--name",
+            "gpu",
+            *FAST,
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = read_json(tmp_path / "gpu.json")
     torch_cuda = report.result("torch-cuda")

@@ -18,14 +18,35 @@ pytest.importorskip("onnxruntime", reason="the agent's detector needs the `edge`
 
 @pytest.mark.mqtt
 def test_pipeline_profile_times_every_stage_and_publishes(
-    tmp_path: Path, clip, agent_bundle, mosquitto, mqtt_subscriber  # noqa: ANN001
+    tmp_path: Path,
+    clip,
+    agent_bundle,
+    mosquitto,
+    mqtt_subscriber,  # noqa: ANN001
 ) -> None:
-    config = write_config(tmp_path / "agent.yaml", agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port,
-                                                                detector={"backends": ["onnxruntime"]}))
+    config = write_config(
+        tmp_path / "agent.yaml",
+        agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"backends": ["onnxruntime"]}),
+    )
     subscriber = mqtt_subscriber(mosquitto, ["starfish/#"])
-    result = CliRunner().invoke(app, ["bench", "pipeline", "--config", str(config), "--frames", "12",
-                                      "--warmup-frames", "2", "-o", str(tmp_path), "--name", "profile"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "pipeline",
+            "--config",
+            str(config),
+            "--frames",
+            "12",
+            "--warmup-frames",
+            "2",
+            "-o",
+            str(tmp_path),
+            "--name",
+            "profile",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "profile.json").read_text())
     assert report["frames"] == 12 and report["published"] is True
@@ -47,7 +68,8 @@ def test_pipeline_profile_times_every_stage_and_publishes(
 
 def test_pipeline_names_an_unknown_camera(tmp_path: Path, clip, agent_bundle) -> None:  # noqa: ANN001
     config = write_config(tmp_path / "agent.yaml", agent_config(tmp_path, agent_bundle, clip.path, 1))
-    result = CliRunner().invoke(app, ["bench", "pipeline", "--config", str(config), "--camera", "nope",
-                                      "--no-publish", "-o", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["bench", "pipeline", "--config", str(config), "--camera", "nope", "--no-publish", "-o", str(tmp_path)]
+    )
     assert result.exit_code == 2
     assert "no enabled camera 'nope'" in result.output and "cam0" in result.output

@@ -61,8 +61,11 @@ def test_mac_count_matches_hand_computation(tmp_path) -> None:  # noqa: ANN001
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        initializer=[numpy_helper.from_array(conv_w, "conv_w"), numpy_helper.from_array(dw_w, "dw_w"),
-                     numpy_helper.from_array(gemm_w, "gemm_w")],
+        initializer=[
+            numpy_helper.from_array(conv_w, "conv_w"),
+            numpy_helper.from_array(dw_w, "dw_w"),
+            numpy_helper.from_array(gemm_w, "gemm_w"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -88,8 +91,17 @@ def test_bad_tolerance_is_refused(text: str) -> None:
 
 
 def test_backend_names() -> None:
-    assert parse_backends("all") == ["torch-cpu", "ort-cpu", "ort-cpu-int8", "ort-cpu-int8-u8", "torch-cuda",
-                                     "ort-cuda", "ort-tensorrt", "tensorrt-fp16", "tensorrt-int8"]
+    assert parse_backends("all") == [
+        "torch-cpu",
+        "ort-cpu",
+        "ort-cpu-int8",
+        "ort-cpu-int8-u8",
+        "torch-cuda",
+        "ort-cuda",
+        "ort-tensorrt",
+        "tensorrt-fp16",
+        "tensorrt-int8",
+    ]
     assert parse_backends("ort-cpu, ort-cpu,torch-cpu") == ["ort-cpu", "torch-cpu"]
     with pytest.raises(ValueError, match="known: torch-cpu"):
         parse_backends("ort-gpu")
@@ -111,15 +123,19 @@ def test_worker_peak_rss_is_its_own_not_the_parents() -> None:
     del ballast
 
 
-@pytest.mark.parametrize(("metric", "base", "new", "shown", "verdict"), [
-    ("fps", 10.0, 12.0, "+20.0%", "improved"),      # higher is better, went up
-    ("fps", 10.0, 8.0, "-20.0%", "regression"),     # higher is better, went down
-    ("p50_ms", 100.0, 80.0, "-20.0%", "improved"),  # lower is better, went down
-    ("f2", 0.80, 0.85, "+0.050", "improved"),        # accuracy: absolute change
-    ("map_50", 0.90, 0.85, "-0.050", "regression"),
-])
-def test_compare_shows_the_change_signed_like_the_values(metric: str, base: float, new: float, shown: str,
-                                                        verdict: str) -> None:
+@pytest.mark.parametrize(
+    ("metric", "base", "new", "shown", "verdict"),
+    [
+        ("fps", 10.0, 12.0, "+20.0%", "improved"),  # higher is better, went up
+        ("fps", 10.0, 8.0, "-20.0%", "regression"),  # higher is better, went down
+        ("p50_ms", 100.0, 80.0, "-20.0%", "improved"),  # lower is better, went down
+        ("f2", 0.80, 0.85, "+0.050", "improved"),  # accuracy: absolute change
+        ("map_50", 0.90, 0.85, "-0.050", "regression"),
+    ],
+)
+def test_compare_shows_the_change_signed_like_the_values(
+    metric: str, base: float, new: float, shown: str, verdict: str
+) -> None:
     from benchmarks.compare import ABSOLUTE_METRICS, METRICS, _compare_metric
 
     row = _compare_metric("ort-cpu", METRICS[metric], base, new, 0.02 if metric in ABSOLUTE_METRICS else 0.1)

@@ -47,9 +47,17 @@ def _byte_bundle(dest: Path, keys: BundleKeys, tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
     (src / "a.onnx").write_bytes(b"fp32 model bytes " * 50)
-    write_bundle(dest, name="starfish-cots", version=3, classes=("background", "cots"),
-                 input_spec=InputSpec.for_size(64, 32), variants={"fp32": VariantSource(src / "a.onnx")},
-                 score_threshold=0.4, training=TRAINING, private_key=load_private_key(keys.private))
+    write_bundle(
+        dest,
+        name="starfish-cots",
+        version=3,
+        classes=("background", "cots"),
+        input_spec=InputSpec.for_size(64, 32),
+        variants={"fp32": VariantSource(src / "a.onnx")},
+        score_threshold=0.4,
+        training=TRAINING,
+        private_key=load_private_key(keys.private),
+    )
     return dest
 
 
@@ -164,9 +172,22 @@ def test_bundle_path_is_resolved_once(tmp_path: Path, tiny_bundle, bundle_keys: 
     other = _other_model(v1, tmp_path)
     (tmp_path / "v2-source" / "fp32.onnx").write_bytes(other)
     v2 = tmp_path / "v2"
-    rebundle(tmp_path / "v2-source", v2, bundle_keys.private, version=2, variants={"fp32": {
-        "file": "fp32.onnx", "sha256": hashlib.sha256(other).hexdigest(), "size": len(other), "f2": None,
-        "map50": None, "latency_ms": None}})
+    rebundle(
+        tmp_path / "v2-source",
+        v2,
+        bundle_keys.private,
+        version=2,
+        variants={
+            "fp32": {
+                "file": "fp32.onnx",
+                "sha256": hashlib.sha256(other).hexdigest(),
+                "size": len(other),
+                "f2": None,
+                "map50": None,
+                "latency_ms": None,
+            }
+        },
+    )
     current = tmp_path / "current"
     current.symlink_to(v1)
     verified = load_bundle(current, bundle_keys.public)
@@ -216,9 +237,17 @@ def test_tar_writer_stores_symlinked_sources_as_files(tmp_path: Path, bundle_key
     link = tmp_path / "link.onnx"
     link.symlink_to(real)
     archive = tmp_path / "b.tar"
-    write_bundle(archive, name="starfish-cots", version=1, classes=("background", "cots"),
-                 input_spec=InputSpec.for_size(64, 32), variants={"fp32": VariantSource(link)},
-                 score_threshold=0.5, training=TRAINING, private_key=load_private_key(bundle_keys.private))
+    write_bundle(
+        archive,
+        name="starfish-cots",
+        version=1,
+        classes=("background", "cots"),
+        input_spec=InputSpec.for_size(64, 32),
+        variants={"fp32": VariantSource(link)},
+        score_threshold=0.5,
+        training=TRAINING,
+        private_key=load_private_key(bundle_keys.private),
+    )
     with tarfile.open(archive) as tar:
         member = tar.getmember("fp32.onnx")
         assert member.isfile() and not member.issym()
@@ -231,11 +260,20 @@ def test_each_variant_runs_at_its_own_best_f2_threshold(tmp_path: Path, tiny_bun
     fp32 = tiny_bundle.path / "fp32.onnx"
     dest = tmp_path / "bundle"
     manifest = write_bundle(
-        dest, name="starfish-cots", version=1, classes=("background", "cots"),
+        dest,
+        name="starfish-cots",
+        version=1,
+        classes=("background", "cots"),
         input_spec=parse_manifest((tiny_bundle.path / MANIFEST_NAME).read_bytes()).input,
-        variants={"fp32": VariantSource(fp32, score_threshold=0.31), "int8": VariantSource(fp32, score_threshold=0.77),
-                  "other": VariantSource(fp32)},
-        score_threshold=None, training=TRAINING, private_key=load_private_key(bundle_keys.private))
+        variants={
+            "fp32": VariantSource(fp32, score_threshold=0.31),
+            "int8": VariantSource(fp32, score_threshold=0.77),
+            "other": VariantSource(fp32),
+        },
+        score_threshold=None,
+        training=TRAINING,
+        private_key=load_private_key(bundle_keys.private),
+    )
     assert manifest.score_threshold == 0.77  # None: the default (int8) variant's own
     raw = json.loads((dest / MANIFEST_NAME).read_text())
     assert raw["variants"]["fp32"]["score_threshold"] == 0.31 and raw["variants"]["other"]["score_threshold"] is None
@@ -262,9 +300,14 @@ def test_agent_run_refuses_a_hostile_bundle_with_exit_2_and_one_line(tmp_path: P
         public_key = bundle_keys.public
 
     config = write_config(tmp_path / "agent.yaml", agent_config(tmp_path, _Bundle, "clip.mp4", 1))
-    proc = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config),
-                           "--no-console"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "60"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config), "--no-console"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "60"},
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and "repeats the key 'version'" in lines[0], proc.stderr

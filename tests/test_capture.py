@@ -41,8 +41,10 @@ def _drain(camera: Camera, timeout: float = 20.0) -> list:
         ("rtsp://user:pw@10.0.0.2:554/s", SourceKind.STREAM),
         ("udp://127.0.0.1:5000", SourceKind.STREAM),
         ("http://cam.local/video.mjpg", SourceKind.STREAM),
-        ("nvarguscamerasrc sensor-id=0 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! appsink",
-         SourceKind.GSTREAMER),
+        (
+            "nvarguscamerasrc sensor-id=0 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! appsink",
+            SourceKind.GSTREAMER,
+        ),
         ("videos/video_0.mp4", SourceKind.FILE),
     ],
 )
@@ -175,8 +177,14 @@ def test_reconnect_backoff_grows_for_a_stream_that_keeps_dropping() -> None:
     from tests.helpers.streams import MjpegServer
 
     server = MjpegServer(frames_per_connection=3)
-    cfg = CameraConfig(id="cam0", source=server.url, reconnect_initial_s=0.1, reconnect_max_s=1.6,
-                       open_timeout_s=2.0, read_timeout_s=1.0)
+    cfg = CameraConfig(
+        id="cam0",
+        source=server.url,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=1.6,
+        open_timeout_s=2.0,
+        read_timeout_s=1.0,
+    )
     camera = Camera(cfg)
     camera.start()
     try:
@@ -288,11 +296,13 @@ def test_redact_hides_secret_parameters_and_leaves_plain_sources() -> None:
     from edge_agent.capture.sources import redact
 
     assert redact("http://cam.local/v.mjpg?user=admin&password=s3/cr:t&fps=5") == (
-        "http://cam.local/v.mjpg?user=***&password=***&fps=5")
+        "http://cam.local/v.mjpg?user=***&password=***&fps=5"
+    )
     # An "@" in the query may be the end of userinfo as well: everything before it goes (safe side).
     assert redact("http://cam.local/v.mjpg?password=s3@cr") == "http://***@cr"
     assert redact("rtspsrc location=rtsp://cam/s user-id=admin user-pw=hunter2 ! appsink") == (
-        "rtspsrc location=rtsp://cam/s user-id=*** user-pw=*** ! appsink")
+        "rtspsrc location=rtsp://cam/s user-id=*** user-pw=*** ! appsink"
+    )
     assert redact("rtsp://10.0.0.2:554/stream1") == "rtsp://10.0.0.2:554/stream1"
     assert redact("videos/video_0.mp4") == "videos/video_0.mp4"
 
@@ -300,8 +310,10 @@ def test_redact_hides_secret_parameters_and_leaves_plain_sources() -> None:
 def test_credentials_never_reach_the_log(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     """A camera with credentials that cannot be opened: the opening line and the failure line hide them."""
     caplog.set_level("DEBUG")
-    for source in ("rtsp://admin:hun/t@r2@127.0.0.1:1/s",
-                   "rtspsrc location=rtsp://admin:hunter2@127.0.0.1:1/ user-pw=hunter2 ! decodebin ! appsink"):
+    for source in (
+        "rtsp://admin:hun/t@r2@127.0.0.1:1/s",
+        "rtspsrc location=rtsp://admin:hunter2@127.0.0.1:1/ user-pw=hunter2 ! decodebin ! appsink",
+    ):
         camera, _ = _camera(source, open_timeout_s=1.0, read_timeout_s=1.0)
         camera.start()
         assert wait_until(lambda camera=camera: camera.state is CameraState.OFFLINE, 10)

@@ -28,19 +28,29 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "empty_dir").mkdir()
     synth = root / "synth"
     synth.mkdir()
-    (synth / "train.csv").write_text("video_id,sequence,video_frame,sequence_frame,image_id,annotations\n"
-                                     "0,1,0,0,0-0,[]\n")
+    (synth / "train.csv").write_text(
+        "video_id,sequence,video_frame,sequence_frame,image_id,annotations\n0,1,0,0,0-0,[]\n"
+    )
     (synth / "train_images" / "video_0").mkdir(parents=True)
     key = root / "signing.pem"
     camera = root / "camera.yaml"
-    camera.write_text(f"device_id: d\ncameras: [{{id: cam0, source: 0}}]\n"
-                      f"detector: {{bundle: {DEMO / 'bundle'}, trusted_keys: [{DEMO / 'demo_key.pub'}]}}\n")
+    camera.write_text(
+        f"device_id: d\ncameras: [{{id: cam0, source: 0}}]\n"
+        f"detector: {{bundle: {DEMO / 'bundle'}, trusted_keys: [{DEMO / 'demo_key.pub'}]}}\n"
+    )
     from edge_agent.bundle import generate_keypair
 
     existing = root / "existing.pem"
     generate_keypair(existing, existing.with_suffix(".pub"))
-    return {"text": text, "dir": root / "empty_dir", "synth": synth, "key": key, "camera_cfg": camera,
-            "root": root, "existing": existing}
+    return {
+        "text": text,
+        "dir": root / "empty_dir",
+        "synth": synth,
+        "key": key,
+        "camera_cfg": camera,
+        "root": root,
+        "existing": existing,
+    }
 
 
 # (id, argv with {placeholders}, words the one line must contain)
@@ -64,23 +74,30 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export-int8-missing", ["export", "int8", MISSING + ".onnx", "--ckpt", MISSING + ".ckpt"], MISSING),
     ("export-prune-missing", ["export", "prune", MISSING + ".ckpt"], MISSING),
     ("export-prune-type", ["export", "prune", "{text}", "--ratio", "half"], "--ratio"),
-    ("export-bundle-missing", ["export", "bundle", "--ckpt", "{text}", "--int8", MISSING, "--key", "{key}",
-                               "--version", "1"], MISSING),
-    ("export-bundle-type", ["export", "bundle", "--ckpt", "{text}", "--key", "{key}", "--version", "one"],
-     "--version"),
+    (
+        "export-bundle-missing",
+        ["export", "bundle", "--ckpt", "{text}", "--int8", MISSING, "--key", "{key}", "--version", "1"],
+        MISSING,
+    ),
+    ("export-bundle-type", ["export", "bundle", "--ckpt", "{text}", "--key", "{key}", "--version", "one"], "--version"),
     ("export-all-missing", ["export", "all", MISSING + ".ckpt", "--key", "{key}"], MISSING),
-    ("export-all-key-missing", ["export", "all", "--untrained", "--key", "{key}", "--out", "{root}/e"],
-     "signing.pem"),
+    ("export-all-key-missing", ["export", "all", "--untrained", "--key", "{key}", "--out", "{root}/e"], "signing.pem"),
     ("export-tensorrt-missing", ["export", "tensorrt", MISSING, "--key", MISSING], MISSING),
     # keys
     ("keys-generate-existing", ["keys", "generate", "--private", "{existing}"], "--force"),
-    ("keys-generate-dir", ["keys", "generate", "--private", "{dir}/sub/k.pem", "--public", "{text}/k.pub"],
-     "notes.txt"),
+    (
+        "keys-generate-dir",
+        ["keys", "generate", "--private", "{dir}/sub/k.pem", "--public", "{text}/k.pub"],
+        "notes.txt",
+    ),
     # bundle
     ("bundle-verify-missing", ["bundle", "verify", MISSING, "--key", str(DEMO / "demo_key.pub")], MISSING),
     ("bundle-verify-bad-key", ["bundle", "verify", str(DEMO / "bundle"), "--key", "{text}"], "notes.txt"),
-    ("bundle-verify-type", ["bundle", "verify", str(DEMO / "bundle"), "--key", "{text}", "--running-version", "v"],
-     "--running-version"),
+    (
+        "bundle-verify-type",
+        ["bundle", "verify", str(DEMO / "bundle"), "--key", "{text}", "--running-version", "v"],
+        "--running-version",
+    ),
     ("bundle-info-missing", ["bundle", "info", MISSING], MISSING),
     ("bundle-info-file", ["bundle", "info", "{text}"], "notes.txt"),
     # agent
@@ -92,10 +109,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("agent-measure-pipeline-missing", ["agent", "measure", "pipeline", "--config", MISSING + ".yaml"], MISSING),
     ("agent-measure-pipeline-camera", ["agent", "measure", "pipeline", "--config", "{camera_cfg}"], "video file"),
     ("agent-measure-tracking-missing", ["agent", "measure", "tracking", "--data", MISSING], MISSING),
-    ("agent-measure-tracking-video", ["agent", "measure", "tracking", "--data", "{synth}", "--video", "9"],
-     "video 9"),
-    ("agent-measure-tracking-type", ["agent", "measure", "tracking", "--data", "{synth}", "--miss", "lots"],
-     "--miss"),
+    ("agent-measure-tracking-video", ["agent", "measure", "tracking", "--data", "{synth}", "--video", "9"], "video 9"),
+    ("agent-measure-tracking-type", ["agent", "measure", "tracking", "--data", "{synth}", "--miss", "lots"], "--miss"),
     # bench
     ("bench-missing", ["bench", MISSING], MISSING),
     ("bench-run-data-missing", ["bench", "run", str(DEMO / "bundle"), "--data", MISSING], MISSING),
@@ -110,15 +125,28 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-pipeline-clip-missing", ["bench", "pipeline", "--config", "{camera_cfg}", "--clip", MISSING], MISSING),
     ("bench-peak-type", ["bench", "peak", "--threads", "all"], "--threads"),
     # release and shore (their own units; a wrong type or a missing option at least)
-    ("release-type", ["release", str(DEMO / "bundle"), "--store", "{root}/store", "--url-base", "http://127.0.0.1/m",
-                      "--key", "{key}", "--expires-days", "lots"], "--expires-days"),
+    (
+        "release-type",
+        [
+            "release",
+            str(DEMO / "bundle"),
+            "--store",
+            "{root}/store",
+            "--url-base",
+            "http://127.0.0.1/m",
+            "--key",
+            "{key}",
+            "--expires-days",
+            "lots",
+        ],
+        "--expires-days",
+    ),
     ("shore-bench-type", ["shore", "bench", "--counts", "many"], "--counts"),
     ("shore-copy-missing-option", ["shore", "copy", "--from", "{root}/a.sqlite3"], "--to"),
     ("shore-run-type", ["shore", "run", "--mqtt-port", "eighty"], "--mqtt-port"),
     ("bench-counting-missing", ["bench", "counting", MISSING, "--data", "{synth}"], MISSING),
     ("bench-counting-data-missing", ["bench", "counting", str(DEMO / "bundle"), "--data", MISSING], MISSING),
-    ("bench-counting-type", ["bench", "counting", str(DEMO / "bundle"), "--data", "{synth}", "--port", "x"],
-     "--port"),
+    ("bench-counting-type", ["bench", "counting", str(DEMO / "bundle"), "--data", "{synth}", "--port", "x"], "--port"),
 ]
 
 
@@ -127,8 +155,9 @@ def _fill(argv: list[str], files: dict[str, Path]) -> list[str]:
 
 
 @pytest.mark.parametrize(("argv", "expected"), [pytest.param(a, e, id=i) for i, a, e in CASES])
-def test_user_mistake_gives_one_clear_line_and_exit_2(argv: list[str], expected: str, files: dict[str, Path],
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_mistake_gives_one_clear_line_and_exit_2(
+    argv: list[str], expected: str, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         starfish_cli.main(_fill(argv, files))
     err = capsys.readouterr().err
@@ -155,7 +184,8 @@ def test_every_sub_command_has_a_case() -> None:
 
 
 def test_console_script_reports_one_line_too() -> None:
-    proc = subprocess.run([sys.executable, "-m", "starfish_cli", "bundle", "info", MISSING],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "starfish_cli", "bundle", "info", MISSING], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert MISSING in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr

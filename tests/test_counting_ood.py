@@ -34,8 +34,16 @@ def ood_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_demo_bundle_counts_out_of_distribution_clips_within_the_stated_error(ood_clips, mosquitto, tmp_path):
-    result = measure_counting(BUNDLE, [KEY], ood_clips, videos=None, host=mosquitto.host, port=mosquitto.port,
-                              workdir=tmp_path / "agent", threads=2)
+    result = measure_counting(
+        BUNDLE,
+        [KEY],
+        ood_clips,
+        videos=None,
+        host=mosquitto.host,
+        port=mosquitto.port,
+        workdir=tmp_path / "agent",
+        threads=2,
+    )
     assert [c.frames for c in result.clips] == [60, 60]
     assert result.total_true > 0
     assert result.total_error <= STATED_TOTAL_ERROR, result.to_dict()

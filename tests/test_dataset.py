@@ -36,8 +36,12 @@ def _write_dataset(root: Path, rows: list[dict], *, width: int = 64, height: int
 
 def _row(video: int, seq: int, frame: int, annotations: str = "[]") -> dict:
     return {
-        "video_id": video, "sequence": seq, "video_frame": frame, "sequence_frame": frame,
-        "image_id": f"{video}-{frame}", "annotations": annotations,
+        "video_id": video,
+        "sequence": seq,
+        "video_frame": frame,
+        "sequence_frame": frame,
+        "image_id": f"{video}-{frame}",
+        "annotations": annotations,
     }
 
 
@@ -71,9 +75,13 @@ def test_parse_rejects_malformed_annotations(text: str, message: str) -> None:
     assert "row 17" in str(info.value)
 
 
-@given(st.lists(st.tuples(st.integers(-50, 300), st.integers(-50, 300), st.integers(0, 200), st.integers(0, 200)),
-                max_size=8),
-       st.integers(8, 320), st.integers(8, 320))
+@given(
+    st.lists(
+        st.tuples(st.integers(-50, 300), st.integers(-50, 300), st.integers(0, 200), st.integers(0, 200)), max_size=8
+    ),
+    st.integers(8, 320),
+    st.integers(8, 320),
+)
 @settings(max_examples=100, deadline=None)
 def test_clipped_boxes_lie_inside_and_are_not_degenerate(raw, width: int, height: int) -> None:
     boxes, keep = clip_boxes(xywh_to_xyxy(np.array(raw, dtype=np.float32).reshape(-1, 4)), width, height)
@@ -85,8 +93,14 @@ def test_clipped_boxes_lie_inside_and_are_not_degenerate(raw, width: int, height
         assert ((boxes[:, 2] - boxes[:, 0]) > 1).all() and ((boxes[:, 3] - boxes[:, 1]) > 1).all()
 
 
-@given(st.lists(st.tuples(st.integers(0, 500), st.integers(0, 500), st.integers(2, 150), st.integers(2, 150),
-                          st.integers(0, 99)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 500), st.integers(0, 500), st.integers(2, 150), st.integers(2, 150), st.integers(0, 99)
+        ),
+        max_size=6,
+    )
+)
 @settings(max_examples=60, deadline=None)
 def test_annotation_format_round_trips(raw) -> None:
     xywh = np.array([r[:4] for r in raw], dtype=np.float32).reshape(-1, 4)

@@ -150,13 +150,20 @@ def _int8_default_bundle(tmp_path: Path, agent_bundle, private_key: Path, cpu_in
     modes = {"int8": "symmetric", **({CPU_INT8_VARIANT: "asymmetric"} if cpu_int8 else {})}
     for name, activations in modes.items():
         path = quantize_int8(fp32, source / f"{name}.onnx", frames, activations=activations)
-        variants[name] = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                          "size": path.stat().st_size, "f2": None, "map50": None, "latency_ms": None}
+        variants[name] = {
+            "file": path.name,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "size": path.stat().st_size,
+            "f2": None,
+            "map50": None,
+            "latency_ms": None,
+        }
     return rebundle(source, tmp_path / f"bundle-{cpu_int8}", private_key, variants=variants, default_variant="int8")
 
 
-def test_onnxruntime_on_cpu_runs_the_cpu_int8_variant_unless_told_otherwise(tmp_path: Path, agent_bundle,
-                                                                            bundle_keys) -> None:
+def test_onnxruntime_on_cpu_runs_the_cpu_int8_variant_unless_told_otherwise(
+    tmp_path: Path, agent_bundle, bundle_keys
+) -> None:
     keys = [bundle_keys.public]
     verified = load_bundle(_int8_default_bundle(tmp_path, agent_bundle, bundle_keys.private, True), keys)
     cpu_only = DetectorOptions(threads=1, extra={"providers": ["CPUExecutionProvider"]})
@@ -228,22 +235,30 @@ def test_any_back_end_failure_falls_back_to_the_next(verified, failing_backends,
     assert "warmup-fails: RuntimeError: CUDA error 700" in message and "cache-unwritable: " in message
 
 
-def test_model_that_breaks_the_input_contract_exits_2_with_one_line(tmp_path: Path, agent_bundle,
-                                                                   bundle_keys) -> None:
+def test_model_that_breaks_the_input_contract_exits_2_with_one_line(tmp_path: Path, agent_bundle, bundle_keys) -> None:
     """A real onnxruntime model whose warm-up fails: the manifest (signed) says 160x96, the graph is fixed at
     another size, so the first inference raises inside onnxruntime."""
     manifest = parse_manifest((agent_bundle.path / MANIFEST_NAME).read_bytes())
     assert manifest.input.shape != (1, 3, 96, 160)
-    bundle = rebundle(agent_bundle.path, tmp_path / "bundle", bundle_keys.private,
-                      input=manifest.input.model_dump(mode="json") | {"shape": [1, 3, 96, 160]})
+    bundle = rebundle(
+        agent_bundle.path,
+        tmp_path / "bundle",
+        bundle_keys.private,
+        input=manifest.input.model_dump(mode="json") | {"shape": [1, 3, 96, 160]},
+    )
     cfg = _cfg(tmp_path, bundle, bundle_keys.public)
     cfg.detector.backends = ["onnxruntime"]
     with pytest.raises(StartupError, match="no detector back end could run: onnxruntime: .*"):
         load_detector(cfg)
     config = write_config(tmp_path / "agent.yaml", cfg.model_dump(mode="json"))
-    proc = subprocess.run([sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config),
-                           "--no-console"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "60"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config), "--no-console"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "60"},
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and "onnxruntime: " in lines[0] and "Traceback" not in proc.stderr, proc.stderr
@@ -263,5 +278,6 @@ def test_onnxruntime_tensorrt_ep_caches_engines_in_the_state_dir(verified, tmp_p
     assert ort_trt_cache_dir(verified, DetectorOptions(state_dir=state)) == state / "ort-trt-engines"
     assert state.stat().st_mode & 0o777 == 0o700
     assert ort_trt_cache_dir(verified, DetectorOptions(state_dir=state, engine_cache_dir=tmp_path / "c")) == (
-        tmp_path / "c")  # configured wins
+        tmp_path / "c"
+    )  # configured wins
     assert ort_trt_cache_dir(verified, DetectorOptions()) == verified.engine_cache_dir()

@@ -59,8 +59,11 @@ def test_quota_deletes_oldest_first_including_earlier_runs(tmp_path: Path) -> No
         old.append(path)
     keep_me = snaps / "notes.txt"  # not evidence: never touched
     keep_me.write_text("operator notes")
-    writer = EvidenceWriter(SnapshotConfig(enabled=True, directory=snaps, min_interval_s=0),
-                            VideoOutputConfig(), EvidenceLimits(max_total_mb=1.0, min_free_mb=0))
+    writer = EvidenceWriter(
+        SnapshotConfig(enabled=True, directory=snaps, min_interval_s=0),
+        VideoOutputConfig(),
+        EvidenceLimits(max_total_mb=1.0, min_free_mb=0),
+    )
     writer.start()
     rng = np.random.default_rng(0)
     frames = [_frame(i, 1_700_000_000 + i, rng) for i in range(30)]
@@ -79,8 +82,11 @@ def test_quota_deletes_oldest_first_including_earlier_runs(tmp_path: Path) -> No
 
 def test_video_is_segmented_and_old_segments_are_dropped(tmp_path: Path) -> None:
     video = tmp_path / "video"
-    writer = EvidenceWriter(SnapshotConfig(), VideoOutputConfig(enabled=True, directory=video, fps=10, segment_s=2),
-                            EvidenceLimits(max_total_mb=0.9, min_free_mb=0))
+    writer = EvidenceWriter(
+        SnapshotConfig(),
+        VideoOutputConfig(enabled=True, directory=video, fps=10, segment_s=2),
+        EvidenceLimits(max_total_mb=0.9, min_free_mb=0),
+    )
     writer.start()
     rng = np.random.default_rng(1)
     frames = [_frame(i, 1_700_000_000 + i * 0.5, rng) for i in range(60)]  # 30 s: 15 segments of 2 s
@@ -98,8 +104,9 @@ def test_low_free_space_pauses_evidence_and_it_resumes(tmp_path: Path) -> None:
     snaps.mkdir()
     above = free_bytes(snaps) / MB + 1024
     limits = EvidenceLimits(min_free_mb=above, check_interval_s=0.05)
-    writer = EvidenceWriter(SnapshotConfig(enabled=True, directory=snaps, min_interval_s=0), VideoOutputConfig(),
-                            limits)
+    writer = EvidenceWriter(
+        SnapshotConfig(enabled=True, directory=snaps, min_interval_s=0), VideoOutputConfig(), limits
+    )
     writer.start()
     assert writer.paused
     rng = np.random.default_rng(2)
@@ -121,8 +128,11 @@ def test_writer_survives_bad_frames_and_stop_never_hangs(tmp_path: Path, caplog:
     """A NaN box (a broken model output) raises ValueError while drawing. The thread must log it, count it and go
     on with the next frame; `stop()` must return even though far more items than the queue holds were offered."""
     snaps = tmp_path / "snaps"
-    writer = EvidenceWriter(SnapshotConfig(enabled=True, directory=snaps, min_interval_s=0), VideoOutputConfig(),
-                            EvidenceLimits(min_free_mb=0))
+    writer = EvidenceWriter(
+        SnapshotConfig(enabled=True, directory=snaps, min_interval_s=0),
+        VideoOutputConfig(),
+        EvidenceLimits(min_free_mb=0),
+    )
     writer.start()
     rng = np.random.default_rng(3)
     runtime = SimpleNamespace(last_snapshot=0.0)
@@ -139,8 +149,11 @@ def test_writer_survives_bad_frames_and_stop_never_hangs(tmp_path: Path, caplog:
 
 def test_stop_returns_when_the_thread_is_gone(tmp_path: Path) -> None:
     """Even a dead writer thread (killed by something no handler catches) must not hang shutdown."""
-    writer = EvidenceWriter(SnapshotConfig(enabled=True, directory=tmp_path, min_interval_s=0), VideoOutputConfig(),
-                            EvidenceLimits(min_free_mb=0))
+    writer = EvidenceWriter(
+        SnapshotConfig(enabled=True, directory=tmp_path, min_interval_s=0),
+        VideoOutputConfig(),
+        EvidenceLimits(min_free_mb=0),
+    )
     writer.start()
     writer._queue.put(None)  # the thread ends, as if it had died
     assert wait_until(lambda: not writer.alive, 5)
@@ -153,17 +166,22 @@ def test_stop_returns_when_the_thread_is_gone(tmp_path: Path) -> None:
 
 
 @pytest.mark.mqtt
-def test_agent_keeps_counting_with_evidence_paused_for_low_space(tmp_path: Path, clip, agent_bundle,
-                                                                 mosquitto) -> None:
+def test_agent_keeps_counting_with_evidence_paused_for_low_space(tmp_path: Path, clip, agent_bundle, mosquitto) -> None:
     from edge_agent.app import build_agent
     from edge_agent.config import load_config_data
     from tests.helpers.agent import agent_config
 
     snaps = tmp_path / "snaps"
     snaps.mkdir()
-    cfg = agent_config(tmp_path, agent_bundle, clip.path, mosquitto.port, detector={"score_threshold": 0.0},
-                       snapshots={"enabled": True, "directory": str(snaps), "min_interval_s": 0},
-                       evidence={"min_free_mb": free_bytes(snaps) / MB + 1024})
+    cfg = agent_config(
+        tmp_path,
+        agent_bundle,
+        clip.path,
+        mosquitto.port,
+        detector={"score_threshold": 0.0},
+        snapshots={"enabled": True, "directory": str(snaps), "min_interval_s": 0},
+        evidence={"min_free_mb": free_bytes(snaps) / MB + 1024},
+    )
     agent = build_agent(load_config_data(cfg))
     assert agent.run() == 0
     assert agent.summary().frames == clip.frames  # every frame counted

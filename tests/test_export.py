@@ -44,11 +44,19 @@ def smoke_checkpoint(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathF
     from train.config import load_config
 
     out = tmp_path_factory.mktemp("export-runs")
-    cfg = load_config("smoke", overrides=[
-        f"--data.root={synthetic_dataset}", "--data.image_size=[320,180]", f"--checkpoint.output_dir={out}",
-        "--checkpoint.name=export", "--data.check_images=exists", "--trainer.max_steps=3", "--data.train_limit=6",
-        f"--checkpoint.best_copy={out / 'best.ckpt'}",
-    ])
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            f"--data.root={synthetic_dataset}",
+            "--data.image_size=[320,180]",
+            f"--checkpoint.output_dir={out}",
+            "--checkpoint.name=export",
+            "--data.check_images=exists",
+            "--trainer.max_steps=3",
+            "--data.train_limit=6",
+            f"--checkpoint.best_copy={out / 'best.ckpt'}",
+        ],
+    )
     fit(cfg)
     return out / "best.ckpt"
 
@@ -76,8 +84,13 @@ def test_onnx_matches_pytorch_on_20_frames_and_a_blank_one(smoke_checkpoint, fp3
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, HEIGHT, WIDTH]
     assert _all_op_types(proto.graph) >= {"RoiAlign", "NonMaxSuppression"}
-    result = check_parity(torch_runner(source.model, WIDTH, HEIGHT), onnx_runner(fp32_onnx), frames,
-                          score_floor=source.cfg.box_score_thresh, max_detections=source.cfg.box_detections_per_img)
+    result = check_parity(
+        torch_runner(source.model, WIDTH, HEIGHT),
+        onnx_runner(fp32_onnx),
+        frames,
+        score_floor=source.cfg.box_score_thresh,
+        max_detections=source.cfg.box_detections_per_img,
+    )
     assert result.frames == 21
     assert result.reference_detections >= 20  # not a vacuous pass
     assert result.passed, result.problems
@@ -121,15 +134,17 @@ def test_int8_is_qdq_symmetric_keeps_the_tail_float_and_stays_close(fp32_onnx, f
     assert sum(n.op_type == "Conv" and n.input[1] in weight_dq for n in graph.node) >= 40
     assert _all_op_types(graph) >= {"RoiAlign", "NonMaxSuppression", "TopK"}
     assert int8.stat().st_size < 0.5 * fp32_onnx.stat().st_size
-    agreement = check_parity(onnx_runner(fp32_onnx), onnx_runner(int8), frames, min_iou=0.5, max_score_diff=0.05,
-                             score_floor=0.3)
+    agreement = check_parity(
+        onnx_runner(fp32_onnx), onnx_runner(int8), frames, min_iou=0.5, max_score_diff=0.05, score_floor=0.3
+    )
     assert agreement.reference_detections > 0
     assert agreement.matched / agreement.reference_detections >= 0.8, agreement.problems
     assert agreement.max_score_diff <= 0.05
 
 
-def test_cpu_int8_has_uint8_activations_with_zero_points_and_stays_close(fp32_onnx, frames, synthetic_dataset,
-                                                                          tmp_path) -> None:
+def test_cpu_int8_has_uint8_activations_with_zero_points_and_stays_close(
+    fp32_onnx, frames, synthetic_dataset, tmp_path
+) -> None:
     import onnx
     from onnx import numpy_helper
 
@@ -139,13 +154,17 @@ def test_cpu_int8_has_uint8_activations_with_zero_points_and_stays_close(fp32_on
     graph = onnx.load(str(int8_cpu)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
-    activation_zero_points = [inits[n.input[2]] for n in graph.node
-                              if n.op_type == "QuantizeLinear" and n.input[0] not in weights and n.input[2] in inits]
+    activation_zero_points = [
+        inits[n.input[2]]
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in weights and n.input[2] in inits
+    ]
     assert activation_zero_points and all(z.dtype == np.uint8 for z in activation_zero_points)
     assert any(np.any(z != 0) for z in activation_zero_points)  # real zero points, not a symmetric range
     assert {inits[w].dtype for w in weights} == {np.dtype(np.int8), np.dtype(np.int32)}  # int8 weights, int32 biases
-    agreement = check_parity(onnx_runner(fp32_onnx), onnx_runner(int8_cpu), frames, min_iou=0.5, max_score_diff=0.05,
-                             score_floor=0.3)
+    agreement = check_parity(
+        onnx_runner(fp32_onnx), onnx_runner(int8_cpu), frames, min_iou=0.5, max_score_diff=0.05, score_floor=0.3
+    )
     assert agreement.reference_detections > 0
     assert agreement.matched / agreement.reference_detections >= 0.8, agreement.problems
     with pytest.raises(CalibrationError, match="unknown activation mode 'unsigned'"):
@@ -173,8 +192,9 @@ def test_pruning_really_removes_channels_and_the_model_still_runs(smoke_checkpoi
     assert len(ours[0]) > 0 and np.allclose(ours[1], theirs[1]) and np.allclose(ours[0], theirs[0])
 
 
-def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundle_keys: BundleKeys, tmp_path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_whole_chain_writes_a_verified_bundle_and_report(
+    smoke_checkpoint, bundle_keys: BundleKeys, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
     import logging
 
     from export.chain import CHAIN_STEPS, ChainOptions, run_chain
@@ -182,24 +202,41 @@ def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundl
 
     caplog.set_level(logging.INFO, logger="export.chain")
     out = tmp_path / "out"
-    report = run_chain(ChainOptions(
-        checkpoint=smoke_checkpoint, out=out, private_key=bundle_keys.private, prune=PruneConfig(ratio=0.5),
-        fine_tune_epochs=1, calibration_frames=8, parity_frames=6, eval_frames=4, latency_runs=2,
-        fine_tune_overrides={"data.train_limit": 2, "data.val_limit": 2},
-    ))
+    report = run_chain(
+        ChainOptions(
+            checkpoint=smoke_checkpoint,
+            out=out,
+            private_key=bundle_keys.private,
+            prune=PruneConfig(ratio=0.5),
+            fine_tune_epochs=1,
+            calibration_frames=8,
+            parity_frames=6,
+            eval_frames=4,
+            latency_runs=2,
+            fine_tune_overrides={"data.train_limit": 2, "data.val_limit": 2},
+        )
+    )
     bundle = load_bundle(out / "bundle", bundle_keys.public)
     assert set(bundle.manifest.variants) == {"fp32", "int8", "int8_cpu"} and bundle.manifest.default_variant == "int8"
     assert bundle.manifest.training.checkpoint_sha256 == load_source(smoke_checkpoint).sha256
     assert bundle.manifest.input.shape == (1, 3, HEIGHT, WIDTH)
     variants = report["variants"]
     # Each variant carries its own best-F2 threshold; the top-level one is the default (int8) variant's.
-    for variant, measured in (("fp32", "pruned_onnx_fp32"), ("int8", "pruned_onnx_int8"),
-                              ("int8_cpu", "pruned_onnx_int8_cpu")):
+    for variant, measured in (
+        ("fp32", "pruned_onnx_fp32"),
+        ("int8", "pruned_onnx_int8"),
+        ("int8_cpu", "pruned_onnx_int8_cpu"),
+    ):
         best = min(1.0, max(0.0, variants[measured]["accuracy"]["best_threshold"]))
         assert bundle.manifest.variants[variant].score_threshold == pytest.approx(best)
     assert bundle.manifest.score_threshold == bundle.manifest.variants["int8"].score_threshold
-    assert set(variants) == {"pytorch_fp32", "pruned_pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8",
-                             "pruned_onnx_int8_cpu"}
+    assert set(variants) == {
+        "pytorch_fp32",
+        "pruned_pytorch_fp32",
+        "pruned_onnx_fp32",
+        "pruned_onnx_int8",
+        "pruned_onnx_int8_cpu",
+    }
     for name in ("pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8", "pruned_onnx_int8_cpu"):
         assert variants[name]["latency"]["median_ms"] > 0
         assert 0.0 <= variants[name]["accuracy"]["f2"] <= 1.0 and "map50" in variants[name]["accuracy"]
@@ -210,10 +247,12 @@ def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundl
     assert "latency_ratio" in report["goals"] and "f2_drop" in report["goals"]
     goals = report["goals"]
     assert goals["judged_variant"] == "int8_cpu"
-    assert goals["latency_ratio"] == pytest.approx(variants["pytorch_fp32"]["latency"]["median_ms"]
-                                                   / variants["pruned_onnx_int8_cpu"]["latency"]["median_ms"])
-    assert goals["latency_ratio_tensorrt_int8"] == pytest.approx(variants["pytorch_fp32"]["latency"]["median_ms"]
-                                                                 / variants["pruned_onnx_int8"]["latency"]["median_ms"])
+    assert goals["latency_ratio"] == pytest.approx(
+        variants["pytorch_fp32"]["latency"]["median_ms"] / variants["pruned_onnx_int8_cpu"]["latency"]["median_ms"]
+    )
+    assert goals["latency_ratio_tensorrt_int8"] == pytest.approx(
+        variants["pytorch_fp32"]["latency"]["median_ms"] / variants["pruned_onnx_int8"]["latency"]["median_ms"]
+    )
     assert json.loads((out / "report.json").read_text())["bundle"]["version"] == 1
     markdown = (out / "report.md").read_text()
     assert "| pruned_onnx_int8 |" in markdown and "- latency: unpruned PyTorch fp32" in markdown
@@ -227,12 +266,19 @@ def test_whole_chain_writes_a_verified_bundle_and_report(smoke_checkpoint, bundl
 def test_int8_agreement_with_nothing_above_the_floor_says_so() -> None:
     from export.chain import _int8_agreement_line
 
-    empty = {"frames": 21, "reference_detections": 0, "matched": 0, "min_iou": 1.0, "max_score_diff": 0.0,
-             "score_floor": 0.5}
+    empty = {
+        "frames": 21,
+        "reference_detections": 0,
+        "matched": 0,
+        "min_iou": 1.0,
+        "max_score_diff": 0.0,
+        "score_floor": 0.5,
+    }
     assert _int8_agreement_line(empty).endswith("no fp32 detection above the floor on 21 frames, nothing compared")
     some = {**empty, "reference_detections": 63, "matched": 54, "min_iou": 0.299, "max_score_diff": 0.376}
-    assert _int8_agreement_line(some) == ("- INT8 vs fp32 ONNX (fp32 score > 0.50): 54/63 matched, min IoU 0.299, "
-                                          "max |Δscore| 0.376")
+    assert _int8_agreement_line(some) == (
+        "- INT8 vs fp32 ONNX (fp32 score > 0.50): 54/63 matched, min IoU 0.299, max |Δscore| 0.376"
+    )
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------
@@ -320,25 +366,37 @@ def test_cli_reports_bad_checkpoint_cleanly(tmp_path: Path, bundle_keys: BundleK
     assert result.exit_code != 0 and "--untrained" in result.output
 
 
-def test_chain_picks_thresholds_on_the_out_of_distribution_set(smoke_checkpoint, bundle_keys: BundleKeys,
-                                                               make_synthetic_dataset, tmp_path) -> None:
+def test_chain_picks_thresholds_on_the_out_of_distribution_set(
+    smoke_checkpoint, bundle_keys: BundleKeys, make_synthetic_dataset, tmp_path
+) -> None:
     from export.chain import ChainOptions, run_chain
     from export.prune import PruneConfig
 
     # Any other Kaggle-layout root stands in for the out-of-distribution renderer here.
     other = make_synthetic_dataset(seed=123, videos=1, frames=8)
     out = tmp_path / "out"
-    report = run_chain(ChainOptions(
-        checkpoint=smoke_checkpoint, out=out, private_key=bundle_keys.private, ood_root=other,
-        prune=PruneConfig(ratio=0.0), fine_tune_epochs=0, calibration_frames=4, parity_frames=3, eval_frames=4,
-        latency_runs=1, keep_fp32=False,
-    ))
+    report = run_chain(
+        ChainOptions(
+            checkpoint=smoke_checkpoint,
+            out=out,
+            private_key=bundle_keys.private,
+            ood_root=other,
+            prune=PruneConfig(ratio=0.0),
+            fine_tune_epochs=0,
+            calibration_frames=4,
+            parity_frames=3,
+            eval_frames=4,
+            latency_runs=1,
+            keep_fp32=False,
+        )
+    )
     assert report["threshold_selected_on"] == "out_of_distribution" and report["ood_eval_frames"] == 4
     manifest = load_bundle(out / "bundle", bundle_keys.public).manifest
     for variant, measured in (("int8", "pruned_onnx_int8"), ("int8_cpu", "pruned_onnx_int8_cpu")):
         entry = report["variants"][measured]
         assert entry["deployed_threshold"] == entry["accuracy_ood"]["best_threshold"]
         assert manifest.variants[variant].score_threshold == pytest.approx(
-            min(1.0, max(0.0, entry["accuracy_ood"]["best_threshold"])))
+            min(1.0, max(0.0, entry["accuracy_ood"]["best_threshold"]))
+        )
         assert 0.0 <= entry["f2_in_distribution_at_deployed"] <= 1.0
     assert "Out-of-distribution renderer" in (out / "report.md").read_text()

@@ -13,26 +13,55 @@ pytest.importorskip("torch")
 from export.chain import _goals, render_markdown  # noqa: E402
 
 
-def _report(base_ms: float = 145.1, int8_ms: float = 40.6, base_f2: float = 0.894, int8_f2: float = 0.887,
-            parity_refs: int = 386) -> dict[str, Any]:
+def _report(
+    base_ms: float = 145.1,
+    int8_ms: float = 40.6,
+    base_f2: float = 0.894,
+    int8_f2: float = 0.887,
+    parity_refs: int = 386,
+) -> dict[str, Any]:
     def variant(ms: float, f2: float | None) -> dict[str, Any]:
-        v: dict[str, Any] = {"params": 4.35e6, "macs": 4.85e9, "file_bytes": 6.7e6,
-                             "latency": {"median_ms": ms, "p90_ms": ms * 1.2}}
+        v: dict[str, Any] = {
+            "params": 4.35e6,
+            "macs": 4.85e9,
+            "file_bytes": 6.7e6,
+            "latency": {"median_ms": ms, "p90_ms": ms * 1.2},
+        }
         if f2 is not None:
             v["accuracy"] = {"best_f2": f2, "best_threshold": 0.9, "map50": 0.96, "f2": f2}
         return v
 
     report: dict[str, Any] = {
-        "input_size": [1024, 576], "checkpoint": "c.ckpt", "checkpoint_sha256": "ab" * 32,
-        "created_at": "2026-11-28T01:08:25+00:00", "threads": 2, "eval_frames": 120, "calibration_frames": 100,
+        "input_size": [1024, 576],
+        "checkpoint": "c.ckpt",
+        "checkpoint_sha256": "ab" * 32,
+        "created_at": "2026-11-28T01:08:25+00:00",
+        "threads": 2,
+        "eval_frames": 120,
+        "calibration_frames": 100,
         "prune": {"ratio": 0.0, "head_ratio": 0.25, "rpn_ratio": None, "proposals": 50},
         "fine_tune": {"val_f2": 0.8812345, "epochs": 1},
-        "variants": {"pytorch_fp32": variant(base_ms, base_f2), "pruned_onnx_int8": variant(71.9, 0.893),
-                     "pruned_onnx_int8_cpu": variant(int8_ms, int8_f2)},
-        "parity_fp32": {"frames": 21, "reference_detections": parity_refs, "matched": parity_refs, "min_iou": 1.0,
-                        "max_score_diff": 1e-5, "passed": True},
-        "int8_vs_fp32": {"frames": 21, "reference_detections": 43, "matched": 38, "min_iou": 0.588,
-                         "max_score_diff": 0.379, "score_floor": 0.5},
+        "variants": {
+            "pytorch_fp32": variant(base_ms, base_f2),
+            "pruned_onnx_int8": variant(71.9, 0.893),
+            "pruned_onnx_int8_cpu": variant(int8_ms, int8_f2),
+        },
+        "parity_fp32": {
+            "frames": 21,
+            "reference_detections": parity_refs,
+            "matched": parity_refs,
+            "min_iou": 1.0,
+            "max_score_diff": 1e-5,
+            "passed": True,
+        },
+        "int8_vs_fp32": {
+            "frames": 21,
+            "reference_detections": 43,
+            "matched": 38,
+            "min_iou": 0.588,
+            "max_score_diff": 0.379,
+            "score_floor": 0.5,
+        },
         "bundle": {"path": "out/bundle", "version": 5, "score_threshold": 0.906, "size_bytes": 13.5e6},
     }
     report["goals"] = _goals(report)

@@ -49,8 +49,13 @@ def test_engine_built_for_another_device_is_refused(tmp_path: Path) -> None:
     store_engine(tmp_path, KEY, b"serialized engine", mac_key)
     assert read_engine(tmp_path, KEY, mac_key) == b"serialized engine"  # same key: accepted
     _, sidecar = engine_paths(tmp_path, KEY)
-    for field, value in (("gpu_name", "NVIDIA H100"), ("compute_capability", "9.0"), ("tensorrt_version", "8.6.2"),
-                         ("precision", "int8"), ("onnx_sha256", "cd" * 32)):
+    for field, value in (
+        ("gpu_name", "NVIDIA H100"),
+        ("compute_capability", "9.0"),
+        ("tensorrt_version", "8.6.2"),
+        ("precision", "int8"),
+        ("onnx_sha256", "cd" * 32),
+    ):
         with pytest.raises(EngineKeyMismatch, match=field):
             check_sidecar(sidecar, replace(KEY, **{field: value}), b"serialized engine", mac_key)
     with pytest.raises(EngineKeyMismatch, match="corrupted"):
@@ -109,8 +114,10 @@ def test_device_key_that_others_can_read_is_refused(tmp_path: Path) -> None:
 
 
 def test_cache_file_names_differ_per_key(tmp_path: Path) -> None:
-    names = {engine_paths(tmp_path, replace(KEY, **change))[0].name for change in
-             ({}, {"gpu_name": "NVIDIA H100"}, {"precision": "int8"}, {"tensorrt_version": "8.6.2"})}
+    names = {
+        engine_paths(tmp_path, replace(KEY, **change))[0].name
+        for change in ({}, {"gpu_name": "NVIDIA H100"}, {"precision": "int8"}, {"tensorrt_version": "8.6.2"})
+    }
     assert len(names) == 4
     assert all(name.endswith(".engine") and "/" not in name for name in names)
 

@@ -50,8 +50,9 @@ def test_an_attempt_on_a_background_thread_is_still_recorded() -> None:
     thread.start()
     thread.join(5)
     # The conftest hooks would fail this test from these records; take them so it does not.
-    assert loopback.take_violations() == ["name lookup to '192.0.2.1' is outside loopback: tests connect only "
-                                          "to 127.0.0.1 / ::1"]
+    assert loopback.take_violations() == [
+        "name lookup to '192.0.2.1' is outside loopback: tests connect only to 127.0.0.1 / ::1"
+    ]
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "localhost", "::1"])
@@ -70,7 +71,8 @@ def test_loopback_and_unix_sockets_pass(host: str, tmp_path) -> None:
 def test_the_guard_fails_a_test_that_leaves_loopback(pytester: pytest.Pytester) -> None:
     """End to end through pytest itself: a test whose thread swallowed the error is still reported as failed."""
     pytester.makeconftest("from tests.conftest import pytest_runtest_call, pytest_runtest_setup  # noqa: F401\n")
-    pytester.makepyfile(test_leaks="""
+    pytester.makepyfile(
+        test_leaks="""
         import socket, threading
 
         def test_leaks():
@@ -80,7 +82,8 @@ def test_the_guard_fails_a_test_that_leaves_loopback(pytester: pytest.Pytester) 
                 except OSError:
                     pass
             t = threading.Thread(target=go); t.start(); t.join()
-    """)
+    """
+    )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*outside loopback*"])

@@ -188,8 +188,10 @@ def test_recall_by_size_buckets_and_iou_levels() -> None:
     large = [100.0, 100.0, 200.0, 200.0]  # size 100 -> bucket 90+
     gt = [np.array([small, large]), np.zeros((0, 4))]
     # The small one is found loosely (IoU 0.64), the large one exactly; a false alarm in the empty frame.
-    preds = [(np.array([[0.0, 0.0, 20.0, 12.8], large]), np.array([0.9, 0.8])),
-             (np.array([[300.0, 300.0, 340.0, 340.0]]), np.array([0.95]))]
+    preds = [
+        (np.array([[0.0, 0.0, 20.0, 12.8], large]), np.array([0.9, 0.8])),
+        (np.array([[300.0, 300.0, 340.0, 340.0]]), np.array([0.95])),
+    ]
     buckets = {b["size_px"]: b for b in recall_by_size(preds, gt, score_threshold=0.5)}
     assert list(buckets) == ["0-30", "30-45", "45-60", "60-90", "90+"]
     assert buckets["0-30"]["boxes"] == 1 and buckets["0-30"]["recall"] == {"0.30": 1.0, "0.50": 1.0, "0.80": 0.0}

@@ -119,15 +119,26 @@ def test_reserved_camera_ids() -> None:
 
 
 def test_counts_input_is_strict() -> None:
-    good = {"ts": "2026-01-01T00:00:00Z", "frame": 3, "count": 2, "unique_count": 5,
-            "detections": [{"x1": 1, "y1": 2, "x2": 3, "y2": 4, "score": 0.9, "track_id": 7}]}
+    good = {
+        "ts": "2026-01-01T00:00:00Z",
+        "frame": 3,
+        "count": 2,
+        "unique_count": 5,
+        "detections": [{"x1": 1, "y1": 2, "x2": 3, "y2": 4, "score": 0.9, "track_id": 7}],
+    }
     item = CountsInput.model_validate(good)
-    doc = json.loads(CountsPayload(**item.model_dump(), device_id="d", camera_id="c", session=1, outbox_id="o1", seq=1)
-                     .model_dump_json(exclude_none=True))
+    doc = json.loads(
+        CountsPayload(
+            **item.model_dump(), device_id="d", camera_id="c", session=1, outbox_id="o1", seq=1
+        ).model_dump_json(exclude_none=True)
+    )
     assert doc["ts"] == "2026-01-01T00:00:00.000Z"
     assert doc["detections"][0]["track_id"] == 7 and doc["schema_version"] == 1 and doc["historical"] is False
-    for broken, name in [({**good, "cnt": 1}, "cnt"), ({**good, "count": -1}, "count"),
-                         ({**good, "detections": [{"x1": 1}]}, "detections")]:
+    for broken, name in [
+        ({**good, "cnt": 1}, "cnt"),
+        ({**good, "count": -1}, "count"),
+        ({**good, "detections": [{"x1": 1}]}, "detections"),
+    ]:
         with pytest.raises(ValidationError, match=name):
             CountsInput.model_validate(broken)
     with pytest.raises(ValidationError, match="fps"):
@@ -199,8 +210,13 @@ def test_inbound_accepts_valid_messages(topic: str, payload: bytes, kind: Inboun
     assert gate.rejected == 0
 
 
-_INBOUND_TOPICS = ["starfish/d/cam0/reset", "starfish/d/model/set", "starfish/fleet/reef/model",
-                   "homeassistant/status", "starfish/d/cam1/reset"]
+_INBOUND_TOPICS = [
+    "starfish/d/cam0/reset",
+    "starfish/d/model/set",
+    "starfish/fleet/reef/model",
+    "homeassistant/status",
+    "starfish/d/cam1/reset",
+]
 
 
 @settings(max_examples=200, deadline=None)

@@ -41,8 +41,11 @@ def test_broker_restarted_three_times_nothing_missing(
     def produce() -> None:
         i = 0
         while not stop.is_set():
-            published.append(pub.publish_counts("cam0", {
-                "ts": datetime.now(timezone.utc), "frame": i, "count": i % 3, "unique_count": i}))
+            published.append(
+                pub.publish_counts(
+                    "cam0", {"ts": datetime.now(timezone.utc), "frame": i, "count": i % 3, "unique_count": i}
+                )
+            )
             i += 1
             time.sleep(0.004)
 
@@ -78,10 +81,21 @@ class _Child:
     """The synthetic publisher (real AgentPublisher + Outbox) in its own process, so it can be killed -9."""
 
     def __init__(self, broker: MosquittoBroker, outbox: Path, *extra: str) -> None:
-        cmd = [sys.executable, "-m", "edge_agent.mqtt.synthetic", "--port", str(broker.port), "--device-id",
-               "child", "--outbox", str(outbox), *extra]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_agent.mqtt.synthetic",
+            "--port",
+            str(broker.port),
+            "--device-id",
+            "child",
+            "--outbox",
+            str(outbox),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         self.seqs: list[int] = []
         self.sessions: set[int] = set()
         self.done = threading.Event()
@@ -130,8 +144,9 @@ def test_last_will_offline_on_kill_9(
 def test_kill_9_and_restart_loses_nothing(
     mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber], tmp_path: Path
 ) -> None:
-    sub = mqtt_subscriber(mosquitto, ["starfish/child/+/counts", "starfish/child/status"], durable=True,
-                          client_id="durable-sub")
+    sub = mqtt_subscriber(
+        mosquitto, ["starfish/child/+/counts", "starfish/child/status"], durable=True, client_id="durable-sub"
+    )
     outbox = tmp_path / "outbox.db"
     first = _Child(mosquitto, outbox, "--rate", "400")
     try:

@@ -23,14 +23,27 @@ pytestmark = pytest.mark.mqtt
 
 
 def _cfg(broker: MosquittoBroker, **extra: object) -> MqttConfig:
-    return MqttConfig.model_validate({"host": "127.0.0.1", "port": broker.port, "reconnect_min_delay_s": 0.1,
-                                      "reconnect_max_delay_s": 1.0, "keepalive_s": 5, **extra})
+    return MqttConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": broker.port,
+            "reconnect_min_delay_s": 0.1,
+            "reconnect_max_delay_s": 1.0,
+            "keepalive_s": 5,
+            **extra,
+        }
+    )
 
 
 def _frame(i: int, boxes: int = 1) -> dict:
     box = {"x1": 10.0, "y1": 20.0, "x2": 50.5, "y2": 60.0, "score": 0.87, "track_id": 4}
-    return {"ts": datetime.now(timezone.utc), "frame": i, "count": boxes, "unique_count": i,
-            "detections": [box] * boxes}
+    return {
+        "ts": datetime.now(timezone.utc),
+        "frame": i,
+        "count": boxes,
+        "unique_count": i,
+        "detections": [box] * boxes,
+    }
 
 
 def _track(i: int) -> dict:
@@ -58,8 +71,11 @@ def publishers(tmp_path: Path) -> Iterator[Callable[..., AgentPublisher]]:
 
 
 def test_refused_puback_keeps_the_row_and_retries_until_allowed(
-    mosquitto_factory: Callable[..., MosquittoBroker], mqtt_subscriber: Callable[..., Subscriber],
-    publishers: Callable[..., AgentPublisher], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    mqtt_subscriber: Callable[..., Subscriber],
+    publishers: Callable[..., AgentPublisher],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A 15 s ACL mistake once lost every count published meanwhile; now they wait and go out once allowed."""
     acl = tmp_path / "acl"
@@ -83,8 +99,9 @@ def test_refused_puback_keeps_the_row_and_retries_until_allowed(
         assert wait_until(lambda: pub.rejected_by_broker >= 20, 10), pub.rejected_by_broker
         time.sleep(1.5)  # at least one retry round is refused again
     assert pub.outbox_depth == 20  # refused rows stay in the outbox
-    assert any("refused stored message" in r.getMessage() and "stays in the outbox" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "refused stored message" in r.getMessage() and "stays in the outbox" in r.getMessage() for r in caplog.records
+    )
     stats = mqtt_subscriber(broker, ["starfish/dev1/stats"], client_id="stats")
     assert pub.publish_stats({})
     assert wait_until(lambda: stats.on("/stats"), 5)
@@ -106,7 +123,8 @@ def test_refused_puback_keeps_the_row_and_retries_until_allowed(
 
 
 def test_oversized_inbound_publish_never_reaches_the_agent(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
     publishers: Callable[..., AgentPublisher],
 ) -> None:
     pub = publishers(_cfg(mosquitto, max_inbound_bytes=4096))
@@ -131,7 +149,9 @@ def test_oversized_inbound_publish_never_reaches_the_agent(
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_two_agents_with_one_device_id_warn_and_back_off(
-    protocol: str, mosquitto: MosquittoBroker, publishers: Callable[..., AgentPublisher],
+    protocol: str,
+    mosquitto: MosquittoBroker,
+    publishers: Callable[..., AgentPublisher],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cfg = _cfg(mosquitto, protocol=protocol, reconnect_min_delay_s=0.05, reconnect_max_delay_s=2.0)
@@ -155,7 +175,8 @@ def test_two_agents_with_one_device_id_warn_and_back_off(
 
 
 def test_home_assistant_status_flood_is_coalesced(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
     publishers: Callable[..., AgentPublisher],
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["homeassistant/sensor/#"])
@@ -173,7 +194,9 @@ def test_home_assistant_status_flood_is_coalesced(
 
 
 def test_count_value_only_on_change_and_cameras_offline_after_stop(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber], tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
+    tmp_path: Path,
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["starfish/dev1/#"])
     outbox = Outbox(tmp_path / "o.db")
@@ -191,15 +214,20 @@ def test_count_value_only_on_change_and_cameras_offline_after_stop(
     late = mqtt_subscriber(mosquitto, ["starfish/dev1/+/status", "starfish/dev1/status"], client_id="late")
     assert wait_until(lambda: len(late.on("/status")) == 3, 5)
     retained = {m.topic: m.payload for m in late.on("/status")}
-    assert retained == {"starfish/dev1/status": b"stopped", "starfish/dev1/cam0/status": b"offline",
-                        "starfish/dev1/cam1/status": b"disabled"}
+    assert retained == {
+        "starfish/dev1/status": b"stopped",
+        "starfish/dev1/cam0/status": b"offline",
+        "starfish/dev1/cam1/status": b"disabled",
+    }
 
 
 # -- disk full ------------------------------------------------------------------------------------------------------
 
 
 def test_full_outbox_counts_what_was_not_stored_and_recovers(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber], tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["starfish/dev1/#"])
@@ -241,7 +269,8 @@ def test_full_outbox_counts_what_was_not_stored_and_recovers(
 
 
 def test_outbox_id_in_every_counts_payload(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
     publishers: Callable[..., AgentPublisher],
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["starfish/+/+/counts"])
@@ -263,7 +292,8 @@ def test_outbox_id_in_every_counts_payload(
 
 
 def test_exception_in_the_connect_callback_is_a_failed_connection(
-    mosquitto: MosquittoBroker, caplog: pytest.LogCaptureFixture,
+    mosquitto: MosquittoBroker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cfg = _cfg(mosquitto)
     ready = threading.Event()
@@ -290,7 +320,8 @@ def test_exception_in_the_connect_callback_is_a_failed_connection(
 
 
 def test_qos0_write_with_the_id_of_an_unacknowledged_stored_message_deletes_nothing(
-    mosquitto: MosquittoBroker, publishers: Callable[..., AgentPublisher],
+    mosquitto: MosquittoBroker,
+    publishers: Callable[..., AgentPublisher],
 ) -> None:
     """paho reports QoS 0 writes through the same callback, by message id; ids wrap at 65535, so a QoS 0 `count`
     can carry the id of a stored message still waiting for its PUBACK. That must not delete the stored row."""
@@ -328,8 +359,9 @@ def test_connect_callback_failure_is_retried_and_then_connects(mosquitto: Mosqui
         if len(calls) == 1:
             raise RuntimeError("first CONNACK handling fails")
 
-    events = TransportEvents(on_connected=on_connected, on_ready=ready.set,
-                             subscriptions=[("starfish/dev9/+/reset", 1)])
+    events = TransportEvents(
+        on_connected=on_connected, on_ready=ready.set, subscriptions=[("starfish/dev9/+/reset", 1)]
+    )
     transport = MqttTransport(_cfg(mosquitto), "flaky-connack", Will("starfish/dev9/status", "offline"), events)
     transport.start()
     try:
@@ -337,4 +369,3 @@ def test_connect_callback_failure_is_retried_and_then_connects(mosquitto: Mosqui
         assert len(calls) == 2 and transport.last_error is None
     finally:
         transport.stop(final=None, timeout=1)
-

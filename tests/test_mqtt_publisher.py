@@ -24,15 +24,26 @@ MODEL = {"name": "cots-frcnn", "version": 3, "variant": "int8", "backend": "onnx
 
 
 def mqtt_cfg(broker: MosquittoBroker | None = None, port: int | None = None, **extra: object) -> MqttConfig:
-    return MqttConfig.model_validate({
-        "host": "127.0.0.1", "port": port or (broker.port if broker else 1883),
-        "reconnect_min_delay_s": 0.1, "reconnect_max_delay_s": 0.5, "keepalive_s": 5, **extra,
-    })
+    return MqttConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port or (broker.port if broker else 1883),
+            "reconnect_min_delay_s": 0.1,
+            "reconnect_max_delay_s": 0.5,
+            "keepalive_s": 5,
+            **extra,
+        }
+    )
 
 
 def frame(i: int, count: int = 1) -> dict:
-    return {"ts": datetime.now(timezone.utc), "frame": i, "count": count, "unique_count": i // 2 + 1,
-            "detections": [{"x1": 10.0, "y1": 20.0, "x2": 50.5, "y2": 60.0, "score": 0.87, "track_id": 4}] * count}
+    return {
+        "ts": datetime.now(timezone.utc),
+        "frame": i,
+        "count": count,
+        "unique_count": i // 2 + 1,
+        "detections": [{"x1": 10.0, "y1": 20.0, "x2": 50.5, "y2": 60.0, "score": 0.87, "track_id": 4}] * count,
+    }
 
 
 @pytest.fixture
@@ -53,7 +64,9 @@ def make_publisher(tmp_path: Path) -> Iterator[Callable[..., AgentPublisher]]:
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_schema_and_retained_status(
-    protocol: str, mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
+    protocol: str,
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
     make_publisher: Callable[..., AgentPublisher],
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["starfish/#", "homeassistant/#"])
@@ -66,8 +79,17 @@ def test_schema_and_retained_status(
     seqs = [pub.publish_counts("cam0", frame(i, count=i % 3)) for i in range(5)]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
     pub.publish_count_value("cam0", 2)
-    pub.publish_track_event("cam0", {"event": "new", "track_id": 4, "first_seen": datetime.now(timezone.utc),
-                                     "last_seen": datetime.now(timezone.utc), "frames": 3, "max_score": 0.9})
+    pub.publish_track_event(
+        "cam0",
+        {
+            "event": "new",
+            "track_id": 4,
+            "first_seen": datetime.now(timezone.utc),
+            "last_seen": datetime.now(timezone.utc),
+            "frames": 3,
+            "max_score": 0.9,
+        },
+    )
     pub.set_camera_status("cam0", "offline")
     assert wait_until(lambda: len(sub.on("/counts")) == 5 and sub.on("/tracks") and pub.outbox_depth == 0, 10)
     assert pub.publish_stats({"cameras": {"cam0": {"camera_fps": 30.0, "processed_fps": 12.5}}})
@@ -97,8 +119,10 @@ def test_schema_and_retained_status(
 
 
 def test_connect_order_backlog_historical_then_live(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
-    make_publisher: Callable[..., AgentPublisher], tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
+    make_publisher: Callable[..., AgentPublisher],
+    tmp_path: Path,
 ) -> None:
     """Broker unreachable at first: counts buffer; on connect: status, model, cameras, discovery, backlog, live."""
     port = free_port()
@@ -134,7 +158,8 @@ def test_connect_order_backlog_historical_then_live(
 
 
 def test_drop_oldest_bound_while_broker_down(
-    mosquitto_factory: Callable[..., MosquittoBroker], mqtt_subscriber: Callable[..., Subscriber],
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    mqtt_subscriber: Callable[..., Subscriber],
     make_publisher: Callable[..., AgentPublisher],
 ) -> None:
     broker = mosquitto_factory("bound")
@@ -154,7 +179,8 @@ def test_drop_oldest_bound_while_broker_down(
 
 
 def test_aggregate_mode(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
     make_publisher: Callable[..., AgentPublisher],
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["starfish/dev1/+/counts"])
@@ -169,13 +195,20 @@ def test_aggregate_mode(
     assert wait_until(lambda: len(sub.on("/counts")) == 1, 5)  # closed by the sender's timer
     doc = sub.on("/counts")[0].json()
     assert doc["count"] == 4 and "detections" not in doc
-    assert doc["aggregate"] == {"frames": 5, "first_ts": doc["aggregate"]["first_ts"], "first_frame": 0,
-                                "count_min": 0, "count_max": 4, "count_mean": 2.0}
+    assert doc["aggregate"] == {
+        "frames": 5,
+        "first_ts": doc["aggregate"]["first_ts"],
+        "first_frame": 0,
+        "count_min": 0,
+        "count_max": 4,
+        "count_mean": 2.0,
+    }
     assert doc["frame"] == 4
 
 
 def test_inbound_garbage_is_counted_and_rejected(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
     make_publisher: Callable[..., AgentPublisher],
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["starfish/dev1/#", "homeassistant/#"])
@@ -197,7 +230,7 @@ def test_inbound_garbage_is_counted_and_rejected(
     garbage = [
         ("starfish/dev1/cam0/reset", b"\xff\xfe\xfd"),
         ("starfish/dev1/cam0/reset", b"not json"),
-        ("starfish/dev1/model/set", b"{\"url\": "),
+        ("starfish/dev1/model/set", b'{"url": '),
         ("starfish/dev1/model/set", b"[" * 4000),
         ("starfish/fleet/reef/model", b"\xc3\x28"),
         ("homeassistant/status", b"\x00\x01"),
@@ -210,8 +243,11 @@ def test_inbound_garbage_is_counted_and_rejected(
     sub.client.publish("starfish/dev1/model/set", b'{"boom": true}', qos=1)
     sub.client.publish("starfish/fleet/reef/model", b'{"version": 4}', qos=1)
     assert wait_until(lambda: len(received) == 3, 5)
-    assert [t for t, _ in received] == ["starfish/dev1/cam0/reset", "starfish/dev1/model/set",
-                                         "starfish/fleet/reef/model"]
+    assert [t for t, _ in received] == [
+        "starfish/dev1/cam0/reset",
+        "starfish/dev1/model/set",
+        "starfish/fleet/reef/model",
+    ]
     assert wait_until(lambda: pub.handler_errors == 1, 2)
     # Home Assistant restarting: discovery is re-sent.
     sub.client.publish("homeassistant/status", b"online", qos=1)
@@ -224,7 +260,8 @@ def test_inbound_garbage_is_counted_and_rejected(
 
 
 def test_refused_connect_never_reports_connected(
-    mosquitto_factory: Callable[..., MosquittoBroker], make_publisher: Callable[..., AgentPublisher],
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    make_publisher: Callable[..., AgentPublisher],
     tmp_path: Path,
 ) -> None:
     pwfile = tmp_path / "passwd"
@@ -236,14 +273,16 @@ def test_refused_connect_never_reports_connected(
     assert wait_until(lambda: bad.last_error is not None and "refused" in bad.last_error, 10)
     time.sleep(0.5)  # paho retries meanwhile; each retry is refused again
     assert not bad.connected and bad.outbox_depth == 1
-    good = make_publisher(mqtt_cfg(broker, username="agent", password="right-password"), device_id="good",
-                          outbox_name="g.db")
+    good = make_publisher(
+        mqtt_cfg(broker, username="agent", password="right-password"), device_id="good", outbox_name="g.db"
+    )
     good.start()
     assert good.wait_connected(10)
 
 
 def test_stats_provider_on_interval(
-    mosquitto: MosquittoBroker, mqtt_subscriber: Callable[..., Subscriber],
+    mosquitto: MosquittoBroker,
+    mqtt_subscriber: Callable[..., Subscriber],
     make_publisher: Callable[..., AgentPublisher],
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["starfish/dev1/stats"])

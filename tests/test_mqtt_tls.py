@@ -30,8 +30,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
     cert_path, key_path = path.with_suffix(".crt"), path.with_suffix(".key")
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -40,13 +41,28 @@ def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -57,17 +73,25 @@ def _leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, name: str, s
     key = _key()
     now = dt.datetime.now(dt.timezone.utc)
     builder = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
@@ -88,21 +112,30 @@ def tls_files(tmp_path: Path) -> dict[str, Path]:
 def test_tls_with_client_certificate(
     tls_files: dict[str, Path], mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
-    broker = mosquitto_factory("tls", extra_conf="\n".join([
-        f"cafile {tls_files['ca']}", f"certfile {tls_files['server_cert']}", f"keyfile {tls_files['server_key']}",
-        "require_certificate true",
-    ])).start()
+    broker = mosquitto_factory(
+        "tls",
+        extra_conf="\n".join(
+            [
+                f"cafile {tls_files['ca']}",
+                f"certfile {tls_files['server_cert']}",
+                f"keyfile {tls_files['server_key']}",
+                "require_certificate true",
+            ]
+        ),
+    ).start()
 
     def publisher(name: str, tls: dict[str, object]) -> tuple[AgentPublisher, Outbox]:
         cfg = MqttConfig.model_validate({"port": broker.port, "tls": tls, "reconnect_min_delay_s": 0.2})
         outbox = Outbox(tmp_path / f"{name}.db")
         return AgentPublisher(cfg, name, outbox, "test"), outbox
 
-    good, good_box = publisher("good", {"ca_file": tls_files["ca"], "cert_file": tls_files["client_cert"],
-                                        "key_file": tls_files["client_key"]})
-    wrong_ca, wrong_box = publisher("wrongca", {"ca_file": tls_files["other_ca"],
-                                                "cert_file": tls_files["client_cert"],
-                                                "key_file": tls_files["client_key"]})
+    good, good_box = publisher(
+        "good", {"ca_file": tls_files["ca"], "cert_file": tls_files["client_cert"], "key_file": tls_files["client_key"]}
+    )
+    wrong_ca, wrong_box = publisher(
+        "wrongca",
+        {"ca_file": tls_files["other_ca"], "cert_file": tls_files["client_cert"], "key_file": tls_files["client_key"]},
+    )
     no_cert, no_cert_box = publisher("nocert", {"ca_file": tls_files["ca"]})
     try:
         for pub in (good, wrong_ca, no_cert):
@@ -120,7 +153,9 @@ def test_tls_with_client_certificate(
 
 
 def test_tls_failures_name_their_cause(
-    tls_files: dict[str, Path], mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path,
+    tls_files: dict[str, Path],
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A wrong CA and a host-name mismatch used to be one generic 'cannot connect'; the log now says which."""
@@ -129,15 +164,21 @@ def test_tls_failures_name_their_cause(
     key = _key()
     now = dt.datetime.now(dt.timezone.utc)
     elsewhere = (  # signed by the right CA, but for another host name only
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "elsewhere")]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "elsewhere")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("broker.example")]), critical=False)
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
     cert_path, key_path = _write(tmp_path / "elsewhere", elsewhere, key)
-    right = mosquitto_factory("tls-right", extra_conf="\n".join([
-        f"certfile {tls_files['server_cert']}", f"keyfile {tls_files['server_key']}"])).start()
+    right = mosquitto_factory(
+        "tls-right",
+        extra_conf="\n".join([f"certfile {tls_files['server_cert']}", f"keyfile {tls_files['server_key']}"]),
+    ).start()
     misnamed = mosquitto_factory("tls-misnamed", extra_conf=f"certfile {cert_path}\nkeyfile {key_path}").start()
     made = []
     for name, broker, ca in (("wrongca", right, tls_files["other_ca"]), ("wrongname", misnamed, tls_files["ca"])):

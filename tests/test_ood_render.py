@@ -112,8 +112,11 @@ def test_deterministic_per_seed(tmp_path: Path) -> None:
         roots.append(tmp_path / name)
 
     def files(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-                if p.is_file() and p.suffix != ".mp4"}
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix != ".mp4"
+        }
 
     first, again, other = (files(r) for r in roots)
     assert first == again
@@ -176,12 +179,16 @@ def test_boxes_lie_on_drawn_starfish_and_distractors_get_none() -> None:
 def test_ood_never_imports_the_generator() -> None:
     for path in OOD_DIR.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not any(n.startswith("train.synth") for n in names), f"{path.name} imports {names}"
     code = "import sys, train.ood, train.ood.writer; print(any(m.startswith('train.synth') for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=OOD_DIR.parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=OOD_DIR.parents[1]
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -189,8 +196,23 @@ def test_cli_writes_and_rejects_bad_input(tmp_path: Path) -> None:
     from train.data_cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["ood", "--out", str(tmp_path / "d"), "--videos", "1", "--frames", "3",
-                                 "--width", "256", "--height", "160", "--no-video"])
+    result = runner.invoke(
+        app,
+        [
+            "ood",
+            "--out",
+            str(tmp_path / "d"),
+            "--videos",
+            "1",
+            "--frames",
+            "3",
+            "--width",
+            "256",
+            "--height",
+            "160",
+            "--no-video",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(read_rows(tmp_path / "d")) == 3 and not (tmp_path / "d" / "videos").exists()
     again = runner.invoke(app, ["ood", "--out", str(tmp_path / "d"), "--frames", "3"])
@@ -199,16 +221,22 @@ def test_cli_writes_and_rejects_bad_input(tmp_path: Path) -> None:
     assert odd.exit_code == 2 and "--width" in odd.output and "Traceback" not in odd.output
 
 
-def test_training_refuses_the_validation_only_set(ood_dataset: Path, synthetic_dataset: Path,
-                                                  tmp_path: Path) -> None:
+def test_training_refuses_the_validation_only_set(ood_dataset: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from edge_agent.dataset import DatasetError
     from train.config import load_config
     from train.data import ood_records, split_records
 
     def config(*overrides: str):
-        return load_config("smoke", overrides=[f"--checkpoint.output_dir={tmp_path}", "--data.check_images=exists",
-                                               "--data.image_size=[320,192]", *overrides])
+        return load_config(
+            "smoke",
+            overrides=[
+                f"--checkpoint.output_dir={tmp_path}",
+                "--data.check_images=exists",
+                "--data.image_size=[320,192]",
+                *overrides,
+            ],
+        )
 
     with pytest.raises(DatasetError, match="validation-only"):
         split_records(config(f"--data.root={ood_dataset}"))

@@ -16,12 +16,15 @@ from edge_agent.detectors import DetectorOptions, create_detector
 
 WIDTH, HEIGHT = 224, 128
 # A 720x720 frame fits as 128x128 at the left of the 224x128 input: x in [128, 224) is padding.
-RAW_BOXES = np.array([
-    [10, 10, 40, 40],     # on the image
-    [150, 20, 200, 60],   # entirely in the padding
-    [120, 20, 200, 60],   # 8 of 80 px wide on the image: mostly padding
-    [100, 20, 140, 60],   # 28 of 40 px on the image: a real box reaching the edge, clipped
-], np.float32)
+RAW_BOXES = np.array(
+    [
+        [10, 10, 40, 40],  # on the image
+        [150, 20, 200, 60],  # entirely in the padding
+        [120, 20, 200, 60],  # 8 of 80 px wide on the image: mostly padding
+        [100, 20, 140, 60],  # 28 of 40 px on the image: a real box reaching the edge, clipped
+    ],
+    np.float32,
+)
 RAW_SCORES = np.array([0.9, 0.9, 0.9, 0.9], np.float32)
 
 
@@ -68,10 +71,14 @@ def _constant_model(path: Path) -> Path:
 def test_detector_does_not_count_boxes_in_the_padding(tmp_path: Path, bundle_keys) -> None:
     model = _constant_model(tmp_path / "constant.onnx")
     write_bundle(
-        tmp_path / "bundle", name="constant", version=1, classes=["background", "starfish"],
-        input_spec=InputSpec.for_size(WIDTH, HEIGHT), variants={"fp32": VariantSource(model)},
-        score_threshold=0.5, training=TrainingInfo(config_digest="0" * 64, data_fingerprint=None,
-                                                   checkpoint_sha256=None),
+        tmp_path / "bundle",
+        name="constant",
+        version=1,
+        classes=["background", "starfish"],
+        input_spec=InputSpec.for_size(WIDTH, HEIGHT),
+        variants={"fp32": VariantSource(model)},
+        score_threshold=0.5,
+        training=TrainingInfo(config_digest="0" * 64, data_fingerprint=None, checkpoint_sha256=None),
         private_key=load_private_key(bundle_keys.private),
     )
     bundle = load_bundle(tmp_path / "bundle", [bundle_keys.public])

@@ -36,10 +36,27 @@ def test_release_stores_tar_and_prints_signed_announcement(tmp_path, release_key
     store = tmp_path / "store"
     store.mkdir()
     with BundleServer(store) as server:
-        result = run_release(DEMO, "--store", store, "--url-base", f"http://127.0.0.1:{server.port}/",
-                             "--key", release_key[0], "--bundle-key", DEMO_KEY, "--platform", "linux-aarch64",
-                             "--platform", "linux-x86_64", "--wave", "1", "--device", "reef-01",
-                             "--out", tmp_path / "ann.json")
+        result = run_release(
+            DEMO,
+            "--store",
+            store,
+            "--url-base",
+            f"http://127.0.0.1:{server.port}/",
+            "--key",
+            release_key[0],
+            "--bundle-key",
+            DEMO_KEY,
+            "--platform",
+            "linux-aarch64",
+            "--platform",
+            "linux-x86_64",
+            "--wave",
+            "1",
+            "--device",
+            "reef-01",
+            "--out",
+            tmp_path / "ann.json",
+        )
         assert result.exit_code == 0, result.output
         raw = result.stdout.strip().encode()
         assert (tmp_path / "ann.json").read_bytes() == raw
@@ -57,8 +74,17 @@ def test_release_stores_tar_and_prints_signed_announcement(tmp_path, release_key
 def test_release_refuses_bad_input_with_one_line(tmp_path, release_key):
     other = tmp_path / "other"
     generate_keypair(other / "o.pem", other / "o.pub")
-    result = run_release(DEMO, "--store", tmp_path / "s", "--url-base", "http://x/", "--key", release_key[0],
-                         "--bundle-key", other / "o.pub")
+    result = run_release(
+        DEMO,
+        "--store",
+        tmp_path / "s",
+        "--url-base",
+        "http://x/",
+        "--key",
+        release_key[0],
+        "--bundle-key",
+        other / "o.pub",
+    )
     assert result.exit_code == 2 and "release refused" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
     tampered = tmp_path / "tampered"
@@ -66,19 +92,41 @@ def test_release_refuses_bad_input_with_one_line(tmp_path, release_key):
     data = json.loads((tampered / "manifest.json").read_text())
     data["score_threshold"] = 0.1
     (tampered / "manifest.json").write_text(json.dumps(data))
-    result = run_release(tampered, "--store", tmp_path / "s", "--url-base", "http://x/", "--key", release_key[0],
-                         "--bundle-key", DEMO_KEY)
+    result = run_release(
+        tampered,
+        "--store",
+        tmp_path / "s",
+        "--url-base",
+        "http://x/",
+        "--key",
+        release_key[0],
+        "--bundle-key",
+        DEMO_KEY,
+    )
     assert result.exit_code == 2 and "signature" in result.output
-    result = run_release(DEMO, "--store", tmp_path / "s", "--url-base", "ftp://x/", "--key", release_key[0],
-                         "--bundle-key", DEMO_KEY)
+    result = run_release(
+        DEMO, "--store", tmp_path / "s", "--url-base", "ftp://x/", "--key", release_key[0], "--bundle-key", DEMO_KEY
+    )
     assert result.exit_code == 2 and "url" in result.output
 
 
 @pytest.mark.mqtt
 def test_release_publishes_retained_on_fleet_topic(tmp_path, release_key, mosquitto, mqtt_subscriber):
-    result = run_release(DEMO, "--store", tmp_path / "s", "--url-base", "http://127.0.0.1:1/", "--key",
-                         release_key[0], "--bundle-key", DEMO_KEY, "--broker", f"127.0.0.1:{mosquitto.port}",
-                         "--fleet", "survey-a")
+    result = run_release(
+        DEMO,
+        "--store",
+        tmp_path / "s",
+        "--url-base",
+        "http://127.0.0.1:1/",
+        "--key",
+        release_key[0],
+        "--bundle-key",
+        DEMO_KEY,
+        "--broker",
+        f"127.0.0.1:{mosquitto.port}",
+        "--fleet",
+        "survey-a",
+    )
     assert result.exit_code == 0, result.output
     # A device that subscribes later still gets it: retained.
     sub = mqtt_subscriber(mosquitto, ["starfish/fleet/+/model"])

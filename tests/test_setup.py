@@ -24,9 +24,11 @@ pytestmark = pytest.mark.slow
 
 def _externally_managed_python() -> str | None:
     """A system interpreter whose stdlib holds the EXTERNALLY-MANAGED marker (and that is not itself a venv)."""
-    probe = ("import sys, sysconfig, pathlib; "
-             "print(sys.prefix == sys.base_prefix and "
-             "(pathlib.Path(sysconfig.get_path('stdlib')) / 'EXTERNALLY-MANAGED').is_file())")
+    probe = (
+        "import sys, sysconfig, pathlib; "
+        "print(sys.prefix == sys.base_prefix and "
+        "(pathlib.Path(sysconfig.get_path('stdlib')) / 'EXTERNALLY-MANAGED').is_file())"
+    )
     for candidate in SYSTEM_PYTHONS:
         if not os.access(candidate, os.X_OK):
             continue
@@ -41,21 +43,34 @@ SYSTEM_PYTHON = _externally_managed_python()
 
 def _copy_checkout(dst: Path) -> Path:
     """The source tree as a fresh clone has it (no venv, no bundles, no caches)."""
-    ignore = shutil.ignore_patterns(".git", ".venv", "models", "data", "runs", "__pycache__", ".*_cache",
-                                    ".starfish-demo", "*.egg-info", "benchmarks/results", "docs")
+    ignore = shutil.ignore_patterns(
+        ".git",
+        ".venv",
+        "models",
+        "data",
+        "runs",
+        "__pycache__",
+        ".*_cache",
+        ".starfish-demo",
+        "*.egg-info",
+        "benchmarks/results",
+        "docs",
+    )
     shutil.copytree(REPO, dst, ignore=ignore)
     return dst
 
 
 def _offline_pip_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV", "PYTHON"))}
-    env.update({
-        "PIP_INDEX_URL": LOCAL_INDEX.as_uri(),
-        "PIP_EXTRA_INDEX_URL": " ".join(p.as_uri() for p in (Path("/opt/pypi-more/simple"),) if p.is_dir()),
-        "PIP_CONFIG_FILE": os.devnull,
-        "PIP_CACHE_DIR": str(tmp_path / "pip-cache"),
-        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
-    })
+    env.update(
+        {
+            "PIP_INDEX_URL": LOCAL_INDEX.as_uri(),
+            "PIP_EXTRA_INDEX_URL": " ".join(p.as_uri() for p in (Path("/opt/pypi-more/simple"),) if p.is_dir()),
+            "PIP_CONFIG_FILE": os.devnull,
+            "PIP_CACHE_DIR": str(tmp_path / "pip-cache"),
+            "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        }
+    )
     return env
 
 
@@ -65,8 +80,13 @@ def test_setup_makes_and_uses_a_venv_where_system_pip_is_refused(tmp_path: Path)
     assert SYSTEM_PYTHON is not None
     env = _offline_pip_env(tmp_path)
     # The premise, checked rather than assumed: this interpreter refuses a system-wide install.
-    refused = subprocess.run([SYSTEM_PYTHON, "-m", "pip", "install", "--dry-run", "--no-deps", "pyyaml"],
-                             capture_output=True, text=True, env=env, timeout=120)
+    refused = subprocess.run(
+        [SYSTEM_PYTHON, "-m", "pip", "install", "--dry-run", "--no-deps", "pyyaml"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     if "No module named pip" in refused.stderr:
         pytest.skip(f"{SYSTEM_PYTHON} has no pip to ask")
     assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr, refused.stderr
@@ -74,8 +94,7 @@ def test_setup_makes_and_uses_a_venv_where_system_pip_is_refused(tmp_path: Path)
     repo = _copy_checkout(tmp_path / "clone")
     # The lean edge runtime only: the point is where it installs, not torch.
     env.update({"PYTHON": SYSTEM_PYTHON, "STARFISH_EXTRAS": "edge"})
-    first = subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, capture_output=True, text=True, env=env,
-                           timeout=900)
+    first = subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, capture_output=True, text=True, env=env, timeout=900)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "creating the project virtual environment .venv" in first.stdout
     venv_python = repo / ".venv" / "bin" / "python"
@@ -83,19 +102,25 @@ def test_setup_makes_and_uses_a_venv_where_system_pip_is_refused(tmp_path: Path)
     assert venv_python.is_file() and starfish.is_file()
     help_out = subprocess.run([str(starfish), "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert help_out.returncode == 0 and "bundle" in help_out.stdout, help_out.stderr
-    where = subprocess.run([str(venv_python), "-c", "import starfish_cli; print(starfish_cli.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    where = subprocess.run(
+        [str(venv_python), "-c", "import starfish_cli; print(starfish_cli.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
     assert Path(where.stdout.strip()).parent == repo
 
     # The system interpreter was left alone.
-    untouched = subprocess.run([SYSTEM_PYTHON, "-c", "import starfish_cli"], capture_output=True, text=True,
-                               cwd=tmp_path, env=env, timeout=60)
+    untouched = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import starfish_cli"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+    )
     assert untouched.returncode != 0
 
     # Idempotent and fast: a second run only hashes pyproject.toml.
     started = time.monotonic()
-    again = subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, capture_output=True, text=True, env=env,
-                           timeout=300)
+    again = subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "is up to date" in again.stdout
     assert time.monotonic() - started < 20

@@ -23,8 +23,7 @@ from tests.helpers.mqtt_broker import free_port, wait_until
 from tests.helpers.shore import REPO_ROOT, counts_payload, shore_process, synthetic_publisher
 
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update"]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 HOSTILE = '<img src=x onerror="window.__pwned=1">'
 
 pytestmark = [
@@ -56,29 +55,81 @@ def _seed(client: Any, now: float) -> None:
                 seq += 1
                 wave = 1.5 + 1.4 * math.sin(i / 23 + k) + 0.8 * math.sin(i / 7.0 + 2 * k)
                 count = max(0, round(scale * wave))
-                pub(f"starfish/{boat}/{cam}/counts", counts_payload(
-                    boat, cam, seq, ts=datetime.fromtimestamp(ts, timezone.utc), count=count,
-                    unique=int(i * scale * (0.35 + 0.1 * k)), outbox_id="seed", historical=True, model=model))
+                pub(
+                    f"starfish/{boat}/{cam}/counts",
+                    counts_payload(
+                        boat,
+                        cam,
+                        seq,
+                        ts=datetime.fromtimestamp(ts, timezone.utc),
+                        count=count,
+                        unique=int(i * scale * (0.35 + 0.1 * k)),
+                        outbox_id="seed",
+                        historical=True,
+                        model=model,
+                    ),
+                )
     pub("starfish/boat-2/status", "stopped", retain=True)
     pub("starfish/boat-2/cam0/status", "online", retain=True)
-    pub("starfish/boat-2/model", {"schema_version": 1, "device_id": "boat-2", "ts": _iso(now), **model,
-                                  "version": 11}, retain=True)
+    pub(
+        "starfish/boat-2/model",
+        {"schema_version": 1, "device_id": "boat-2", "ts": _iso(now), **model, "version": 11},
+        retain=True,
+    )
     # The agent's `state_payload` (edge_agent/update/manager.py): progress is bytes done of `size`.
-    pub("starfish/boat-2/model/update", {"schema_version": 1, "id": 3, "name": "cots-frcnn", "version": 12,
-                                         "rollback": False, "state": "probation", "progress": 5_300_000,
-                                         "size": 5_300_000, "error_code": None, "error": None}, retain=True)
+    pub(
+        "starfish/boat-2/model/update",
+        {
+            "schema_version": 1,
+            "id": 3,
+            "name": "cots-frcnn",
+            "version": 12,
+            "rollback": False,
+            "state": "probation",
+            "progress": 5_300_000,
+            "size": 5_300_000,
+            "error_code": None,
+            "error": None,
+        },
+        retain=True,
+    )
     for boat, fps, depth in (("boat-1", 9.8, 0), ("boat-2", 0.0, 42)):
-        pub(f"starfish/{boat}/stats", {
-            "schema_version": 1, "device_id": boat, "ts": _iso(now), "session": 1, "uptime_s": 3600.0,
-            "software_version": "0.1.0", "mqtt_reconnects": 0, "outbox_depth": depth, "dropped_by_policy": 0,
-            "inbound_rejected": 0, "cameras": {"cam0": {"processed_fps": fps}}})
+        pub(
+            f"starfish/{boat}/stats",
+            {
+                "schema_version": 1,
+                "device_id": boat,
+                "ts": _iso(now),
+                "session": 1,
+                "uptime_s": 3600.0,
+                "software_version": "0.1.0",
+                "mqtt_reconnects": 0,
+                "outbox_depth": depth,
+                "dropped_by_policy": 0,
+                "inbound_rejected": 0,
+                "cameras": {"cam0": {"processed_fps": fps}},
+            },
+        )
     # Hostile strings inside valid messages are stored and must be shown as text; hostile ids are refused.
     pub("starfish/reef-x/status", "online", retain=True)
-    pub("starfish/reef-x/model", {"schema_version": 1, "device_id": "reef-x", "ts": _iso(now), "name": HOSTILE,
-                                  "version": 1, "variant": "<b>bold</b>", "backend": "<script>x()</script>"},
-        retain=True)
-    pub("starfish/reef-x/model/update", {"schema_version": 1, "state": "failed", "version": 2,
-                                         "error": "<script>window.__pwned=2</script>"}, retain=True)
+    pub(
+        "starfish/reef-x/model",
+        {
+            "schema_version": 1,
+            "device_id": "reef-x",
+            "ts": _iso(now),
+            "name": HOSTILE,
+            "version": 1,
+            "variant": "<b>bold</b>",
+            "backend": "<script>x()</script>",
+        },
+        retain=True,
+    )
+    pub(
+        "starfish/reef-x/model/update",
+        {"schema_version": 1, "state": "failed", "version": 2, "error": "<script>window.__pwned=2</script>"},
+        retain=True,
+    )
     pub("starfish/<script>x/status", "online")
     pub("starfish/boat-1/cam0/counts", b"<html>garbage</html>")
 
@@ -97,10 +148,17 @@ def test_dashboard_live_offline_and_equal_to_database(mosquitto: Any, tmp_path: 
         now = time.time()
         _seed(raw_publisher(mosquitto.host, mosquitto.port), now)
         pub = synthetic_publisher(mosquitto.port, tmp_path / "pub", "boat-1", rate=4, count=0, keepalive=5)
-        assert wait_until(lambda: _api(base, "/api/devices") and any(
-            d["device_id"] == "boat-1" and d["status"] == "online" for d in _api(base, "/api/devices")), 30)
-        httpx.post(f"{base}/api/surveys", json={"name": "Reef 4 · transect A", "start": now - 5400,
-                                                "end": now - 1800, "device_id": "boat-1"}).raise_for_status()
+        assert wait_until(
+            lambda: (
+                _api(base, "/api/devices")
+                and any(d["device_id"] == "boat-1" and d["status"] == "online" for d in _api(base, "/api/devices"))
+            ),
+            30,
+        )
+        httpx.post(
+            f"{base}/api/surveys",
+            json={"name": "Reef 4 · transect A", "start": now - 5400, "end": now - 1800, "device_id": "boat-1"},
+        ).raise_for_status()
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
@@ -115,12 +173,16 @@ def test_dashboard_live_offline_and_equal_to_database(mosquitto: Any, tmp_path: 
             page.goto(base + "/")
             status = page.locator('tr[data-device="boat-1"] [data-field="status"]')
             status.wait_for()
-            page.wait_for_function("document.querySelector('tr[data-device=\"boat-1\"] [data-field=status]')"
-                                   ".textContent === 'online'", timeout=15000)
+            page.wait_for_function(
+                "document.querySelector('tr[data-device=\"boat-1\"] [data-field=status]').textContent === 'online'",
+                timeout=15000,
+            )
             load_ms = (time.perf_counter() - started) * 1000
             nav = page.evaluate("performance.getEntriesByType('navigation')[0].toJSON()")
-            print(f"page load: device shown online after {load_ms:.0f} ms; "
-                  f"DOMContentLoaded {nav['domContentLoadedEventEnd']:.0f} ms, load {nav['loadEventEnd']:.0f} ms")
+            print(
+                f"page load: device shown online after {load_ms:.0f} ms; "
+                f"DOMContentLoaded {nav['domContentLoadedEventEnd']:.0f} ms, load {nav['loadEventEnd']:.0f} ms"
+            )
 
             # Counts arrive live: the card's seq moves on without a reload.
             seq_cell = page.locator('[data-camera="boat-1/cam0"] [data-field="seq"]')
@@ -128,7 +190,9 @@ def test_dashboard_live_offline_and_equal_to_database(mosquitto: Any, tmp_path: 
             first = _seq(seq_cell.text_content())
             page.wait_for_function(
                 f"(document.querySelector('[data-camera=\"boat-1/cam0\"] [data-field=seq]').textContent"
-                f".match(/\\d+/) || [0])[0] >= {first + 3}", timeout=15000)
+                f".match(/\\d+/) || [0])[0] >= {first + 3}",
+                timeout=15000,
+            )
 
             # The chart drew boat-1's cameras; surveys and sessions are listed.
             page.locator("#chart .u-legend").wait_for()
@@ -142,24 +206,32 @@ def test_dashboard_live_offline_and_equal_to_database(mosquitto: Any, tmp_path: 
             assert page.locator("#devices img, #devices b, main script").count() == 0
             assert page.evaluate("window.__pwned") is None
             assert page.locator('tr[data-device="boat-2"] [data-field="update"]').text_content() == (
-                "probation cots-frcnn v12 100%")
+                "probation cots-frcnn v12 100%"
+            )
             assert page.locator("#rejects").text_content().startswith("2 bad messages")
 
-            shot = REPO_ROOT / "docs" / "shore-dashboard.png" if os.environ.get("STARFISH_WRITE_SCREENSHOT") \
+            shot = (
+                REPO_ROOT / "docs" / "shore-dashboard.png"
+                if os.environ.get("STARFISH_WRITE_SCREENSHOT")
                 else tmp_path / "shore-dashboard.png"
+            )
             page.wait_for_timeout(600)
             page.screenshot(path=str(shot), full_page=True)
 
             # kill -9 the publisher: its Last Will marks it offline, on the page too.
             pub.kill9()
-            page.wait_for_function("document.querySelector('tr[data-device=\"boat-1\"] [data-field=status]')"
-                                   ".textContent === 'offline'", timeout=30000)
+            page.wait_for_function(
+                "document.querySelector('tr[data-device=\"boat-1\"] [data-field=status]').textContent === 'offline'",
+                timeout=30000,
+            )
             assert page.locator('[data-camera="boat-1/cam0"] [data-field="status"]').text_content() == "offline"
 
             # Nothing moves any more: the numbers on the page are the database's.
             with open_storage(str(db)) as storage:
-                cams = {c["camera_id"]: c for c in next(d for d in storage.devices()
-                                                        if d["device_id"] == "boat-1")["cameras"]}
+                cams = {
+                    c["camera_id"]: c
+                    for c in next(d for d in storage.devices() if d["device_id"] == "boat-1")["cameras"]
+                }
                 session = storage.totals(0, time.time() + 120, "boat-1", session=1)
 
             def card(cam: str, field: str) -> str:
@@ -167,19 +239,22 @@ def test_dashboard_live_offline_and_equal_to_database(mosquitto: Any, tmp_path: 
 
             page.wait_for_function(
                 f"document.querySelector('[data-camera=\"boat-1/cam0\"] [data-field=seq]').textContent === "
-                f"'seq {cams['cam0']['last_seq']}'", timeout=10000)
+                f"'seq {cams['cam0']['last_seq']}'",
+                timeout=10000,
+            )
             for cam, row in cams.items():
                 assert card(cam, "count") == str(row["last_count"]), cam
                 assert card(cam, "unique") == str(row["last_unique"]), cam
             page.wait_for_function(
                 "[...document.querySelectorAll('#surveys tr[data-survey=\"sboat-1/1\"] [data-field=frames]')]"
-                f".some(n => n.textContent === '{session.frames}')", timeout=15000)
+                f".some(n => n.textContent === '{session.frames}')",
+                timeout=15000,
+            )
             row = page.locator('#surveys tr[data-survey="sboat-1/1"]')
             assert row.locator('[data-field="unique"]').text_content() == str(session.unique)
             # The broker goes away: the page says so (from /api/health, refreshed every 10 s).
             mosquitto.stop()
-            page.wait_for_function("document.querySelector('#broker').textContent.startsWith('MQTT: ')",
-                                   timeout=25000)
+            page.wait_for_function("document.querySelector('#broker').textContent.startsWith('MQTT: ')", timeout=25000)
             assert errors == [], errors
             assert external == [], external  # every asset came from the station itself
             browser.close()

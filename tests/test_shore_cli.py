@@ -32,25 +32,32 @@ def test_every_shore_module_imports_without_torch() -> None:
 
 
 def test_edge_agent_never_imports_shore() -> None:
-    offenders = [str(p) for p in (REPO_ROOT / "edge_agent").rglob("*.py")
-                 if re.search(r"^\s*(from|import)\s+shore\b", p.read_text(), re.M)]
+    offenders = [
+        str(p)
+        for p in (REPO_ROOT / "edge_agent").rglob("*.py")
+        if re.search(r"^\s*(from|import)\s+shore\b", p.read_text(), re.M)
+    ]
     assert offenders == []
 
 
 def _shore(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shore", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "shore", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["run", "--host", "0.0.0.0"], "needs a token"),
-    (["run", "--host", "0.0.0.0", "--token", "short"], "at least 16"),
-    (["run", "--mqtt-port", "0"], "mqtt.port"),
-    (["run", "--share-group", "a/b"], "share_group"),
-    (["run", "--no-ingest", "--no-web"], "nothing to run"),
-    (["run", "--db", "postgresql://nobody@127.0.0.1:1/none", "--no-web"], "cannot open PostgreSQL"),
-    (["bench", "--db", "mysql://x"], "postgresql://"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--host", "0.0.0.0"], "needs a token"),
+        (["run", "--host", "0.0.0.0", "--token", "short"], "at least 16"),
+        (["run", "--mqtt-port", "0"], "mqtt.port"),
+        (["run", "--share-group", "a/b"], "share_group"),
+        (["run", "--no-ingest", "--no-web"], "nothing to run"),
+        (["run", "--db", "postgresql://nobody@127.0.0.1:1/none", "--no-web"], "cannot open PostgreSQL"),
+        (["bench", "--db", "mysql://x"], "postgresql://"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = _shore(*args)
     assert result.returncode == 2, result.stderr

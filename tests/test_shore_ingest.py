@@ -77,20 +77,33 @@ def test_bad_input_is_counted_and_ignored(mosquitto: Any, ingest_factory: Any, r
     good = counts_payload("dev1", "cam0", 10, count=3)
     client.publish("starfish/dev1/cam0/counts", good, qos=1).wait_for_publish(5)
     assert wait_until(lambda: storage.seqs("dev1") == [10] and ingest.stats.rejected >= len(bad), 10), (
-        storage.seqs("dev1"), ingest.stats)
+        storage.seqs("dev1"),
+        ingest.stats,
+    )
     reasons = {r["reason"]: r["n"] for r in storage.rejects()}
     assert sum(reasons.values()) == len(bad)
-    assert reasons == {"payload": 3, "schema": 2, "oversize": 2, "schema_version": 1, "device_id": 3,
-                       "camera_id": 1, "status_value": 1}
+    assert reasons == {
+        "payload": 3,
+        "schema": 2,
+        "oversize": 2,
+        "schema_version": 1,
+        "device_id": 3,
+        "camera_id": 1,
+        "status_value": 1,
+    }
     assert [d["device_id"] for d in storage.devices()] == ["dev1"]
 
 
-def test_legacy_payload_without_outbox_id_and_redelivery(mosquitto: Any, ingest_factory: Any,
-                                                         raw_publisher: Any) -> None:
+def test_legacy_payload_without_outbox_id_and_redelivery(
+    mosquitto: Any, ingest_factory: Any, raw_publisher: Any
+) -> None:
     ingest, storage = ingest_factory(mosquitto.port)
     client = raw_publisher(mosquitto.host, mosquitto.port)
-    for payload in (counts_payload("dev1", "cam0", 1, outbox_id=None), counts_payload("dev1", "cam0", 1),
-                    counts_payload("dev1", "cam0", 1, historical=True)):  # a replayed copy
+    for payload in (
+        counts_payload("dev1", "cam0", 1, outbox_id=None),
+        counts_payload("dev1", "cam0", 1),
+        counts_payload("dev1", "cam0", 1, historical=True),
+    ):  # a replayed copy
         client.publish("starfish/dev1/cam0/counts", payload, qos=1).wait_for_publish(5)
     assert wait_until(lambda: ingest.stats.committed >= 3, 10)
     rows = list(storage.count_rows(0, time.time() + 60, "dev1"))
@@ -115,8 +128,10 @@ def test_states_and_update_slot(mosquitto: Any, ingest_factory: Any, raw_publish
 
 def test_shared_subscription_splits_counts(mosquitto: Any, tmp_path: Path, raw_publisher: Any) -> None:
     storage = open_storage(str(tmp_path / "shared.db"))
-    workers = [Ingest(IngestConfig(port=mosquitto.port, client_id=f"shore-{i}", share_group="shore"), storage)
-               for i in range(2)]
+    workers = [
+        Ingest(IngestConfig(port=mosquitto.port, client_id=f"shore-{i}", share_group="shore"), storage)
+        for i in range(2)
+    ]
     try:
         for w in workers:
             w.start()
@@ -174,16 +189,25 @@ def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any,
             pub.kill9()
 
 
-def test_ingest_over_tls_with_client_certificate(mosquitto_factory: Any, shore_tls: dict[str, Path],
-                                                 tmp_path: Path) -> None:
+def test_ingest_over_tls_with_client_certificate(
+    mosquitto_factory: Any, shore_tls: dict[str, Path], tmp_path: Path
+) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
     from edge_agent.mqtt.config import TlsConfig
 
-    broker = mosquitto_factory("tls", extra_conf="\n".join([
-        f"cafile {shore_tls['ca']}", f"certfile {shore_tls['server_cert']}", f"keyfile {shore_tls['server_key']}",
-        "require_certificate true"])).start()
+    broker = mosquitto_factory(
+        "tls",
+        extra_conf="\n".join(
+            [
+                f"cafile {shore_tls['ca']}",
+                f"certfile {shore_tls['server_cert']}",
+                f"keyfile {shore_tls['server_key']}",
+                "require_certificate true",
+            ]
+        ),
+    ).start()
     tls = TlsConfig(ca_file=shore_tls["ca"], cert_file=shore_tls["client_cert"], key_file=shore_tls["client_key"])
     storage = open_storage(str(tmp_path / "tls.db"))
     ingest = Ingest(IngestConfig(port=broker.port, client_id="shore-tls", tls=tls), storage)
@@ -193,8 +217,9 @@ def test_ingest_over_tls_with_client_certificate(mosquitto_factory: Any, shore_t
         plain.start()
         assert ingest.wait_subscribed(10)
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tls-pub", protocol=MQTTProtocolVersion.MQTTv5)
-        pub.tls_set(ca_certs=str(shore_tls["ca"]), certfile=str(shore_tls["client_cert"]),
-                    keyfile=str(shore_tls["client_key"]))
+        pub.tls_set(
+            ca_certs=str(shore_tls["ca"]), certfile=str(shore_tls["client_cert"]), keyfile=str(shore_tls["client_key"])
+        )
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
         pub.publish("starfish/dev1/cam0/counts", counts_payload("dev1", "cam0", 1), qos=1).wait_for_publish(5)

@@ -12,12 +12,33 @@ from shore.storage import open_storage
 T0 = 1_790_000_000.0 - (1_790_000_000.0 % 60)  # a minute boundary
 
 
-def rec(seq: int, *, device: str = "dev1", camera: str = "cam0", ts: float | None = None, count: int = 1,
-        unique: int = 0, session: int = 1, outbox: str = "ob1", frames: int = 1) -> CountRecord:
+def rec(
+    seq: int,
+    *,
+    device: str = "dev1",
+    camera: str = "cam0",
+    ts: float | None = None,
+    count: int = 1,
+    unique: int = 0,
+    session: int = 1,
+    outbox: str = "ob1",
+    frames: int = 1,
+) -> CountRecord:
     return CountRecord(
-        device_id=device, camera_id=camera, outbox_id=outbox, seq=seq, session=session,
-        ts=T0 + seq if ts is None else ts, frame=seq, count=count, unique_count=unique, frames=frames,
-        count_sum=float(count * frames), count_max=count, historical=False, model="m v1 (fp32, ort)",
+        device_id=device,
+        camera_id=camera,
+        outbox_id=outbox,
+        seq=seq,
+        session=session,
+        ts=T0 + seq if ts is None else ts,
+        frame=seq,
+        count=count,
+        unique_count=unique,
+        frames=frames,
+        count_sum=float(count * frames),
+        count_max=count,
+        historical=False,
+        model="m v1 (fp32, ort)",
         received_at=T0 + seq,
     )
 
@@ -91,15 +112,17 @@ def test_surveys(storage: Any) -> None:
 
 
 def test_device_and_camera_state(storage: Any) -> None:
-    storage.write([
-        StatusRecord("dev1", None, "online", T0, retained=False),
-        StatusRecord("dev1", "cam0", "online", T0, retained=True),
-        InfoRecord("dev1", "model", {"name": "<b>m</b>", "version": 3}, T0),
-        InfoRecord("dev1", "stats", {"outbox_depth": 7, "cameras": {"cam0": {"processed_fps": 9.5}}}, T0),
-        InfoRecord("dev1", "update", {"state": "probation", "version": 4}, T0),
-        SeenRecord("dev1", "cam0", T0 + 5),
-        rec(1, count=4, unique=2),
-    ])
+    storage.write(
+        [
+            StatusRecord("dev1", None, "online", T0, retained=False),
+            StatusRecord("dev1", "cam0", "online", T0, retained=True),
+            InfoRecord("dev1", "model", {"name": "<b>m</b>", "version": 3}, T0),
+            InfoRecord("dev1", "stats", {"outbox_depth": 7, "cameras": {"cam0": {"processed_fps": 9.5}}}, T0),
+            InfoRecord("dev1", "update", {"state": "probation", "version": 4}, T0),
+            SeenRecord("dev1", "cam0", T0 + 5),
+            rec(1, count=4, unique=2),
+        ]
+    )
     # A retained copy of the same state later keeps the time the state began; a new state moves it.
     storage.write([StatusRecord("dev1", None, "online", T0 + 50, retained=True)])
     (dev,) = storage.devices()
@@ -136,8 +159,10 @@ def test_live_since(storage: Any) -> None:
 
 
 def test_rejects_tracks_and_rows(storage: Any) -> None:
-    storage.write([RejectRecord("schema_version", "starfish/x/cam0/counts", T0)] * 2
-                  + [RejectRecord("device_id", "starfish/<script>/status", T0)])
+    storage.write(
+        [RejectRecord("schema_version", "starfish/x/cam0/counts", T0)] * 2
+        + [RejectRecord("device_id", "starfish/<script>/status", T0)]
+    )
     storage.write([RejectRecord("schema_version", "starfish/y/cam0/counts", T0 + 1)])
     by_reason = {r["reason"]: r for r in storage.rejects()}
     assert by_reason["schema_version"]["n"] == 3

@@ -21,20 +21,46 @@ from shore.web import create_app
 NOW = time.time()
 
 
-def rec(seq: int, *, camera: str = "cam0", count: int = 1, unique: int = 0, ts: float | None = None,
-        model: str | None = "m v1 (fp32, onnxruntime)") -> CountRecord:
-    return CountRecord("dev1", camera, "ob", seq, 1, NOW - 600 + seq if ts is None else ts, seq, count, unique, 1,
-                       float(count), count, False, model, NOW)
+def rec(
+    seq: int,
+    *,
+    camera: str = "cam0",
+    count: int = 1,
+    unique: int = 0,
+    ts: float | None = None,
+    model: str | None = "m v1 (fp32, onnxruntime)",
+) -> CountRecord:
+    return CountRecord(
+        "dev1",
+        camera,
+        "ob",
+        seq,
+        1,
+        NOW - 600 + seq if ts is None else ts,
+        seq,
+        count,
+        unique,
+        1,
+        float(count),
+        count,
+        False,
+        model,
+        NOW,
+    )
 
 
 def seed(storage: Any) -> None:
-    storage.write([
-        StatusRecord("dev1", None, "online", NOW, retained=False),
-        StatusRecord("dev1", "cam0", "online", NOW, retained=False),
-        InfoRecord("dev1", "model", {"name": "reef", "version": 2, "variant": "int8", "backend": "onnxruntime"}, NOW),
-        *[rec(i, count=i % 4, unique=i // 3) for i in range(1, 31)],
-        rec(31, camera="cam1", model="=HYPERLINK(\"http://x\")"),
-    ])
+    storage.write(
+        [
+            StatusRecord("dev1", None, "online", NOW, retained=False),
+            StatusRecord("dev1", "cam0", "online", NOW, retained=False),
+            InfoRecord(
+                "dev1", "model", {"name": "reef", "version": 2, "variant": "int8", "backend": "onnxruntime"}, NOW
+            ),
+            *[rec(i, count=i % 4, unique=i // 3) for i in range(1, 31)],
+            rec(31, camera="cam1", model='=HYPERLINK("http://x")'),
+        ]
+    )
 
 
 class SseReader:
@@ -98,8 +124,9 @@ def test_api_devices_series_counts_surveys(storage: Any, live_server: Any) -> No
         assert len(table) == 31
         assert table[-1]["model"].startswith("'=")  # a spreadsheet formula from a device stays text
 
-        created = http.post("/api/surveys", json={"name": "transect A", "start": NOW - 3600, "end": NOW + 60,
-                                                  "device_id": "dev1"})
+        created = http.post(
+            "/api/surveys", json={"name": "transect A", "start": NOW - 3600, "end": NOW + 60, "device_id": "dev1"}
+        )
         assert created.status_code == 201, created.text
         survey = created.json()
         assert survey["totals"]["unique"] == 10 and survey["totals"]["frames"] == 31
@@ -133,8 +160,11 @@ def test_openapi_page_and_assets_are_local(tmp_path: Any, live_server: Any) -> N
             page = http.get("/")
             assert "script-src 'self'" in page.headers["content-security-policy"]
             assert "http://" not in page.text and "https://" not in page.text  # nothing off this server
-            for asset in ("/static/app.js", "/static/vendor/uplot/uPlot.iife.min.js",
-                          "/static/vendor/swagger-ui/swagger-ui-bundle.js"):
+            for asset in (
+                "/static/app.js",
+                "/static/vendor/uplot/uPlot.iife.min.js",
+                "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            ):
                 res = http.get(asset)
                 assert res.status_code == 200, asset
                 assert "max-age=31536000" in res.headers["cache-control"]

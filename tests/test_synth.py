@@ -201,8 +201,17 @@ def test_empty_fraction_extremes() -> None:
     fps=st.floats(2.0, 60.0),
 )
 def test_property_boxes_always_over_drawn_starfish(seed, width, height, empty_fraction, fps) -> None:
-    config = SynthConfig(videos=1, frames=3, seed=seed, width=width, height=height, fps=fps, min_size=8,
-                         empty_fraction=empty_fraction, occlusion_probability=0.5)
+    config = SynthConfig(
+        videos=1,
+        frames=3,
+        seed=seed,
+        width=width,
+        height=height,
+        fps=fps,
+        min_size=8,
+        empty_fraction=empty_fraction,
+        occlusion_probability=0.5,
+    )
     for _, _, rendered in render_all(config):
         assert rendered.image.shape == (height, width, 3)
         check_boxes_over_starfish(rendered, width, height)
@@ -245,8 +254,26 @@ def test_cli_synth_preview_stats(tmp_path: Path) -> None:
 
     runner = CliRunner()
     root = tmp_path / "ds"
-    base = ["data", "synth", "--out", str(root), "--videos", "1", "--frames", "6", "--width", "192",
-            "--height", "108", "--min-size", "12", "--workers", "1", "--empty-fraction", "0"]
+    base = [
+        "data",
+        "synth",
+        "--out",
+        str(root),
+        "--videos",
+        "1",
+        "--frames",
+        "6",
+        "--width",
+        "192",
+        "--height",
+        "108",
+        "--min-size",
+        "12",
+        "--workers",
+        "1",
+        "--empty-fraction",
+        "0",
+    ]
     result = runner.invoke(app, base)
     assert result.exit_code == 0, result.output
     assert (root / "videos" / "video_0.mp4").is_file()

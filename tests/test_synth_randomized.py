@@ -16,8 +16,15 @@ from train.synth import SynthConfig, build_assets, plan_dataset, render_frame
 from train.synth.distractors import KINDS, make_distractor_sprite
 from train.synth.starfish import random_starfish_look
 
-RANDOM = {"style": "randomized", "videos": 1, "width": 320, "height": 180, "min_size": 8, "sequence_length": 8,
-          "workers": 1}
+RANDOM = {
+    "style": "randomized",
+    "videos": 1,
+    "width": 320,
+    "height": 180,
+    "min_size": 8,
+    "sequence_length": 8,
+    "workers": 1,
+}
 
 
 def test_same_seed_same_bytes_and_differs_from_classic(make_synthetic_dataset) -> None:
@@ -45,8 +52,10 @@ def _only(layout, keep) -> object:
     """The layout with only the distractors for which keep(d) holds (indices renumbered)."""
     chosen = [d for d in layout.distractors if keep(d)]
     index = {id(d): i for i, d in enumerate(chosen)}
-    frames = [[index[id(layout.distractors[i])] for i in f if id(layout.distractors[i]) in index]
-              for f in layout.frame_distractors]
+    frames = [
+        [index[id(layout.distractors[i])] for i in f if id(layout.distractors[i]) in index]
+        for f in layout.frame_distractors
+    ]
     return dataclasses.replace(layout, distractors=chosen, frame_distractors=frames)
 
 
@@ -108,8 +117,10 @@ def test_outbreak_sequences_hold_dozens_of_boxed_starfish() -> None:
     for _, _, rendered in render_all(config):
         per_frame.append(check_boxes_over_starfish(rendered, config.width, config.height))
         sizes += [max(a["width"], a["height"]) for a in rendered.annotations]
-        cut += sum(a["x"] == 0 or a["y"] == 0 or a["x"] + a["width"] == config.width
-                   or a["y"] + a["height"] == config.height for a in rendered.annotations)
+        cut += sum(
+            a["x"] == 0 or a["y"] == 0 or a["x"] + a["width"] == config.width or a["y"] + a["height"] == config.height
+            for a in rendered.annotations
+        )
         # Crowded or overlapping starfish: a kept box that also holds visible pixels of another kept starfish.
         kept = [i for i in rendered.instances if i.kept and i.box is not None]
         for inst in kept:
@@ -144,8 +155,13 @@ def test_every_distractor_kind_draws_something(kind: str) -> None:
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32), empty_fraction=st.floats(0.0, 1.0), outbreak=st.floats(0.0, 1.0))
 def test_property_randomized_boxes_always_over_drawn_starfish(seed, empty_fraction, outbreak) -> None:
-    config = SynthConfig(frames=3, seed=seed, empty_fraction=empty_fraction, outbreak_fraction=outbreak,
-                         **{**RANDOM, "width": 160, "height": 96})
+    config = SynthConfig(
+        frames=3,
+        seed=seed,
+        empty_fraction=empty_fraction,
+        outbreak_fraction=outbreak,
+        **{**RANDOM, "width": 160, "height": 96},
+    )
     for _, _, rendered in render_all(config):
         check_boxes_over_starfish(rendered, config.width, config.height)
 
@@ -155,8 +171,25 @@ def test_cli_style_randomized_and_unknown_style(tmp_path: Path) -> None:
 
     runner = CliRunner()
     root = tmp_path / "ds"
-    base = ["data", "synth", "--out", str(root), "--videos", "1", "--frames", "3", "--width", "192", "--height",
-            "108", "--min-size", "8", "--workers", "1", "--no-video"]
+    base = [
+        "data",
+        "synth",
+        "--out",
+        str(root),
+        "--videos",
+        "1",
+        "--frames",
+        "3",
+        "--width",
+        "192",
+        "--height",
+        "108",
+        "--min-size",
+        "8",
+        "--workers",
+        "1",
+        "--no-video",
+    ]
     result = runner.invoke(app, [*base, "--style", "randomized", "--outbreak-fraction", "1"])
     assert result.exit_code == 0, result.output
     assert len(read_rows(root)) == 3

@@ -99,7 +99,12 @@ def test_edge_agent_source_never_imports_other_units() -> None:
     found = []
     for path in Path(edge_agent.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in forbidden]
     assert found == []

@@ -120,8 +120,9 @@ def test_ids_stable_on_generated_reef_video(make_synthetic_dataset) -> None:
     from edge_agent.dataset import ReefDataset
     from edge_agent.measure import measure_tracking
 
-    root = make_synthetic_dataset(videos=1, frames=60, width=640, height=360, empty_fraction=0.2,
-                                  sequence_length=60, min_size=24, max_size=80)
+    root = make_synthetic_dataset(
+        videos=1, frames=60, width=640, height=360, empty_fraction=0.2, sequence_length=60, min_size=24, max_size=80
+    )
     records = sorted(ReefDataset.open(root).records, key=lambda r: r.video_frame)
     rng = np.random.default_rng(3)
     tracker = Tracker(iou_threshold=0.2, max_age_s=1.5, min_hits=3)
@@ -183,8 +184,14 @@ def test_low_score_detections_keep_confirmed_tracks_but_never_start_or_count_alo
     assert update.track_ids.tolist() == [track_id] and tracker.unique_count == 1
     # Low-score boxes elsewhere never start a track, however often they appear.
     for frame in range(9, 30):
-        update = tracker.update(np.vstack([_BOX + 8, [[400, 400, 440, 440]]]), np.array([0.9, 0.3]), frame, 0.0,
-                                clock=frame * 0.1, score_threshold=0.5)
+        update = tracker.update(
+            np.vstack([_BOX + 8, [[400, 400, 440, 440]]]),
+            np.array([0.9, 0.3]),
+            frame,
+            0.0,
+            clock=frame * 0.1,
+            score_threshold=0.5,
+        )
         assert update.track_ids.tolist() == [track_id, -1] and update.count == 1
     assert tracker.unique_count == 1 and len(tracker.tracks) == 1
     # Without the second pass the same unsure frames end the track and the starfish is counted twice.

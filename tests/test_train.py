@@ -53,8 +53,12 @@ def trained_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactor
     """A two-step fit, shared by the tests that need a checkpoint."""
     out = tmp_path_factory.mktemp("runs")
     cfg = smoke_config(
-        synthetic_dataset, out, "--trainer.max_steps=2", "--data.train_limit=4",
-        f"--checkpoint.early_copy={out / 'early.ckpt'}", f"--checkpoint.best_copy={out / 'best.ckpt'}",
+        synthetic_dataset,
+        out,
+        "--trainer.max_steps=2",
+        "--data.train_limit=4",
+        f"--checkpoint.early_copy={out / 'early.ckpt'}",
+        f"--checkpoint.best_copy={out / 'best.ckpt'}",
     )
     metrics = fit(cfg)
     return cfg, metrics
@@ -87,9 +91,15 @@ def test_two_step_fit_writes_config_checkpoints_and_metrics(trained_run: tuple[T
 
 def test_init_weights_starts_from_a_checkpoint(trained_run: tuple[TrainConfig, dict], tmp_path: Path) -> None:
     cfg, _ = trained_run
-    second = smoke_config(Path(cfg.data.root), tmp_path, "--trainer.max_steps=1", "--data.train_limit=2",
-                          "--data.val_limit=2", f"--checkpoint.init_weights={cfg.checkpoint.best_copy}",
-                          f"--checkpoint.best_copy={tmp_path / 'second.ckpt'}")
+    second = smoke_config(
+        Path(cfg.data.root),
+        tmp_path,
+        "--trainer.max_steps=1",
+        "--data.train_limit=2",
+        "--data.val_limit=2",
+        f"--checkpoint.init_weights={cfg.checkpoint.best_copy}",
+        f"--checkpoint.best_copy={tmp_path / 'second.ckpt'}",
+    )
     fit(second)
     first_model, _, _ = load_detector(cfg.checkpoint.best_copy)
     second_model, _, _ = load_detector(tmp_path / "second.ckpt")
@@ -130,8 +140,14 @@ def test_validation_does_not_touch_batchnorm_statistics(synthetic_dataset: Path,
     norms = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(m.track_running_stats for m in norms), "the detector should have live BatchNorm"
     before = {k: v.clone() for k, v in module.model.state_dict().items() if "running_" in k or "num_batches" in k}
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.validate(module, datamodule=ReefDataModule(cfg), verbose=False)
     assert "val/f2" in trainer.callback_metrics, "validation did not run"
     after = module.model.state_dict()
@@ -227,8 +243,12 @@ class _Foreign:
 def test_checkpoint_from_another_architecture_fails_clearly(tmp_path: Path) -> None:
     cfg = ModelConfig(**{**load_config("smoke").model.to_dict(), "anchor_sizes": ((8, 16, 32, 64),)})
     model = build_detector(cfg)
-    info = {"format": "starfish-detector", "format_version": 1, "architecture": "model_config",
-            "model_config": cfg.to_dict()}
+    info = {
+        "format": "starfish-detector",
+        "format_version": 1,
+        "architecture": "model_config",
+        "model_config": cfg.to_dict(),
+    }
     good = save_detector(model, info, tmp_path / "good.ckpt")
     load_detector(good)  # sanity: the untouched file loads
     # Weights of one architecture, config of another (wider FPN): a clear message, not a state-dict dump.
@@ -288,8 +308,14 @@ def test_wandb_logger_runs_offline_and_logs_example_images(
 ) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = smoke_config(synthetic_dataset, tmp_path, "--logger.wandb=true", "--data.train_limit=2",
-                       "--data.val_limit=4", "--logger.image_every_n_val=1")
+    cfg = smoke_config(
+        synthetic_dataset,
+        tmp_path,
+        "--logger.wandb=true",
+        "--data.train_limit=2",
+        "--data.val_limit=4",
+        "--logger.image_every_n_val=1",
+    )
     fit(cfg)
     runs = list((tmp_path / "test" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "W&B should have written exactly one offline run (and never asked for a login)"
@@ -306,14 +332,30 @@ def test_cli_evaluate_and_predict(
     cfg, _ = trained_run
     runner = CliRunner()
     out = tmp_path / "eval.json"
-    result = runner.invoke(app, ["evaluate", cfg.checkpoint.best_copy, "--data", str(synthetic_dataset), "--video",
-                                 "2", "--image-width", "320", "--image-height", "180", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            cfg.checkpoint.best_copy,
+            "--data",
+            str(synthetic_dataset),
+            "--video",
+            "2",
+            "--image-width",
+            "320",
+            "--image-height",
+            "180",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     written = json.loads(out.read_text())
     assert written["videos"] == [2] and written["frames"] == 16 and 0 <= written["f2"] <= 1
     frames = synthetic_dataset / "train_images" / "video_2"
-    result = runner.invoke(app, ["predict", cfg.checkpoint.best_copy, str(frames), "--out", str(tmp_path / "pred"),
-                                 "--threshold", "0.0"])
+    result = runner.invoke(
+        app, ["predict", cfg.checkpoint.best_copy, str(frames), "--out", str(tmp_path / "pred"), "--threshold", "0.0"]
+    )
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "pred").glob("*_pred.jpg"))) == 16
     detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
@@ -329,8 +371,12 @@ def test_out_of_distribution_set_drives_selection_and_both_are_logged(
     # same for any root in the Kaggle layout.
     other = make_synthetic_dataset(seed=99, videos=1, frames=6)
     cfg = smoke_config(
-        synthetic_dataset, tmp_path, "--trainer.max_steps=2", "--data.train_limit=4",
-        f"--data.ood_root={other}", f"--data.extra_roots=[{other}]",
+        synthetic_dataset,
+        tmp_path,
+        "--trainer.max_steps=2",
+        "--data.train_limit=4",
+        f"--data.ood_root={other}",
+        f"--data.extra_roots=[{other}]",
     )
     uncapped = smoke_config(synthetic_dataset, tmp_path, f"--data.extra_roots=[{other}]", "--data.train_limit=null")
     train, _ = split_records(uncapped)

@@ -28,8 +28,11 @@ NOW = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 def keys(tmp_path: Path):
     generate_keypair(tmp_path / "release.pem", tmp_path / "release.pub")
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
-    return (load_private_key(tmp_path / "release.pem"), load_public_key(tmp_path / "release.pub"),
-            load_private_key(tmp_path / "other.pem"))
+    return (
+        load_private_key(tmp_path / "release.pem"),
+        load_public_key(tmp_path / "release.pub"),
+        load_private_key(tmp_path / "other.pem"),
+    )
 
 
 @pytest.fixture()
@@ -39,9 +42,17 @@ def state(tmp_path: Path):
 
 
 def announcement(**changes) -> Announcement:
-    fields = dict(name="starfish-cots", version=3, url="http://127.0.0.1:1/b.tar", sha256="a" * 64, size=1000,
-                  created_at=NOW - timedelta(hours=1), expires_at=NOW + timedelta(days=7), min_agent_version="0.1.0",
-                  platforms=["linux-x86_64", "linux-aarch64"])
+    fields = dict(
+        name="starfish-cots",
+        version=3,
+        url="http://127.0.0.1:1/b.tar",
+        sha256="a" * 64,
+        size=1000,
+        created_at=NOW - timedelta(hours=1),
+        expires_at=NOW + timedelta(days=7),
+        min_agent_version="0.1.0",
+        platforms=["linux-x86_64", "linux-aarch64"],
+    )
     fields.update(changes)
     return Announcement(**fields)
 
@@ -97,8 +108,9 @@ def test_signed_but_invalid_schema_refused(keys, state):
     signed = announcement().model_dump(mode="json")
     signed["unknown"] = 1
     message = canonical_json(signed)
-    raw = canonical_json({"signed": signed, "signatures": [{"keyid": "x", "sig": base64.b64encode(
-        private.sign(message)).decode()}]})
+    raw = canonical_json(
+        {"signed": signed, "signatures": [{"keyid": "x", "sig": base64.b64encode(private.sign(message)).decode()}]}
+    )
     with pytest.raises(errors.MalformedAnnouncement, match="unknown"):
         verify(raw, public, state)
 
@@ -135,8 +147,9 @@ def test_oversize_platform_agent_refused(keys, state):
         verify(sign_announcement(announcement(platforms=["linux-aarch64"]), private), public, state)
     verify(sign_announcement(announcement(platforms=["any"]), private), public, state)
     with pytest.raises(errors.AgentTooOld, match="0.10.0"):
-        verify(sign_announcement(announcement(min_agent_version="0.10.0"), private), public, state,
-               agent_version="0.9.3")
+        verify(
+            sign_announcement(announcement(min_agent_version="0.10.0"), private), public, state, agent_version="0.9.3"
+        )
     assert version_tuple("0.2.0.dev1") == (0, 2) and version_tuple("1.0") == version_tuple("1.0.0")
 
 
@@ -160,11 +173,22 @@ def test_floor_bad_version_and_replay_refused(keys, state):
         verify(sign_announcement(announcement(version=4), private), public, state, expected_name="other")
 
 
-@pytest.mark.parametrize("changes", [
-    {"url": "file:///etc/passwd"}, {"url": "http:///nohost"}, {"url": "http://h/a b"}, {"sha256": "A" * 64},
-    {"size": 0}, {"created_at": datetime(2026, 1, 1)}, {"expires_at": NOW - timedelta(days=1)},
-    {"min_agent_version": "latest"}, {"platforms": []}, {"name": "Bad Name"}, {"schema_version": 2},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"url": "file:///etc/passwd"},
+        {"url": "http:///nohost"},
+        {"url": "http://h/a b"},
+        {"sha256": "A" * 64},
+        {"size": 0},
+        {"created_at": datetime(2026, 1, 1)},
+        {"expires_at": NOW - timedelta(days=1)},
+        {"min_agent_version": "latest"},
+        {"platforms": []},
+        {"name": "Bad Name"},
+        {"schema_version": 2},
+    ],
+)
 def test_schema_refuses(changes):
     with pytest.raises(ValueError):
         announcement(**changes)

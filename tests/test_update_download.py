@@ -176,8 +176,9 @@ def test_server_killed_mid_download_then_back(tmp_path):
 
     policy = DownloadPolicy(stall_timeout_s=2, retries=10, backoff_initial_s=0.2, backoff_max_s=1)
     try:
-        result = download(f"http://127.0.0.1:{port}/b.tar", dest, size=len(PAYLOAD), sha256=DIGEST,
-                          policy=policy, progress=progress)
+        result = download(
+            f"http://127.0.0.1:{port}/b.tar", dest, size=len(PAYLOAD), sha256=DIGEST, policy=policy, progress=progress
+        )
     finally:
         for p in [proc, *restarted]:
             p.kill()

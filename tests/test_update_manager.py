@@ -43,8 +43,13 @@ def store(tmp_path_factory, tiny_bundle, bundle_keys):
     root = tmp_path_factory.mktemp("store")
     work = tmp_path_factory.mktemp("bundles")
     for version in (1, 2, 3):
-        src = rebundle(tiny_bundle.path, work / f"v{version}", bundle_keys.private, version=version,
-                       parent_version=version - 1 if version > 1 else None)
+        src = rebundle(
+            tiny_bundle.path,
+            work / f"v{version}",
+            bundle_keys.private,
+            version=version,
+            parent_version=version - 1 if version > 1 else None,
+        )
         tar_dir(src, root / f"v{version}.tar")
     bad = work / "tampered"
     bad.mkdir()
@@ -73,20 +78,42 @@ def server(store):
 @pytest.fixture()
 def device(tmp_path, release_key, bundle_keys):
     """(UpdateConfig, state_dir) for a fresh device."""
-    cfg = UpdateConfig(models_dir=tmp_path / "models", release_keys=[release_key[1]], retries=2,
-                       backoff_initial_s=0.05, backoff_max_s=0.1, stall_timeout_s=2, check_runs=2)
+    cfg = UpdateConfig(
+        models_dir=tmp_path / "models",
+        release_keys=[release_key[1]],
+        retries=2,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.1,
+        stall_timeout_s=2,
+        check_runs=2,
+    )
     return cfg, tmp_path / "state"
 
 
-def announce(server: BundleServer, store: Path, release_key, version: int, *, file: str | None = None,
-             sha256: str | None = None, age_s: float = 0, **changes) -> bytes:
+def announce(
+    server: BundleServer,
+    store: Path,
+    release_key,
+    version: int,
+    *,
+    file: str | None = None,
+    sha256: str | None = None,
+    age_s: float = 0,
+    **changes,
+) -> bytes:
     file = file or f"v{version}.tar"
     path = store / file
     now = datetime.now(timezone.utc) - timedelta(seconds=age_s)
-    fields = dict(name="starfish-cots", version=version, url=server.url(file),
-                  sha256=sha256 or (sha256_file(path) if path.exists() else "0" * 64),
-                  size=path.stat().st_size if path.exists() else 1000, created_at=now,
-                  expires_at=now + timedelta(days=1), platforms=["any"])
+    fields = dict(
+        name="starfish-cots",
+        version=version,
+        url=server.url(file),
+        sha256=sha256 or (sha256_file(path) if path.exists() else "0" * 64),
+        size=path.stat().st_size if path.exists() else 1000,
+        created_at=now,
+        expires_at=now + timedelta(days=1),
+        platforms=["any"],
+    )
     fields.update(changes)
     return sign_announcement(Announcement(**fields), load_private_key(release_key[0]))
 
@@ -94,8 +121,15 @@ def announce(server: BundleServer, store: Path, release_key, version: int, *, fi
 def manager_for(device, bundle_keys, events=None, **kw) -> UpdateManager:
     cfg, state_dir = device
     report = (lambda record, details: events.append((record.state, details["event"]))) if events is not None else None
-    return UpdateManager(cfg, state_dir=state_dir, bundle_keys=[bundle_keys.public], device_id="reef-01",
-                         agent_version="0.1.0", report=report, **kw)
+    return UpdateManager(
+        cfg,
+        state_dir=state_dir,
+        bundle_keys=[bundle_keys.public],
+        device_id="reef-01",
+        agent_version="0.1.0",
+        report=report,
+        **kw,
+    )
 
 
 def models(device) -> Path:
@@ -119,8 +153,15 @@ def test_install_commit_then_upgrade_keeps_previous(server, store, release_key, 
     manager.commit()
     assert manager.in_probation() is None
     assert manager.device_state.floor("starfish-cots") == 1
-    assert manager.store.transitions(record.id) == [S.DOWNLOADING, S.VERIFYING, S.STAGING, S.CHECKING, S.SWAPPING,
-                                                    S.PROBATION, S.COMMITTED]
+    assert manager.store.transitions(record.id) == [
+        S.DOWNLOADING,
+        S.VERIFYING,
+        S.STAGING,
+        S.CHECKING,
+        S.SWAPPING,
+        S.PROBATION,
+        S.COMMITTED,
+    ]
     assert manager.last_check is not None and manager.last_check.golden == "absent"
     record = install(manager, announce(server, store, release_key, 2))
     manager.commit()
@@ -218,8 +259,11 @@ def test_404_reported_once_no_loop(server, store, release_key, device, bundle_ke
 def test_expired_and_unsigned_open_no_update(server, store, release_key, device, bundle_keys):
     manager = manager_for(device, bundle_keys)
     with pytest.raises(errors.ExpiredAnnouncement):
-        manager.offer(announce(server, store, release_key, 1, age_s=7200, expires_at=datetime.now(timezone.utc)
-                               - timedelta(seconds=5)))
+        manager.offer(
+            announce(
+                server, store, release_key, 1, age_s=7200, expires_at=datetime.now(timezone.utc) - timedelta(seconds=5)
+            )
+        )
     data = json.loads(announce(server, store, release_key, 1))
     data["signatures"] = []
     with pytest.raises(errors.UnsignedAnnouncement):
@@ -257,16 +301,25 @@ def test_swap_hook_failure_restores_previous(server, store, release_key, device,
 
 
 def child(spec: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.helpers.update_child", str(spec), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.update_child", str(spec), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        text=True,
+    )
 
 
 def write_spec(tmp_path: Path, device, bundle_keys, announcement: bytes) -> Path:
     cfg, state_dir = device
     (tmp_path / "ann.json").write_bytes(announcement)
     spec = json.loads(cfg.model_dump_json())
-    spec.update(state_dir=str(state_dir), bundle_keys=[str(bundle_keys.public)], device_id="reef-01",
-                announcement=str(tmp_path / "ann.json"))
+    spec.update(
+        state_dir=str(state_dir),
+        bundle_keys=[str(bundle_keys.public)],
+        device_id="reef-01",
+        announcement=str(tmp_path / "ann.json"),
+    )
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     return path

@@ -16,8 +16,9 @@ T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
 def new(store: UpdateStore, digest: str = "d1", version: int = 2):
-    return store.create(name="m", version=version, rollback=False, digest=digest, announcement=b"{}",
-                        created_at=T0, size=10)
+    return store.create(
+        name="m", version=version, rollback=False, digest=digest, announcement=b"{}", created_at=T0, size=10
+    )
 
 
 def test_happy_path_and_log_survive_reopen(tmp_path: Path):

@@ -187,8 +187,11 @@ def fit(cfg: TrainConfig | dict[str, Any]) -> dict[str, float]:
     if cfg.checkpoint.init_weights:
         start, _, start_info = load_detector(cfg.checkpoint.init_weights, expected=cfg.model)
         module.model.load_state_dict(start.state_dict())
-        logger.info("starting from %s (validation F2 %.4f there)", cfg.checkpoint.init_weights,
-                    float(start_info.get("best_val_f2", float("nan"))))
+        logger.info(
+            "starting from %s (validation F2 %.4f there)",
+            cfg.checkpoint.init_weights,
+            float(start_info.get("best_val_f2", float("nan"))),
+        )
     checkpoint = StarfishCheckpoint(
         early_copy=cfg.checkpoint.early_copy,
         best_copy=cfg.checkpoint.best_copy,

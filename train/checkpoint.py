@@ -26,9 +26,19 @@ logger = logging.getLogger(__name__)
 
 # Fields of ModelConfig that only change inference behaviour, not tensor shapes.
 _INFERENCE_ONLY = {
-    "min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
-    "rpn_post_nms_top_n_test", "box_detections_per_img", "box_score_thresh", "box_batch_size_per_image",
-    "rpn_batch_size_per_image", "trainable_backbone_layers", "pretrained", "extra",
+    "min_size",
+    "max_size",
+    "rpn_pre_nms_top_n_train",
+    "rpn_post_nms_top_n_train",
+    "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_test",
+    "box_detections_per_img",
+    "box_score_thresh",
+    "box_batch_size_per_image",
+    "rpn_batch_size_per_image",
+    "trainable_backbone_layers",
+    "pretrained",
+    "extra",
 }
 
 
@@ -63,7 +73,7 @@ def _weights(data: dict[str, Any]) -> dict[str, torch.Tensor]:
     state = data["state_dict"]
     # Lightning stores the module's parameters under the attribute name `model.`.
     if any(k.startswith("model.") for k in state):
-        return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     return dict(state)
 
 

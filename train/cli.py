@@ -13,7 +13,6 @@ logger = logging.getLogger(__name__)
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 
-
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -53,10 +52,12 @@ def fit(
 
 @app.command(help="Evaluate a checkpoint: F2 at the best threshold, per-IoU F2, mAP@0.5, mAP@[.5:.95], frames/s.")
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.ckpt) written by `starfish train fit`.",
-                                      exists=True, dir_okay=False),
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset directory (train.csv + train_images/).",
-                              exists=True, file_okay=False),
+    checkpoint: Path = typer.Argument(
+        ..., help="Checkpoint (.ckpt) written by `starfish train fit`.", exists=True, dir_okay=False
+    ),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="Dataset directory (train.csv + train_images/).", exists=True, file_okay=False
+    ),
     video: list[int] = typer.Option([], "--video", help="Only these video ids (default: every frame)."),
     sequence: list[int] = typer.Option([], "--sequence", help="Only these sequence ids."),
     limit: int = typer.Option(0, "--limit", help="At most this many frames, evenly spread (0: all)."),

@@ -98,8 +98,10 @@ def _refuse_validation_only(root: str, key: str) -> None:
     from train.ood import is_validation_only
 
     if is_validation_only(root):
-        raise DatasetError(f"{root} ({key}) is a validation-only out-of-distribution set (`starfish data ood`): "
-                           "never train on it; pass it as data.ood_root")
+        raise DatasetError(
+            f"{root} ({key}) is a validation-only out-of-distribution set (`starfish data ood`): "
+            "never train on it; pass it as data.ood_root"
+        )
 
 
 def split_records(cfg: TrainConfig) -> tuple[list[FrameRecord], list[FrameRecord]]:
@@ -126,7 +128,12 @@ def split_records(cfg: TrainConfig) -> tuple[list[FrameRecord], list[FrameRecord
     check_split(val, "validation")
     logger.info(
         "split by %s, validation %s: %d training frames (%d empty), %d validation frames (%d empty)",
-        d.split_by, val_ids, len(train), sum(r.is_empty for r in train), len(val), sum(r.is_empty for r in val),
+        d.split_by,
+        val_ids,
+        len(train),
+        sum(r.is_empty for r in train),
+        len(val),
+        sum(r.is_empty for r in val),
     )
     return train, val
 

@@ -34,8 +34,9 @@ def synth(
     jpeg_quality: int = typer.Option(90, help="JPEG quality of train_images."),
     video: bool = typer.Option(True, "--video/--no-video", help="Also write videos/video_{id}.mp4."),
     style: str = typer.Option(
-        "classic", help="classic (the original reef) or randomized (domain randomization: distractors, many "
-        "starfish styles, outbreak crowds, wide water/light/blur ranges; see train/README.md)."
+        "classic",
+        help="classic (the original reef) or randomized (domain randomization: distractors, many "
+        "starfish styles, outbreak crowds, wide water/light/blur ranges; see train/README.md).",
     ),
     outbreak_fraction: float = typer.Option(
         0.3, help="--style randomized: share of sequences that are COTS outbreaks (20-50 starfish per frame)."
@@ -51,15 +52,25 @@ def synth(
 
     try:
         config = SynthConfig(
-            videos=videos, frames=frames, seed=seed, width=width, height=height, fps=fps,
-            empty_fraction=empty_fraction, sequence_length=sequence_length, min_size=min_size, max_size=max_size,
-            jpeg_quality=jpeg_quality, write_video=video, workers=workers, style=style,
+            videos=videos,
+            frames=frames,
+            seed=seed,
+            width=width,
+            height=height,
+            fps=fps,
+            empty_fraction=empty_fraction,
+            sequence_length=sequence_length,
+            min_size=min_size,
+            max_size=max_size,
+            jpeg_quality=jpeg_quality,
+            write_video=video,
+            workers=workers,
+            style=style,
             outbreak_fraction=outbreak_fraction,
         )
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_option_name(str(err['loc'][0])) if err['loc'] else 'arguments'}: {err['msg']}"
-            for err in exc.errors()
+            f"{_option_name(str(err['loc'][0])) if err['loc'] else 'arguments'}: {err['msg']}" for err in exc.errors()
         )
         raise typer.BadParameter(problems) from None
     try:
@@ -95,12 +106,20 @@ def ood(
     from train.ood import OodConfig, generate_ood
 
     try:
-        config = OodConfig(videos=videos, frames=frames, seed=seed, width=width, height=height, fps=fps,
-                           sequence_length=sequence_length, jpeg_quality=jpeg_quality, write_video=video)
+        config = OodConfig(
+            videos=videos,
+            frames=frames,
+            seed=seed,
+            width=width,
+            height=height,
+            fps=fps,
+            sequence_length=sequence_length,
+            jpeg_quality=jpeg_quality,
+            write_video=video,
+        )
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_option_name(str(err['loc'][0])) if err['loc'] else 'arguments'}: {err['msg']}"
-            for err in exc.errors()
+            f"{_option_name(str(err['loc'][0])) if err['loc'] else 'arguments'}: {err['msg']}" for err in exc.errors()
         )
         raise typer.BadParameter(problems) from None
     try:
@@ -116,8 +135,9 @@ def ood(
 
 @app.command()
 def preview(
-    root: Path = typer.Argument(..., help="Dataset directory (train.csv + train_images/).",
-                                exists=True, file_okay=False),
+    root: Path = typer.Argument(
+        ..., help="Dataset directory (train.csv + train_images/).", exists=True, file_okay=False
+    ),
     out: Path = typer.Option(Path("preview.png"), "--out", help="Contact sheet image to write (.png or .jpg)."),
     frames: int = typer.Option(12, min=1, max=200, help="Number of frames on the sheet (frames with starfish first)."),
     columns: int = typer.Option(4, min=1, max=20, help="Thumbnails per row."),
@@ -138,8 +158,9 @@ def preview(
 
 @app.command()
 def stats(
-    root: Path = typer.Argument(..., help="Dataset directory (train.csv + train_images/).",
-                                exists=True, file_okay=False),
+    root: Path = typer.Argument(
+        ..., help="Dataset directory (train.csv + train_images/).", exists=True, file_okay=False
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the statistics as JSON here."),
 ) -> None:
     """Print dataset statistics: frames, boxes, empty-frame fraction, box sizes, per video."""
@@ -165,8 +186,15 @@ def stats(
         console.print("box side sqrt(w*h) px percentiles: " + ", ".join(f"p{k}={v:.1f}" for k, v in sizes.items()))
     table = Table("video", "frames", "sequences", "boxes", "empty", "distinct tracks", "max/frame")
     for video, row in result["per_video"].items():
-        table.add_row(video, str(row["frames"]), str(row["sequences"]), str(row["boxes"]),
-                      f"{row['empty_fraction']:.2f}", str(row["distinct_tracks"]), str(row["max_boxes_per_frame"]))
+        table.add_row(
+            video,
+            str(row["frames"]),
+            str(row["sequences"]),
+            str(row["boxes"]),
+            f"{row['empty_fraction']:.2f}",
+            str(row["distinct_tracks"]),
+            str(row["max_boxes_per_frame"]),
+        )
     console.print(table)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

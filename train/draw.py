@@ -19,6 +19,14 @@ def draw_boxes(
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
         if scores is not None and i < len(scores):
-            cv2.putText(canvas, f"{float(scores[i]):.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                        colour, 1, cv2.LINE_AA)
+            cv2.putText(
+                canvas,
+                f"{float(scores[i]):.2f}",
+                (x1, max(12, y1 - 4)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                colour,
+                1,
+                cv2.LINE_AA,
+            )
     return canvas

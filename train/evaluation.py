@@ -108,6 +108,11 @@ def evaluate(
     )
     logger.info(
         "evaluated %d frames: F2 %.4f at threshold %.2f, mAP@.5 %.4f, mAP %.4f, %.2f frames/s",
-        len(records), result["f2"], result["threshold"], result["map_50"], result["map"], result["frames_per_second"],
+        len(records),
+        result["f2"],
+        result["threshold"],
+        result["map_50"],
+        result["map"],
+        result["frames_per_second"],
     )
     return result

@@ -188,13 +188,21 @@ class DetectorModule(L.LightningModule):
             self.best_f2, self.best_threshold = selected["f2"], selected["threshold"]
         logger.info(
             "validation at step %d: in-distribution F2 %.4f (threshold %.2f), mAP@.5 %.4f on %d frames",
-            self.global_step, summary["f2"], summary["threshold"], summary["map_50"], len(predictions),
+            self.global_step,
+            summary["f2"],
+            summary["threshold"],
+            summary["map_50"],
+            len(predictions),
         )
         if "ood" in summary:
             ood = summary["ood"]
             logger.info(
                 "validation at step %d: out-of-distribution F2 %.4f (threshold %.2f), mAP@.5 %.4f on %d frames",
-                self.global_step, ood["f2"], ood["threshold"], ood["map_50"], len(ood_predictions),
+                self.global_step,
+                ood["f2"],
+                ood["threshold"],
+                ood["map_50"],
+                len(ood_predictions),
             )
         self._log_images(summary["threshold"])
         self._val_count += 1
@@ -215,8 +223,12 @@ class DetectorModule(L.LightningModule):
             for img, gt, boxes, scores in self._val_examples
         ]
         for lg in wandb_loggers:
-            lg.log_image(key="val/examples", images=pictures, step=self.global_step,
-                         caption=["green: truth, red: prediction"] * len(pictures))
+            lg.log_image(
+                key="val/examples",
+                images=pictures,
+                step=self.global_step,
+                caption=["green: truth, red: prediction"] * len(pictures),
+            )
 
     # ---- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

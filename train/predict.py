@@ -71,8 +71,10 @@ def predict_source(model: torch.nn.Module, source: Path, out: Path, threshold: f
         elif source.suffix.lower() in IMAGE_SUFFIXES:
             images = [source]
         else:
-            raise ValueError(f"{source} is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}), a directory nor "
-                             f"a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+            raise ValueError(
+                f"{source} is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}), a directory nor "
+                f"a video ({', '.join(sorted(VIDEO_SUFFIXES))})"
+            )
         if not images:
             raise ValueError(f"no images in {source}")
         written = []
@@ -85,5 +87,10 @@ def predict_source(model: torch.nn.Module, source: Path, out: Path, threshold: f
     (out / "detections.json").write_text(json.dumps({"threshold": threshold, "frames": results}, indent=1))
     count = sum(len(v) for v in results.values())
     logger.info("%d frames, %d detections at threshold %.2f -> %s", len(results), count, threshold, out)
-    return {"frames": len(results), "detections": count, "threshold": threshold, "written": written[:5],
-            "out": str(out)}
+    return {
+        "frames": len(results),
+        "detections": count,
+        "threshold": threshold,
+        "written": written[:5],
+        "out": str(out),
+    }

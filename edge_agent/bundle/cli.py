@@ -14,8 +14,9 @@ app = typer.Typer(no_args_is_help=True, help="Inspect and verify signed model bu
 @app.command()
 def verify(
     bundle: Path = typer.Argument(..., help="Bundle directory or .tar.", exists=True),
-    key: list[Path] = typer.Option(..., "--key", "-k", help="Trusted ed25519 public key (PEM); repeatable.",
-                                   exists=True, dir_okay=False),
+    key: list[Path] = typer.Option(
+        ..., "--key", "-k", help="Trusted ed25519 public key (PEM); repeatable.", exists=True, dir_okay=False
+    ),
     running_version: int | None = typer.Option(None, help="Refuse versions not newer than this one."),
     allow_rollback: bool = typer.Option(False, help="Accept an older version (explicit rollback)."),
 ) -> None:
@@ -78,8 +79,16 @@ def info(
     table = Table("variant", "file", "size", "sha256", "threshold", "F2", "mAP@0.5", "latency ms")
     for name, v in manifest.variants.items():
         marker = " (default)" if name == manifest.default_variant else ""
-        table.add_row(name + marker, v.file, f"{v.size:,}", v.sha256[:12], _fmt(manifest.threshold_for(name)),
-                      _fmt(v.f2), _fmt(v.map50), _fmt(v.latency_ms))
+        table.add_row(
+            name + marker,
+            v.file,
+            f"{v.size:,}",
+            v.sha256[:12],
+            _fmt(manifest.threshold_for(name)),
+            _fmt(v.f2),
+            _fmt(v.map50),
+            _fmt(v.latency_ms),
+        )
     console.print(table)
     t = manifest.training
     console.print(f"training: config {t.config_digest}, data {t.data_fingerprint}, checkpoint {t.checkpoint_sha256}")

@@ -64,8 +64,10 @@ class VerifiedBundle:
         """Path of a variant's model file, for tools that need one on disk (detectors use `read_variant`)."""
         entry = self.manifest.variants[self.variant_name(name)]
         if self.is_tar:
-            raise BundleError(f"{self.root} is a .tar read in place: its files have no path of their own "
-                              "(use read_variant, or load_bundle(..., unpack_to=DIR))")
+            raise BundleError(
+                f"{self.root} is a .tar read in place: its files have no path of their own "
+                "(use read_variant, or load_bundle(..., unpack_to=DIR))"
+            )
         return self.root / entry.file
 
     def display_path(self, name: str | None = None) -> Path:
@@ -124,8 +126,9 @@ def verify_bundle(
     `UnsupportedSchemaError`), model name (`ManifestError`), version vs ``running_version`` (`VersionError`), every
     named file's size and sha256 (`HashMismatchError`; a file resolving outside the bundle: `BundleError`).
     """
-    return load_bundle(path, trusted_keys, running_version=running_version, allow_rollback=allow_rollback,
-                       expected_name=expected_name).manifest
+    return load_bundle(
+        path, trusted_keys, running_version=running_version, allow_rollback=allow_rollback, expected_name=expected_name
+    ).manifest
 
 
 def load_bundle(

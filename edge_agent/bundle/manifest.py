@@ -114,8 +114,10 @@ class Variant(_Strict):
         description="Median single-frame latency measured at export time, CPU onnxruntime (None: not measured)."
     )
     score_threshold: float | None = Field(
-        None, ge=0.0, le=1.0,
-        description="This variant's own best-F2 threshold on validation (None: use the manifest's `score_threshold`)."
+        None,
+        ge=0.0,
+        le=1.0,
+        description="This variant's own best-F2 threshold on validation (None: use the manifest's `score_threshold`).",
     )
 
     @field_validator("file")
@@ -158,7 +160,8 @@ class Manifest(_Strict):
     input: InputSpec = Field(description="Input tensor contract.")
     outputs: OutputSpec = Field(description="Output tensors contract.")
     score_threshold: float = Field(
-        ge=0.0, le=1.0,
+        ge=0.0,
+        le=1.0,
         description="Best-F2 score threshold found on validation for the default variant (and for every variant "
         "that carries none of its own).",
     )

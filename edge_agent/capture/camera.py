@@ -125,9 +125,7 @@ class Camera:
 
     def stats(self) -> CameraStats:
         with self._cond:
-            return CameraStats(
-                self._read, self._delivered, self._dropped, self._skipped, self._reconnects, self._state
-            )
+            return CameraStats(self._read, self._delivered, self._dropped, self._skipped, self._reconnects, self._state)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -225,8 +223,13 @@ class Camera:
 
     def _fail(self, reason: str, delay: float) -> None:
         if reason != self._last_error:
-            logger.warning("camera %s: %s; retrying in %.1f s (backoff up to %.0f s)", self.id, reason, delay,
-                           self.cfg.reconnect_max_s)
+            logger.warning(
+                "camera %s: %s; retrying in %.1f s (backoff up to %.0f s)",
+                self.id,
+                reason,
+                delay,
+                self.cfg.reconnect_max_s,
+            )
         self._last_error = reason
         self._set_state(CameraState.OFFLINE)
         self._stop.wait(delay)

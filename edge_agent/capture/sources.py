@@ -69,8 +69,10 @@ def open_source(source: int | str, open_timeout_s: float = 5.0, read_timeout_s: 
     text = str(source)  # only a device may be an int index
     if kind is SourceKind.STREAM:
         params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(read_timeout_s * 1000),
         ]
         capture = cv2.VideoCapture(text, cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
@@ -106,8 +108,9 @@ def _gstreamer_line() -> str:
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>\S*)")
 # Query parameters and GStreamer element properties that carry secrets (`?password=…`, `user-pw=…`).
 _SECRET_KEY = r"(?:pass(?:word)?|pwd|passwd|user-pw|user-id|user|username|token|key|secret|auth|credentials?)"
-_SECRET_PARAM = re.compile(rf"(?P<key>(?<![A-Za-z0-9_-]){_SECRET_KEY})(?P<sep>\s*=\s*)(?P<value>[^&\s!]+)",
-                           re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    rf"(?P<key>(?<![A-Za-z0-9_-]){_SECRET_KEY})(?P<sep>\s*=\s*)(?P<value>[^&\s!]+)", re.IGNORECASE
+)
 
 
 def _redact_url(match: re.Match[str]) -> str:
@@ -116,7 +119,7 @@ def _redact_url(match: re.Match[str]) -> str:
     # urllib.parse.urlsplit would split at "/" and leave the tail of the password in the "path".
     at = rest.rfind("@")
     if at >= 0:
-        rest = "***@" + rest[at + 1:]
+        rest = "***@" + rest[at + 1 :]
     return match.group("scheme") + rest
 
 

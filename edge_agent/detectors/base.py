@@ -82,7 +82,8 @@ class Detector(abc.ABC):
         self.input_width, self.input_height = spec.width, spec.height
         # Each variant's own best-F2 threshold: an INT8 model's scores are not the fp32 model's.
         self.score_threshold = (
-            options.score_threshold if options.score_threshold is not None
+            options.score_threshold
+            if options.score_threshold is not None
             else bundle.manifest.threshold_for(self.variant)
         )
 
@@ -189,8 +190,14 @@ def create_detector(
             reasons.append(f"{name}: {reason}")
             _close_quietly(name, detector)
             continue
-        logger.info("detector: %s (%s v%d, variant %s, threshold %.3f)", name, bundle.manifest.name,
-                    bundle.manifest.version, detector.variant, detector.score_threshold)
+        logger.info(
+            "detector: %s (%s v%d, variant %s, threshold %.3f)",
+            name,
+            bundle.manifest.name,
+            bundle.manifest.version,
+            detector.variant,
+            detector.score_threshold,
+        )
         return detector
     raise DetectorUnavailable("no detector back end could run: " + "; ".join(reasons))
 

@@ -78,8 +78,13 @@ class TensorRTDetector(Detector):
         try:
             # Builds on first use (minutes on a Jetson), then only checks the cache key and MAC (about a second).
             # The ONNX bytes are the verified ones, and the engine bytes deserialized are the authenticated ones.
-            _, engine_bytes = ensure_engine(bundle.read_variant(self.variant), cache_dir, precision=precision,
-                                            state_dir=options.state_dir, name=self.model_path.name)
+            _, engine_bytes = ensure_engine(
+                bundle.read_variant(self.variant),
+                cache_dir,
+                precision=precision,
+                state_dir=options.state_dir,
+                name=self.model_path.name,
+            )
             self.engine = deserialize_engine(engine_bytes)
         except TensorRTError as exc:
             raise DetectorUnavailable(f"TensorRT engine for {self.model_path.name}: {exc}") from exc
@@ -166,8 +171,9 @@ def _make_output_allocator(trt: Any, cudart: Any) -> Any:
                 self.buffers[tensor_name] = (ptr, max(int(size), 256))
             return ptr
 
-        def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int,
-                                    stream: int) -> int:  # TensorRT 10 calls this one
+        def reallocate_output_async(
+            self, tensor_name: str, memory: int, size: int, alignment: int, stream: int
+        ) -> int:  # TensorRT 10 calls this one
             return self.reallocate_output(tensor_name, memory, size, alignment)
 
         def notify_shape(self, tensor_name: str, shape: Any) -> None:

@@ -18,14 +18,16 @@ class TlsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ca_file: Path | None = Field(
-        None, description="PEM file with the CA certificate(s) that signed the broker's certificate; "
-        "None uses the system trust store."
+        None,
+        description="PEM file with the CA certificate(s) that signed the broker's certificate; "
+        "None uses the system trust store.",
     )
     cert_file: Path | None = Field(None, description="PEM client certificate, for brokers that require one.")
     key_file: Path | None = Field(None, description="PEM private key matching `cert_file`.")
     insecure: bool = Field(
-        False, description="Skip the broker host-name check (the certificate chain is still verified). "
-        "Only for test brokers addressed by IP."
+        False,
+        description="Skip the broker host-name check (the certificate chain is still verified). "
+        "Only for test brokers addressed by IP.",
     )
 
     @model_validator(mode="after")
@@ -50,8 +52,10 @@ class TlsConfig(BaseModel):
             try:
                 ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
             except (ssl.SSLError, OSError, ValueError) as exc:
-                raise ValueError(f"tls.cert_file/key_file: {self.cert_file} and {self.key_file} are not a matching "
-                                 f"PEM certificate and unencrypted key ({exc})") from exc
+                raise ValueError(
+                    f"tls.cert_file/key_file: {self.cert_file} and {self.key_file} are not a matching "
+                    f"PEM certificate and unencrypted key ({exc})"
+                ) from exc
         return self
 
 
@@ -62,8 +66,10 @@ class DiscoveryConfig(BaseModel):
 
     enabled: bool = Field(True, description="Publish Home Assistant discovery configs so sensors appear by themselves.")
     prefix: str = Field(
-        "homeassistant", min_length=1, description="Home Assistant discovery prefix (its `discovery_prefix`); "
-        "topic levels without `+`, `#` or a leading `/`."
+        "homeassistant",
+        min_length=1,
+        description="Home Assistant discovery prefix (its `discovery_prefix`); "
+        "topic levels without `+`, `#` or a leading `/`.",
     )
 
     @field_validator("prefix")
@@ -78,8 +84,9 @@ class CountsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["per_frame", "aggregate"] = Field(
-        "per_frame", description="`per_frame`: one counts message per processed frame; `aggregate`: one message per "
-        "camera every `interval_s` summarising the frames in that window."
+        "per_frame",
+        description="`per_frame`: one counts message per processed frame; `aggregate`: one message per "
+        "camera every `interval_s` summarising the frames in that window.",
     )
     interval_s: float = Field(5.0, gt=0, le=3600, description="Aggregation window in seconds (mode `aggregate`).")
     include_detections: bool = Field(True, description="Include per-box detections in per-frame counts messages.")
@@ -111,8 +118,11 @@ class MqttConfig(BaseModel):
     reconnect_min_delay_s: float = Field(1.0, gt=0, le=60, description="First reconnect delay (doubles each try).")
     reconnect_max_delay_s: float = Field(30.0, gt=0, le=3600, description="Cap on the reconnect delay.")
     inflight_window: int = Field(
-        200, ge=1, le=10000, description="Most outbox messages handed to the MQTT client and not yet acknowledged. "
-        "The outbox, not the client's memory, holds everything else."
+        200,
+        ge=1,
+        le=10000,
+        description="Most outbox messages handed to the MQTT client and not yet acknowledged. "
+        "The outbox, not the client's memory, holds everything else.",
     )
     counts: CountsConfig = Field(default_factory=CountsConfig, description="Counts message production.")
     stats_interval_s: float = Field(10.0, gt=0, le=3600, description="How often the agent publishes `stats`.")

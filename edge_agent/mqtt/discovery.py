@@ -29,9 +29,7 @@ def _device_availability(topics: Topics) -> dict[str, str]:
     return {"topic": topics.status, "value_template": _ONLINE_TEMPLATE}
 
 
-def discovery_messages(
-    topics: Topics, cameras: Iterable[str], software_version: str
-) -> Iterator[tuple[str, bytes]]:
+def discovery_messages(topics: Topics, cameras: Iterable[str], software_version: str) -> Iterator[tuple[str, bytes]]:
     """Yield (config topic, JSON payload) for every entity of the device and its cameras."""
     device = _device_block(topics, software_version)
     dev_avail = _device_availability(topics)
@@ -42,44 +40,66 @@ def discovery_messages(
         return topics.ha_config(component, object_id), json.dumps(body, separators=(",", ":")).encode()
 
     for cam in sorted(set(cameras)):
-        cam_avail = [dev_avail, {"topic": topics.camera_status(cam), "payload_available": "online",
-                                 "payload_not_available": "offline"}]
-        yield config("sensor", f"{cam}_count", {
-            "name": f"{cam} starfish in view",
-            "state_topic": topics.count_value(cam),
+        cam_avail = [
+            dev_avail,
+            {"topic": topics.camera_status(cam), "payload_available": "online", "payload_not_available": "offline"},
+        ]
+        yield config(
+            "sensor",
+            f"{cam}_count",
+            {
+                "name": f"{cam} starfish in view",
+                "state_topic": topics.count_value(cam),
+                "state_class": "measurement",
+                "unit_of_measurement": "starfish",
+                "availability": cam_avail,
+                "availability_mode": "all",
+            },
+        )
+        yield config(
+            "sensor",
+            f"{cam}_unique_count",
+            {
+                "name": f"{cam} unique starfish",
+                "state_topic": topics.counts(cam),
+                "value_template": "{{ value_json.unique_count }}",
+                "state_class": "measurement",
+                "unit_of_measurement": "starfish",
+                "availability": cam_avail,
+                "availability_mode": "all",
+            },
+        )
+        yield config(
+            "sensor",
+            f"{cam}_status",
+            {
+                "name": f"{cam} camera status",
+                "state_topic": topics.camera_status(cam),
+                "entity_category": "diagnostic",
+                "availability": [dev_avail],
+            },
+        )
+    yield config(
+        "sensor",
+        "outbox_depth",
+        {
+            "name": "MQTT outbox depth",
+            "state_topic": topics.stats,
+            "value_template": "{{ value_json.outbox_depth }}",
             "state_class": "measurement",
-            "unit_of_measurement": "starfish",
-            "availability": cam_avail,
-            "availability_mode": "all",
-        })
-        yield config("sensor", f"{cam}_unique_count", {
-            "name": f"{cam} unique starfish",
-            "state_topic": topics.counts(cam),
-            "value_template": "{{ value_json.unique_count }}",
-            "state_class": "measurement",
-            "unit_of_measurement": "starfish",
-            "availability": cam_avail,
-            "availability_mode": "all",
-        })
-        yield config("sensor", f"{cam}_status", {
-            "name": f"{cam} camera status",
-            "state_topic": topics.camera_status(cam),
+            "unit_of_measurement": "messages",
             "entity_category": "diagnostic",
             "availability": [dev_avail],
-        })
-    yield config("sensor", "outbox_depth", {
-        "name": "MQTT outbox depth",
-        "state_topic": topics.stats,
-        "value_template": "{{ value_json.outbox_depth }}",
-        "state_class": "measurement",
-        "unit_of_measurement": "messages",
-        "entity_category": "diagnostic",
-        "availability": [dev_avail],
-    })
-    yield config("sensor", "model", {
-        "name": "Detector model",
-        "state_topic": topics.model,
-        "value_template": "{{ value_json.name }} v{{ value_json.version }} ({{ value_json.variant }})",
-        "entity_category": "diagnostic",
-        "availability": [dev_avail],
-    })
+        },
+    )
+    yield config(
+        "sensor",
+        "model",
+        {
+            "name": "Detector model",
+            "state_topic": topics.model,
+            "value_template": "{{ value_json.name }} v{{ value_json.version }} ({{ value_json.variant }})",
+            "entity_category": "diagnostic",
+            "availability": [dev_avail],
+        },
+    )

@@ -97,8 +97,9 @@ class InboundGate:
             # JSON's own whitespace only: str.strip() would also swallow control characters such as \x1c.
             if text.strip(" \t\r\n") == "":
                 return Verdict(kind, None, camera)
-            return Verdict(kind, None if _is_json_object(text) else "reset payload must be empty or a JSON object",
-                           camera)
+            return Verdict(
+                kind, None if _is_json_object(text) else "reset payload must be empty or a JSON object", camera
+            )
         # Model announcements: a JSON object; an empty retained payload on the fleet topic means "cleared".
         if kind is InboundKind.FLEET_MODEL and payload == b"":
             return Verdict(kind, None, ignore=True)
@@ -115,7 +116,11 @@ class InboundGate:
         if total <= 20 or total % 1000 == 0:
             logger.warning(
                 "MQTT: rejected inbound message on %s (%s); %d byte(s), starts %r [%d rejected so far]",
-                topic, reason, len(payload), payload[:40], total,
+                topic,
+                reason,
+                len(payload),
+                payload[:40],
+                total,
             )
 
 

@@ -102,7 +102,8 @@ class CountsPayload(CountsInput):
     camera_id: str
     session: int = Field(ge=1, description="Agent start counter (increments on every start).")
     outbox_id: str = Field(
-        min_length=1, description="Random id of the outbox database that assigned `seq` (new when it is rebuilt); "
+        min_length=1,
+        description="Random id of the outbox database that assigned `seq` (new when it is rebuilt); "
         "`(device_id, outbox_id, seq)` identifies a message.",
     )
     seq: int = Field(ge=1, description="Per-outbox message sequence number, monotonic across restarts.")
@@ -181,13 +182,21 @@ class StatsPayload(StatsInput):
     dropped_by_policy: int = Field(ge=0, description="Outbox messages dropped by the size/age bound (ever).")
     inbound_rejected: int = Field(ge=0, description="Inbound messages rejected as malformed since start.")
     outbox_id: str | None = Field(None, description="Random id of the outbox database (see counts).")
-    rejected_by_broker: int = Field(0, ge=0, description="Negative PUBACKs for stored messages since start (each "
-                                    "row stays in the outbox and is retried).")
+    rejected_by_broker: int = Field(
+        0,
+        ge=0,
+        description="Negative PUBACKs for stored messages since start (each row stays in the outbox and is retried).",
+    )
     refused_waiting: int = Field(0, ge=0, description="Refused messages waiting for their retry.")
     handler_errors: int = Field(0, ge=0, description="Inbound command handlers that raised, since start.")
     not_stored: dict[str, int] = Field(
-        default_factory=dict, description="Messages that could not be written to the outbox (disk full, I/O "
+        default_factory=dict,
+        description="Messages that could not be written to the outbox (disk full, I/O "
         "error) since start, by kind (`counts`, `tracks`); detection went on.",
     )
-    session_takeovers: int = Field(0, ge=0, description="Times the broker disconnected us for another client with "
-                                   "our client id (a second agent with the same device_id).")
+    session_takeovers: int = Field(
+        0,
+        ge=0,
+        description="Times the broker disconnected us for another client with "
+        "our client id (a second agent with the same device_id).",
+    )

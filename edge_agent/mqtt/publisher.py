@@ -237,8 +237,9 @@ class AgentPublisher:
         self._sender.start()
         self._inbound_thread.start()
         self._transport.start()
-        logger.info("MQTT publisher for %s: session %d, outbox depth %d", self.device_id, self._session,
-                    self.outbox.depth)
+        logger.info(
+            "MQTT publisher for %s: session %d, outbox depth %d", self.device_id, self._session, self.outbox.depth
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush what the broker takes within `timeout`, publish `stopped`, disconnect cleanly.
@@ -266,8 +267,11 @@ class AgentPublisher:
         # Camera statuses are retained: say `offline` for each before the device says `stopped`, so no camera stays
         # `online` after a clean stop (after a kill, consumers read camera status under the device's status).
         with self._lock:
-            final = [(self.topics.camera_status(cam), "offline") for cam, state in sorted(self._cameras.items())
-                     if state == "online"]
+            final = [
+                (self.topics.camera_status(cam), "offline")
+                for cam, state in sorted(self._cameras.items())
+                if state == "online"
+            ]
         final.append((self.topics.status, "stopped"))
         self._transport.stop(final=final, timeout=max(0.2, deadline - time.monotonic()))
         self._writer.stop(timeout=max(0.2, deadline - time.monotonic()))
@@ -347,9 +351,11 @@ class AgentPublisher:
             raise RuntimeError("AgentPublisher.start() must be called before publishing")
         item = TrackEventInput.model_validate(payload)
         topic = self.topics.tracks(camera_id)
-        doc = TrackEventPayload(
-            **item.model_dump(), device_id=self.device_id, camera_id=camera_id, session=self._session
-        ).model_dump_json(exclude_none=True).encode()
+        doc = (
+            TrackEventPayload(**item.model_dump(), device_id=self.device_id, camera_id=camera_id, session=self._session)
+            .model_dump_json(exclude_none=True)
+            .encode()
+        )
         future = self._writer.submit(PendingMessage(topic, lambda _seq: doc, sequenced=False), "tracks", wait)
         if future is not None:
             future.result()
@@ -361,8 +367,15 @@ class AgentPublisher:
 
         def build(seq: int | None) -> bytes:  # runs on the writer thread, once the seq is assigned
             doc = CountsPayload(
-                **fields, model=model_ref, device_id=self.device_id, camera_id=camera_id, session=session,
-                outbox_id=outbox_id, seq=seq or 0, historical=False, aggregate=aggregate,
+                **fields,
+                model=model_ref,
+                device_id=self.device_id,
+                camera_id=camera_id,
+                session=session,
+                outbox_id=outbox_id,
+                seq=seq or 0,
+                historical=False,
+                aggregate=aggregate,
             )
             return doc.model_dump_json(exclude_none=True).encode()
 
@@ -404,8 +417,12 @@ class AgentPublisher:
 
     def _emit_window(self, camera_id: str, window: _Window, wait: bool = False) -> int | None:
         summary = Aggregate(
-            frames=window.frames, first_ts=window.first.ts, first_frame=window.first.frame,
-            count_min=window.count_min, count_max=window.count_max, count_mean=window.count_sum / window.frames,
+            frames=window.frames,
+            first_ts=window.first.ts,
+            first_frame=window.first.frame,
+            count_min=window.count_min,
+            count_max=window.count_max,
+            count_mean=window.count_sum / window.frames,
         )
         # `count` of an aggregate is the most starfish seen at once in the window.
         item = window.last.model_copy(update={"count": window.count_max, "detections": None})
@@ -429,12 +446,21 @@ class AgentPublisher:
         if not self.connected:
             return False
         doc = StatsPayload(
-            **item.model_dump(), device_id=self.device_id, ts=datetime.now(timezone.utc), session=self._session,
-            uptime_s=round(time.monotonic() - self._started_at, 3), software_version=self.software_version,
-            mqtt_reconnects=self.reconnects, outbox_depth=self.outbox_depth, dropped_by_policy=self.dropped_by_policy,
-            inbound_rejected=self.inbound_rejected, outbox_id=self.outbox.outbox_id,
-            rejected_by_broker=self.rejected_by_broker, refused_waiting=self.refused_waiting,
-            handler_errors=self.handler_errors, not_stored=self.not_stored(),
+            **item.model_dump(),
+            device_id=self.device_id,
+            ts=datetime.now(timezone.utc),
+            session=self._session,
+            uptime_s=round(time.monotonic() - self._started_at, 3),
+            software_version=self.software_version,
+            mqtt_reconnects=self.reconnects,
+            outbox_depth=self.outbox_depth,
+            dropped_by_policy=self.dropped_by_policy,
+            inbound_rejected=self.inbound_rejected,
+            outbox_id=self.outbox.outbox_id,
+            rejected_by_broker=self.rejected_by_broker,
+            refused_waiting=self.refused_waiting,
+            handler_errors=self.handler_errors,
+            not_stored=self.not_stored(),
             session_takeovers=self._transport.takeovers,
         )
         return self._transport.publish(self.topics.stats, doc.model_dump_json(exclude_none=True), qos=0) is not None
@@ -458,8 +484,14 @@ class AgentPublisher:
 
     def publish_model_result(self, ok: bool, version: int | None = None, error: str | None = None) -> None:
         """Answer a `…/model/set` announcement on `…/model/result` (QoS 1, not stored)."""
-        doc = {"schema_version": 1, "device_id": self.device_id, "ok": bool(ok), "version": version, "error": error,
-               "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        doc = {
+            "schema_version": 1,
+            "device_id": self.device_id,
+            "ok": bool(ok),
+            "version": version,
+            "error": error,
+            "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
         self._transport.publish(self.topics.model_result, json.dumps(doc), qos=1)
 
     # -- inbound ------------------------------------------------------------------------------------------------
@@ -580,8 +612,10 @@ class AgentPublisher:
             if f"cam:{cam}" in dirty:
                 pending.append((self.topics.camera_status(cam), status, 1))
         if "discovery" in dirty and self.cfg.discovery.enabled:
-            pending.extend((topic, doc_bytes, 1)
-                           for topic, doc_bytes in discovery_messages(self.topics, cameras, self.software_version))
+            pending.extend(
+                (topic, doc_bytes, 1)
+                for topic, doc_bytes in discovery_messages(self.topics, cameras, self.software_version)
+            )
         if "counts" in dirty:
             for cam, value in sorted(counts.items()):
                 pending.append((self.topics.count_value(cam), str(value), 0))
@@ -660,7 +694,12 @@ class AgentPublisher:
             more = f" (+{suppressed} more since the last report)" if suppressed else ""
             logger.warning(
                 "MQTT: broker refused stored message %d (%s)%s; it stays in the outbox and is retried in %.0f s "
-                "[%d refused so far]", row_id, reason, more, self._retry_at - now, self.rejected_by_broker,
+                "[%d refused so far]",
+                row_id,
+                reason,
+                more,
+                self._retry_at - now,
+                self.rejected_by_broker,
             )
 
     def _maybe_retry_refused(self, now: float) -> None:

@@ -46,12 +46,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     cfg = MqttConfig(
-        host=args.host, port=args.port, protocol=args.protocol, keepalive_s=args.keepalive,
-        reconnect_min_delay_s=0.2, reconnect_max_delay_s=2.0,
+        host=args.host,
+        port=args.port,
+        protocol=args.protocol,
+        keepalive_s=args.keepalive,
+        reconnect_min_delay_s=0.2,
+        reconnect_max_delay_s=2.0,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -66,9 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         frame = 0
         while not stop.is_set() and (args.count == 0 or frame < args.count):
             count = frame % 4
-            seq = publisher.publish_counts(args.camera, {
-                "ts": datetime.now(timezone.utc), "frame": frame, "count": count, "unique_count": frame // 4,
-            })
+            seq = publisher.publish_counts(
+                args.camera,
+                {
+                    "ts": datetime.now(timezone.utc),
+                    "frame": frame,
+                    "count": count,
+                    "unique_count": frame // 4,
+                },
+            )
             publisher.publish_count_value(args.camera, count)
             sys.stdout.write(f"seq {seq} session {publisher.session} outbox {publisher.outbox_id}\n")
             sys.stdout.flush()

@@ -13,16 +13,21 @@ _LEVEL_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 def check_level(kind: str, value: str) -> str:
     """Return `value` if it can be one topic level; raise ValueError naming `kind` otherwise."""
     if not isinstance(value, str) or not _LEVEL_RE.fullmatch(value):
-        raise ValueError(
-            f"{kind} {value!r} is not usable in MQTT topics: use 1-64 characters from A-Z a-z 0-9 _ . -"
-        )
+        raise ValueError(f"{kind} {value!r} is not usable in MQTT topics: use 1-64 characters from A-Z a-z 0-9 _ . -")
     return value
 
 
 def check_topic_root(kind: str, value: str) -> str:
     """A prefix of one or more topic levels: no wildcards, no NUL, no leading/trailing `/`, no empty level."""
-    if (not isinstance(value, str) or not value or any(c in value for c in "+#\0") or value.startswith("/")
-            or value.endswith("/") or "//" in value or len(value.encode()) > 1024):
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(c in value for c in "+#\0")
+        or value.startswith("/")
+        or value.endswith("/")
+        or "//" in value
+        or len(value.encode()) > 1024
+    ):
         raise ValueError(
             f"{kind} {value!r} must be topic levels separated by '/', without '+', '#', a leading or trailing '/' "
             "or an empty level"
@@ -114,7 +119,7 @@ class Topics:
         head = self.root + "/"
         if not topic.startswith(head):
             return None
-        parts = topic[len(head):].split("/")
+        parts = topic[len(head) :].split("/")
         return parts[0] if len(parts) == 2 else None
 
 

@@ -121,7 +121,10 @@ class MqttTransport:
         # clean_start at connect; paho refuses clean_session there.)
         clean_session = True if protocol == MQTTProtocolVersion.MQTTv311 else None
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, reconnect_on_failure=True,
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            reconnect_on_failure=True,
             clean_session=clean_session,
         )
         self._protocol = protocol
@@ -178,8 +181,13 @@ class MqttTransport:
             self._connect_properties = props
         logger.info("MQTT: connecting to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.cfg.protocol)
         self._stopping = False
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                                  clean_start=self._clean_start, properties=self._connect_properties)
+        self._client.connect_async(
+            self.cfg.host,
+            self.cfg.port,
+            keepalive=self.cfg.keepalive_s,
+            clean_start=self._clean_start,
+            properties=self._connect_properties,
+        )
         self._client.loop_start()
         self._started = True
 
@@ -257,8 +265,11 @@ class MqttTransport:
             self._connected.clear()
             self._failed_connacks += 1
             self.last_error = f"connect handling failed: {type(exc).__name__}: {exc}"
-            logger.error("MQTT: handling the broker's CONNACK failed (%s: %s); treating the connection as failed "
-                         "and retrying", type(exc).__name__, exc)
+            logger.error(
+                "MQTT: handling the broker's CONNACK failed (%s: %s); treating the connection as failed and retrying",
+                type(exc).__name__,
+                exc,
+            )
             self.events.on_disconnected(self.last_error)
             self._restart_later()
 
@@ -268,8 +279,9 @@ class MqttTransport:
         if self._restarting or self._stopping:
             return
         self._restarting = True
-        delay = min(self.cfg.reconnect_min_delay_s * 2 ** min(self._failed_connacks - 1, 16),
-                    self.cfg.reconnect_max_delay_s)
+        delay = min(
+            self.cfg.reconnect_min_delay_s * 2 ** min(self._failed_connacks - 1, 16), self.cfg.reconnect_max_delay_s
+        )
 
         def restart() -> None:
             try:
@@ -278,8 +290,13 @@ class MqttTransport:
                 time.sleep(delay)
                 if not self._stopping:
                     # A fresh connect_async: after disconnect() paho's loop would otherwise just exit.
-                    self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                                               clean_start=self._clean_start, properties=self._connect_properties)
+                    self._client.connect_async(
+                        self.cfg.host,
+                        self.cfg.port,
+                        keepalive=self.cfg.keepalive_s,
+                        clean_start=self._clean_start,
+                        properties=self._connect_properties,
+                    )
                     self._client.loop_start()
             except (OSError, ValueError) as exc:  # the loop thread keeps retrying from here
                 logger.debug("MQTT: reconnect after a failed CONNACK: %s", exc)
@@ -326,8 +343,13 @@ class MqttTransport:
             return
         cause = probe_connect(self.cfg)
         self.last_error = f"cannot connect: {cause}"
-        logger.warning("MQTT: cannot connect to %s:%d: %s; retrying with backoff up to %.0f s; messages are kept "
-                       "in the outbox", self.cfg.host, self.cfg.port, cause, self.cfg.reconnect_max_delay_s)
+        logger.warning(
+            "MQTT: cannot connect to %s:%d: %s; retrying with backoff up to %.0f s; messages are kept in the outbox",
+            self.cfg.host,
+            self.cfg.port,
+            cause,
+            self.cfg.reconnect_max_delay_s,
+        )
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: object, mid: int, reasons: list[ReasonCode], _props: object
@@ -401,7 +423,10 @@ class MqttTransport:
             logger.warning(
                 "MQTT: the broker disconnected us for another client with our client id %r (%s) - is a second "
                 "agent running with the same device_id? Not fighting it: reconnecting every %.0f s only.",
-                self._client_id, "session taken over" if taken_over else "closed right after connecting", delay)
+                self._client_id,
+                "session taken over" if taken_over else "closed right after connecting",
+                delay,
+            )
         # paho waits at least min_delay before its next reconnect; restored after a stable connection.
         self._client.reconnect_delay_set(delay, max(delay, self.cfg.reconnect_max_delay_s))  # type: ignore[arg-type]
 

@@ -104,11 +104,16 @@ class Tracker:
     """Per-camera tracker; not thread-safe (one inference loop owns it)."""
 
     def __init__(
-        self, iou_threshold: float = 0.2, max_age_s: float = 1.5, min_hits: int = 3, low_iou_threshold: float = 0.5,
+        self,
+        iou_threshold: float = 0.2,
+        max_age_s: float = 1.5,
+        min_hits: int = 3,
+        low_iou_threshold: float = 0.5,
     ) -> None:
         if not 0 < iou_threshold < 1 or not 0 < low_iou_threshold < 1:
-            raise ValueError(f"iou_threshold and low_iou_threshold must be in (0, 1), got {iou_threshold}, "
-                             f"{low_iou_threshold}")
+            raise ValueError(
+                f"iou_threshold and low_iou_threshold must be in (0, 1), got {iou_threshold}, {low_iou_threshold}"
+            )
         if max_age_s < 0 or min_hits < 1:
             raise ValueError(f"need max_age_s >= 0 and min_hits >= 1, got {max_age_s}, {min_hits}")
         self.iou_threshold = iou_threshold
@@ -140,8 +145,14 @@ class Tracker:
         return ended
 
     def update(
-        self, boxes: np.ndarray, scores: np.ndarray, frame_index: int, timestamp: float, *,
-        clock: float | None = None, score_threshold: float | None = None,
+        self,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        frame_index: int,
+        timestamp: float,
+        *,
+        clock: float | None = None,
+        score_threshold: float | None = None,
     ) -> TrackerUpdate:
         """Associate one frame's detections.
 
@@ -190,8 +201,16 @@ class Tracker:
         for det_index in range(len(boxes)):
             if det_index in assignment or not high[det_index]:
                 continue
-            track = Track(self._next_id, boxes[det_index].copy(), frame_index, timestamp, frame_index, timestamp,
-                          float(scores[det_index]), last_clock=now)
+            track = Track(
+                self._next_id,
+                boxes[det_index].copy(),
+                frame_index,
+                timestamp,
+                frame_index,
+                timestamp,
+                float(scores[det_index]),
+                last_clock=now,
+            )
             self._next_id += 1
             if self.min_hits <= 1:
                 track.confirmed = True
@@ -228,8 +247,10 @@ class Tracker:
         if free_tracks and free_dets:
             centres_p = (predicted[free_tracks, :2] + predicted[free_tracks, 2:]) / 2
             centres_d = (boxes[free_dets, :2] + boxes[free_dets, 2:]) / 2
-            diag = np.hypot(predicted[free_tracks, 2] - predicted[free_tracks, 0],
-                            predicted[free_tracks, 3] - predicted[free_tracks, 1])
+            diag = np.hypot(
+                predicted[free_tracks, 2] - predicted[free_tracks, 0],
+                predicted[free_tracks, 3] - predicted[free_tracks, 1],
+            )
             dist = np.linalg.norm(centres_p[:, None, :] - centres_d[None, :, :], axis=2) / np.maximum(diag, 1)[:, None]
             for flat in np.argsort(dist, axis=None):
                 fi, fd = divmod(int(flat), len(free_dets))

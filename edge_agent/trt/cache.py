@@ -64,8 +64,11 @@ def engine_mac(mac_key: bytes, key: EngineKey, engine: bytes) -> str:
 
 
 def write_sidecar(path: Path, key: EngineKey, engine: bytes, mac_key: bytes) -> None:
-    data = {"key": asdict(key), "engine_sha256": hashlib.sha256(engine).hexdigest(),
-            "mac": engine_mac(mac_key, key, engine)}
+    data = {
+        "key": asdict(key),
+        "engine_sha256": hashlib.sha256(engine).hexdigest(),
+        "mac": engine_mac(mac_key, key, engine),
+    }
     atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -85,12 +88,15 @@ def check_sidecar(path: Path, expected: EngineKey, engine: bytes, mac_key: bytes
     if differences:
         raise EngineKeyMismatch(f"{path.stem} was built for something else: {'; '.join(differences)}")
     if hashlib.sha256(engine).hexdigest() != data.get("engine_sha256"):
-        raise EngineKeyMismatch(f"{path.stem}: the engine does not match the sha256 recorded when it was built "
-                                "(corrupted?)")
+        raise EngineKeyMismatch(
+            f"{path.stem}: the engine does not match the sha256 recorded when it was built (corrupted?)"
+        )
     mac = data.get("mac")
     if not isinstance(mac, str) or not hmac.compare_digest(mac, engine_mac(mac_key, expected, engine)):
-        raise EngineTampered(f"{path.stem}: the engine is not authenticated by this device's engine-cache key "
-                             "(planted, or built by another device)")
+        raise EngineTampered(
+            f"{path.stem}: the engine is not authenticated by this device's engine-cache key "
+            "(planted, or built by another device)"
+        )
 
 
 def store_engine(cache_dir: Path, key: EngineKey, engine: bytes, mac_key: bytes) -> Path:

@@ -35,11 +35,47 @@ TIMING_CACHE_NAME = "timing.cache"
 # NonMaxSuppression to its NMS layer and RoiAlign to the ROIAlign_TRT plugin (libnvinfer_plugin, which must be
 # registered before parsing and before deserializing: `_init_plugins`). Targets TensorRT 8.5+ (JetPack 5.1+).
 REQUIRED_ONNX_OPS = (
-    "Conv", "Relu", "HardSwish", "HardSigmoid", "GlobalAveragePool", "MaxPool", "Resize", "Add", "Mul", "Sub",
-    "Div", "Exp", "Log", "Sqrt", "Gemm", "Flatten", "Reshape", "Transpose", "Concat", "Slice", "Gather",
-    "Unsqueeze", "Squeeze", "Shape", "TopK", "NonMaxSuppression", "RoiAlign", "Sigmoid", "Softmax", "Clip", "Floor",
-    "Cast", "Where", "NonZero", "Expand", "ScatterElements", "ReduceProd", "If", "ConstantOfShape",
-    "QuantizeLinear", "DequantizeLinear",
+    "Conv",
+    "Relu",
+    "HardSwish",
+    "HardSigmoid",
+    "GlobalAveragePool",
+    "MaxPool",
+    "Resize",
+    "Add",
+    "Mul",
+    "Sub",
+    "Div",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Gemm",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Concat",
+    "Slice",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Shape",
+    "TopK",
+    "NonMaxSuppression",
+    "RoiAlign",
+    "Sigmoid",
+    "Softmax",
+    "Clip",
+    "Floor",
+    "Cast",
+    "Where",
+    "NonZero",
+    "Expand",
+    "ScatterElements",
+    "ReduceProd",
+    "If",
+    "ConstantOfShape",
+    "QuantizeLinear",
+    "DequantizeLinear",
 )
 
 
@@ -125,12 +161,14 @@ def build_engine(
     state_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Build (or reuse an authentic cached) engine of ``onnx`` for this device in ``cache_dir``; its path."""
-    return ensure_engine(onnx, cache_dir, precision=precision, workspace_bytes=workspace_bytes, rebuild=rebuild,
-                         state_dir=state_dir)[0]
+    return ensure_engine(
+        onnx, cache_dir, precision=precision, workspace_bytes=workspace_bytes, rebuild=rebuild, state_dir=state_dir
+    )[0]
 
 
-def _build(trt: Any, data: bytes, name: str, cache_dir: Path, key: EngineKey, precision: str,
-           workspace_bytes: int) -> bytes:
+def _build(
+    trt: Any, data: bytes, name: str, cache_dir: Path, key: EngineKey, precision: str, workspace_bytes: int
+) -> bytes:
     trt_logger = TrtLogger.create(trt)
     _init_plugins(trt, trt_logger)
     builder = trt.Builder(trt_logger)
@@ -157,8 +195,14 @@ def _build(trt: Any, data: bytes, name: str, cache_dir: Path, key: EngineKey, pr
     timing_path = cache_dir / TIMING_CACHE_NAME
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
-    logger.info("building %s engine from %s (TensorRT %s, %s sm%s)", precision, name, key.tensorrt_version,
-                key.gpu_name, key.compute_capability)
+    logger.info(
+        "building %s engine from %s (TensorRT %s, %s sm%s)",
+        precision,
+        name,
+        key.tensorrt_version,
+        key.gpu_name,
+        key.compute_capability,
+    )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTError(f"TensorRT failed to build {name}: {'; '.join(trt_logger.errors) or 'no detail'}")
@@ -180,8 +224,9 @@ def load_engine(
     engine = read_engine(Path(cache_dir), key, engine_mac_key(state_dir))
     if engine is None:
         expected = engine_paths(Path(cache_dir), key)[0].name
-        raise TensorRTError(f"no engine for this device in {cache_dir} (expected {expected}); "
-                            "build it with `starfish export tensorrt`")
+        raise TensorRTError(
+            f"no engine for this device in {cache_dir} (expected {expected}); build it with `starfish export tensorrt`"
+        )
     return deserialize_engine(engine)
 
 

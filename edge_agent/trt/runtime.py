@@ -109,8 +109,13 @@ def _from_nvidia_smi() -> tuple[str, str] | None:
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return None
     first = out.strip().splitlines()[0] if out.strip() else ""

@@ -98,7 +98,9 @@ class Announcement(_Strict):
     expires_at: datetime = Field(description="After this the announcement is stale and refused (freeze defence).")
     min_agent_version: str = Field("0", description="Oldest starfish-edge agent version that can run this bundle.")
     platforms: tuple[str, ...] = Field(
-        (ANY_PLATFORM,), min_length=1, max_length=64,
+        (ANY_PLATFORM,),
+        min_length=1,
+        max_length=64,
         description=f"Platform tags (`linux-aarch64`...) that may install it; {ANY_PLATFORM!r}: all.",
     )
     rollout: Rollout = Field(default_factory=Rollout, description="Wave / canary information.")
@@ -199,8 +201,7 @@ def sign_announcement(
     signed = announcement.model_dump(mode="json")
     message = canonical_json(signed)
     signatures = [
-        {"keyid": key_id(key.public_key()), "sig": base64.b64encode(key.sign(message)).decode("ascii")}
-        for key in keys
+        {"keyid": key_id(key.public_key()), "sig": base64.b64encode(key.sign(message)).decode("ascii")} for key in keys
     ]
     return canonical_json({"signed": signed, "signatures": signatures})
 
@@ -370,7 +371,13 @@ def verify_announcement(
     """`parse_announcement` then `check_announcement`: the whole gate an inbound announcement passes."""
     signed = parse_announcement(raw, trusted_keys, max_bytes=max_bytes)
     check_announcement(
-        signed, device_state=device_state, platform=platform, agent_version=agent_version,
-        max_bundle_bytes=max_bundle_bytes, now=now, expected_name=expected_name, last_created_at=last_created_at,
+        signed,
+        device_state=device_state,
+        platform=platform,
+        agent_version=agent_version,
+        max_bundle_bytes=max_bundle_bytes,
+        now=now,
+        expected_name=expected_name,
+        last_created_at=last_created_at,
     )
     return signed

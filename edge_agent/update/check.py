@@ -48,8 +48,14 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"backend": self.backend, "golden": self.golden, "golden_frames": self.golden_frames,
-                "latency_ms": round(self.latency_ms, 3), "budget_ms": self.budget_ms, "notes": self.notes}
+        return {
+            "backend": self.backend,
+            "golden": self.golden,
+            "golden_frames": self.golden_frames,
+            "latency_ms": round(self.latency_ms, 3),
+            "budget_ms": self.budget_ms,
+            "notes": self.notes,
+        }
 
 
 def check_candidate(
@@ -89,8 +95,10 @@ def check_candidate(
     else:
         report.notes.append("no latency budget: neither a running model's latency nor latency_budget_ms is known")
     if report.budget_ms is not None and report.latency_ms > report.budget_ms:
-        raise CheckFailed(f"candidate takes {report.latency_ms:.1f} ms per frame (median of {cfg.check_runs}); "
-                          f"the budget is {report.budget_ms:.1f} ms")
+        raise CheckFailed(
+            f"candidate takes {report.latency_ms:.1f} ms per frame (median of {cfg.check_runs}); "
+            f"the budget is {report.budget_ms:.1f} ms"
+        )
     logger.info("update check passed: %s", report.as_dict())
     return report
 
@@ -124,8 +132,7 @@ def _golden_frames(bundle: VerifiedBundle) -> list[tuple[np.ndarray, list[dict]]
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             if image is None:
                 raise ValueError(f"{entry['file']} is not a readable image")
-            expected = [{"box": [float(v) for v in d["box"]], "score": float(d["score"])}
-                        for d in entry["detections"]]
+            expected = [{"box": [float(v) for v in d["box"]], "score": float(d["score"])} for d in entry["detections"]]
             frames.append((image, expected))
     except (ValueError, KeyError, TypeError, FileNotFoundError, BundleError) as exc:
         raise CheckFailed(f"{GOLDEN_NAME} is unusable: {exc}") from exc

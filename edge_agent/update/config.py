@@ -53,7 +53,8 @@ class UpdateConfig(BaseModel):
         2, ge=0, description="Agent restarts during probation beyond which the update rolls back (crash loop)."
     )
     backends: list[str] = Field(
-        default_factory=lambda: ["onnxruntime"], min_length=1,
+        default_factory=lambda: ["onnxruntime"],
+        min_length=1,
         description="Back ends tried for the staging check (the agent passes its own list).",
     )
 

@@ -126,7 +126,8 @@ def download(
             if stop is not None:
                 if stop.wait(wait):
                     raise DownloadCancelled(
-                        f"download of {url} cancelled ({_have(part)} of {size} bytes kept)") from exc
+                        f"download of {url} cancelled ({_have(part)} of {size} bytes kept)"
+                    ) from exc
             else:
                 time.sleep(wait)
     got = _file_digest(part)
@@ -158,8 +159,9 @@ def _attempt(
     timeout = urllib3.Timeout(connect=policy.connect_timeout_s, read=policy.stall_timeout_s)
     deadline = time.monotonic() + policy.max_attempt_s
     try:
-        response = pool.request("GET", url, headers=headers, preload_content=False, redirect=False,
-                                timeout=timeout, decode_content=False)
+        response = pool.request(
+            "GET", url, headers=headers, preload_content=False, redirect=False, timeout=timeout, decode_content=False
+        )
     except Urllib3Error as exc:
         raise DownloadError(f"cannot fetch {url}: {exc}") from exc
     try:
@@ -176,8 +178,9 @@ def _attempt(
             logger.info("update download: %s ignored the Range header; starting again from the first byte", url)
             have = 0
         if status == 206 and not _range_starts_at(response.headers.get("Content-Range"), have):
-            raise DownloadError(f"{url}: 206 with Content-Range {response.headers.get('Content-Range')!r}, "
-                                f"expected bytes {have}-")
+            raise DownloadError(
+                f"{url}: 206 with Content-Range {response.headers.get('Content-Range')!r}, expected bytes {have}-"
+            )
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit() and have + int(length) > size:
             raise DownloadTooLarge(f"{url}: server announces {have + int(length)} bytes; the signed size is {size}")

@@ -79,9 +79,12 @@ class UpdateManager:
         self.last_check: CheckReport | None = None
         self._lock = threading.RLock()
         self.policy = DownloadPolicy(
-            connect_timeout_s=cfg.connect_timeout_s, stall_timeout_s=cfg.stall_timeout_s,
-            max_attempt_s=cfg.max_download_s, retries=cfg.retries,
-            backoff_initial_s=cfg.backoff_initial_s, backoff_max_s=cfg.backoff_max_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+            stall_timeout_s=cfg.stall_timeout_s,
+            max_attempt_s=cfg.max_download_s,
+            retries=cfg.retries,
+            backoff_initial_s=cfg.backoff_initial_s,
+            backoff_max_s=cfg.backoff_max_s,
         )
 
     # -- entry points ---------------------------------------------------------------------------------------------
@@ -101,21 +104,37 @@ class UpdateManager:
                 return None
             seen = self.store.by_digest(signed.digest)
             if seen is not None:
-                logger.info("update: announcement of %s already handled (#%d, %s); ignored",
-                            ann.describe(), seen.id, seen.state.value)
+                logger.info(
+                    "update: announcement of %s already handled (#%d, %s); ignored",
+                    ann.describe(),
+                    seen.id,
+                    seen.state.value,
+                )
                 return None
             if staging.target_version(staging.current_target(self.models_dir)) == ann.version:
                 logger.info("update: %s is already the current version; ignored", ann.describe())
                 return None
             verify_announcement(
-                raw, self.release_keys, device_state=self.device_state, platform=self.cfg.platform,
-                agent_version=self.agent_version, max_bundle_bytes=self.cfg.max_bundle_bytes,
-                max_bytes=self.cfg.max_announcement_bytes, now=now, expected_name=self.expected_name,
+                raw,
+                self.release_keys,
+                device_state=self.device_state,
+                platform=self.cfg.platform,
+                agent_version=self.agent_version,
+                max_bundle_bytes=self.cfg.max_bundle_bytes,
+                max_bytes=self.cfg.max_announcement_bytes,
+                now=now,
+                expected_name=self.expected_name,
                 last_created_at=self.store.last_created_at(ann.name),
             )
-            record = self.store.create(name=ann.name, version=ann.version, rollback=ann.rollback,
-                                       digest=signed.digest, announcement=raw, created_at=ann.created_at,
-                                       size=ann.size)
+            record = self.store.create(
+                name=ann.name,
+                version=ann.version,
+                rollback=ann.rollback,
+                digest=signed.digest,
+                announcement=raw,
+                created_at=ann.created_at,
+                size=ann.size,
+            )
             self._report(record, "accepted")
             return record
 
@@ -136,8 +155,7 @@ class UpdateManager:
                 restarts = self.store.count_restart(record.id)
                 if restarts > self.cfg.probation_max_restarts:
                     return self.rollback(f"crash loop: {restarts} agent restarts during probation")
-            logger.info("update #%d (%s v%d) resumes in %s", record.id, record.name, record.version,
-                        record.state.value)
+            logger.info("update #%d (%s v%d) resumes in %s", record.id, record.name, record.version, record.state.value)
             return self.store.get(record.id)
 
     def run(self, stop: threading.Event | None = None) -> UpdateRecord | None:
@@ -191,8 +209,7 @@ class UpdateManager:
     # -- steps ----------------------------------------------------------------------------------------------------
 
     def _step(self, record: UpdateRecord, stop: threading.Event | None) -> UpdateRecord:
-        signed = parse_announcement(record.announcement, self.release_keys,
-                                    max_bytes=self.cfg.max_announcement_bytes)
+        signed = parse_announcement(record.announcement, self.release_keys, max_bytes=self.cfg.max_announcement_bytes)
         ann = signed.announcement
         state = record.state
         if state is UpdateState.DOWNLOADING:
@@ -262,8 +279,9 @@ class UpdateManager:
 
     def _check(self, ann: Announcement) -> None:
         bundle = self._load_checked(staging.version_dir(self.models_dir, ann.version), ann)
-        self.last_check = check_candidate(bundle, self.cfg, state_dir=self.state_dir,
-                                          reference_latency_ms=self.reference_latency_ms())
+        self.last_check = check_candidate(
+            bundle, self.cfg, state_dir=self.state_dir, reference_latency_ms=self.reference_latency_ms()
+        )
 
     def _swap(self, record: UpdateRecord, ann: Announcement) -> None:
         bundle = self._load_checked(staging.version_dir(self.models_dir, ann.version), ann)
@@ -285,8 +303,10 @@ class UpdateManager:
         try:
             bundle = load_bundle(path, self.bundle_keys, expected_name=ann.name)
             if bundle.manifest.version != ann.version:
-                raise BundleRefused(f"bundle {path} is v{bundle.manifest.version}; the announcement says "
-                                    f"v{ann.version} (mix-and-match refused)")
+                raise BundleRefused(
+                    f"bundle {path} is v{bundle.manifest.version}; the announcement says "
+                    f"v{ann.version} (mix-and-match refused)"
+                )
             self.device_state.check_rollback(ann.name, ann.version, allow_rollback=ann.rollback)
         except RollbackRefused as exc:
             raise BundleRefused(str(exc)) from exc
@@ -295,8 +315,9 @@ class UpdateManager:
         return bundle
 
     def _fail(self, record: UpdateRecord, exc: UpdateError) -> UpdateRecord:
-        logger.warning("update #%d (%s v%d) failed in %s: %s", record.id, record.name, record.version,
-                       record.state.value, exc)
+        logger.warning(
+            "update #%d (%s v%d) failed in %s: %s", record.id, record.name, record.version, record.state.value, exc
+        )
         if exc.marks_bad:
             self.device_state.mark_bad(record.name, record.version, f"{exc.code}: {exc}")
         if record.state is UpdateState.SWAPPING:
@@ -329,8 +350,12 @@ class UpdateManager:
         """After a crash between a terminal write and its effect: finish the effect."""
         target = staging.current_target(self.models_dir)
         if record.state is UpdateState.ROLLED_BACK and target == staging.version_target(record.version):
-            logger.warning("update #%d was rolled back but current still names v%d: restoring %s",
-                           record.id, record.version, record.previous_target)
+            logger.warning(
+                "update #%d was rolled back but current still names v%d: restoring %s",
+                record.id,
+                record.version,
+                record.previous_target,
+            )
             self._restore_previous(record)
         elif record.state is UpdateState.COMMITTED:
             floor = self.device_state.floor(record.name)
@@ -360,9 +385,16 @@ def state_payload(record: UpdateRecord | None, *, schema_version: int = 1) -> di
     if record is None:
         return {"schema_version": schema_version, "state": "idle"}
     return {
-        "schema_version": schema_version, "id": record.id, "name": record.name, "version": record.version,
-        "rollback": record.rollback, "state": record.state.value, "progress": record.progress,
-        "size": record.size, "error_code": record.error_code, "error": record.error,
+        "schema_version": schema_version,
+        "id": record.id,
+        "name": record.name,
+        "version": record.version,
+        "rollback": record.rollback,
+        "state": record.state.value,
+        "progress": record.progress,
+        "size": record.size,
+        "error_code": record.error_code,
+        "error": record.error,
     }
 
 

@@ -51,7 +51,7 @@ def current_target(models_dir: Path) -> str | None:
 def target_version(target: str | None) -> int | None:
     if target is None or not target.startswith(f"{VERSIONS}/"):
         return None
-    tail = target[len(VERSIONS) + 1:]
+    tail = target[len(VERSIONS) + 1 :]
     return int(tail) if tail.isdigit() else None
 
 

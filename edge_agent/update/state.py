@@ -122,32 +122,62 @@ class UpdateStore:
         except sqlite3.Error as exc:
             raise DeviceStateError(f"update state {self.path}: {exc}") from exc
 
-    def create(self, *, name: str, version: int, rollback: bool, digest: str, announcement: bytes,
-               created_at: datetime, size: int) -> UpdateRecord:
+    def create(
+        self,
+        *,
+        name: str,
+        version: int,
+        rollback: bool,
+        digest: str,
+        announcement: bytes,
+        created_at: datetime,
+        size: int,
+    ) -> UpdateRecord:
         """Insert a new update in `downloading`; refuses while another update is not finished."""
         now = time.time()
         with self._tx() as db:
-            active = db.execute("SELECT id, name, version FROM model_update WHERE state NOT IN (?, ?, ?)",
-                                tuple(s.value for s in TERMINAL)).fetchone()
+            active = db.execute(
+                "SELECT id, name, version FROM model_update WHERE state NOT IN (?, ?, ?)",
+                tuple(s.value for s in TERMINAL),
+            ).fetchone()
             if active is not None:
                 raise TransitionError(f"update #{active[0]} ({active[1]} v{active[2]}) is still in progress")
             try:
                 cur = db.execute(
                     "INSERT INTO model_update (name, version, rollback, digest, announcement, created_at, state, "
                     "size, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, version, int(rollback), digest, announcement, created_at.isoformat(),
-                     UpdateState.DOWNLOADING.value, size, now, now),
+                    (
+                        name,
+                        version,
+                        int(rollback),
+                        digest,
+                        announcement,
+                        created_at.isoformat(),
+                        UpdateState.DOWNLOADING.value,
+                        size,
+                        now,
+                        now,
+                    ),
                 )
             except sqlite3.IntegrityError as exc:
                 raise TransitionError(f"announcement {digest[:12]} was already handled") from exc
             update_id = int(cur.lastrowid or 0)
-            db.execute("INSERT INTO model_update_transition (update_id, state, at) VALUES (?, ?, ?)",
-                       (update_id, UpdateState.DOWNLOADING.value, now))
+            db.execute(
+                "INSERT INTO model_update_transition (update_id, state, at) VALUES (?, ?, ?)",
+                (update_id, UpdateState.DOWNLOADING.value, now),
+            )
         logger.info("update #%d: %s v%d -> %s", update_id, name, version, UpdateState.DOWNLOADING.value)
         return self.get(update_id)
 
-    def transition(self, update_id: int, state: UpdateState, *, error_code: str | None = None,
-                   error: str | None = None, previous_target: str | None = None) -> UpdateRecord:
+    def transition(
+        self,
+        update_id: int,
+        state: UpdateState,
+        *,
+        error_code: str | None = None,
+        error: str | None = None,
+        previous_target: str | None = None,
+    ) -> UpdateRecord:
         """Persist ``state`` for the update (durably, before the caller acts on it)."""
         now = time.time()
         with self._tx() as db:
@@ -162,15 +192,18 @@ class UpdateStore:
                 "error = COALESCE(?, error), previous_target = COALESCE(?, previous_target) WHERE id = ?",
                 (state.value, now, error_code, error, previous_target, update_id),
             )
-            db.execute("INSERT INTO model_update_transition (update_id, state, at, error_code, error) "
-                       "VALUES (?, ?, ?, ?, ?)", (update_id, state.value, now, error_code, error))
+            db.execute(
+                "INSERT INTO model_update_transition (update_id, state, at, error_code, error) VALUES (?, ?, ?, ?, ?)",
+                (update_id, state.value, now, error_code, error),
+            )
         logger.info("update #%d -> %s%s", update_id, state.value, f" ({error_code}: {error})" if error else "")
         return self.get(update_id)
 
     def set_progress(self, update_id: int, done: int) -> None:
         with self._tx() as db:
-            db.execute("UPDATE model_update SET progress = ?, updated_at = ? WHERE id = ?",
-                       (done, time.time(), update_id))
+            db.execute(
+                "UPDATE model_update SET progress = ?, updated_at = ? WHERE id = ?", (done, time.time(), update_id)
+            )
 
     def count_restart(self, update_id: int) -> int:
         """Record one more agent start while this update is active; returns the new count."""
@@ -201,14 +234,16 @@ class UpdateStore:
     def last_created_at(self, name: str) -> datetime | None:
         """`created_at` of the newest announcement acted on for ``name`` (replays of older ones are refused)."""
         with self._lock:
-            row = self._db.execute("SELECT created_at FROM model_update WHERE name = ? ORDER BY created_at DESC "
-                                   "LIMIT 1", (name,)).fetchone()
+            row = self._db.execute(
+                "SELECT created_at FROM model_update WHERE name = ? ORDER BY created_at DESC LIMIT 1", (name,)
+            ).fetchone()
         return None if row is None else datetime.fromisoformat(row[0]).astimezone(timezone.utc)
 
     def transitions(self, update_id: int) -> list[UpdateState]:
         with self._lock:
-            rows = self._db.execute("SELECT state FROM model_update_transition WHERE update_id = ? ORDER BY rowid",
-                                    (update_id,)).fetchall()
+            rows = self._db.execute(
+                "SELECT state FROM model_update_transition WHERE update_id = ? ORDER BY rowid", (update_id,)
+            ).fetchall()
         return [UpdateState(r[0]) for r in rows]
 
     def close(self) -> None:
@@ -224,10 +259,22 @@ class UpdateStore:
             ).fetchall()
         return [
             UpdateRecord(
-                id=r[0], name=r[1], version=r[2], rollback=bool(r[3]), digest=r[4], announcement=bytes(r[5]),
-                created_at=datetime.fromisoformat(r[6]).astimezone(timezone.utc), state=UpdateState(r[7]),
-                previous_target=r[8], progress=r[9], size=r[10], restarts=r[11], error_code=r[12], error=r[13],
-                started_at=r[14], updated_at=r[15],
+                id=r[0],
+                name=r[1],
+                version=r[2],
+                rollback=bool(r[3]),
+                digest=r[4],
+                announcement=bytes(r[5]),
+                created_at=datetime.fromisoformat(r[6]).astimezone(timezone.utc),
+                state=UpdateState(r[7]),
+                previous_target=r[8],
+                progress=r[9],
+                size=r[10],
+                restarts=r[11],
+                error_code=r[12],
+                error=r[13],
+                started_at=r[14],
+                updated_at=r[15],
             )
             for r in rows
         ]

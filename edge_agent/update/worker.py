@@ -27,8 +27,9 @@ RefusalCallback = Callable[[dict[str, Any]], None]
 class UpdateWorker:
     """One daemon thread owning ``manager``; `submit` is safe from any thread (e.g. paho's network loop)."""
 
-    def __init__(self, manager: UpdateManager, *, on_refused: RefusalCallback | None = None,
-                 max_queue: int = 16) -> None:
+    def __init__(
+        self, manager: UpdateManager, *, on_refused: RefusalCallback | None = None, max_queue: int = 16
+    ) -> None:
         self.manager = manager
         self.on_refused = on_refused
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)

@@ -16,5 +16,5 @@ def open_storage(url: str, *, schema: str | None = None) -> Storage:
         return PostgresStorage(url, schema=schema)
     from shore.storage.sqlite import SqliteStorage
 
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
     return SqliteStorage(path)

@@ -43,8 +43,21 @@ logger = logging.getLogger(__name__)
 
 _INSERT_CHUNK = 400  # rows per multi-row INSERT (15 parameters each stays far below SQLite's variable limit)
 _COUNT_COLUMNS = (
-    "device_id", "camera_id", "outbox_id", "seq", "session", "ts", "frame", "count", "unique_count", "frames",
-    "count_sum", "count_max", "historical", "model", "received_at",
+    "device_id",
+    "camera_id",
+    "outbox_id",
+    "seq",
+    "session",
+    "ts",
+    "frame",
+    "count",
+    "unique_count",
+    "frames",
+    "count_sum",
+    "count_max",
+    "historical",
+    "model",
+    "received_at",
 )
 _INFO_COLUMNS = {"model": "model", "stats": "stats", "update": "update_state", "result": "last_result"}
 _JSON_COLUMNS = ("model", "stats", "update_state", "last_result")
@@ -101,21 +114,29 @@ class Storage(ABC):
         "mean": [...], "max": [...], "unique": [...]}}}` (columns aligned per camera)."""
 
     @abstractmethod
-    def count_rows(self, start: float, end: float, device_id: str | None = None,
-                   camera_id: str | None = None) -> Iterator[dict[str, Any]]:
+    def count_rows(
+        self, start: float, end: float, device_id: str | None = None, camera_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Raw counts in [start, end) by capture time, oldest first (streamed)."""
 
     @abstractmethod
-    def totals(self, start: float, end: float, device_id: str | None = None, camera_id: str | None = None,
-               session: int | None = None) -> Totals: ...
+    def totals(
+        self,
+        start: float,
+        end: float,
+        device_id: str | None = None,
+        camera_id: str | None = None,
+        session: int | None = None,
+    ) -> Totals: ...
 
     @abstractmethod
     def sessions(self, device_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Agent sessions seen (newest first) with their totals: each is a ready-made survey."""
 
     @abstractmethod
-    def create_survey(self, name: str, start: float, end: float, device_id: str | None = None,
-                      camera_id: str | None = None) -> Survey: ...
+    def create_survey(
+        self, name: str, start: float, end: float, device_id: str | None = None, camera_id: str | None = None
+    ) -> Survey: ...
 
     @abstractmethod
     def surveys(self) -> list[Survey]: ...
@@ -178,8 +199,12 @@ class SqlStorage(Storage):
         with self._transaction() as cur:
             if devices:
                 now = time.time()
-                cur.executemany(self._sql("INSERT INTO devices (device_id, first_seen) VALUES (?, ?) "
-                                          "ON CONFLICT (device_id) DO NOTHING"), [(d, now) for d in sorted(devices)])
+                cur.executemany(
+                    self._sql(
+                        "INSERT INTO devices (device_id, first_seen) VALUES (?, ?) ON CONFLICT (device_id) DO NOTHING"
+                    ),
+                    [(d, now) for d in sorted(devices)],
+                )
             new = self._insert_counts(cur, counts)
             result.new_counts = len(new)
             result.duplicate_counts = len(counts) - len(new)
@@ -192,17 +217,22 @@ class SqlStorage(Storage):
                     self._status(cur, record)
                 elif isinstance(record, InfoRecord):
                     column = _INFO_COLUMNS[record.kind]
-                    cur.execute(self._sql(f"UPDATE devices SET {column} = ?, {column}_at = ? WHERE device_id = ?"),
-                                (json.dumps(record.doc), record.at, record.device_id))
+                    cur.execute(
+                        self._sql(f"UPDATE devices SET {column} = ?, {column}_at = ? WHERE device_id = ?"),
+                        (json.dumps(record.doc), record.at, record.device_id),
+                    )
             self._seen(cur, records)
             rejects = [r for r in records if isinstance(r, RejectRecord)]
             for reason, group in _group(rejects, lambda r: r.reason).items():
                 last = group[-1]
-                cur.execute(self._sql(
-                    "INSERT INTO rejects (reason, n, last_topic, last_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (reason) DO UPDATE SET n = rejects.n + excluded.n, "
-                    "last_topic = excluded.last_topic, last_at = excluded.last_at"),
-                    (reason, len(group), last.topic, last.at))
+                cur.execute(
+                    self._sql(
+                        "INSERT INTO rejects (reason, n, last_topic, last_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (reason) DO UPDATE SET n = rejects.n + excluded.n, "
+                        "last_topic = excluded.last_topic, last_at = excluded.last_at"
+                    ),
+                    (reason, len(group), last.topic, last.at),
+                )
                 result.reasons[reason] = len(group)
             result.rejected = len(rejects)
         return result
@@ -212,7 +242,9 @@ class SqlStorage(Storage):
         new: list[tuple[int, CountRecord]] = []
         items = list(by_key.values())
         for i in range(0, len(items), self._insert_chunk):
-            sql, params = self._insert_counts_sql([_count_row(c, self._bool) for c in items[i:i + self._insert_chunk]])
+            sql, params = self._insert_counts_sql(
+                [_count_row(c, self._bool) for c in items[i : i + self._insert_chunk]]
+            )
             cur.execute(sql, params)
             for row_id, device_id, outbox_id, seq in cur.fetchall():
                 new.append((int(row_id), by_key[(device_id, outbox_id, int(seq))]))
@@ -227,7 +259,8 @@ class SqlStorage(Storage):
         params = [value for row in rows for value in row]
         return self._sql(
             f"INSERT INTO counts ({', '.join(_COUNT_COLUMNS)}) VALUES {', '.join([one] * len(rows))} "
-            "ON CONFLICT (device_id, outbox_id, seq) DO NOTHING RETURNING id, device_id, outbox_id, seq"), params
+            "ON CONFLICT (device_id, outbox_id, seq) DO NOTHING RETURNING id, device_id, outbox_id, seq"
+        ), params
 
     def _roll_up(self, cur: Any, new: list[tuple[int, CountRecord]]) -> None:
         buckets: dict[tuple[str, str, int, int], list[float]] = {}
@@ -245,15 +278,18 @@ class SqlStorage(Storage):
         if not buckets:
             return
         g, lo = self.greatest, self.least
-        cur.executemany(self._sql(
-            "INSERT INTO minutes (device_id, camera_id, session, minute, frames, count_sum, count_max, unique_max, "
-            "unique_min) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (device_id, camera_id, session, minute) DO UPDATE SET "
-            "frames = minutes.frames + excluded.frames, count_sum = minutes.count_sum + excluded.count_sum, "
-            f"count_max = {g}(minutes.count_max, excluded.count_max), "
-            f"unique_max = {g}(minutes.unique_max, excluded.unique_max), "
-            f"unique_min = {lo}(minutes.unique_min, excluded.unique_min)"),
-            [(*key, int(b[0]), b[1], int(b[2]), int(b[3]), int(b[4])) for key, b in buckets.items()])
+        cur.executemany(
+            self._sql(
+                "INSERT INTO minutes (device_id, camera_id, session, minute, frames, count_sum, count_max, unique_max, "
+                "unique_min) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id, camera_id, session, minute) DO UPDATE SET "
+                "frames = minutes.frames + excluded.frames, count_sum = minutes.count_sum + excluded.count_sum, "
+                f"count_max = {g}(minutes.count_max, excluded.count_max), "
+                f"unique_max = {g}(minutes.unique_max, excluded.unique_max), "
+                f"unique_min = {lo}(minutes.unique_min, excluded.unique_min)"
+            ),
+            [(*key, int(b[0]), b[1], int(b[2]), int(b[3]), int(b[4])) for key, b in buckets.items()],
+        )
 
     def _latest(self, cur: Any, new: list[tuple[int, CountRecord]]) -> None:
         latest: dict[tuple[str, str], tuple[int, CountRecord]] = {}
@@ -264,56 +300,84 @@ class SqlStorage(Storage):
         if not latest:
             return
         # Replayed (historical) messages are older than what is shown: the latest state moves forward only.
-        cur.executemany(self._sql(
-            "INSERT INTO cameras (device_id, camera_id, last_ts, last_seq, last_count, last_unique, session, "
-            "last_count_id, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (device_id, camera_id) DO UPDATE SET last_ts = excluded.last_ts, "
-            "last_seq = excluded.last_seq, last_count = excluded.last_count, "
-            "last_unique = excluded.last_unique, session = excluded.session, "
-            "last_count_id = excluded.last_count_id, model = COALESCE(excluded.model, cameras.model) "
-            "WHERE cameras.last_ts IS NULL OR excluded.last_ts >= cameras.last_ts"),
-            [(device_id, camera_id, c.ts, c.seq, c.count, c.unique_count, c.session, row_id, c.model)
-             for (device_id, camera_id), (row_id, c) in sorted(latest.items())])
+        cur.executemany(
+            self._sql(
+                "INSERT INTO cameras (device_id, camera_id, last_ts, last_seq, last_count, last_unique, session, "
+                "last_count_id, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id, camera_id) DO UPDATE SET last_ts = excluded.last_ts, "
+                "last_seq = excluded.last_seq, last_count = excluded.last_count, "
+                "last_unique = excluded.last_unique, session = excluded.session, "
+                "last_count_id = excluded.last_count_id, model = COALESCE(excluded.model, cameras.model) "
+                "WHERE cameras.last_ts IS NULL OR excluded.last_ts >= cameras.last_ts"
+            ),
+            [
+                (device_id, camera_id, c.ts, c.seq, c.count, c.unique_count, c.session, row_id, c.model)
+                for (device_id, camera_id), (row_id, c) in sorted(latest.items())
+            ],
+        )
 
     def _track(self, cur: Any, t: TrackRecord) -> None:
-        cur.execute(self._sql(
-            "INSERT INTO tracks (device_id, camera_id, session, track_id, event, first_seen, last_seen, frames, "
-            "max_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (device_id, camera_id, session, track_id, event) DO NOTHING"),
-            (t.device_id, t.camera_id, t.session, t.track_id, t.event, t.first_seen, t.last_seen, t.frames,
-             t.max_score))
+        cur.execute(
+            self._sql(
+                "INSERT INTO tracks (device_id, camera_id, session, track_id, event, first_seen, last_seen, frames, "
+                "max_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id, camera_id, session, track_id, event) DO NOTHING"
+            ),
+            (
+                t.device_id,
+                t.camera_id,
+                t.session,
+                t.track_id,
+                t.event,
+                t.first_seen,
+                t.last_seen,
+                t.frames,
+                t.max_score,
+            ),
+        )
 
     def _status(self, cur: Any, s: StatusRecord) -> None:
         # A retained copy re-delivered on every (re)subscribe is not news: keep the time the state began.
         table = "devices" if s.camera_id is None else "cameras"
         keys = ("device_id",) if s.camera_id is None else ("device_id", "camera_id")
         values = (s.device_id,) if s.camera_id is None else (s.device_id, s.camera_id)
-        cur.execute(self._sql(
-            f"INSERT INTO {table} ({', '.join(keys)}, status, status_at) VALUES ({', '.join('?' * len(keys))}, ?, ?) "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET status = excluded.status, status_at = CASE "
-            f"WHEN {table}.status = excluded.status AND {table}.status_at IS NOT NULL THEN {table}.status_at "
-            "ELSE excluded.status_at END"), (*values, s.status, s.at))
+        cur.execute(
+            self._sql(
+                f"INSERT INTO {table} ({', '.join(keys)}, status, status_at) "
+                f"VALUES ({', '.join('?' * len(keys))}, ?, ?) "
+                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET status = excluded.status, status_at = CASE "
+                f"WHEN {table}.status = excluded.status AND {table}.status_at IS NOT NULL THEN {table}.status_at "
+                "ELSE excluded.status_at END"
+            ),
+            (*values, s.status, s.at),
+        )
 
     def _seen(self, cur: Any, records: Sequence[Record]) -> None:
         dev: dict[str, float] = {}
         cam: dict[tuple[str, str], float] = {}
         for r in records:
             # A device's live `offline` is its Last Will, sent by the broker: it says nothing about being seen.
-            if isinstance(r, SeenRecord) or (isinstance(r, StatusRecord) and not r.retained
-                                              and not (r.camera_id is None and r.status == "offline")):
+            if isinstance(r, SeenRecord) or (
+                isinstance(r, StatusRecord) and not r.retained and not (r.camera_id is None and r.status == "offline")
+            ):
                 dev[r.device_id] = max(dev.get(r.device_id, 0.0), r.at)
                 if r.camera_id is not None:
                     cam[(r.device_id, r.camera_id)] = max(cam.get((r.device_id, r.camera_id), 0.0), r.at)
         g = self.greatest
         if dev:
-            cur.executemany(self._sql(f"UPDATE devices SET last_seen = {g}(COALESCE(last_seen, 0), ?) "
-                                      "WHERE device_id = ?"), [(at, d) for d, at in sorted(dev.items())])
+            cur.executemany(
+                self._sql(f"UPDATE devices SET last_seen = {g}(COALESCE(last_seen, 0), ?) WHERE device_id = ?"),
+                [(at, d) for d, at in sorted(dev.items())],
+            )
         if cam:
-            cur.executemany(self._sql(
-                "INSERT INTO cameras (device_id, camera_id, last_seen) VALUES (?, ?, ?) "
-                f"ON CONFLICT (device_id, camera_id) DO UPDATE SET last_seen = "
-                f"{g}(COALESCE(cameras.last_seen, 0), excluded.last_seen)"),
-                [(d, c, at) for (d, c), at in sorted(cam.items())])
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO cameras (device_id, camera_id, last_seen) VALUES (?, ?, ?) "
+                    f"ON CONFLICT (device_id, camera_id) DO UPDATE SET last_seen = "
+                    f"{g}(COALESCE(cameras.last_seen, 0), excluded.last_seen)"
+                ),
+                [(d, c, at) for (d, c), at in sorted(cam.items())],
+            )
 
     # -- read path ------------------------------------------------------------------------------------------------
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -326,8 +390,7 @@ class SqlStorage(Storage):
 
     def devices(self) -> list[dict[str, Any]]:
         devices = self._query("SELECT * FROM devices ORDER BY device_id")
-        cameras = _group(self._query("SELECT * FROM cameras ORDER BY device_id, camera_id"),
-                         lambda c: c["device_id"])
+        cameras = _group(self._query("SELECT * FROM cameras ORDER BY device_id, camera_id"), lambda c: c["device_id"])
         for d in devices:
             for column in _JSON_COLUMNS:
                 d[column] = json.loads(d[column]) if d[column] else None
@@ -335,8 +398,10 @@ class SqlStorage(Storage):
         return devices
 
     def series(self, device_id: str, start: float, end: float, camera_id: str | None = None) -> dict[str, Any]:
-        sql = ("SELECT camera_id, minute, SUM(frames), SUM(count_sum), MAX(count_max), MAX(unique_max) FROM minutes "
-               "WHERE device_id = ? AND minute >= ? AND minute < ?")
+        sql = (
+            "SELECT camera_id, minute, SUM(frames), SUM(count_sum), MAX(count_max), MAX(unique_max) FROM minutes "
+            "WHERE device_id = ? AND minute >= ? AND minute < ?"
+        )
         params: list[Any] = [device_id, _minute(start), math.ceil(end)]
         if camera_id is not None:
             sql += " AND camera_id = ?"
@@ -353,14 +418,17 @@ class SqlStorage(Storage):
             _, minutes, raw_frames, sums, maxes, uniques = zip(*group, strict=True)
             frames = [int(f) for f in raw_frames]  # PostgreSQL's SUM(bigint) is numeric (Decimal)
             cams[cam] = {
-                "minute": [int(m) for m in minutes], "frames": frames,
+                "minute": [int(m) for m in minutes],
+                "frames": frames,
                 "mean": [round(float(c) / (f or 1), 3) for c, f in zip(sums, frames, strict=True)],
-                "max": [int(m) for m in maxes], "unique": [int(u) for u in uniques],
+                "max": [int(m) for m in maxes],
+                "unique": [int(u) for u in uniques],
             }
         return {"device_id": device_id, "start": _minute(start), "end": math.ceil(end), "cameras": cams}
 
-    def count_rows(self, start: float, end: float, device_id: str | None = None,
-                   camera_id: str | None = None) -> Iterator[dict[str, Any]]:
+    def count_rows(
+        self, start: float, end: float, device_id: str | None = None, camera_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         sql = f"SELECT {', '.join(_COUNT_COLUMNS)} FROM counts WHERE ts >= ? AND ts < ?"
         params: list[Any] = [start, end]
         if device_id is not None:
@@ -384,8 +452,14 @@ class SqlStorage(Storage):
         finally:
             cur.close()
 
-    def totals(self, start: float, end: float, device_id: str | None = None, camera_id: str | None = None,
-               session: int | None = None) -> Totals:
+    def totals(
+        self,
+        start: float,
+        end: float,
+        device_id: str | None = None,
+        camera_id: str | None = None,
+        session: int | None = None,
+    ) -> Totals:
         where = ["minute >= ?", "minute < ?"]
         params: list[Any] = [_minute(start), math.ceil(end)]
         for column, value in (("device_id", device_id), ("camera_id", camera_id), ("session", session)):
@@ -396,20 +470,26 @@ class SqlStorage(Storage):
         groups = self._query(
             "SELECT device_id, camera_id, session, SUM(frames) AS frames, SUM(count_sum) AS count_sum, "
             f"MAX(unique_max) AS unique_max, MIN(minute) AS first, MAX(minute) AS last FROM minutes WHERE {cond} "
-            "GROUP BY device_id, camera_id, session", params)
+            "GROUP BY device_id, camera_id, session",
+            params,
+        )
         minutes = self._query(f"SELECT COUNT(DISTINCT minute) AS n FROM minutes WHERE {cond}", params)[0]["n"]
         unique = 0
         for grp in groups:
             # The unique count already reached before the window belongs to earlier surveys.
             before = self._query(
                 "SELECT MAX(unique_max) AS u FROM minutes WHERE device_id = ? AND camera_id = ? AND session = ? "
-                "AND minute < ?", (grp["device_id"], grp["camera_id"], grp["session"], _minute(start)))[0]["u"]
+                "AND minute < ?",
+                (grp["device_id"], grp["camera_id"], grp["session"], _minute(start)),
+            )[0]["u"]
             unique += max(0, int(grp["unique_max"]) - int(before or 0))
         frames = sum(int(g["frames"]) for g in groups)
         count_sum = sum(float(g["count_sum"]) for g in groups)
         minutes = int(minutes or 0)
         return Totals(
-            unique=unique, frames=frames, minutes=minutes,
+            unique=unique,
+            frames=frames,
+            minutes=minutes,
             starfish_per_minute=round(unique / minutes, 3) if minutes else 0.0,
             mean_in_view=round(count_sum / frames, 3) if frames else 0.0,
             first=float(min(g["first"] for g in groups)) if groups else None,
@@ -423,26 +503,39 @@ class SqlStorage(Storage):
         if device_id is not None:
             sql += " WHERE device_id = ?"
             params.append(device_id)
-        rows = self._query(sql + " GROUP BY device_id, session ORDER BY MAX(minute) DESC, device_id LIMIT ?",
-                           [*params, limit])
+        rows = self._query(
+            sql + " GROUP BY device_id, session ORDER BY MAX(minute) DESC, device_id LIMIT ?", [*params, limit]
+        )
         out = []
         for r in rows:
             totals = self.totals(0, int(r["last"]) + 60, r["device_id"], session=int(r["session"]))
-            out.append({"device_id": r["device_id"], "session": int(r["session"]), "start": float(r["first"]),
-                        "end": float(r["last"]) + 60, "totals": totals.as_dict()})
+            out.append(
+                {
+                    "device_id": r["device_id"],
+                    "session": int(r["session"]),
+                    "start": float(r["first"]),
+                    "end": float(r["last"]) + 60,
+                    "totals": totals.as_dict(),
+                }
+            )
         return out
 
-    def create_survey(self, name: str, start: float, end: float, device_id: str | None = None,
-                      camera_id: str | None = None) -> Survey:
+    def create_survey(
+        self, name: str, start: float, end: float, device_id: str | None = None, camera_id: str | None = None
+    ) -> Survey:
         if not name.strip() or len(name) > 200:
             raise ValueError("survey name must be 1-200 characters")
         if end <= start:
             raise ValueError("survey end must be after its start")
         now = time.time()
         with self._transaction() as cur:
-            cur.execute(self._sql(
-                "INSERT INTO surveys (name, start_ts, end_ts, device_id, camera_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"), (name, start, end, device_id, camera_id, now))
+            cur.execute(
+                self._sql(
+                    "INSERT INTO surveys (name, start_ts, end_ts, device_id, camera_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+                ),
+                (name, start, end, device_id, camera_id, now),
+            )
             survey_id = int(cur.fetchone()[0])
         return Survey(survey_id, name, start, end, device_id, camera_id, now)
 
@@ -455,9 +548,11 @@ class SqlStorage(Storage):
 
     def live_since(self, cursor: int) -> tuple[int, list[dict[str, Any]]]:
         top = self._query("SELECT MAX(id) AS id FROM counts")[0]["id"]
-        cams = self._query("SELECT device_id, camera_id, last_ts, last_seq, last_count, last_unique, session, "
-                           "last_count_id FROM cameras WHERE last_count_id > ? ORDER BY device_id, camera_id",
-                           (cursor,))
+        cams = self._query(
+            "SELECT device_id, camera_id, last_ts, last_seq, last_count, last_unique, session, "
+            "last_count_id FROM cameras WHERE last_count_id > ? ORDER BY device_id, camera_id",
+            (cursor,),
+        )
         # A batch committed between the two reads shows in `cams` but not in `top`: move past what was returned.
         newest = max([int(top or 0), *(int(c["last_count_id"]) for c in cams)])
         return newest, cams
@@ -466,13 +561,29 @@ class SqlStorage(Storage):
         return self._query("SELECT reason, n, last_topic, last_at FROM rejects ORDER BY reason")
 
     def seqs(self, device_id: str) -> list[int]:
-        return [int(r["seq"]) for r in self._query("SELECT seq FROM counts WHERE device_id = ? ORDER BY seq",
-                                                   (device_id,))]
+        return [
+            int(r["seq"]) for r in self._query("SELECT seq FROM counts WHERE device_id = ? ORDER BY seq", (device_id,))
+        ]
 
 
 def _count_row(c: CountRecord, as_bool: Any) -> tuple[Any, ...]:
-    return (c.device_id, c.camera_id, c.outbox_id, c.seq, c.session, c.ts, c.frame, c.count, c.unique_count, c.frames,
-            c.count_sum, c.count_max, as_bool(c.historical), c.model, c.received_at)
+    return (
+        c.device_id,
+        c.camera_id,
+        c.outbox_id,
+        c.seq,
+        c.session,
+        c.ts,
+        c.frame,
+        c.count,
+        c.unique_count,
+        c.frames,
+        c.count_sum,
+        c.count_max,
+        as_bool(c.historical),
+        c.model,
+        c.received_at,
+    )
 
 
 def _minute(ts: float) -> int:
@@ -480,8 +591,15 @@ def _minute(ts: float) -> int:
 
 
 def _survey(r: dict[str, Any]) -> Survey:
-    return Survey(int(r["id"]), r["name"], float(r["start_ts"]), float(r["end_ts"]), r["device_id"], r["camera_id"],
-                  float(r["created_at"]))
+    return Survey(
+        int(r["id"]),
+        r["name"],
+        float(r["start_ts"]),
+        float(r["end_ts"]),
+        r["device_id"],
+        r["camera_id"],
+        float(r["created_at"]),
+    )
 
 
 def _group(items: Sequence[Any], key: Any) -> dict[Any, list[Any]]:

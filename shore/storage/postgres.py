@@ -88,8 +88,9 @@ class PostgresStorage(SqlStorage):
         self._readers = ThreadLocalConnections(lambda: self._connect(autocommit=True))
 
     def _connect(self, autocommit: bool) -> Any:
-        conn = self._psycopg.connect(self.url, autocommit=autocommit, connect_timeout=10,
-                                     application_name="starfish-shore")
+        conn = self._psycopg.connect(
+            self.url, autocommit=autocommit, connect_timeout=10, application_name="starfish-shore"
+        )
         if self.schema is not None:
             with conn.cursor() as cur:
                 cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')

@@ -27,8 +27,10 @@ from shore.web.routers import counts, devices, events, pages, surveys
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # No inline script or style, no third-party origin: device-supplied text can never become code on the page.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class CachedStatic(StaticFiles):
@@ -82,7 +84,8 @@ def create_app(settings: WebConfig, storage: Storage, ingest_stats: IngestStats 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url="/openapi.json", title="Starfish shore station API",
+            openapi_url="/openapi.json",
+            title="Starfish shore station API",
             swagger_js_url=f"/static/vendor/swagger-ui/swagger-ui-bundle.js?v={version}",
             swagger_css_url=f"/static/vendor/swagger-ui/swagger-ui.css?v={version}",
             swagger_favicon_url="data:,",

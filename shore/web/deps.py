@@ -32,8 +32,9 @@ def token_ok(request: Request) -> bool:
 
 def require_token(request: Request) -> None:
     if not token_ok(request):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid token is required",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "a valid token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 class TimeRange:

@@ -41,7 +41,12 @@ class Clip:
 
 
 def make_clip(
-    path: Path, frames: int = 60, width: int = 320, height: int = 192, fps: float = 10.0, objects: int = 4,
+    path: Path,
+    frames: int = 60,
+    width: int = 320,
+    height: int = 192,
+    fps: float = 10.0,
+    objects: int = 4,
     seed: int = 0,
 ) -> Clip:
     """A real mp4 with ``objects`` discs entering/leaving at different times; ground truth returned alongside."""
@@ -98,13 +103,32 @@ def agent_config(
     """A complete, valid agent configuration as a dict (write it with `write_config`)."""
     cfg: dict[str, Any] = {
         "device_id": device_id,
-        "cameras": [{"id": "cam0", "source": str(source) if isinstance(source, Path) else source,
-                     "read_mode": "every_frame", "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0,
-                     "open_timeout_s": 2.0, "read_timeout_s": 1.5}],
-        "detector": {"bundle": str(bundle.path), "trusted_keys": [str(bundle.public_key)],
-                     "backends": ["tensorrt", "onnxruntime"], "threads": 1},
-        "mqtt": {"host": "127.0.0.1", "port": port, "keepalive_s": 5, "reconnect_min_delay_s": 0.2,
-                 "reconnect_max_delay_s": 1.0, "stats_interval_s": 1.0, "discovery": {"enabled": True}},
+        "cameras": [
+            {
+                "id": "cam0",
+                "source": str(source) if isinstance(source, Path) else source,
+                "read_mode": "every_frame",
+                "reconnect_initial_s": 0.2,
+                "reconnect_max_s": 1.0,
+                "open_timeout_s": 2.0,
+                "read_timeout_s": 1.5,
+            }
+        ],
+        "detector": {
+            "bundle": str(bundle.path),
+            "trusted_keys": [str(bundle.public_key)],
+            "backends": ["tensorrt", "onnxruntime"],
+            "threads": 1,
+        },
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": port,
+            "keepalive_s": 5,
+            "reconnect_min_delay_s": 0.2,
+            "reconnect_max_delay_s": 1.0,
+            "stats_interval_s": 1.0,
+            "discovery": {"enabled": True},
+        },
         "outbox_path": str(tmp / "outbox.sqlite3"),
         "state_dir": str(tmp / "state"),
         "console_interval_s": 1.0,
@@ -131,7 +155,10 @@ class AgentProcess:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "starfish_cli", "agent", "run", "--config", str(config_path), "--no-console"],
-            cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+            cwd=REPO_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
         )
 
     def log(self) -> str:

@@ -13,8 +13,16 @@ from typing import Any
 
 import pytest
 
-SMALL = {"videos": 3, "frames": 16, "width": 320, "height": 180, "seed": 7, "empty_fraction": 0.5,
-         "sequence_length": 8, "workers": 1}
+SMALL = {
+    "videos": 3,
+    "frames": 16,
+    "width": 320,
+    "height": 180,
+    "seed": 7,
+    "empty_fraction": 0.5,
+    "sequence_length": 8,
+    "workers": 1,
+}
 
 
 @pytest.fixture(scope="session")

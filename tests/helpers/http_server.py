@@ -85,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
             sent = 0
             step = max(1, bps // 20) if bps else 65536
             while sent < limit:
-                piece = body[sent:min(limit, sent + step)]
+                piece = body[sent : min(limit, sent + step)]
                 self.wfile.write(piece)
                 self.wfile.flush()
                 sent += len(piece)

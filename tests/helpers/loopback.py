@@ -76,8 +76,12 @@ def install() -> None:
     """Wrap the socket entry points (idempotent)."""
     if _originals:
         return
-    _originals.update(connect=socket.socket.connect, connect_ex=socket.socket.connect_ex,
-                      sendto=socket.socket.sendto, getaddrinfo=socket.getaddrinfo)
+    _originals.update(
+        connect=socket.socket.connect,
+        connect_ex=socket.socket.connect_ex,
+        sendto=socket.socket.sendto,
+        getaddrinfo=socket.getaddrinfo,
+    )
     socket.socket.connect = _connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _connect_ex  # type: ignore[method-assign]
     socket.socket.sendto = _sendto  # type: ignore[method-assign,assignment]

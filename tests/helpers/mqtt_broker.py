@@ -169,7 +169,9 @@ class Subscriber:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv311,
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv311,
             clean_session=not self.durable,
         )
         self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]

@@ -28,8 +28,9 @@ sys.meta_path.insert(0, _BlockTorch())
 """
 
 
-def run_without_torch(code: str, timeout: float = 120.0, cwd: Path | None = None,
-                      blocked: tuple[str, ...] = TORCH) -> subprocess.CompletedProcess:
+def run_without_torch(
+    code: str, timeout: float = 120.0, cwd: Path | None = None, blocked: tuple[str, ...] = TORCH
+) -> subprocess.CompletedProcess:
     """Run ``code`` with torch (or every top-level package in ``blocked``) unimportable; returns the completed
     process (stdout/stderr captured as text)."""
     script = _BLOCKER.replace("__BLOCKED__", repr(tuple(blocked))) + "\n" + textwrap.dedent(code)

@@ -73,14 +73,32 @@ def storage(storage_url: tuple[str, str | None]) -> Iterator[Any]:
     st.close()
 
 
-def counts_payload(device_id: str, camera_id: str, seq: int, *, ts: datetime | None = None, count: int = 1,
-                   unique: int = 0, session: int = 1, outbox_id: str | None = "ob-test", frame: int | None = None,
-                   historical: bool = False, **extra: Any) -> bytes:
+def counts_payload(
+    device_id: str,
+    camera_id: str,
+    seq: int,
+    *,
+    ts: datetime | None = None,
+    count: int = 1,
+    unique: int = 0,
+    session: int = 1,
+    outbox_id: str | None = "ob-test",
+    frame: int | None = None,
+    historical: bool = False,
+    **extra: Any,
+) -> bytes:
     """A counts payload as the agent sends it (plus `outbox_id`, which the hardened outbox adds)."""
     doc: dict[str, Any] = {
-        "schema_version": 1, "device_id": device_id, "camera_id": camera_id, "session": session, "seq": seq,
+        "schema_version": 1,
+        "device_id": device_id,
+        "camera_id": camera_id,
+        "session": session,
+        "seq": seq,
         "ts": (ts or datetime.now(timezone.utc)).isoformat().replace("+00:00", "Z"),
-        "frame": seq if frame is None else frame, "count": count, "unique_count": unique, "historical": historical,
+        "frame": seq if frame is None else frame,
+        "count": count,
+        "unique_count": unique,
+        "historical": historical,
     }
     if outbox_id is not None:
         doc["outbox_id"] = outbox_id
@@ -97,8 +115,9 @@ def raw_publisher() -> Iterator[Callable[[str, int], Any]]:
     clients: list[Any] = []
 
     def make(host: str, port: int) -> Any:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4().hex[:8]}",
-                             protocol=MQTTProtocolVersion.MQTTv5)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
+        )
         client.connect(host, port, keepalive=10)
         client.loop_start()
         clients.append(client)
@@ -123,8 +142,9 @@ class Proc:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()/kill9()
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=self._out,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -170,17 +190,52 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def synthetic_publisher(port: int, workdir: Path, device_id: str = "boat-1", *, rate: float = 20.0, count: int = 0,
-                        keepalive: int = 5, camera: str = "cam0") -> Proc:
+def synthetic_publisher(
+    port: int,
+    workdir: Path,
+    device_id: str = "boat-1",
+    *,
+    rate: float = 20.0,
+    count: int = 0,
+    keepalive: int = 5,
+    camera: str = "cam0",
+) -> Proc:
     """The edge agent's own publisher + outbox (edge_agent.mqtt.synthetic) in its own process."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return Proc(["-m", "edge_agent.mqtt.synthetic", "--host", "127.0.0.1", "--port", str(port), "--device-id",
-                 device_id, "--camera", camera, "--outbox", str(workdir / f"{device_id}-outbox.db"), "--rate",
-                 str(rate), "--count", str(count), "--keepalive", str(keepalive)], workdir / f"{device_id}.log")
+    return Proc(
+        [
+            "-m",
+            "edge_agent.mqtt.synthetic",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device-id",
+            device_id,
+            "--camera",
+            camera,
+            "--outbox",
+            str(workdir / f"{device_id}-outbox.db"),
+            "--rate",
+            str(rate),
+            "--count",
+            str(count),
+            "--keepalive",
+            str(keepalive),
+        ],
+        workdir / f"{device_id}.log",
+    )
 
 
-def shore_process(port: int, db: Path, workdir: Path, *, web_port: int | None = None,
-                  client_id: str = "shore-test", extra: tuple[str, ...] = ()) -> Proc:
+def shore_process(
+    port: int,
+    db: Path,
+    workdir: Path,
+    *,
+    web_port: int | None = None,
+    client_id: str = "shore-test",
+    extra: tuple[str, ...] = (),
+) -> Proc:
     """`python -m shore run` against the broker on `port` (ingest only unless `web_port`)."""
     args = ["-m", "shore", "run", "--db", str(db), "--mqtt-port", str(port), "--client-id", client_id, *extra]
     args += ["--port", str(web_port)] if web_port else ["--no-web"]
@@ -201,8 +256,9 @@ def live_server() -> Iterator[Callable[[Any], str]]:
 
     def serve(app: Any) -> str:
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                               timeout_graceful_shutdown=2))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 15
@@ -234,29 +290,52 @@ def shore_tls(tmp_path: Path) -> dict[str, Path]:
 
     def cert(name: str, issuer: Any, issuer_key: Any, key: Any, *, ca: bool = False, server: bool = False) -> Any:
         builder = (
-            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         )
         if ca:
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
-                decipher_only=False), critical=True)
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
         else:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         return builder.sign(issuer_key, hashes.SHA256())
 
     def write(name: str, certificate: Any, key: Any) -> tuple[Path, Path]:
         crt, pem = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
         crt.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+        pem.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return crt, pem
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -266,6 +345,5 @@ def shore_tls(tmp_path: Path) -> dict[str, Path]:
     files["ca"], _ = write("ca", ca, ca_key)
     for name, server in (("server", True), ("client", False)):
         key = ec.generate_private_key(ec.SECP256R1())
-        files[f"{name}_cert"], files[f"{name}_key"] = write(name, cert(name, ca_name, ca_key, key, server=server),
-                                                            key)
+        files[f"{name}_cert"], files[f"{name}_key"] = write(name, cert(name, ca_name, ca_key, key, server=server), key)
     return files

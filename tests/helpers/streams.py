@@ -49,8 +49,11 @@ class MjpegServer:
             conn.recv(4096)  # the request; its content does not matter
             conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
             for _ in range(self._frames):
-                conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(self._jpeg)
-                             + self._jpeg + b"\r\n")
+                conn.sendall(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(self._jpeg)
+                    + self._jpeg
+                    + b"\r\n"
+                )
                 time.sleep(self._period)
         except OSError:
             pass

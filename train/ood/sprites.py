@@ -52,8 +52,9 @@ def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int) -> tuple[np.
     return pts, tan
 
 
-def _arm(centre: np.ndarray, angle: float, inner: float, length: float, base_w: float, tip_w: float,
-         bend: float, n: int = 14) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _arm(
+    centre: np.ndarray, angle: float, inner: float, length: float, base_w: float, tip_w: float, bend: float, n: int = 14
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Polygon (m, 2) of one tapering arm plus its centreline points and unit normals (for spines)."""
     direction = np.array([np.cos(angle), np.sin(angle)])
     normal = np.array([-direction[1], direction[0]])
@@ -87,8 +88,17 @@ def crown_of_thorns(rng: np.random.Generator, radius: float) -> Sprite:
     mask = np.zeros((size, size), np.uint8)
     arms = int(rng.integers(8, 22))
     body = draw_r * rng.uniform(0.32, 0.5)
-    cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (int(body), int(body * rng.uniform(0.85, 1.0))),
-                float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA)
+    cv2.ellipse(
+        mask,
+        (int(centre[0]), int(centre[1])),
+        (int(body), int(body * rng.uniform(0.85, 1.0))),
+        float(rng.uniform(0, 180)),
+        0,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+    )
     base_w = 2 * np.pi * body / arms * rng.uniform(0.75, 1.05)
     offset = rng.uniform(0, 2 * np.pi)
     spine_roots: list[np.ndarray] = []
@@ -96,8 +106,9 @@ def crown_of_thorns(rng: np.random.Generator, radius: float) -> Sprite:
     for i in range(arms):
         angle = offset + 2 * np.pi * i / arms + rng.normal(0, 0.35 / arms * np.pi)
         length = (draw_r - body) * rng.uniform(0.75, 1.05) if rng.random() > 0.08 else (draw_r - body) * 0.4
-        poly, pts, half = _arm(centre, angle, body, length, base_w, base_w * rng.uniform(0.12, 0.3),
-                               rng.normal(0, 0.12))
+        poly, pts, half = _arm(
+            centre, angle, body, length, base_w, base_w * rng.uniform(0.12, 0.3), rng.normal(0, 0.12)
+        )
         cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
         spine_roots += [pts + half, pts - half]
         spine_dirs += [half, -half]
@@ -114,8 +125,14 @@ def crown_of_thorns(rng: np.random.Generator, radius: float) -> Sprite:
     albedo = base * (1 - mottle[..., None]) + alt * mottle[..., None]
     # Arms often darker or lighter towards the tips.
     albedo *= (1.0 + rng.uniform(-0.3, 0.2) * np.clip(rr / draw_r, 0, 1))[..., None]
-    lit = shade(cv2.GaussianBlur(height, (0, 0), 1.2), np.clip(albedo, 0, 1), _light(rng), relief=draw_r * 0.08,
-                ambient=0.4, specular=0.08)
+    lit = shade(
+        cv2.GaussianBlur(height, (0, 0), 1.2),
+        np.clip(albedo, 0, 1),
+        _light(rng),
+        relief=draw_r * 0.08,
+        ambient=0.4,
+        specular=0.08,
+    )
     # Spine stippling: short bright/dark dots over the body, densest where the relief is high.
     spine_tip = hsv_colour(rng, (0, 60), (0.2, 0.6), (0.65, 0.95))
     ys, xs = np.nonzero(solid)
@@ -151,8 +168,9 @@ def _resize(sprite: Sprite, factor: float) -> Sprite:
     return Sprite(colour, alpha, size[0] / 2.0, size[1] / 2.0)
 
 
-def _radial_blob(rng: np.random.Generator, radius: float, size: int, harmonics: int = 4,
-                 wobble: float = 0.18) -> np.ndarray:
+def _radial_blob(
+    rng: np.random.Generator, radius: float, size: int, harmonics: int = 4, wobble: float = 0.18
+) -> np.ndarray:
     """Mask of a smooth star-convex blob: r(theta) = radius * (1 + sum a_k cos(k theta + phi_k))."""
     theta = np.linspace(0, 2 * np.pi, 96, endpoint=False)
     r = np.ones_like(theta)
@@ -221,8 +239,15 @@ def other_starfish(rng: np.random.Generator, radius: float) -> Sprite:
     base_w = radius * (rng.uniform(0.22, 0.3) if blue else rng.uniform(0.4, 0.55))
     offset = rng.uniform(0, 2 * np.pi)
     for i in range(5):
-        poly, _, _ = _arm(centre, offset + 2 * np.pi * i / 5, body, radius - body, base_w,
-                          base_w * rng.uniform(0.5, 0.8), rng.normal(0, 0.15))
+        poly, _, _ = _arm(
+            centre,
+            offset + 2 * np.pi * i / 5,
+            body,
+            radius - body,
+            base_w,
+            base_w * rng.uniform(0.5, 0.8),
+            rng.normal(0, 0.15),
+        )
         cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
     cv2.circle(mask, (int(centre[0]), int(centre[1])), int(body * 1.2 + base_w / 2), 255, -1, cv2.LINE_AA)
     solid = mask >= 128
@@ -236,8 +261,7 @@ def other_starfish(rng: np.random.Generator, radius: float) -> Sprite:
     if not blue:
         ys, xs = np.nonzero(solid)
         for j in rng.integers(0, len(ys), max(1, len(ys) // 250)):
-            cv2.circle(lit, (int(xs[j]), int(ys[j])), max(1, int(radius / 25)), (0.25, 0.12, 0.06), -1,
-                       cv2.LINE_AA)
+            cv2.circle(lit, (int(xs[j]), int(ys[j])), max(1, int(radius / 25)), (0.25, 0.12, 0.06), -1, cv2.LINE_AA)
     return _finish(solid, lit)
 
 

@@ -44,8 +44,9 @@ def perlin(rng: np.random.Generator, height: int, width: int, cell: float) -> np
     return np.ascontiguousarray(field[:height, :width], dtype=np.float32)
 
 
-def turbulence(rng: np.random.Generator, height: int, width: int, cell: float, octaves: int = 4,
-               gain: float = 0.5) -> np.ndarray:
+def turbulence(
+    rng: np.random.Generator, height: int, width: int, cell: float, octaves: int = 4, gain: float = 0.5
+) -> np.ndarray:
     """Fractal sum of gradient-noise octaves, normalised to about [-1, 1]."""
     total = np.zeros((height, width), np.float32)
     amp, norm = 1.0, 0.0
@@ -67,8 +68,16 @@ def worley(rng: np.random.Generator, height: int, width: int, spacing: float) ->
     return dist, labels
 
 
-def shade(height_field: np.ndarray, albedo: np.ndarray, light: np.ndarray, *, relief: float = 1.0,
-          ambient: float = 0.35, specular: float = 0.15, shininess: float = 18.0) -> np.ndarray:
+def shade(
+    height_field: np.ndarray,
+    albedo: np.ndarray,
+    light: np.ndarray,
+    *,
+    relief: float = 1.0,
+    ambient: float = 0.35,
+    specular: float = 0.15,
+    shininess: float = 18.0,
+) -> np.ndarray:
     """Light an albedo (H, W, 3, float 0..1) over a height field: ambient + Lambert + Blinn-Phong highlight."""
     gy, gx = np.gradient(height_field.astype(np.float32) * relief)
     norm = np.sqrt(gx * gx + gy * gy + 1.0)
@@ -82,8 +91,9 @@ def shade(height_field: np.ndarray, albedo: np.ndarray, light: np.ndarray, *, re
     return np.clip(lit, 0.0, 1.0).astype(np.float32)
 
 
-def hsv_colour(rng: np.random.Generator, hue: tuple[float, float], sat: tuple[float, float],
-               val: tuple[float, float]) -> np.ndarray:
+def hsv_colour(
+    rng: np.random.Generator, hue: tuple[float, float], sat: tuple[float, float], val: tuple[float, float]
+) -> np.ndarray:
     """One RGB colour (float 0..1) drawn from HSV ranges (hue in degrees, may wrap past 360)."""
     h = (rng.uniform(*hue) % 360.0) / 60.0
     s, v = rng.uniform(*sat), rng.uniform(*val)

@@ -93,8 +93,14 @@ def is_validation_only(root: Path | str) -> bool:
         return False
 
 
-def generate_ood(out_dir: Path | str, config: OodConfig | None = None, *, overwrite: bool = False,
-                 progress: bool = False, **settings: Any) -> OodSummary:
+def generate_ood(
+    out_dir: Path | str,
+    config: OodConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    **settings: Any,
+) -> OodSummary:
     """Render an out-of-distribution validation set under `out_dir` (for validation only: never train on it).
 
     Pass an :class:`OodConfig` or its fields as keywords. Raises FileExistsError if `out_dir` already holds a
@@ -121,8 +127,15 @@ def generate_ood(out_dir: Path | str, config: OodConfig | None = None, *, overwr
         writer.writerows(rows)
     (out / "synth.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
     summary.seconds = time.perf_counter() - started
-    logger.info("wrote %d out-of-distribution frames (%d boxes, %d empty) to %s in %.1f s (%.2f frames/s)",
-                summary.frames, summary.boxes, summary.empty_frames, out, summary.seconds, summary.frames_per_second)
+    logger.info(
+        "wrote %d out-of-distribution frames (%d boxes, %d empty) to %s in %.1f s (%.2f frames/s)",
+        summary.frames,
+        summary.boxes,
+        summary.empty_frames,
+        out,
+        summary.seconds,
+        summary.frames_per_second,
+    )
     return summary
 
 
@@ -137,8 +150,12 @@ def _progress(total: int, enabled: bool) -> Any:
 def _write_video(out: Path, plan: VideoPlan, config: OodConfig, rows: list[dict[str, Any]], bar: Any) -> VideoSummary:
     image_dir = out / "train_images" / f"video_{plan.video_id}"
     image_dir.mkdir(parents=True, exist_ok=True)
-    summary = VideoSummary(plan.video_id, plan.frames, [s.sequence_id for s in plan.sequences],
-                           placed_starfish=sum(len(s.starfish) for s in plan.sequences))
+    summary = VideoSummary(
+        plan.video_id,
+        plan.frames,
+        [s.sequence_id for s in plan.sequences],
+        placed_starfish=sum(len(s.starfish) for s in plan.sequences),
+    )
     video = None
     if config.write_video:
         (out / "videos").mkdir(exist_ok=True)
@@ -156,9 +173,16 @@ def _write_video(out: Path, plan: VideoPlan, config: OodConfig, rows: list[dict[
                 target = image_dir / f"{frame}.jpg"
                 if not cv2.imwrite(str(target), rendered.image, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]):
                     raise OSError(f"could not write {target}")
-                rows.append({"video_id": plan.video_id, "sequence": seq.sequence_id, "video_frame": frame,
-                             "sequence_frame": frame - seq.start, "image_id": f"{plan.video_id}-{frame}",
-                             "annotations": str(annotations)})
+                rows.append(
+                    {
+                        "video_id": plan.video_id,
+                        "sequence": seq.sequence_id,
+                        "video_frame": frame,
+                        "sequence_frame": frame - seq.start,
+                        "image_id": f"{plan.video_id}-{frame}",
+                        "annotations": str(annotations),
+                    }
+                )
                 summary.boxes += len(annotations)
                 summary.empty_frames += not annotations
                 summary.max_boxes_per_frame = max(summary.max_boxes_per_frame, len(annotations))

@@ -37,9 +37,7 @@ class SynthConfig(BaseModel):
     )
     min_size: int = Field(20, ge=4, description="Smallest starfish diameter in pixels (far from the camera).")
     max_size: int = Field(150, ge=4, description="Largest starfish diameter in pixels (close to the camera).")
-    occlusion_probability: float = Field(
-        0.3, ge=0.0, le=1.0, description="Chance that coral partly covers a starfish."
-    )
+    occlusion_probability: float = Field(0.3, ge=0.0, le=1.0, description="Chance that coral partly covers a starfish.")
     min_visible_fraction: float = Field(
         0.4,
         ge=0.0,
@@ -58,7 +56,9 @@ class SynthConfig(BaseModel):
         "starfish drawn in many styles, outbreak crowds, wide ranges of floor, water, light, blur and noise).",
     )
     outbreak_fraction: float = Field(
-        0.3, ge=0.0, le=1.0,
+        0.3,
+        ge=0.0,
+        le=1.0,
         description="randomized style only: share of sequences that are COTS outbreaks (20-50 starfish in a frame).",
     )
     workers: int = Field(0, ge=0, le=64, description="Render processes; 0 = one per CPU core, 1 = in-process.")

@@ -44,8 +44,16 @@ def _ground_point(layout: VideoLayout, frame: int, rng: np.random.Generator, rea
     return vec[:2] / vec[2]
 
 
-def _fill_sequence(layout: VideoLayout, rng: np.random.Generator, seq: SequencePlan, target: int,
-                   make, counts: np.ndarray, cap: int, inverse: np.ndarray) -> list:
+def _fill_sequence(
+    layout: VideoLayout,
+    rng: np.random.Generator,
+    seq: SequencePlan,
+    target: int,
+    make,
+    counts: np.ndarray,
+    cap: int,
+    inverse: np.ndarray,
+) -> list:
     """Drop items made by `make(frame, ground, added)` (None = spot refused) until every frame holds `target`."""
     window = slice(seq.start, seq.start + seq.length)
     added: list = []
@@ -84,17 +92,25 @@ def place_outbreaks(layout: VideoLayout, rng: np.random.Generator, first_track_i
         same = [t for t in layout.tracks if t.sequence_id == seq.sequence_id]
         target = int(rng.integers(OUTBREAK_PER_FRAME[0], OUTBREAK_PER_FRAME[1] + 1))
 
-        def make(t0: int, ground: np.ndarray, added: list[TrackPlan], same: list[TrackPlan] = same,
-                 seq: SequencePlan = seq) -> TrackPlan | None:
+        def make(
+            t0: int, ground: np.ndarray, added: list[TrackPlan], same: list[TrackPlan] = same, seq: SequencePlan = seq
+        ) -> TrackPlan | None:
             # Outbreak starfish are mostly smaller (a frame must hold dozens) and may overlap by up to half.
             diameter = starfish_diameter(rng, lo, max(lo, 0.6 * hi), True)
             occluded = bool(rng.random() < config.occlusion_probability)
-            if any(np.hypot(t.ground[0] - ground[0], t.ground[1] - ground[1]) < 0.25 * (t.diameter + diameter)
-                   for t in (*same, *added)):
+            if any(
+                np.hypot(t.ground[0] - ground[0], t.ground[1] - ground[1]) < 0.25 * (t.diameter + diameter)
+                for t in (*same, *added)
+            ):
                 return None
             # Provisional id; the kept ones are numbered in order below.
-            return TrackPlan(track_id=-1, sequence_id=seq.sequence_id, ground=(float(ground[0]), float(ground[1])),
-                             diameter=diameter, occluded=occluded)
+            return TrackPlan(
+                track_id=-1,
+                sequence_id=seq.sequence_id,
+                ground=(float(ground[0]), float(ground[1])),
+                diameter=diameter,
+                occluded=occluded,
+            )
 
         for track in _fill_sequence(layout, rng, seq, target, make, counts, MAX_PER_OUTBREAK_FRAME, inverse):
             layout.tracks.append(replace(track, track_id=first_track_id + len(layout.tracks)))
@@ -112,7 +128,12 @@ def place_distractors(layout: VideoLayout, rng: np.random.Generator) -> None:
             kind = pick_kind(rng)
             # Fish swim over everything; a share of the rest lies over starfish (partial occlusion, not by coral).
             on_top = kind == "fish" or bool(rng.random() < TOP_SHARE)
-            return DistractorPlan(sequence_id=seq.sequence_id, ground=(float(ground[0]), float(ground[1])),
-                                  diameter=starfish_diameter(rng, lo, hi, True), kind=kind, on_top=on_top)
+            return DistractorPlan(
+                sequence_id=seq.sequence_id,
+                ground=(float(ground[0]), float(ground[1])),
+                diameter=starfish_diameter(rng, lo, hi, True),
+                kind=kind,
+                on_top=on_top,
+            )
 
         layout.distractors.extend(_fill_sequence(layout, rng, seq, target, make, counts, 4 * target, inverse))

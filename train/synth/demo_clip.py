@@ -27,8 +27,9 @@ def demo_clip(workdir: Path, frames: int) -> tuple[Path, int | None]:
         started = time.monotonic()
         # The camera's 1280x720 with the generator's usual starfish sizes: the detector's own domain. The seed is
         # fixed so counts are comparable between runs and bundles.
-        generate_dataset(out, videos=1, frames=frames, width=1280, height=720, seed=7, empty_fraction=0.3,
-                         overwrite=True, workers=1)
+        generate_dataset(
+            out, videos=1, frames=frames, width=1280, height=720, seed=7, empty_fraction=0.3, overwrite=True, workers=1
+        )
         logger.info("clip ready in %.0f s", time.monotonic() - started)
     truth = json.loads(meta.read_text()).get("videos", [{}])[0].get("distinct_starfish")
     return video, truth

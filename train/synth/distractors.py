@@ -114,20 +114,38 @@ def make_distractor_sprite(rng: np.random.Generator, kind: str, diameter: float)
                 a = ang + bend * t
                 pts.append((c + t * radius * 0.95 * np.cos(a), c + t * radius * 0.95 * np.sin(a)))
             for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:], strict=True):
-                cv2.line(mask, (int(x0 * 16), int(y0 * 16)), (int(x1 * 16), int(y1 * 16)), 1.0,
-                         max(1, int(2 * width)), cv2.LINE_AA, shift=4)
+                cv2.line(
+                    mask,
+                    (int(x0 * 16), int(y0 * 16)),
+                    (int(x1 * 16), int(y1 * 16)),
+                    1.0,
+                    max(1, int(2 * width)),
+                    cv2.LINE_AA,
+                    shift=4,
+                )
         cv2.circle(mask, (int(c * 16), int(c * 16)), int(width * 1.3 * 16), 1.0, -1, cv2.LINE_AA, shift=4)
         # Linckia are famously blue; orange, red and cream species too.
-        colour = _bgr01(np.array([(40, 90, 200), (70, 120, 210), (230, 120, 40), (200, 60, 50), (225, 200, 160)]
-                                 [int(rng.integers(5))], np.float32) * rng.uniform(0.8, 1.1, 3))
+        colour = _bgr01(
+            np.array(
+                [(40, 90, 200), (70, 120, 210), (230, 120, 40), (200, 60, 50), (225, 200, 160)][int(rng.integers(5))],
+                np.float32,
+            )
+            * rng.uniform(0.8, 1.1, 3)
+        )
     elif kind == "urchin":
         body_r = radius * rng.uniform(0.3, 0.45)
         cv2.circle(mask, (int(c * 16), int(c * 16)), int(body_r * 16), 1.0, -1, cv2.LINE_AA, shift=4)
         for _ in range(int(rng.integers(40, 120))):
             ang = rng.uniform(0, 2 * np.pi)
             length = radius * rng.uniform(0.7, 1.0)
-            cv2.line(mask, (int(c), int(c)), (int(c + length * np.cos(ang)), int(c + length * np.sin(ang))), 1.0,
-                     1, cv2.LINE_AA)
+            cv2.line(
+                mask,
+                (int(c), int(c)),
+                (int(c + length * np.cos(ang)), int(c + length * np.sin(ang))),
+                1.0,
+                1,
+                cv2.LINE_AA,
+            )
         colour = np.full(3, rng.uniform(0.05, 0.2), np.float32) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
     elif kind == "rock":
         n = int(rng.integers(5, 10))
@@ -143,8 +161,14 @@ def make_distractor_sprite(rng: np.random.Generator, kind: str, diameter: float)
             length = radius * rng.uniform(0.5, 1.0)
             dx, dy = length * np.cos(ang), length * np.sin(ang)
             ox, oy = rng.normal(0, radius * 0.2, 2)
-            cv2.line(mask, (int(c - dx + ox), int(c - dy + oy)), (int(c + dx + ox), int(c + dy + oy)), 1.0,
-                     max(1, int(radius * rng.uniform(0.06, 0.25))), cv2.LINE_AA)
+            cv2.line(
+                mask,
+                (int(c - dx + ox), int(c - dy + oy)),
+                (int(c + dx + ox), int(c + dy + oy)),
+                1.0,
+                max(1, int(radius * rng.uniform(0.06, 0.25))),
+                cv2.LINE_AA,
+            )
     elif kind == "fish":
         angle = rng.uniform(0, 360)
         body = ((c, c), (2 * radius * 0.75, 2 * radius * rng.uniform(0.25, 0.45)), angle)
@@ -157,8 +181,13 @@ def make_distractor_sprite(rng: np.random.Generator, kind: str, diameter: float)
         if rng.random() < 0.5:  # stripes
             for s in np.linspace(-0.4, 0.3, int(rng.integers(2, 5))):
                 p = np.array([c + s * radius * np.cos(a), c + s * radius * np.sin(a)])
-                cv2.line(details, tuple(int(v) for v in p - spread), tuple(int(v) for v in p + spread), 1.0,
-                         max(1, int(radius * 0.08)))
+                cv2.line(
+                    details,
+                    tuple(int(v) for v in p - spread),
+                    tuple(int(v) for v in p + spread),
+                    1.0,
+                    max(1, int(radius * 0.08)),
+                )
         colour = _random_colour(rng, muted_bias=0.3)
     else:
         raise ValueError(f"unknown distractor kind {kind!r} (known: {', '.join(KINDS)})")

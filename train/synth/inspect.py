@@ -56,9 +56,7 @@ def pick_frames(records: list[FrameRecord], count: int) -> list[FrameRecord]:
     return sorted(chosen, key=lambda r: (r.video_id, r.video_frame))
 
 
-def contact_sheet(
-    records: list[FrameRecord], *, columns: int = 4, thumb_width: int = 480
-) -> np.ndarray:
+def contact_sheet(records: list[FrameRecord], *, columns: int = 4, thumb_width: int = 480) -> np.ndarray:
     """Grid of thumbnails with ground-truth boxes (coloured by track id, labelled) and the image id."""
     if not records:
         raise ValueError("no frames to draw")
@@ -73,10 +71,19 @@ def contact_sheet(
             colour = _track_colour(int(track)) if track is not None else (0, 255, 255)
             cv2.rectangle(thumb, (x0, y0), (x1, y1), colour, 2 if thumb_width >= 400 else 1, cv2.LINE_AA)
             if track is not None:
-                cv2.putText(thumb, str(int(track)), (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1,
-                            cv2.LINE_AA)
-        cv2.putText(thumb, f"{record.image_id}  n={len(record.boxes)}", (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+                cv2.putText(
+                    thumb, str(int(track)), (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA
+                )
+        cv2.putText(
+            thumb,
+            f"{record.image_id}  n={len(record.boxes)}",
+            (6, 16),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
         thumbs.append(thumb)
     height = max(t.shape[0] for t in thumbs)
     rows = []
@@ -87,8 +94,9 @@ def contact_sheet(
     return np.vstack(rows)
 
 
-def write_preview(root: Path | str, out: Path | str, *, frames: int = 12, columns: int = 4,
-                  thumb_width: int = 480) -> Path:
+def write_preview(
+    root: Path | str, out: Path | str, *, frames: int = 12, columns: int = 4, thumb_width: int = 480
+) -> Path:
     """Write a contact sheet (PNG or JPEG by extension) of `frames` annotated frames of the dataset."""
     dataset = open_dataset(root)
     sheet = contact_sheet(pick_frames(dataset.records, frames), columns=columns, thumb_width=thumb_width)

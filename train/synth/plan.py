@@ -146,8 +146,9 @@ def plan_video(config: SynthConfig, video_id: int, sequence_ids: list[int], firs
     for seq_id, length in zip(sequence_ids, lengths, strict=True):
         sequences.append(SequencePlan(sequence_id=seq_id, start=start, length=length))
         origin = rng.uniform(0, 1e5, 2)  # a different stretch of reef for every pass
-        path = camera_path(rng, length, config.width, config.height, config.fps, far_ratio,
-                           config.crossing_seconds, origin)
+        path = camera_path(
+            rng, length, config.width, config.height, config.fps, far_ratio, config.crossing_seconds, origin
+        )
         homographies.append(path.homographies)
         flows.append(path.flow)
         start += length
@@ -257,7 +258,7 @@ def _place_tracks(layout: VideoLayout, rng: np.random.Generator, first_track_id:
             continue
         if union.sum() > target + tolerance and (len(tracks) > len(added) or attempts < 10 + 10 * frames):
             # Would overshoot the requested share of frames with starfish (late on, accept one anyway).
-            del tracks[-len(added):]
+            del tracks[-len(added) :]
             next_id -= len(added)
             continue
         occupied = union
@@ -291,8 +292,10 @@ def starfish_diameter(rng: np.random.Generator, lo: float, hi: float, randomized
 
 def plan_dataset(config: SynthConfig) -> list[VideoLayout]:
     """Plan every video; sequence ids (5-digit, like Kaggle's) and track ids are unique across the dataset."""
-    counts = [len(_sequence_lengths(stream(config, v, STREAM_LAYOUT), config.frames, config.sequence_length))
-              for v in range(config.videos)]
+    counts = [
+        len(_sequence_lengths(stream(config, v, STREAM_LAYOUT), config.frames, config.sequence_length))
+        for v in range(config.videos)
+    ]
     ids_rng = stream(config, -1 % 2**32, STREAM_LAYOUT)
     total = sum(counts)
     pool = 90_000 if total <= 90_000 else total * 10

@@ -127,9 +127,9 @@ def make_reef_texture(rng: np.random.Generator, size: int, look: ReefLook | None
 
     # Albedo: rock/rubble everywhere, sand in the low channels between coral.
     rock_mix = fbm(rng, size, (128, 32, 8))
-    albedo = np.where(
-        (rock_mix > 0.1)[..., None], _bgr(ROCK[0])[None, None, :], _bgr(ROCK[1])[None, None, :]
-    ).astype(np.float32)
+    albedo = np.where((rock_mix > 0.1)[..., None], _bgr(ROCK[0])[None, None, :], _bgr(ROCK[1])[None, None, :]).astype(
+        np.float32
+    )
     quantile = rng.uniform(0.55, 0.8)
     sand_level = np.quantile(sand_noise, quantile if look is None else look.sand_quantile)
     density = 1.0 if look is None else look.coral_density
@@ -163,31 +163,78 @@ def make_reef_texture(rng: np.random.Generator, size: int, look: ReefLook | None
     # Rubble first (smallest, lowest), then soft corals, boulders, plates and branching clusters on top.
     for _ in range(int(2200 * area_scale)):
         y, x = rng.uniform(0, size, 2)
-        _stamp(height, albedo, y, x, rng.uniform(2, 6) * s, rng.uniform(0.02, 0.05),
-               _jitter(rng, ROCK[rng.integers(len(ROCK))], 0.25), rng, aspect=rng.uniform(0.6, 1.6))
+        _stamp(
+            height,
+            albedo,
+            y,
+            x,
+            rng.uniform(2, 6) * s,
+            rng.uniform(0.02, 0.05),
+            _jitter(rng, ROCK[rng.integers(len(ROCK))], 0.25),
+            rng,
+            aspect=rng.uniform(0.6, 1.6),
+        )
     for _ in range(int(260 * area_scale * density)):
         y, x = spot()
-        _stamp(height, albedo, y, x, rng.uniform(10, 40) * s, rng.uniform(0.05, 0.12),
-               _jitter(rng, CORAL[rng.integers(len(CORAL))]), rng, aspect=rng.uniform(0.7, 1.5), detail=rough)
+        _stamp(
+            height,
+            albedo,
+            y,
+            x,
+            rng.uniform(10, 40) * s,
+            rng.uniform(0.05, 0.12),
+            _jitter(rng, CORAL[rng.integers(len(CORAL))]),
+            rng,
+            aspect=rng.uniform(0.7, 1.5),
+            detail=rough,
+        )
     for _ in range(int(170 * area_scale * density)):
         y, x = spot()
         radius = float(np.exp(rng.uniform(np.log(18), np.log(110)))) * s
-        _stamp(height, albedo, y, x, radius, radius / (260.0 * s) + rng.uniform(0.05, 0.15),
-               _jitter(rng, CORAL[rng.integers(len(CORAL))]), rng, aspect=rng.uniform(0.7, 1.4),
-               detail=brain if rng.random() < 0.6 else rough)
+        _stamp(
+            height,
+            albedo,
+            y,
+            x,
+            radius,
+            radius / (260.0 * s) + rng.uniform(0.05, 0.15),
+            _jitter(rng, CORAL[rng.integers(len(CORAL))]),
+            rng,
+            aspect=rng.uniform(0.7, 1.4),
+            detail=brain if rng.random() < 0.6 else rough,
+        )
     for _ in range(int(12 * area_scale * density)):
         y, x = spot()
-        _stamp(height, albedo, y, x, rng.uniform(40, 120) * s, rng.uniform(0.15, 0.3),
-               _jitter(rng, CORAL[rng.integers(len(CORAL))]), rng, aspect=rng.uniform(0.8, 1.6), plateau=True,
-               detail=rough)
+        _stamp(
+            height,
+            albedo,
+            y,
+            x,
+            rng.uniform(40, 120) * s,
+            rng.uniform(0.15, 0.3),
+            _jitter(rng, CORAL[rng.integers(len(CORAL))]),
+            rng,
+            aspect=rng.uniform(0.8, 1.6),
+            plateau=True,
+            detail=rough,
+        )
     for _ in range(int(90 * area_scale * density)):
         cy, cx = spot()
         colour = _jitter(rng, CORAL[rng.integers(len(CORAL))])
         spread = rng.uniform(25, 90) * s
         for _ in range(int(spread / s * rng.uniform(0.5, 1.0))):
             r, a = spread * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
-            _stamp(height, albedo, cy + r * np.sin(a), cx + r * np.cos(a), rng.uniform(2.5, 7) * s,
-                   rng.uniform(0.15, 0.35), colour * rng.uniform(0.85, 1.2), rng, aspect=rng.uniform(0.7, 2.5))
+            _stamp(
+                height,
+                albedo,
+                cy + r * np.sin(a),
+                cx + r * np.cos(a),
+                rng.uniform(2.5, 7) * s,
+                rng.uniform(0.15, 0.35),
+                colour * rng.uniform(0.85, 1.2),
+                rng,
+                aspect=rng.uniform(0.7, 2.5),
+            )
 
     # Lighting: Lambert from the normals of the height field plus a cavity (ambient occlusion) term.
     relief = 60.0 * s
@@ -204,8 +251,9 @@ def make_reef_texture(rng: np.random.Generator, size: int, look: ReefLook | None
     # Living reef is less saturated than the palette: pull colours a third of the way towards their grey.
     grey = texture.mean(axis=2, keepdims=True)
     texture = grey + 0.65 * (texture - grey)
-    texture = cv2.resize(np.pad(texture, ((2, 2), (2, 2), (0, 0)), mode="wrap"), None, fx=2, fy=2,
-                         interpolation=cv2.INTER_CUBIC)[4:-4, 4:-4]
+    texture = cv2.resize(
+        np.pad(texture, ((2, 2), (2, 2), (0, 0)), mode="wrap"), None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC
+    )[4:-4, 4:-4]
     grain = 0.9 + 0.1 * tile_noise(rng, full, 2) + 0.06 * tile_noise(rng, full, 8)
     texture *= grain[..., None]
     out = np.clip(texture * 255.0, 0, 255).astype(np.uint8)

@@ -240,14 +240,23 @@ def caustic_waves(rng: np.random.Generator, cell: float) -> np.ndarray:
     angle = rng.uniform(0, 2 * np.pi, 7)
     k = 2 * np.pi / (cell * rng.uniform(0.7, 1.4, 7))
     return np.stack(
-        [k * np.cos(angle), k * np.sin(angle), rng.uniform(0.6, 1.6, 7) * rng.choice([-1, 1], 7),
-         rng.uniform(0, 2 * np.pi, 7)], axis=1
+        [
+            k * np.cos(angle),
+            k * np.sin(angle),
+            rng.uniform(0.6, 1.6, 7) * rng.choice([-1, 1], 7),
+            rng.uniform(0, 2 * np.pi, 7),
+        ],
+        axis=1,
     ).astype(np.float32)
 
 
 def _warp_sprite(
-    layout: VideoLayout, g: np.ndarray, g_inv: np.ndarray, sprites: tuple[Sprite, Sprite],
-    ground: tuple[float, float], diameter: float,
+    layout: VideoLayout,
+    g: np.ndarray,
+    g_inv: np.ndarray,
+    sprites: tuple[Sprite, Sprite],
+    ground: tuple[float, float],
+    diameter: float,
 ) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
     """Warp a ground sprite into the frame: (roi, colour, masks) over the frame's roi, or None if not in view."""
     config = layout.config
@@ -284,7 +293,11 @@ def _warp_sprite(
 
 
 def _draw_distractors(
-    layout: VideoLayout, assets: VideoAssets, frame: int, image: np.ndarray, shown: np.ndarray | None,
+    layout: VideoLayout,
+    assets: VideoAssets,
+    frame: int,
+    image: np.ndarray,
+    shown: np.ndarray | None,
     labels: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Composite the frame's distractors below the starfish (labels None) or over them (labels given).
@@ -399,8 +412,13 @@ def render_frame(layout: VideoLayout, assets: VideoAssets, frame: int) -> FrameR
     centre = g @ np.array([width / 2, height / 2, 1.0])
     shift = np.floor(centre[:2] / centre[2] / size) * size
     to_tile = np.array([[1, 0, -shift[0]], [0, 1, -shift[1]], [0, 0, 1.0]]) @ g
-    floor = cv2.warpPerspective(assets.texture, to_tile, (width, height),
-                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_WRAP)
+    floor = cv2.warpPerspective(
+        assets.texture,
+        to_tile,
+        (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_WRAP,
+    )
     image = floor.astype(np.float32) * np.float32(1 / 255)
 
     # 2. Starfish (ground objects: they get the same light, water and blur as the floor).
@@ -458,8 +476,9 @@ def _draw_snow(assets: VideoAssets, frame: int, out: np.ndarray, width: int, hei
     fixed = np.round(pos * 4).astype(int)
     radii = np.maximum(np.round(p.radius * 4).astype(int), 2)
     for i in np.flatnonzero(p.radius <= 2.5):
-        cv2.circle(out, (int(fixed[i, 0]), int(fixed[i, 1])), int(radii[i]), colours[i].tolist(), -1, cv2.LINE_AA,
-                   shift=2)
+        cv2.circle(
+            out, (int(fixed[i, 0]), int(fixed[i, 1])), int(radii[i]), colours[i].tolist(), -1, cv2.LINE_AA, shift=2
+        )
     # Out-of-focus particles close to the lens: faint discs blended over the frame.
     for i in np.flatnonzero(p.radius > 2.5):
         (x, y), r, b = pos[i], p.radius[i], p.brightness[i]
@@ -469,6 +488,13 @@ def _draw_snow(assets: VideoAssets, frame: int, out: np.ndarray, width: int, hei
             continue
         roi = out[y0:y1, x0:x1]
         disc = np.zeros(roi.shape[:2], np.float32)
-        cv2.circle(disc, (int(fixed[i, 0]) - x0 * 4, int(fixed[i, 1]) - y0 * 4), int(radii[i]), float(b), -1,
-                   cv2.LINE_AA, shift=2)
+        cv2.circle(
+            disc,
+            (int(fixed[i, 0]) - x0 * 4, int(fixed[i, 1]) - y0 * 4),
+            int(radii[i]),
+            float(b),
+            -1,
+            cv2.LINE_AA,
+            shift=2,
+        )
         roi[...] = np.clip(roi * (1 - disc[..., None]) + base * disc[..., None], 0, 255).astype(np.uint8)

@@ -130,8 +130,12 @@ class _Renderer:
 
     def submit(self, layout: VideoLayout, image_dir: Path, config: SynthConfig) -> Any:
         """Start rendering a video; returns a handle for `results`."""
-        state = {"layout": layout, "assets": build_assets(layout), "image_dir": str(image_dir),
-                 "quality": config.jpeg_quality}
+        state = {
+            "layout": layout,
+            "assets": build_assets(layout),
+            "image_dir": str(image_dir),
+            "quality": config.jpeg_quality,
+        }
         if self.pool is None:
             return state
         key = str(self.scratch / f"video_{layout.video_id}.pickle")
@@ -217,8 +221,13 @@ def generate_dataset(
     summary.seconds = time.perf_counter() - started
     logger.info(
         "wrote %d frames (%d boxes, %.0f %% empty) to %s in %.1f s (%.1f frames/s, %d workers)",
-        summary.frames, summary.boxes, 100 * summary.empty_fraction, out, summary.seconds,
-        summary.frames_per_second, workers,
+        summary.frames,
+        summary.boxes,
+        100 * summary.empty_fraction,
+        out,
+        summary.seconds,
+        summary.frames_per_second,
+        workers,
     )
     return summary
 
@@ -237,9 +246,14 @@ def _image_dir(out: Path, video_id: int) -> Path:
     return path
 
 
-def _write_video(out: Path, layout: VideoLayout, config: SynthConfig,
-                 frames: Iterator[tuple[int, list[dict[str, int]], np.ndarray]],
-                 rows: list[dict[str, Any]], bar: Any) -> VideoSummary:
+def _write_video(
+    out: Path,
+    layout: VideoLayout,
+    config: SynthConfig,
+    frames: Iterator[tuple[int, list[dict[str, int]], np.ndarray]],
+    rows: list[dict[str, Any]],
+    bar: Any,
+) -> VideoSummary:
     video_id = layout.video_id
     summary = VideoSummary(
         video_id=video_id,
@@ -251,22 +265,25 @@ def _write_video(out: Path, layout: VideoLayout, config: SynthConfig,
     if config.write_video:
         (out / "videos").mkdir(exist_ok=True)
         video_path = out / "videos" / f"video_{video_id}.mp4"
-        writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), config.fps,
-                                 (config.width, config.height))
+        writer = cv2.VideoWriter(
+            str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), config.fps, (config.width, config.height)
+        )
         if not writer.isOpened():
             raise RuntimeError(f"OpenCV cannot open an mp4v writer for {video_path}")
     seen_tracks: set[int] = set()
     try:
         for frame, annotations, image in frames:
             seq = layout.sequence_at(frame)
-            rows.append({
-                "video_id": video_id,
-                "sequence": seq.sequence_id,
-                "video_frame": frame,
-                "sequence_frame": frame - seq.start,
-                "image_id": f"{video_id}-{frame}",
-                "annotations": str(annotations),
-            })
+            rows.append(
+                {
+                    "video_id": video_id,
+                    "sequence": seq.sequence_id,
+                    "video_frame": frame,
+                    "sequence_frame": frame - seq.start,
+                    "image_id": f"{video_id}-{frame}",
+                    "annotations": str(annotations),
+                }
+            )
             summary.boxes += len(annotations)
             summary.empty_frames += not annotations
             seen_tracks.update(a["track_id"] for a in annotations)

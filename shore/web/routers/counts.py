@@ -16,12 +16,30 @@ from shore.web.schemas import SeriesOut
 
 router = APIRouter(prefix="/api", tags=["counts"], dependencies=[Depends(require_token)])
 
-CSV_COLUMNS = ("device_id", "camera_id", "ts", "seq", "session", "frame", "count", "unique_count", "frames",
-               "count_sum", "count_max", "historical", "model", "outbox_id")
+CSV_COLUMNS = (
+    "device_id",
+    "camera_id",
+    "ts",
+    "seq",
+    "session",
+    "frame",
+    "count",
+    "unique_count",
+    "frames",
+    "count_sum",
+    "count_max",
+    "historical",
+    "model",
+    "outbox_id",
+)
 
 
-@router.get("/series", response_model=SeriesOut, summary="Per-minute counts of a device's cameras (columnar)",
-            response_class=JSONResponse)
+@router.get(
+    "/series",
+    response_model=SeriesOut,
+    summary="Per-minute counts of a device's cameras (columnar)",
+    response_class=JSONResponse,
+)
 def series(
     device_id: str = Query(description="Device id."),
     camera_id: str | None = Query(None, description="One camera (default: all of the device's)."),
@@ -76,5 +94,8 @@ def counts_csv(
     storage: Storage = Depends(get_storage),
 ) -> StreamingResponse:
     rows = storage.count_rows(window.start, window.end, device_id, camera_id)
-    return StreamingResponse(_csv_lines(rows), media_type="text/csv",
-                             headers={"Content-Disposition": 'attachment; filename="starfish-counts.csv"'})
+    return StreamingResponse(
+        _csv_lines(rows),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="starfish-counts.csv"'},
+    )

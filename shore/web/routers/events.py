@@ -57,8 +57,9 @@ def _cursor(value: str | None) -> int | None:
     return cursor if cursor >= 0 else None
 
 
-@router.get("/events", summary="Live updates (text/event-stream; resumes from Last-Event-ID)",
-            response_class=StreamingResponse)
+@router.get(
+    "/events", summary="Live updates (text/event-stream; resumes from Last-Event-ID)", response_class=StreamingResponse
+)
 async def events(
     request: Request,
     storage: Storage = Depends(get_storage),
@@ -104,5 +105,6 @@ async def events(
                 quiet_since = now
                 yield ": ping\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -20,14 +20,24 @@ _TOTAL_COLUMNS = ("unique", "frames", "minutes", "starfish_per_minute", "mean_in
 
 def _window(storage: Storage, s: Survey) -> dict[str, Any]:
     totals = storage.totals(s.start, s.end, s.device_id, s.camera_id)
-    return {"kind": "window", "id": s.id, "name": s.name, "start": s.start, "end": s.end,
-            "device_id": s.device_id, "camera_id": s.camera_id, "totals": totals.as_dict()}
+    return {
+        "kind": "window",
+        "id": s.id,
+        "name": s.name,
+        "start": s.start,
+        "end": s.end,
+        "device_id": s.device_id,
+        "camera_id": s.camera_id,
+        "totals": totals.as_dict(),
+    }
 
 
 def _all(storage: Storage, device_id: str | None) -> list[dict[str, Any]]:
     named = [_window(storage, s) for s in storage.surveys() if device_id is None or s.device_id in (None, device_id)]
-    sessions = [{"kind": "session", "name": f"{s['device_id']} session {s['session']}", **s}
-                for s in storage.sessions(device_id)]
+    sessions = [
+        {"kind": "session", "name": f"{s['device_id']} session {s['session']}", **s}
+        for s in storage.sessions(device_id)
+    ]
     return named + sessions
 
 
@@ -62,7 +72,20 @@ def surveys_csv(device_id: str | None = Query(None), storage: Storage = Depends(
         name = s["name"]
         if name[:1] in ("=", "+", "-", "@"):
             name = "'" + name
-        writer.writerow([s["kind"], name, s.get("device_id"), s.get("camera_id"), s.get("session"), s["start"],
-                         s["end"], *(s["totals"][c] for c in _TOTAL_COLUMNS)])
-    return Response(buf.getvalue(), media_type="text/csv",
-                    headers={"Content-Disposition": 'attachment; filename="starfish-surveys.csv"'})
+        writer.writerow(
+            [
+                s["kind"],
+                name,
+                s.get("device_id"),
+                s.get("camera_id"),
+                s.get("session"),
+                s["start"],
+                s["end"],
+                *(s["totals"][c] for c in _TOTAL_COLUMNS),
+            ]
+        )
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="starfish-surveys.csv"'},
+    )

@@ -1,6 +1,6 @@
 """Eager-PyTorch latency of two checkpoints in one run: same frames, same threads, interleaved, medians.
 
-    python train/results/generalize/compare_latency.py A.ckpt B.ckpt --data ROOT --frames 20 --runs 3 --threads 2
+python train/results/generalize/compare_latency.py A.ckpt B.ckpt --data ROOT --frames 20 --runs 3 --threads 2
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def main() -> None:
     inputs = {}
     for path, model in models.items():
         lo, hi = working_sizes(model)
-        inputs[path] = [to_tensor(resize_to_working(f, torch.zeros(0, 4).numpy(), lo, hi)[0], torch.device("cpu"))
-                        for f in frames]
+        inputs[path] = [
+            to_tensor(resize_to_working(f, torch.zeros(0, 4).numpy(), lo, hi)[0], torch.device("cpu")) for f in frames
+        ]
     times: dict[str, list[float]] = {p: [] for p in models}
     with torch.inference_mode():
         for path, model in models.items():  # warm-up: the first calls allocate
