@@ -232,27 +232,84 @@ def fit(cfg: TrainConfig | dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+FINE_TUNE_SELECT = ("val/f2", "val/select_f2")
+
+
+class _KeepBestWeights(L.Callback):
+    """Keeps an in-memory copy of the weights at the best validation of ``monitor`` and puts them back at the end:
+    a pruned model fine-tuned for a fixed step budget should ship its best state, not its last."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.best_val: dict[str, Any] = {}
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        if self.best is None or float(value) > self.best:
+            self.best, self.best_step = float(value), trainer.global_step
+            self.best_val = dict(getattr(pl_module, "last_val", {}))
+            self._state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+            logger.info("fine-tune: new best %s %.4f at step %d", self.monitor, self.best, self.best_step)
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self._state is not None:
+            model.load_state_dict(self._state)
+
+
 def fine_tune(
-    model: torch.nn.Module, cfg: TrainConfig | dict[str, Any], epochs: int
+    model: torch.nn.Module,
+    cfg: TrainConfig | dict[str, Any],
+    epochs: int,
+    *,
+    max_steps: int | None = None,
+    keep_best: str | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Fine-tune an existing detector in place for ``epochs`` with the same data, losses and validation as `fit`.
+    """Fine-tune an existing detector in place for ``epochs`` (or exactly ``max_steps`` optimiser steps) with the
+    same data, losses and validation as `fit`.
 
     The model may be structurally modified (pruned channels): nothing is rebuilt from ModelConfig, and nothing is
-    written to disk besides Lightning's own scratch directory. Returns the model (eval mode) and the last
-    validation summary (``f2``, ``threshold``, ``per_iou_f2``, ``map``, ``map_50``).
+    written to disk besides Lightning's own scratch directory. ``keep_best`` (``val/f2``: in-distribution,
+    ``val/select_f2``: what `fit` selects on) returns the weights of the best validation instead of the last.
+    Returns the model (eval mode) and that validation's summary (``f2``, ``threshold``, ``per_iou_f2``, ``map``,
+    ``map_50``, plus ``step``).
     """
-    if epochs < 1:
+    if max_steps is None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if keep_best is not None and keep_best not in FINE_TUNE_SELECT:
+        raise ValueError(f"keep_best must be one of {', '.join(FINE_TUNE_SELECT)}, got {keep_best!r}")
     cfg = _prepare(cfg)
-    cfg.trainer.max_epochs = epochs
-    cfg.trainer.max_steps = -1
+    cfg.trainer.max_epochs = epochs if max_steps is None else -1
+    cfg.trainer.max_steps = -1 if max_steps is None else max_steps
+    if max_steps is not None and isinstance(cfg.trainer.val_check_interval, int):
+        cfg.trainer.val_check_interval = min(cfg.trainer.val_check_interval, max_steps)
     directory = run_dir(cfg) / "fine_tune"
     datamodule = ReefDataModule(cfg)
     datamodule.setup("fit")
     module = DetectorModule(cfg.to_dict(), model=model)
-    trainer = _trainer(cfg, directory, [], False, enable_checkpointing=False, max_epochs=epochs, max_steps=-1)
+    keeper = _KeepBestWeights(keep_best) if keep_best else None
+    trainer = _trainer(
+        cfg,
+        directory,
+        [keeper] if keeper else [],
+        False,
+        enable_checkpointing=False,
+        max_epochs=cfg.trainer.max_epochs,
+        max_steps=cfg.trainer.max_steps,
+    )
     trainer.fit(module, datamodule=datamodule)
-    if not module.last_val:  # no validation fell inside the epochs: score the result once
+    if not module.last_val:  # no validation fell inside the budget: score the result once
         trainer.validate(module, datamodule=datamodule, verbose=False)
+    summary = {**module.last_val, "step": trainer.global_step}
+    if keeper is not None and keeper.best_step is not None and keeper.best_step != trainer.global_step:
+        keeper.restore(model)
+        summary = {**keeper.best_val, "step": keeper.best_step}
+        logger.info("fine-tune: kept the step-%d weights (%s %.4f)", keeper.best_step, keep_best, keeper.best)
     model.eval()
-    return model, dict(module.last_val)
+    return model, summary
