@@ -23,7 +23,9 @@ from edge_agent.bundle import InputSpec, TrainingInfo, VariantSource, load_priva
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.manifest import CPU_INT8_VARIANT, MANIFEST_NAME, parse_manifest
 from export import checks
+from export.fp16 import FP16_VARIANT, convert_fp16
 from export.onnx_export import ExportError, default_input_size, export_onnx
+from export.profile import conv_kernels, op_time_profile, optimized_op_counts
 from export.provenance import MODEL_NAME, config_digest
 from export.prune import PruneConfig, model_stats, prune_detector
 from export.quantize import DEFAULT_CALIBRATION_FRAMES, calibration_tensors, quantize_int8, random_calibration_frames
@@ -47,6 +49,10 @@ class ChainOptions:
     ood_root: Path | None = None  # default: the checkpoint's own data.ood_root (None there: thresholds on ID data)
     prune: PruneConfig = field(default_factory=PruneConfig)
     fine_tune_epochs: int = 1
+    fine_tune_steps: int | None = None  # a step budget instead of epochs
+    fine_tune_select: str | None = None  # keep the best validation's weights by this metric (train.api.fine_tune)
+    # An already pruned and fine-tuned checkpoint of this source (`export prune`): reused instead of pruning again.
+    pruned_checkpoint: Path | None = None
     input_size: tuple[int, int] | None = None
     calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
     calibration_method: str = "minmax"
@@ -59,6 +65,10 @@ class ChainOptions:
     # A second INT8 model with uint8 activations for onnxruntime on CPUs (the `int8` one is TensorRT's).
     cpu_int8: bool = True
     fine_tune_overrides: dict[str, Any] = field(default_factory=dict)
+    # The unpruned model through ONNX and INT8 too, so pruning's and INT8's own contributions are measured apart.
+    unpruned_baselines: bool = True
+    fp16: bool = True  # an fp16 variant for TensorRT fp16 / GPU onnxruntime
+    profile_frames: int = 6  # frames for onnxruntime's per-op-type profile of every ONNX variant (0: skip)
 
 
 class _Steps:
@@ -76,8 +86,9 @@ class _Steps:
             logger.warning("export chain took %d steps but announced %d", self.done, self.total)
 
 
-# load, measure, prune, fine-tune (or skip), export + parity, quantize, time, bundle, report
-CHAIN_STEPS = 9
+# load, measure, unpruned ONNX + INT8, prune, fine-tune (or skip), export + parity, quantize, fp16, profile, time,
+# bundle, report
+CHAIN_STEPS = 12
 
 
 def run_chain(opts: ChainOptions) -> dict[str, Any]:
@@ -126,24 +137,62 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         ood_records,
     )
 
-    step(f"pruning (ratio {opts.prune.ratio}, head {opts.prune.head_ratio}, proposals {opts.prune.proposals})")
-    pruned_model, pruned_cfg = prune_detector(source.model, source.cfg, opts.prune, width, height)
-    if opts.fine_tune_epochs > 0 and opts.checkpoint is not None:
-        step(f"fine-tuning the pruned model for {opts.fine_tune_epochs} epoch(s)")
-        pruned_model, fine_tune_metrics = _fine_tune(pruned_model, source, opts)
-        report["fine_tune"] = fine_tune_metrics
-        from export.prune import set_test_proposals
-
-        set_test_proposals(pruned_model, pruned_cfg.rpn_pre_nms_top_n_test, pruned_cfg.rpn_post_nms_top_n_test)
+    scratch = tempfile.TemporaryDirectory(prefix="starfish-chain-")
+    tmp = scratch.name
+    onnx_paths: dict[str, Path] = {}
+    runners: dict[str, Any] = {"pytorch_fp32": base}
+    if opts.unpruned_baselines:
+        step("exporting and quantizing the unpruned model (pruning's and INT8's own contributions)")
+        base_stats = report["variants"]["pytorch_fp32"]
+        stats = {"params": base_stats["params"], "macs": base_stats["macs"]}
+        onnx_paths["onnx_fp32"] = export_onnx(baseline_model, Path(tmp) / "unpruned_fp32.onnx", width, height)
+        onnx_paths["onnx_int8_cpu"] = quantize_int8(
+            onnx_paths["onnx_fp32"],
+            Path(tmp) / "unpruned_int8_cpu.onnx",
+            calibration,
+            method=opts.calibration_method,
+            activations="asymmetric",
+        )
+        for name in ("onnx_fp32", "onnx_int8_cpu"):
+            runners[name] = onnx_runner(onnx_paths[name], opts.threads)
+            report["variants"][name] = _measure(
+                name, runners[name], stats, onnx_paths[name], eval_records, width, height, ood_records
+            )
     else:
-        step("fine-tuning skipped" + (" (untrained demo model)" if opts.checkpoint is None else ""))
-    pruned_ckpt = save_pruned(
-        pruned_model, pruned_cfg, {**source.info, "pruned_from": source.sha256}, opts.out / "pruned.ckpt"
-    )
+        step("unpruned ONNX baselines skipped")
+
+    if opts.pruned_checkpoint is not None:
+        step(f"reusing the pruned, fine-tuned model {opts.pruned_checkpoint}")
+        pruned_model, pruned_cfg, done = load_pruned_for(opts.pruned_checkpoint, source)
+        report["prune"] = done.get("prune", report["prune"])
+        if done.get("fine_tune"):
+            report["fine_tune"] = done["fine_tune"]
+        step("fine-tuning: done when that checkpoint was written")
+        pruned_ckpt = opts.pruned_checkpoint
+    else:
+        step(f"pruning ({_settings(vars(opts.prune))})")
+        pruned_model, pruned_cfg = prune_detector(source.model, source.cfg, opts.prune, width, height)
+        done = {"prune": report["prune"]}
+        if (opts.fine_tune_epochs > 0 or opts.fine_tune_steps) and opts.checkpoint is not None:
+            budget = f"{opts.fine_tune_steps} steps" if opts.fine_tune_steps else f"{opts.fine_tune_epochs} epoch(s)"
+            step(f"fine-tuning the pruned model for {budget}")
+            pruned_model, fine_tune_metrics = _fine_tune(pruned_model, source, opts)
+            report["fine_tune"] = done["fine_tune"] = _plain(fine_tune_metrics)
+            from export.prune import set_test_proposals
+
+            set_test_proposals(pruned_model, pruned_cfg.rpn_pre_nms_top_n_test, pruned_cfg.rpn_post_nms_top_n_test)
+        else:
+            step("fine-tuning skipped" + (" (untrained demo model)" if opts.checkpoint is None else ""))
+        pruned_ckpt = save_pruned(
+            pruned_model,
+            pruned_cfg,
+            {**source.info, "pruned_from": source.sha256, "pruning": done},
+            opts.out / "pruned.ckpt",
+        )
     report["pruned_checkpoint"] = str(pruned_ckpt)
     pruned_stats = model_stats(pruned_model, width, height).to_dict()
 
-    with tempfile.TemporaryDirectory(prefix="starfish-chain-") as tmp:
+    with scratch:
         step("exporting the pruned fp32 ONNX and checking parity with PyTorch")
         fp32_path = export_onnx(pruned_model, Path(tmp) / "fp32.onnx", width, height)
         pruned_torch = torch_runner(pruned_model, width, height, opts.threads)
@@ -178,12 +227,8 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         report["variants"]["pruned_onnx_int8"] = _measure(
             "pruned_onnx_int8", int8, pruned_stats, int8_path, eval_records, width, height, ood_records
         )
-        runners = {
-            "pytorch_fp32": base,
-            "pruned_pytorch_fp32": pruned_torch,
-            "pruned_onnx_fp32": fp32,
-            "pruned_onnx_int8": int8,
-        }
+        runners.update({"pruned_pytorch_fp32": pruned_torch, "pruned_onnx_fp32": fp32, "pruned_onnx_int8": int8})
+        onnx_paths.update({"pruned_onnx_fp32": fp32_path, "pruned_onnx_int8": int8_path})
         int8_cpu_path = None
         if opts.cpu_int8:
             int8_cpu_path = quantize_int8(
@@ -205,6 +250,33 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
                 ood_records,
             )
 
+            onnx_paths["pruned_onnx_int8_cpu"] = int8_cpu_path
+
+        fp16_path = None
+        if opts.fp16:
+            step("converting the pruned fp32 ONNX to the fp16 variant (for GPUs; onnxruntime's CPU emulates fp16)")
+            fp16_path = convert_fp16(fp32_path, Path(tmp) / "fp16.onnx")
+            runners["pruned_onnx_fp16"] = onnx_runner(fp16_path, opts.threads)
+            onnx_paths["pruned_onnx_fp16"] = fp16_path
+            report["variants"]["pruned_onnx_fp16"] = _measure(
+                "pruned_onnx_fp16",
+                runners["pruned_onnx_fp16"],
+                pruned_stats,
+                fp16_path,
+                eval_records,
+                width,
+                height,
+                ood_records,
+            )
+        else:
+            step("fp16 variant skipped")
+
+        if opts.profile_frames > 1:
+            step(f"profiling every ONNX variant by op type ({opts.profile_frames} frames, {opts.threads} threads)")
+            report["profile"] = _profile(onnx_paths, probe[: opts.profile_frames], opts.threads)
+        else:
+            step("op-type profiling skipped")
+
         step(f"timing every variant ({opts.latency_runs} interleaved runs, {opts.threads} threads)")
         report["load_average_before_timing"] = list(os.getloadavg())  # a shared machine: say how busy it was
         for name, latency in checks.measure_latencies(runners, probe, runs=opts.latency_runs).items():
@@ -224,6 +296,8 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             variants[CPU_INT8_VARIANT] = _variant_source(int8_cpu_path, variants_report["pruned_onnx_int8_cpu"])
         if opts.keep_fp32:
             variants["fp32"] = _variant_source(fp32_path, variants_report["pruned_onnx_fp32"])
+        if fp16_path is not None:
+            variants[FP16_VARIANT] = _variant_source(fp16_path, variants_report["pruned_onnx_fp16"])
         bundle_dir = opts.out / BUNDLE_DIR
         version, parent = _next_version(bundle_dir, opts.version)
         manifest = write_bundle(
@@ -259,6 +333,18 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
     (opts.out / "report.md").write_text(render_markdown(report))
     step.finish()
     return report
+
+
+def _profile(paths: dict[str, Path], frames: list[np.ndarray], threads: int) -> dict[str, Any]:
+    """Per ONNX variant: integer vs float convolutions in the graph onnxruntime runs, and ms per op type."""
+    out: dict[str, Any] = {}
+    for name, path in paths.items():
+        kernels = conv_kernels(optimized_op_counts(path, threads))
+        ops = op_time_profile(path, frames, threads)
+        out[name] = {"kernels": kernels, "ms_per_op_type": ops, "ms_total": sum(ops.values())}
+        top = ", ".join(f"{op} {ms:.1f}" for op, ms in list(ops.items())[:4])
+        logger.info("%s: %s; ms per frame by op type: %s", name, _settings(kernels), top)
+    return out
 
 
 def _load(opts: ChainOptions) -> SourceModel:
@@ -301,6 +387,33 @@ def _records(opts: ChainOptions, source: SourceModel) -> tuple[list, list, list]
     return train, val, ood_records(cfg)
 
 
+def load_pruned_for(path: Path, source: SourceModel) -> tuple[Any, Any, dict[str, Any]]:
+    """A pruned checkpoint written from ``source`` (its ``pruned_from`` is the source's sha256), with what was done
+    to it (``prune`` settings, ``fine_tune`` summary); anything else is refused rather than mislabelled."""
+    pruned = load_source(path)
+    if pruned.info.get("architecture") != "pruned":
+        raise ExportError(f"{path} is not a pruned checkpoint (write one with `starfish export prune`)")
+    if pruned.info.get("pruned_from") != source.sha256:
+        raise ExportError(
+            f"{path} was pruned from a checkpoint with sha256 {str(pruned.info.get('pruned_from'))[:12]}..., "
+            f"not from this one ({str(source.sha256)[:12]}...)"
+        )
+    return pruned.model, pruned.cfg, dict(pruned.info.get("pruning") or {})
+
+
+def _plain(value: Any) -> Any:
+    """Nested dicts/lists of plain numbers and strings (checkpoints load with weights_only=True)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
 def _subset(records: list, limit: int | None) -> list:
     if limit is None or len(records) <= limit:
         return list(records)
@@ -339,7 +452,9 @@ def _fine_tune(model, source: SourceModel, opts: ChainOptions):  # type: ignore[
         section, name = dotted.split(".", 1)
         setattr(getattr(cfg, section), name, value)
     model.train()
-    tuned, metrics = fine_tune(model, cfg, opts.fine_tune_epochs)
+    tuned, metrics = fine_tune(
+        model, cfg, opts.fine_tune_epochs, max_steps=opts.fine_tune_steps, keep_best=opts.fine_tune_select
+    )
     return tuned.eval(), metrics
 
 
@@ -426,6 +541,7 @@ def _goals(report: dict[str, Any]) -> dict[str, Any]:
         "latency_goal_met": ratio >= LATENCY_RATIO_GOAL,
         "latency_ratio_tensorrt_int8": base["latency"]["median_ms"] / tensorrt_int8["latency"]["median_ms"],
     }
+    goals.update(_compression_goals(report))
     if "accuracy" in base and "accuracy" in int8:
         # Each variant at its own best-F2 threshold (what the bundle deploys), and at the baseline's threshold.
         base_f2, int8_f2 = base["accuracy"]["best_f2"], int8["accuracy"]["best_f2"]
@@ -440,6 +556,150 @@ def _goals(report: dict[str, Any]) -> dict[str, Any]:
             }
         )
     return goals
+
+
+# The compression goals: each step must carry its own weight (same frames, threads and run for every figure).
+MAC_REDUCTION_GOAL = 0.35  # fewer MACs, pruned vs unpruned, whole detector
+PRUNED_F2_TOLERANCE = 0.01  # best-threshold F2, pruned fp32 vs unpruned fp32
+INT8_SPEEDUP_GOAL = 1.5  # pruned fp32 ONNX / pruned INT8 ONNX
+INT8_F2_TOLERANCE = 0.01  # best-threshold F2, pruned INT8 vs pruned fp32
+TOGETHER_VS_ONNX_GOAL = 2.5  # unpruned fp32 ONNX / pruned INT8 ONNX
+TOGETHER_VS_EAGER_GOAL = 6.0  # unpruned eager PyTorch / pruned INT8 ONNX
+BUNDLE_BYTES_GOAL = 30e6
+
+
+def _compression_goals(report: dict[str, Any]) -> dict[str, Any]:
+    """Each step's own contribution (pruning alone, INT8 alone, both, the runtime alone) and the goals on them.
+
+    Figures are left out, never guessed, when the rows they need were not measured."""
+    v = report["variants"]
+    int8_name = "pruned_onnx_int8_cpu" if "pruned_onnx_int8_cpu" in v else "pruned_onnx_int8"
+    unpruned_int8 = "onnx_int8_cpu"
+
+    def ms(name: str) -> float | None:
+        lat = v.get(name, {}).get("latency")
+        return lat["median_ms"] if lat else None
+
+    def f2(name: str) -> float | None:
+        acc = v.get(name, {}).get("accuracy")
+        return acc["best_f2"] if acc else None
+
+    def ratio(slow: str, fast: str) -> float | None:
+        a, b = ms(slow), ms(fast)
+        return a / b if a and b else None
+
+    out: dict[str, Any] = {}
+    if "pytorch_fp32" in v and "pruned_onnx_fp32" in v:
+        reduction = 1.0 - v["pruned_onnx_fp32"]["macs"] / v["pytorch_fp32"]["macs"]
+        out["mac_reduction"] = reduction
+        out["mac_reduction_goal_met"] = reduction >= MAC_REDUCTION_GOAL
+    speedups = {
+        "runtime_alone": ratio("pytorch_fp32", "onnx_fp32"),
+        "pruning_alone": ratio("onnx_fp32", "pruned_onnx_fp32"),
+        "int8_alone": ratio("onnx_fp32", unpruned_int8),
+        "int8_on_pruned": ratio("pruned_onnx_fp32", int8_name),
+        "both_vs_onnx": ratio("onnx_fp32", int8_name),
+        "both_vs_eager": ratio("pytorch_fp32", int8_name),
+    }
+    out["speedups"] = {k: x for k, x in speedups.items() if x is not None}
+    for key, goal in (
+        ("int8_on_pruned", INT8_SPEEDUP_GOAL),
+        ("both_vs_onnx", TOGETHER_VS_ONNX_GOAL),
+        ("both_vs_eager", TOGETHER_VS_EAGER_GOAL),
+    ):
+        if speedups[key] is not None:
+            out[f"{key}_goal_met"] = speedups[key] >= goal
+    reference = f2("onnx_fp32") if f2("onnx_fp32") is not None else f2("pytorch_fp32")
+    if reference is not None and f2("pruned_onnx_fp32") is not None:
+        out["pruned_f2_drop"] = reference - f2("pruned_onnx_fp32")
+        out["pruned_f2_goal_met"] = out["pruned_f2_drop"] <= PRUNED_F2_TOLERANCE
+    if f2("pruned_onnx_fp32") is not None and f2(int8_name) is not None:
+        out["int8_f2_drop"] = f2("pruned_onnx_fp32") - f2(int8_name)
+        out["int8_f2_goal_met"] = out["int8_f2_drop"] <= INT8_F2_TOLERANCE
+    if "bundle" in report:
+        out["bundle_size_goal_met"] = report["bundle"]["size_bytes"] <= BUNDLE_BYTES_GOAL
+    return out
+
+
+def _contribution_lines(report: dict[str, Any]) -> list[str]:
+    """The table that keeps every figure to its own step: each ratio is two medians of the same timing run."""
+    goals = report.get("goals", {})
+    speedups = goals.get("speedups", {})
+    if not speedups:
+        return []
+    v = report["variants"]
+    int8_name = "pruned_onnx_int8_cpu" if "pruned_onnx_int8_cpu" in v else "pruned_onnx_int8"
+    rows = [
+        ("runtime alone (onnxruntime vs eager PyTorch, unpruned fp32)", "runtime_alone", "pytorch_fp32", "onnx_fp32"),
+        ("pruning alone (fp32 ONNX, unpruned -> pruned)", "pruning_alone", "onnx_fp32", "pruned_onnx_fp32"),
+        ("INT8 alone (unpruned, fp32 ONNX -> int8_cpu)", "int8_alone", "onnx_fp32", "onnx_int8_cpu"),
+        ("INT8 on the pruned model (pruned fp32 ONNX -> pruned INT8)", "int8_on_pruned", "pruned_onnx_fp32", int8_name),
+        ("both (unpruned fp32 ONNX -> pruned INT8)", "both_vs_onnx", "onnx_fp32", int8_name),
+        ("both + runtime (unpruned eager -> pruned INT8)", "both_vs_eager", "pytorch_fp32", int8_name),
+    ]
+    goal_of = {
+        "int8_on_pruned": INT8_SPEEDUP_GOAL,
+        "both_vs_onnx": TOGETHER_VS_ONNX_GOAL,
+        "both_vs_eager": TOGETHER_VS_EAGER_GOAL,
+    }
+    lines = [
+        "",
+        "Each step's own contribution (medians of the same interleaved timing run, same frames and threads):",
+        "",
+        "| step | from | to | speed-up | goal |",
+        "|---|---|---|---:|---|",
+    ]
+    for label, key, slow, fast in rows:
+        if key not in speedups:
+            continue
+        goal = goal_of.get(key)
+        verdict = f">= {goal:g}x: {_met(speedups[key] >= goal)}" if goal else "-"
+        lines.append(
+            f"| {label} | {slow} {v[slow]['latency']['median_ms']:.1f} ms | {fast} "
+            f"{v[fast]['latency']['median_ms']:.1f} ms | {speedups[key]:.2f}x | {verdict} |"
+        )
+    if "mac_reduction" in goals:
+        lines.append(
+            f"- MACs: {v['pytorch_fp32']['macs'] / 1e9:.3f} -> {v['pruned_onnx_fp32']['macs'] / 1e9:.3f} G, "
+            f"{goals['mac_reduction'] * 100:.1f}% fewer (goal >= {MAC_REDUCTION_GOAL * 100:g}%: "
+            f"{_met(goals['mac_reduction_goal_met'])})"
+        )
+    if "pruned_f2_drop" in goals:
+        lines.append(
+            f"- best-threshold F2, unpruned -> pruned fp32: drop {goals['pruned_f2_drop']:.4f} "
+            f"(goal <= {PRUNED_F2_TOLERANCE:g}: {_met(goals['pruned_f2_goal_met'])})"
+        )
+    if "int8_f2_drop" in goals:
+        lines.append(
+            f"- best-threshold F2, pruned fp32 -> pruned INT8 ({int8_name}): drop {goals['int8_f2_drop']:.4f} "
+            f"(goal <= {INT8_F2_TOLERANCE:g}: {_met(goals['int8_f2_goal_met'])})"
+        )
+    if "bundle_size_goal_met" in goals:
+        lines.append(
+            f"- bundle {report['bundle']['size_bytes'] / 1e6:.1f} MB of model files (goal <= "
+            f"{BUNDLE_BYTES_GOAL / 1e6:g} MB: {_met(goals['bundle_size_goal_met'])})"
+        )
+    return lines
+
+
+def _profile_lines(report: dict[str, Any]) -> list[str]:
+    """Where the time goes, per ONNX variant: integer vs float convolutions, and the heaviest op types."""
+    profile = report.get("profile")
+    if not profile:
+        return []
+    lines = [
+        "",
+        "Where the time goes (onnxruntime's profiler, kernel ms per frame by op type; convolutions counted in the "
+        "graph onnxruntime optimised and runs):",
+        "",
+        "| variant | integer convs | float convs | kernel ms | heaviest op types (ms) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, entry in profile.items():
+        k = entry["kernels"]
+        top = ", ".join(f"{op} {ms:.1f}" for op, ms in list(entry["ms_per_op_type"].items())[:5])
+        lines.append(f"| {name} | {k['integer_conv']} | {k['float_conv']} | {entry['ms_total']:.1f} | {top} |")
+    return lines
 
 
 def _json_default(value: Any) -> Any:
@@ -495,6 +755,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(_f2_line(goals, judged))
     if "fine_tune" in report:
         lines.append(f"- fine-tune validation: {_settings(report['fine_tune'])}")
+    lines += _contribution_lines(report)
+    lines += _profile_lines(report)
     lines += _ood_lines(report)
     b = report["bundle"]
     lines += [

@@ -134,6 +134,10 @@ def prune(
     fpn_ratio: float | None = typer.Option(None, help="Fraction of FPN channels to remove (default: ratio)."),
     proposals: int | None = typer.Option(None, help="Test-time proposals kept (default: as trained)."),
     epochs: int = typer.Option(1, help="Fine-tuning epochs after pruning (0: none)."),
+    steps: int | None = typer.Option(None, help="Fine-tune for exactly this many steps instead of --epochs."),
+    select: str | None = typer.Option(
+        None, help="Keep the best validation's weights by val/f2 (in-distribution) or val/select_f2."
+    ),
     data: Path | None = typer.Option(None, help="Dataset root (default: the checkpoint's training data)."),
     size: str | None = typer.Option(None, help="Input WIDTHxHEIGHT used to count MACs."),
     out: Path = typer.Option(Path("pruned.ckpt"), "--out", "-o", help="Pruned checkpoint to write."),
@@ -145,7 +149,7 @@ def prune(
     import torch
 
     from export import checks
-    from export.chain import ChainOptions, _fine_tune, _subset
+    from export.chain import ChainOptions, _fine_tune, _plain, _subset
     from export.onnx_export import ExportError, default_input_size
     from export.prune import PruneConfig, model_stats, prune_detector, set_test_proposals
     from export.runners import torch_runner
@@ -178,13 +182,22 @@ def prune(
             ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio, fpn_ratio=fpn_ratio, proposals=proposals
         )
         model, cfg = prune_detector(source.model, source.cfg, plan, width, height)
-        if epochs > 0:
-            model, _ = _fine_tune(
-                model, source, ChainOptions(checkpoint, out.parent, Path(), data_root=data, fine_tune_epochs=epochs)
+        done: dict = {"prune": dict(vars(plan))}
+        if epochs > 0 or steps:
+            opts = ChainOptions(
+                checkpoint,
+                out.parent,
+                Path(),
+                data_root=data,
+                fine_tune_epochs=epochs,
+                fine_tune_steps=steps,
+                fine_tune_select=select,
             )
+            model, summary = _fine_tune(model, source, opts)
+            done["fine_tune"] = _plain(summary)
             set_test_proposals(model, cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test)
         measure("after", model)
-        save_pruned(model, cfg, {**source.info, "pruned_from": source.sha256}, out)
+        save_pruned(model, cfg, {**source.info, "pruned_from": source.sha256, "pruning": done}, out)
     except (ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(json.dumps(rows, indent=2))
@@ -258,6 +271,17 @@ def all_(
     fpn_ratio: float | None = typer.Option(None, help="Fraction of FPN channels to prune (default: ratio)."),
     proposals: int | None = typer.Option(None, help="Test-time proposals kept (default: as trained)."),
     epochs: int = typer.Option(1, help="Fine-tuning epochs after pruning (0: none)."),
+    fine_tune_steps: int | None = typer.Option(None, help="Fine-tune for exactly this many steps instead."),
+    fine_tune_select: str | None = typer.Option(
+        None, help="Keep the best validation's weights by val/f2 (in-distribution) or val/select_f2."
+    ),
+    pruned: Path | None = typer.Option(
+        None,
+        help="A pruned, fine-tuned checkpoint of CHECKPOINT (`export prune` or an earlier run's pruned.ckpt): "
+        "reused instead of pruning and fine-tuning again.",
+        exists=True,
+        dir_okay=False,
+    ),
     fine_tune_frames: int | None = typer.Option(None, help="Cap on training frames per fine-tuning epoch."),
     size: str | None = typer.Option(None, help="Input WIDTHxHEIGHT (default from the config)."),
     calibration_frames: int = typer.Option(100, help="INT8 calibration frames from the training split."),
@@ -296,6 +320,9 @@ def all_(
                     ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio, fpn_ratio=fpn_ratio, proposals=proposals
                 ),
                 fine_tune_epochs=epochs,
+                fine_tune_steps=fine_tune_steps,
+                fine_tune_select=fine_tune_select,
+                pruned_checkpoint=pruned,
                 input_size=_size(size),
                 calibration_frames=calibration_frames,
                 calibration_method=calibration_method,

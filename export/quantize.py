@@ -28,6 +28,12 @@ from export.onnx_export import ExportError, check_onnx
 logger = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+# With ``fuse_activations``: the ops between the convolutions get Q/DQ pairs too, so onnxruntime can fold ReLU6
+# (Clip) into the QLinearConv's output range and run residual/top-down adds as QLinearAdd, instead of dequantizing
+# after every convolution and quantizing again before the next one. Only inside the dense scopes: the detection
+# tail's Add/Concat/Mul work on box coordinates and stay float.
+CHAIN_OPS = ("Clip", "Relu", "Add", "Resize", "MaxPool")
+DENSE_SCOPES = ("/backbone/", "/rpn/head/", "/roi_heads/box_head/")
 # Weight name fragments of the layers kept in float (see module docstring).
 FLOAT_TAIL = ("rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_predictor")
 DEFAULT_CALIBRATION_FRAMES = 100
@@ -77,6 +83,7 @@ def quantize_int8(
     per_channel: bool = True,
     method: str = "minmax",
     activations: str = "symmetric",
+    fuse_activations: bool = True,
 ) -> Path:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path`` (written atomically, checker-clean).
 
@@ -128,6 +135,8 @@ def quantize_int8(
             logger.info("symbolic shape inference failed (%s); pre-processing without it", exc)
             quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         exclude = float_tail_nodes(prepped) if keep_tail_float else []
+        op_types = list(QUANTIZED_OPS) + (list(CHAIN_OPS) if fuse_activations else [])
+        include = dense_nodes(prepped, op_types, exclude) if fuse_activations else None
         staged = Path(tmp) / "int8.onnx"
         with _quiet_onnxruntime_logs():
             quantize_static(
@@ -135,7 +144,8 @@ def quantize_int8(
                 str(staged),
                 _Reader(),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANTIZED_OPS),
+                op_types_to_quantize=op_types,
+                nodes_to_quantize=include,
                 per_channel=per_channel,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
@@ -184,6 +194,18 @@ def float_tail_nodes(model_path: Path) -> list[str]:
         node.name
         for node in graph.node
         if node.op_type in QUANTIZED_OPS and any(part in name for name in node.input for part in FLOAT_TAIL)
+    ]
+
+
+def dense_nodes(model_path: Path, op_types: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Nodes of ``op_types`` inside the backbone, FPN, RPN head and box head, less ``exclude``."""
+    import onnx
+
+    skip = set(exclude)
+    return [
+        node.name
+        for node in onnx.load(str(model_path)).graph.node
+        if node.op_type in op_types and node.name.startswith(DENSE_SCOPES) and node.name not in skip
     ]
 
 

@@ -140,9 +140,11 @@ def rebuild_pruned(
 
 def save_pruned(model: nn.Module, cfg: ModelConfig, info: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write a pruned detector checkpoint (weights + layer shapes + provenance) atomically."""
-    from train.checkpoint import save_detector
+    from train.checkpoint import CHECKPOINT_FORMAT, save_detector
 
     payload = {
+        "format": CHECKPOINT_FORMAT,
+        "classes": list(CLASSES),
         **info,
         "architecture": PRUNED_ARCHITECTURE,
         "model_config": cfg.to_dict(),

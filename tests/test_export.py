@@ -217,7 +217,8 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
         )
     )
     bundle = load_bundle(out / "bundle", bundle_keys.public)
-    assert set(bundle.manifest.variants) == {"fp32", "int8", "int8_cpu"} and bundle.manifest.default_variant == "int8"
+    assert set(bundle.manifest.variants) == {"fp32", "fp16", "int8", "int8_cpu"}
+    assert bundle.manifest.default_variant == "int8"
     assert bundle.manifest.training.checkpoint_sha256 == load_source(smoke_checkpoint).sha256
     assert bundle.manifest.input.shape == (1, 3, HEIGHT, WIDTH)
     variants = report["variants"]
@@ -226,6 +227,7 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
         ("fp32", "pruned_onnx_fp32"),
         ("int8", "pruned_onnx_int8"),
         ("int8_cpu", "pruned_onnx_int8_cpu"),
+        ("fp16", "pruned_onnx_fp16"),
     ):
         best = min(1.0, max(0.0, variants[measured]["accuracy"]["best_threshold"]))
         assert bundle.manifest.variants[variant].score_threshold == pytest.approx(best)
@@ -236,8 +238,11 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
         "pruned_onnx_fp32",
         "pruned_onnx_int8",
         "pruned_onnx_int8_cpu",
+        "pruned_onnx_fp16",
+        "onnx_fp32",
+        "onnx_int8_cpu",
     }
-    for name in ("pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8", "pruned_onnx_int8_cpu"):
+    for name in set(variants) - {"pruned_pytorch_fp32"}:
         assert variants[name]["latency"]["median_ms"] > 0
         assert 0.0 <= variants[name]["accuracy"]["f2"] <= 1.0 and "map50" in variants[name]["accuracy"]
     assert variants["pruned_onnx_int8"]["macs"] < variants["pytorch_fp32"]["macs"]
@@ -246,6 +251,34 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
     assert report["parity_fp32"]["reference_detections"] > 0
     assert "latency_ratio" in report["goals"] and "f2_drop" in report["goals"]
     goals = report["goals"]
+    # each step's own contribution is the ratio of two medians of the same run
+    speedups = goals["speedups"]
+    for key, slow, fast in (
+        ("pruning_alone", "onnx_fp32", "pruned_onnx_fp32"),
+        ("int8_alone", "onnx_fp32", "onnx_int8_cpu"),
+        ("int8_on_pruned", "pruned_onnx_fp32", "pruned_onnx_int8_cpu"),
+        ("both_vs_eager", "pytorch_fp32", "pruned_onnx_int8_cpu"),
+    ):
+        assert speedups[key] == pytest.approx(
+            variants[slow]["latency"]["median_ms"] / variants[fast]["latency"]["median_ms"]
+        )
+    assert goals["mac_reduction"] == pytest.approx(
+        1 - variants["pruned_onnx_fp32"]["macs"] / variants["pytorch_fp32"]["macs"]
+    )
+    # the profile says which convolutions run on integer kernels, for every ONNX variant
+    profile = report["profile"]
+    assert set(profile) == {
+        "onnx_fp32",
+        "onnx_int8_cpu",
+        "pruned_onnx_fp32",
+        "pruned_onnx_int8",
+        "pruned_onnx_int8_cpu",
+        "pruned_onnx_fp16",
+    }
+    assert profile["pruned_onnx_fp32"]["kernels"]["integer_conv"] == 0
+    cpu_int8 = profile["pruned_onnx_int8_cpu"]["kernels"]
+    assert cpu_int8["integer_conv"] > cpu_int8["float_conv"]
+    assert profile["pruned_onnx_int8_cpu"]["ms_total"] > 0
     assert goals["judged_variant"] == "int8_cpu"
     assert goals["latency_ratio"] == pytest.approx(
         variants["pytorch_fp32"]["latency"]["median_ms"] / variants["pruned_onnx_int8_cpu"]["latency"]["median_ms"]
@@ -256,6 +289,7 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
     assert json.loads((out / "report.json").read_text())["bundle"]["version"] == 1
     markdown = (out / "report.md").read_text()
     assert "| pruned_onnx_int8 |" in markdown and "- latency: unpruned PyTorch fp32" in markdown
+    assert "| pruning alone (fp32 ONNX, unpruned -> pruned) |" in markdown and "| onnx_int8_cpu |" in markdown
     agreement = report["int8_vs_fp32"]
     assert agreement["score_floor"] == 0.5
     assert "INT8 vs fp32 ONNX (fp32 score > 0.50)" in markdown
