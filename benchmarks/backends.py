@@ -38,6 +38,12 @@ class BackendSpec:
     providers: tuple[str, ...] = ()  # onnxruntime execution providers, in order
     extra: dict[str, object] = field(default_factory=dict)
     description: str = ""
+    # Variants used, in order, when the bundle lacks ``variant`` (bundles before the fp16 variant existed).
+    fallback_variants: tuple[str, ...] = ()
+
+    def variant_in(self, variants: set[str]) -> str | None:
+        """The bundle variant this back end loads from a bundle holding ``variants`` (None: none fits)."""
+        return next((v for v in (self.variant, *self.fallback_variants) if v in variants), None)
 
     @property
     def supports_batch(self) -> bool:
@@ -100,9 +106,10 @@ BACKENDS: dict[str, BackendSpec] = {
             "tensorrt",
             "cuda",
             "fp16",
-            "fp32",
+            "fp16",
             extra={"precision": "fp16"},
-            description="native TensorRT engine built with FP16 from the fp32 ONNX",
+            description="native TensorRT engine built with FP16 from the fp16 ONNX (fp32 ONNX in older bundles)",
+            fallback_variants=("fp32",),
         ),
         BackendSpec(
             "tensorrt-int8",
@@ -149,7 +156,7 @@ def precheck(spec: BackendSpec, variants: set[str], checkpoint: Path | None) -> 
             ok, reason = TorchDetector.available("cuda")  # imports torch; the fingerprint does so anyway
             return None if ok else reason
         return None
-    if spec.variant not in variants:
+    if spec.variant_in(variants) is None:
         return f"bundle has no {spec.variant!r} variant (it has {', '.join(sorted(variants))})"
     if spec.family == "onnxruntime":
         if importlib.util.find_spec("onnxruntime") is None:
@@ -198,7 +205,7 @@ def open_detector(
     if not ok:
         raise BackendSkipped(reason)
     try:
-        detector = cls(bundle, spec.variant, options)
+        detector = cls(bundle, spec.variant_in(set(bundle.manifest.variants)) or spec.variant, options)
     except DetectorUnavailable as exc:
         raise BackendSkipped(str(exc)) from exc
     if spec.family == "onnxruntime":

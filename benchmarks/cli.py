@@ -147,6 +147,16 @@ def run_command(
         "it is spent are skipped (CI / GPU check time limits).",
     ),
     engine_cache: Path = typer.Option(None, help="TensorRT engine cache dir. Default: beside the bundle."),
+    reference: Path = typer.Option(
+        None,
+        "--reference",
+        help="A second bundle (e.g. the unpruned model) timed on the same frames in this run; its rows are "
+        "named <back end>@<--reference-label>.",
+    ),
+    reference_label: str = typer.Option("reference", help="Suffix of the reference bundle's rows."),
+    reference_backends: str = typer.Option(
+        "ort-cpu,ort-cpu-int8-u8", help="Back ends run on the --reference bundle (comma-separated)."
+    ),
 ) -> None:
     """Benchmark BUNDLE on each back end; unavailable back ends are listed as skipped with the reason."""
 
@@ -166,8 +176,24 @@ def run_command(
         raise typer.BadParameter(f"video ids must be integers, got {video_ids!r}", param_hint="--video-ids") from exc
     if data is None and clip is None:
         data = _fallback_frames()
-    if baseline is not None and baseline not in names:
-        raise typer.BadParameter(f"{baseline!r} is not among --backends {names}", param_hint="--baseline")
+    from benchmarks.runner import reference_name
+
+    ref_names: list[str] = []
+    if reference is not None:
+        try:
+            ref_names = parse_backends(reference_backends)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--reference-backends") from exc
+        if not reference_label.replace("-", "").replace("_", "").isalnum():
+            raise typer.BadParameter(
+                f"{reference_label!r}: use letters, digits, - and _", param_hint="--reference-label"
+            )
+        reference = _resolve_bundle(reference)
+    known = names + [reference_name(n, reference_label) for n in ref_names]
+    if baseline is not None and baseline not in known:
+        raise typer.BadParameter(
+            f"{baseline!r} is not among --backends or --reference rows {known}", param_hint="--baseline"
+        )
     opts = BenchOptions(
         bundle=bundle,
         backends=names,
@@ -189,6 +215,9 @@ def run_command(
         timeout_s=timeout,
         budget_s=budget,
         engine_cache_dir=engine_cache,
+        reference=reference,
+        reference_label=reference_label,
+        reference_backends=ref_names,
     )
     console = _console()
     from benchmarks.frames import FrameSourceError

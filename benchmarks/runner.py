@@ -55,6 +55,11 @@ class BenchOptions:
     budget_s: float | None = None  # whole run: back ends left when it runs out are skipped, not started
     engine_cache_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # A second bundle (e.g. the unpruned model) run on the same frames in the same run: its rows are named
+    # `<back end>@<reference_label>`, so a compression step's own speed-up is a ratio of two medians of one run.
+    reference: Path | None = None
+    reference_label: str = "reference"
+    reference_backends: list[str] = field(default_factory=lambda: ["ort-cpu", "ort-cpu-int8-u8"])
 
 
 class Progress:
@@ -74,7 +79,10 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
     from edge_agent.bundle import load_bundle
 
     progress = progress or Progress()
-    if opts.baseline is not None and opts.baseline not in opts.backends:
+    rows = opts.backends + (
+        [reference_name(n, opts.reference_label) for n in opts.reference_backends] if opts.reference else []
+    )
+    if opts.baseline is not None and opts.baseline not in rows:
         raise ValueError(f"baseline {opts.baseline!r} is not among the benchmarked back ends {opts.backends}")
     started = time.perf_counter()
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -119,6 +127,9 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
                 result = _run_worker(name, opts, Path(tmp), progress, timeout)
             results.append(result)
             progress.backend_done(result)
+
+        if opts.reference is not None:
+            results += _run_reference(opts, Path(tmp), progress, started)
 
     baseline = _derive(results, opts.baseline, model.macs, peak)
     frame_source = f"clip:{opts.clip}" if opts.clip else f"dataset:{opts.data}"
@@ -183,11 +194,56 @@ def _count_model_macs(model: ModelInfo, bundle: object, opts: BenchOptions) -> N
     )
 
 
-def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, timeout_s: float) -> BackendResult:
+def reference_name(backend: str, label: str) -> str:
+    return f"{backend}@{label}"
+
+
+def _run_reference(opts: BenchOptions, tmp: Path, progress: Progress, started: float) -> list[BackendResult]:
+    """The reference bundle's rows, each with the reference graph's own MACs (it is not the benchmarked model)."""
+    from edge_agent.bundle import load_bundle
+
+    assert opts.reference is not None
+    reference = load_bundle(opts.reference, opts.trusted_keys)
+    info = ModelInfo(name=reference.manifest.name, bundle_path=str(opts.reference))
+    _count_model_macs(info, reference, opts)
+    out = []
+    for name in opts.reference_backends:
+        spec, label = BACKENDS[name], reference_name(name, opts.reference_label)
+        progress.backend_started(label)
+        reason = precheck(spec, set(reference.manifest.variants), None)
+        remaining = None if opts.budget_s is None else opts.budget_s - (time.perf_counter() - started)
+        if reason is None and remaining is not None and remaining < MIN_BACKEND_S:
+            reason = f"run budget of {opts.budget_s:.0f} s exhausted before this back end"
+        if reason is not None:
+            result = BackendResult(
+                backend=label, status="skipped", reason=reason, device=spec.device, precision=spec.precision
+            )
+        else:
+            timeout = opts.timeout_s if remaining is None else min(opts.timeout_s, remaining)
+            result = _run_worker(name, opts, tmp, progress, timeout, bundle=opts.reference, label=label)
+            result.backend = label
+            if info.macs:
+                result.details["macs"] = info.macs
+            result.details["bundle"] = f"{reference.manifest.name} v{reference.manifest.version}"
+        out.append(result)
+        progress.backend_done(result)
+    return out
+
+
+def _run_worker(
+    name: str,
+    opts: BenchOptions,
+    tmp: Path,
+    progress: Progress,
+    timeout_s: float,
+    bundle: Path | None = None,
+    label: str | None = None,
+) -> BackendResult:
     spec = BACKENDS[name]
+    label = label or name
     worker_spec = WorkerSpec(
         backend=name,
-        bundle=str(opts.bundle),
+        bundle=str(bundle or opts.bundle),
         trusted_keys=[str(k) for k in opts.trusted_keys],
         checkpoint=str(opts.checkpoint) if opts.checkpoint else None,
         data=str(opts.data) if opts.data else None,
@@ -203,7 +259,7 @@ def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, ti
         accuracy_frames=opts.accuracy_frames,
         engine_cache_dir=str(opts.engine_cache_dir) if opts.engine_cache_dir else None,
     )
-    spec_path, out_path, log_path = tmp / f"{name}.spec.json", tmp / f"{name}.result.json", tmp / f"{name}.log"
+    spec_path, out_path, log_path = tmp / f"{label}.spec.json", tmp / f"{label}.result.json", tmp / f"{label}.log"
     spec_path.write_text(worker_spec.model_dump_json())
     env = {**thread_env(opts.threads), **opts.extra_env}
     with log_path.open("w") as log:
@@ -218,7 +274,7 @@ def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, ti
         timer.start()
         try:
             for line in proc.stdout:
-                _forward_event(name, line, progress)
+                _forward_event(label, line, progress)
             code = proc.wait()
         finally:
             timer.cancel()
@@ -226,9 +282,9 @@ def _run_worker(name: str, opts: BenchOptions, tmp: Path, progress: Progress, ti
         return BackendResult.model_validate_json(out_path.read_text())
     tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
     why = f"killed after {timeout_s:.0f} s (timeout)" if code in (-9, 137) else f"worker exited with code {code}"
-    logger.warning("%s: %s; log tail: %s", name, why, tail)
+    logger.warning("%s: %s; log tail: %s", label, why, tail)
     return BackendResult(
-        backend=name, status="failed", reason=f"{why}: {tail}"[:500], device=spec.device, precision=spec.precision
+        backend=label, status="failed", reason=f"{why}: {tail}"[:500], device=spec.device, precision=spec.precision
     )
 
 

@@ -67,7 +67,7 @@ def run(spec: WorkerSpec) -> BackendResult:
         status="ok",
         device=backend.device,
         precision=backend.precision,
-        variant=None if backend.family == "torch" else backend.variant,
+        variant=None,
     )
     emit("phase", phase="frames", total=0)
     pool, _ = load_pool(
@@ -95,6 +95,7 @@ def run(spec: WorkerSpec) -> BackendResult:
 
         tensor, _ = preprocess.letterbox(pool[0], detector.input_width, detector.input_height)
         result.details["macs"] = detector.count_macs(tensor)
+    result.variant = None if backend.family == "torch" else getattr(detector, "variant", backend.variant)
     result.model_file = str(detector.model_path)
     on_disk = Path(detector.model_path)  # a checkpoint, or a bundle file; inside a .tar: the manifest's size
     result.model_size_bytes = on_disk.stat().st_size if on_disk.is_file() else detector.model_size

@@ -390,3 +390,54 @@ def test_backends_lists_only_what_it_was_asked() -> None:
     assert "available" in flat and "bundle has no" not in flat
     bad = _invoke(["backends", "--backends", "warp-drive"])
     assert bad.exit_code == 2 and "unknown back end(s) warp-drive" in _flat(bad.output)
+
+
+def test_a_reference_bundle_runs_in_the_same_run_and_is_the_baseline(
+    bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path: Path, bundle_keys
+) -> None:  # noqa: ANN001
+    from export.demo import untrained_bundle
+
+    reference = tmp_path / "reference"
+    untrained_bundle(reference, bundle_keys.private, int8=False, cpu_int8=True, seed=1)
+    result = _invoke(
+        [
+            "run",
+            str(bench_bundle.path),
+            "--key",
+            str(bench_bundle.public_key),
+            "--backends",
+            "ort-cpu-int8-u8",
+            "--reference",
+            str(reference),
+            "--reference-label",
+            "unpruned",
+            "--baseline",
+            "ort-cpu@unpruned",
+            "--data",
+            str(synthetic_dataset),
+            "--accuracy-frames",
+            "2",
+            "--threads",
+            "1",
+            "--no-peak",
+            "--no-chart",
+            "-o",
+            str(tmp_path),
+            "--name",
+            "ref",
+            *FAST,
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    report = read_json(tmp_path / "ref.json")
+    rows = {r.backend: r for r in report.results}
+    assert set(rows) == {"ort-cpu-int8-u8", "ort-cpu@unpruned", "ort-cpu-int8-u8@unpruned"}
+    assert all(r.status == "ok" for r in rows.values()), [(r.backend, r.reason) for r in rows.values()]
+    assert report.settings.baseline == "ort-cpu@unpruned"
+    base = rows["ort-cpu@unpruned"].latency.p50_ms
+    ours = rows["ort-cpu-int8-u8"]
+    assert ours.speedup_vs_baseline == pytest.approx(base / ours.latency.p50_ms, rel=1e-2)
+    assert rows["ort-cpu@unpruned"].variant == "fp32" and rows["ort-cpu-int8-u8@unpruned"].variant == "int8_cpu"
+    assert rows["ort-cpu@unpruned"].details["macs"] > 0
+    bad = _invoke(["run", str(bench_bundle.path), "--reference", str(reference), "--baseline", "ort-cuda@x"])
+    assert bad.exit_code == 2 and "not among --backends" in _flat(bad.output)
