@@ -450,6 +450,8 @@ def _fine_tune(model, source: SourceModel, opts: ChainOptions):  # type: ignore[
     cfg.logger.wandb = False
     for dotted, value in opts.fine_tune_overrides.items():
         section, name = dotted.split(".", 1)
+        if not hasattr(cfg, section) or not hasattr(getattr(cfg, section), name):
+            raise ExportError(f"unknown fine-tuning setting {dotted!r}")
         setattr(getattr(cfg, section), name, value)
     model.train()
     tuned, metrics = fine_tune(

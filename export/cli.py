@@ -125,6 +125,19 @@ def int8(
     typer.echo(f"wrote {path}")
 
 
+def _overrides(items: list[str]) -> dict[str, object]:
+    """``SECTION.KEY=VALUE`` strings to a dict; values are YAML scalars (numbers, booleans, null, strings)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key.count(".") != 1 or not all(key.split(".")):
+            raise typer.BadParameter(f"{item!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.0002", param_hint="--set")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 @app.command()
 def prune(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint.", exists=True, dir_okay=False),
@@ -142,8 +155,17 @@ def prune(
     size: str | None = typer.Option(None, help="Input WIDTHxHEIGHT used to count MACs."),
     out: Path = typer.Option(Path("pruned.ckpt"), "--out", "-o", help="Pruned checkpoint to write."),
     eval_frames: int | None = typer.Option(None, help="Cap on held-out frames for F2 (default: all)."),
+    override: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Fine-tuning setting SECTION.KEY=VALUE over the checkpoint's training config (repeatable), "
+        "e.g. --set optim.lr=0.0002.",
+    ),
 ) -> None:
-    """Structured pruning (torch-pruning) + fine-tuning; reports params, MACs, size and F2 before and after."""
+    """Structured pruning (torch-pruning) + fine-tuning; reports params, MACs, size and F2 before and after.
+
+    Given an already pruned checkpoint with all ratios 0, it only fine-tunes further (the record of the first
+    pruning and of every fine-tuning round is kept)."""
     import io
 
     import torch
@@ -154,6 +176,8 @@ def prune(
     from export.prune import PruneConfig, model_stats, prune_detector, set_test_proposals
     from export.runners import torch_runner
     from export.source import load_source, save_pruned
+
+    overrides = _overrides(override or [])  # before any model is loaded: a typo costs nothing
 
     def size_mb(model: torch.nn.Module) -> float:
         buffer = io.BytesIO()
@@ -182,7 +206,8 @@ def prune(
             ratio=ratio, head_ratio=head_ratio, rpn_ratio=rpn_ratio, fpn_ratio=fpn_ratio, proposals=proposals
         )
         model, cfg = prune_detector(source.model, source.cfg, plan, width, height)
-        done: dict = {"prune": dict(vars(plan))}
+        earlier = dict(source.info.get("pruning") or {})
+        done: dict = {"prune": earlier.get("prune") or dict(vars(plan)), "rounds": list(earlier.get("rounds") or [])}
         if epochs > 0 or steps:
             opts = ChainOptions(
                 checkpoint,
@@ -192,12 +217,16 @@ def prune(
                 fine_tune_epochs=epochs,
                 fine_tune_steps=steps,
                 fine_tune_select=select,
+                fine_tune_overrides=overrides,
             )
             model, summary = _fine_tune(model, source, opts)
             done["fine_tune"] = _plain(summary)
+            done["rounds"].append({"steps": steps, "epochs": None if steps else epochs, "settings": overrides})
             set_test_proposals(model, cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test)
         measure("after", model)
-        save_pruned(model, cfg, {**source.info, "pruned_from": source.sha256, "pruning": done}, out)
+        # A second round keeps pointing at the training checkpoint the channels were removed from.
+        pruned_from = source.info.get("pruned_from") or source.sha256
+        save_pruned(model, cfg, {**source.info, "pruned_from": pruned_from, "pruning": done}, out)
     except (ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(json.dumps(rows, indent=2))

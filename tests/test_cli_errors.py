@@ -74,6 +74,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export-int8-missing", ["export", "int8", MISSING + ".onnx", "--ckpt", MISSING + ".ckpt"], MISSING),
     ("export-prune-missing", ["export", "prune", MISSING + ".ckpt"], MISSING),
     ("export-prune-type", ["export", "prune", "{text}", "--ratio", "half"], "--ratio"),
+    ("export-prune-set", ["export", "prune", "{text}", "--set", "optim.lr"], "expected SECTION.KEY=VALUE"),
+    ("export-all-pruned-missing", ["export", "all", "{text}", "-k", "{text}", "--pruned", MISSING], MISSING),
     (
         "export-bundle-missing",
         ["export", "bundle", "--ckpt", "{text}", "--int8", MISSING, "--key", "{key}", "--version", "1"],
