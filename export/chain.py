@@ -35,6 +35,7 @@ from export.source import SourceModel, load_source, save_pruned
 logger = logging.getLogger(__name__)
 
 BUNDLE_DIR = "bundle"
+REFERENCE_DIR = "reference-unpruned"
 # INT8 agreement is compared on confident detections. Not the operating threshold: a well-trained model's sits near
 # 1.0, and above it (plus the 0.1 score tolerance) there is nothing left to compare.
 INT8_AGREEMENT_FLOOR = 0.5
@@ -319,6 +320,31 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             private_key=key,
             overwrite=True,
         )
+        if "onnx_fp32" in onnx_paths:
+            # The unpruned model in the same form, so `starfish bench --reference` can time pruning's and INT8's
+            # own contributions in one run. Another model name: it can never be mistaken for a release.
+            write_bundle(
+                opts.out / REFERENCE_DIR,
+                name=f"{MODEL_NAME}-unpruned",
+                version=version,
+                parent_version=None,
+                classes=source.classes,
+                input_spec=InputSpec.for_size(width, height),
+                variants={
+                    "fp32": _variant_source(onnx_paths["onnx_fp32"], variants_report["onnx_fp32"]),
+                    CPU_INT8_VARIANT: _variant_source(onnx_paths["onnx_int8_cpu"], variants_report["onnx_int8_cpu"]),
+                },
+                default_variant="fp32",
+                score_threshold=_clamp(variants_report["onnx_fp32"].get("deployed_threshold", threshold)),
+                training=TrainingInfo(
+                    config_digest=source.config_digest or config_digest(source.cfg.to_dict()),
+                    data_fingerprint=source.data_fingerprint,
+                    checkpoint_sha256=source.sha256,
+                    backbone_weights=source.info.get("backbone_weights"),
+                ),
+                private_key=key,
+                overwrite=True,
+            )
     load_bundle(bundle_dir, [key.public_key()])  # what we wrote must verify
     report["bundle"] = {
         "path": str(bundle_dir),

@@ -219,6 +219,10 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
     bundle = load_bundle(out / "bundle", bundle_keys.public)
     assert set(bundle.manifest.variants) == {"fp32", "fp16", "int8", "int8_cpu"}
     assert bundle.manifest.default_variant == "int8"
+    # the unpruned reference bundle for `starfish bench --reference`: same key, another model name
+    reference = load_bundle(out / "reference-unpruned", bundle_keys.public)
+    assert set(reference.manifest.variants) == {"fp32", "int8_cpu"}
+    assert reference.manifest.name != bundle.manifest.name
     assert bundle.manifest.training.checkpoint_sha256 == load_source(smoke_checkpoint).sha256
     assert bundle.manifest.input.shape == (1, 3, HEIGHT, WIDTH)
     variants = report["variants"]
