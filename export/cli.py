@@ -377,7 +377,7 @@ def tensorrt(
     key: list[Path] = typer.Option(
         ..., "--key", "-k", help="Trusted public key(s) to verify the bundle.", exists=True, dir_okay=False
     ),
-    precision: str = typer.Option("fp16", help="fp16 (from the fp32 ONNX) or int8 (explicit, from the QDQ ONNX)."),
+    precision: str = typer.Option("fp16", help="fp16 (from the fp16 ONNX, else fp32) or int8 (from the QDQ ONNX)."),
     cache_dir: Path | None = typer.Option(None, help="Engine cache (default: <bundle>.engines beside it)."),
     workspace_mb: int = typer.Option(1024, help="Builder workspace limit in MiB."),
     state_dir: Path | None = typer.Option(
@@ -395,11 +395,12 @@ def tensorrt(
         raise typer.BadParameter("precision must be fp16 or int8")
     try:
         verified = load_bundle(bundle_path, key)
-        variant = "int8" if precision == "int8" else ("fp32" if "fp32" in verified.manifest.variants else None)
-        if variant is None or variant not in verified.manifest.variants:
+        # fp16 engines from the fp16 variant (half the bytes to ship), or from fp32 in bundles that predate it.
+        wanted = ("int8",) if precision == "int8" else ("fp16", "fp32")
+        variant = next((v for v in wanted if v in verified.manifest.variants), None)
+        if variant is None:
             raise BundleError(
-                f"{precision} needs the {'int8' if precision == 'int8' else 'fp32'} variant; "
-                f"bundle has {sorted(verified.manifest.variants)}"
+                f"{precision} needs the {' or '.join(wanted)} variant; bundle has {sorted(verified.manifest.variants)}"
             )
         cache = cache_dir or bundle_path.parent / f"{bundle_path.name}.engines"
         # The verified bytes, not the path: what is built is what was checked.
