@@ -27,7 +27,7 @@ from export.fp16 import FP16_VARIANT, convert_fp16
 from export.onnx_export import ExportError, default_input_size, export_onnx
 from export.profile import conv_kernels, op_time_profile, optimized_op_counts
 from export.provenance import MODEL_NAME, config_digest
-from export.prune import PruneConfig, model_stats, prune_detector
+from export.prune import PruneConfig, model_stats, prune_detector, with_test_proposals
 from export.quantize import DEFAULT_CALIBRATION_FRAMES, calibration_tensors, quantize_int8, random_calibration_frames
 from export.runners import DEFAULT_THREADS, onnx_runner, torch_runner
 from export.source import SourceModel, load_source, save_pruned
@@ -165,7 +165,10 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
     if opts.pruned_checkpoint is not None:
         step(f"reusing the pruned, fine-tuned model {opts.pruned_checkpoint}")
         pruned_model, pruned_cfg, done = load_pruned_for(opts.pruned_checkpoint, source)
-        report["prune"] = done.get("prune", report["prune"])
+        report["prune"] = dict(done.get("prune", report["prune"]))
+        if opts.prune.proposals is not None:  # an inference setting: applies to a reused model too
+            pruned_cfg = with_test_proposals(pruned_model, pruned_cfg, opts.prune.proposals)
+            report["prune"]["proposals"] = opts.prune.proposals
         if done.get("fine_tune"):
             report["fine_tune"] = done["fine_tune"]
         step("fine-tuning: done when that checkpoint was written")

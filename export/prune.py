@@ -136,12 +136,7 @@ def prune_detector(
                 tp.prune_linear_in_channels(consumer, drop)
     new_cfg = replace(model_cfg, representation_size=model.roi_heads.box_head.fc7.out_features)
     if prune.proposals is not None:
-        new_cfg = replace(
-            new_cfg,
-            rpn_post_nms_top_n_test=prune.proposals,
-            rpn_pre_nms_top_n_test=max(prune.proposals, min(model_cfg.rpn_pre_nms_top_n_test, 4 * prune.proposals)),
-        )
-        set_test_proposals(model, new_cfg.rpn_pre_nms_top_n_test, new_cfg.rpn_post_nms_top_n_test)
+        new_cfg = with_test_proposals(model, new_cfg, prune.proposals)
     model.eval()
     with torch.no_grad():
         ContractDetector(model, width, height)(example)  # the pruned model must still run end to end
@@ -177,6 +172,18 @@ def _prune_fpn(model: nn.Module, ratio: float, round_to: int) -> None:
     tp.prune_conv_in_channels(model.rpn.head.conv[0][0], drop)
     tp.prune_linear_in_channels(fc6, [c * pooled + k for c in drop for k in range(pooled)])
     model.backbone.out_channels = layer[0].out_channels
+
+
+def with_test_proposals(model: nn.Module, cfg: ModelConfig, proposals: int) -> ModelConfig:
+    """Keep ``proposals`` RoIs per frame after the RPN's NMS (and at most 4x that before it): an inference
+    setting that shrinks RoIAlign, the box head and the NMS work, no weights touched."""
+    new_cfg = replace(
+        cfg,
+        rpn_post_nms_top_n_test=proposals,
+        rpn_pre_nms_top_n_test=max(proposals, min(cfg.rpn_pre_nms_top_n_test, 4 * proposals)),
+    )
+    set_test_proposals(model, new_cfg.rpn_pre_nms_top_n_test, new_cfg.rpn_post_nms_top_n_test)
+    return new_cfg
 
 
 def set_test_proposals(model: nn.Module, pre_nms: int, post_nms: int) -> None:
