@@ -219,3 +219,40 @@ def test_retrain_refuses_to_start_from_a_checkpoint_that_is_not_the_released_one
             [*argv[:-4], "--store", str(tmp_path / "nothing"), "--checkpoints", str(tmp_path), "--no-release"]
         )
     assert exit_info.value.code == 2 and "no released bundle in" in capsys.readouterr().err
+
+
+def test_retrain_trains_with_lightning_ddp_on_two_cpu_processes(fleet, synthetic_dataset, bundle_keys, tmp_path):
+    """The multi-GPU cloud job's code path for real: `starfish retrain` under DDP (gloo), 2 ranks, 2 steps each.
+
+    A subprocess because Lightning's DDP launcher starts rank 1 by running the same command line again."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    out = tmp_path / "ddp"
+    argv = [sys.executable, "-m", "starfish_cli", "retrain", "--data", str(synthetic_dataset), "--out", str(out)]
+    argv += ["--key", str(bundle_keys.private), "--store", str(fleet["store"]), "--checkpoints", str(fleet["registry"])]
+    argv += ["--train-only", *TRAIN, "--data.train_limit=8", "--data.batch_size=2", "--trainer.accelerator=cpu"]
+    argv += ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.num_threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env.pop("MASTER_PORT", None)
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    training = report["training"]
+    assert (training["devices"], training["strategy"]) == (2, "ddp")
+    # 8 frames, batch 2, split over 2 ranks: 2 optimizer steps per rank, the global step count Lightning reports.
+    assert training["metrics"]["global_step"] == 2
+    assert "gloo" in proc.stderr or "distributed_backend=gloo" in proc.stderr, proc.stderr[-2000:]
+    assert "GLOBAL_RANK: 1" in proc.stderr or "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr
+    # Both ranks trained one model: the candidate starts from the released weights and differs from them.
+    released = torch.load(fleet["v1"], map_location="cpu", weights_only=True)["state_dict"]
+    candidate = torch.load(training["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    key = next(k for k in candidate if k.endswith("fpn.layer_blocks.0.0.weight"))
+    assert not torch.equal(released[key], candidate[key])
+    assert elapsed < 60, f"DDP retrain took {elapsed:.1f} s (load average {os.getloadavg()})"
