@@ -129,7 +129,13 @@ def fleet(synthetic_dataset: Path, bundle_keys: BundleKeys, tmp_path_factory: py
     )
     store_bundle(root / "export-v1" / "bundle", root / "store", [load_public_key(bundle_keys.public)])
     register_checkpoint(root / "v1.ckpt", root / "registry")
-    return {"root": root, "store": root / "store", "registry": root / "registry", "v1": root / "v1.ckpt"}
+    return {
+        "root": root,
+        "store": root / "store",
+        "registry": root / "registry",
+        "v1": root / "v1.ckpt",
+        "v1_tar": root / "store" / "starfish-cots-1.tar",
+    }
 
 
 @pytest.mark.mqtt
@@ -205,7 +211,8 @@ def test_retrain_refuses_to_start_from_a_checkpoint_that_is_not_the_released_one
     argv = ["retrain", "--data", str(synthetic_dataset), "--out", str(tmp_path / "job"), "--key"]
     argv += [str(bundle_keys.private), "--store", str(fleet["store"]), "--checkpoints", str(fleet["registry"])]
     with pytest.raises(SystemExit) as exit_info:
-        starfish_cli.main([*argv, "--no-release", "--checkpoint", str(other)])
+        # v1 named explicitly: the release test of this module may have put v2 in the store already
+        starfish_cli.main([*argv, "--no-release", "--checkpoint", str(other), "--released", str(fleet["v1_tar"])])
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # the lines above are INFO logs
     assert exit_info.value.code == 2 and last.startswith("starfish: ") and "Traceback" not in err
@@ -235,7 +242,15 @@ def test_retrain_trains_with_lightning_ddp_on_two_cpu_processes(fleet, synthetic
     out = tmp_path / "ddp"
     argv = [sys.executable, "-m", "starfish_cli", "retrain", "--data", str(synthetic_dataset), "--out", str(out)]
     argv += ["--key", str(bundle_keys.private), "--store", str(fleet["store"]), "--checkpoints", str(fleet["registry"])]
-    argv += ["--train-only", *TRAIN, "--data.train_limit=8", "--data.batch_size=2", "--trainer.accelerator=cpu"]
+    argv += [
+        "--released",
+        str(fleet["v1_tar"]),
+        "--train-only",
+        *TRAIN,
+        "--data.train_limit=8",
+        "--data.batch_size=2",
+        "--trainer.accelerator=cpu",
+    ]
     argv += ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.num_threads=1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
     env.pop("MASTER_PORT", None)

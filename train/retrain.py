@@ -424,6 +424,9 @@ def _export(opts: RetrainOptions, checkpoint: Path, version: int, report: dict[s
                 latency_runs=opts.gate.latency_runs,
                 threads=opts.gate.threads,
                 version=version,
+                # Export analysis, not release evidence: per-op profiles off, unpruned baselines only when pruned.
+                profile_frames=0,
+                unpruned_baselines=bool(opts.prune_ratio or opts.head_ratio),
                 # The pruned model's fine-tune runs here, on rank 0 only: never a second DDP launch.
                 fine_tune_overrides={"trainer.devices": 1, "trainer.strategy": "auto", "trainer.num_nodes": 1},
             )
