@@ -28,7 +28,9 @@ SUB_APPS: tuple[tuple[str, str, str], ...] = (
     ("train", "train.cli", "Train and evaluate the Faster R-CNN detector (needs the `train` extra)."),
     ("export", "export.cli", "Prune, quantize and export a checkpoint to ONNX / TensorRT bundles."),
     ("keys", "export.keys_cli", "Generate ed25519 signing keys for model bundles."),
+    ("retrain", "train.retrain_cli", "Cloud retraining job: fine-tune the released model, export, gate, release."),
     ("release", "export.release_cli", "Release a bundle: store its .tar, sign and publish its announcement."),
+    ("rollout", "export.rollout_cli", "Model rollout: per-device update state from the broker."),
     ("bundle", "edge_agent.bundle.cli", "Inspect and verify signed model bundles (torch-free)."),
     ("agent", "edge_agent.cli", "Run the edge agent: cameras -> detection -> tracking -> MQTT."),
     ("bench", "benchmarks.cli", "Benchmark back ends: latency, throughput, memory, accuracy."),
@@ -80,7 +82,8 @@ def _register_sub_apps() -> None:
                 continue
             raise
         if hasattr(module, "COMMAND"):  # a unit that is one command rather than a group of them
-            app.command(name, help=help_text)(module.COMMAND)
+            settings = getattr(module, "CONTEXT_SETTINGS", None)  # e.g. extra `--section.key=value` overrides
+            app.command(name, help=help_text, context_settings=settings)(module.COMMAND)
         else:
             app.add_typer(module.app, name=name, help=help_text)
 
@@ -126,6 +129,9 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("edge_agent.demo", "DemoError"),
     ("train.config", "ConfigError"),
     ("train.checkpoint", "CheckpointError"),
+    ("train.coco_import", "CocoImportError"),
+    ("train.retrain", "RetrainError"),
+    ("export.rollout", "RolloutError"),
     ("benchmarks.frames", "FrameSourceError"),
 )
 EXIT_USAGE = 2

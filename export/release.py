@@ -10,6 +10,7 @@ now when they reconnect.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -26,6 +28,8 @@ from edge_agent.bundle.files import sha256_file
 from edge_agent.update.announcement import Announcement, Rollout, sign_announcement
 
 logger = logging.getLogger(__name__)
+# Two tools of one process (a wave watcher and its publisher) must not share a client id: the broker would drop one.
+_CLIENTS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -104,23 +108,29 @@ def make_release(
     return Release(tar, announcement, sign_announcement(announcement, release_key))
 
 
-def publish(payload: bytes, *, host: str, port: int, topic: str, timeout_s: float = 10.0) -> None:
-    """Publish ``payload`` retained at QoS 1 on ``topic`` and wait for the broker's acknowledgement."""
+def connect(host: str, port: int, role: str) -> Any:
+    """A connected paho client (network loop not started) for the publisher's tools; `BundleError` if unreachable."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"starfish-release-{os.getpid()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"starfish-{role}-{os.getpid()}-{next(_CLIENTS)}")
     try:
         client.connect(host, port)
     except OSError as exc:
         raise BundleError(f"cannot reach the MQTT broker {host}:{port}: {exc}") from exc
+    return client
+
+
+def publish(payload: bytes, *, host: str, port: int, topic: str, timeout_s: float = 10.0, retain: bool = True) -> None:
+    """Publish ``payload`` at QoS 1 on ``topic`` (retained unless told otherwise) and wait for the broker's ack."""
+    client = connect(host, port, "release")
     client.loop_start()
     try:
-        info = client.publish(topic, payload, qos=1, retain=True)
+        info = client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(timeout=timeout_s)
         if not info.is_published():
             raise BundleError(f"the broker {host}:{port} did not acknowledge the announcement on {topic}")
     finally:
         client.disconnect()
         client.loop_stop()
-    logger.info("published the announcement retained on %s (%s:%d)", topic, host, port)
+    logger.info("published the announcement%s on %s (%s:%d)", " retained" if retain else "", topic, host, port)

@@ -26,7 +26,18 @@ def release(
     min_agent_version: str = typer.Option("0", "--min-agent-version", help="Oldest agent that may install it."),
     platform: list[str] = typer.Option(["any"], "--platform", help="Platform tags (linux-aarch64...) or 'any'."),
     wave: int = typer.Option(0, "--wave", min=0, help="Rollout wave number."),
-    canary: bool = typer.Option(False, "--canary", help="Mark this wave as the canary wave."),
+    canary: list[str] = typer.Option(
+        None,
+        "--canary",
+        help="Staged rollout: these devices (comma-separated or repeated) get it first on their …/model/set; the "
+        "fleet topic only if at most --max-failure-share of them fail. Needs --broker.",
+    ),
+    max_failure_share: float = typer.Option(
+        0.2, "--max-failure-share", min=0.0, max=1.0, help="Failed share of the canaries that stops the rollout."
+    ),
+    wave_timeout: float = typer.Option(
+        1800.0, "--wave-timeout", min=1.0, help="Seconds a canary has to commit (probation included)."
+    ),
     device: list[str] = typer.Option(None, "--device", help="Device ids this wave targets (default: all)."),
     rollback: bool = typer.Option(False, "--rollback", help="A signed explicit rollback to this bundle's version."),
     out: Path = typer.Option(None, "--out", help="Also write the announcement to this file."),
@@ -41,12 +52,17 @@ def release(
     from edge_agent.mqtt.topics import Topics
     from edge_agent.update.announcement import Rollout
     from export.release import make_release, publish
+    from export.rollout import staged_rollout
 
+    canaries = [d.strip() for item in canary or [] for d in item.split(",") if d.strip()]
+    if canaries and not broker:
+        _fail("--canary needs --broker (the canaries' results are read from it)")
+    wave_result = None
     passphrase = os.environ.get("STARFISH_KEY_PASSPHRASE")
     try:
         private = load_private_key(key, passphrase.encode() if passphrase else None)
         keys = [load_public_key(p) for p in bundle_key] if bundle_key else [private.public_key()]
-        rollout = Rollout(wave=wave, canary=canary, devices=tuple(device) if device else None)
+        rollout = Rollout(wave=wave, devices=tuple(device) if device else None, max_failure_share=max_failure_share)
         result = make_release(
             bundle,
             store=store,
@@ -65,19 +81,44 @@ def release(
             host, _, port = broker.rpartition(":")
             if not host or not port.isdigit():
                 _fail(f"--broker must be host:port, got {broker!r}")
-            publish(
-                result.payload,
-                host=host,
-                port=int(port),
-                topic=Topics(prefix=prefix, device_id="release").fleet_model(fleet),
-            )
+            if canaries:
+                wave_result = staged_rollout(
+                    result.announcement,
+                    private,
+                    host=host,
+                    port=int(port),
+                    canaries=canaries,
+                    max_failure_share=max_failure_share,
+                    timeout_s=wave_timeout,
+                    prefix=prefix,
+                    fleet=fleet,
+                )
+            else:
+                publish(
+                    result.payload,
+                    host=host,
+                    port=int(port),
+                    topic=Topics(prefix=prefix, device_id="release").fleet_model(fleet),
+                )
     except (BundleError, OSError) as exc:
         _fail(f"release refused: {exc}")
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         _fail(f"release refused: {problems}")
-    except ValueError as exc:
+    except ValueError as exc:  # RolloutError included
         _fail(f"release refused: {exc}")
+    if wave_result is not None:
+        for name, (outcome, why) in wave_result.devices.items():
+            typer.echo(f"canary {name}: {outcome} ({why})", err=True)
+        if wave_result.stopped:
+            typer.secho(
+                f"rollout stopped: {100 * wave_result.failure_share:.0f} % of the canaries failed "
+                f"(more than {100 * max_failure_share:.0f} %); the fleet topic was not published",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            raise typer.Exit(1)
+        typer.echo(f"canaries passed; published retained on {wave_result.fleet_topic}", err=True)
     typer.echo(result.payload.decode())
 
 

@@ -53,6 +53,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+RETRAIN = ["retrain", "--data", "{synth}", "--out", "{root}/job", "--key", "{existing}", "--store", "{dir}"]
+RETRAIN += ["--checkpoints", "{dir}"]
 # (id, argv with {placeholders}, words the one line must contain)
 CASES: list[tuple[str, list[str], str]] = [
     # data
@@ -143,6 +145,20 @@ CASES: list[tuple[str, list[str], str]] = [
         ],
         "--expires-days",
     ),
+    (
+        "data-import-coco-missing",
+        ["data", "import-coco", MISSING + ".json", "--images", "{dir}", "--out", "{root}/c"],
+        MISSING,
+    ),
+    (
+        "data-import-coco-not-json",
+        ["data", "import-coco", "{text}", "--images", "{dir}", "--out", "{root}/c"],
+        "not valid JSON",
+    ),
+    ("retrain-no-release", [*RETRAIN, "--no-release"], "no released bundle in"),
+    ("retrain-type", [*RETRAIN, "--epochs", "many"], "--epochs"),
+    ("rollout-status-broker", ["rollout", "status", "--broker", "nohostport"], "--broker must be host:port"),
+    ("rollout-status-type", ["rollout", "status", "--broker", "127.0.0.1:1", "--wait", "long"], "--wait"),
     ("shore-bench-type", ["shore", "bench", "--counts", "many"], "--counts"),
     ("shore-copy-missing-option", ["shore", "copy", "--from", "{root}/a.sqlite3"], "--to"),
     ("shore-run-type", ["shore", "run", "--mqtt-port", "eighty"], "--mqtt-port"),

@@ -1,4 +1,5 @@
-"""`starfish data …`: the synthetic reef generator, the out-of-distribution validation renderer, previews, statistics.
+"""`starfish data …`: the synthetic reef generator, the out-of-distribution validation renderer, COCO import, previews,
+statistics.
 
 Heavy imports (OpenCV, numpy, the generator) happen inside the commands so `starfish --help` stays fast.
 """
@@ -130,6 +131,40 @@ def ood(
         f"[green]wrote[/green] {summary.frames} validation-only frames, {summary.boxes} boxes "
         f"({summary.empty_frames} empty frames, {sum(v.distinct_starfish for v in summary.videos)} distinct "
         f"starfish) to {out} in {summary.seconds:.1f} s ({summary.frames_per_second:.2f} frames/s)"
+    )
+
+
+@app.command("import-coco")
+def import_coco(
+    annotations: Path = typer.Argument(..., help="COCO JSON (CVAT / Label Studio export) of harvested frames."),
+    images: Path = typer.Option(..., "--images", help="Directory the COCO file_name entries are relative to."),
+    out: Path = typer.Option(..., "--out", help="Dataset root to write (Kaggle layout: train.csv + train_images/)."),
+    category: list[str] = typer.Option(
+        None, "--category", help="Category name(s) that mean starfish (default: starfish, cots, crown-of-thorns...)."
+    ),
+    first_video_id: int = typer.Option(0, "--first-video-id", min=0, help="video_id of the first source folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
+) -> None:
+    """Turn COCO labels of frames harvested from devices into a training dataset root (one video per folder)."""
+    from rich.console import Console
+
+    from train.coco_import import DEFAULT_CATEGORIES
+    from train.coco_import import import_coco as run_import
+
+    try:
+        summary = run_import(
+            annotations,
+            images,
+            out,
+            categories=tuple(category) if category else DEFAULT_CATEGORIES,
+            first_video_id=first_video_id,
+            overwrite=overwrite,
+        )
+    except FileExistsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
+    Console().print(
+        f"[green]wrote[/green] {summary.frames} frames ({summary.boxes} boxes, {summary.empty_frames} empty) "
+        f"at {summary.width}x{summary.height} in {len(summary.videos)} video(s) to {out}"
     )
 
 
