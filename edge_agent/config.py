@@ -309,6 +309,16 @@ def preflight(cfg: AgentConfig) -> None:
     problem = _outbox_path_problem(cfg.outbox_path)
     if problem:
         problems.append(f"outbox_path: {problem}")
+    if cfg.updates is not None:
+        from edge_agent.bundle import BundleError, load_public_key
+
+        for index, key in enumerate(cfg.updates.release_keys):
+            try:
+                load_public_key(key)
+            except (BundleError, OSError) as exc:
+                problems.append(f"updates.release_keys.{index}: {exc}")
+        if Path(cfg.updates.models_dir).exists() and not Path(cfg.updates.models_dir).is_dir():
+            problems.append(f"updates.models_dir: {cfg.updates.models_dir} exists and is not a directory")
     if problems:
         raise ConfigError("; ".join(problems))
 
