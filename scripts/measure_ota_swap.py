@@ -13,20 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tarfile
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_agent.bundle import generate_keypair, load_private_key  # noqa: E402
-from edge_agent.bundle.files import sha256_file  # noqa: E402
-from edge_agent.update.announcement import Announcement, sign_announcement  # noqa: E402
+from edge_agent.bundle import generate_keypair  # noqa: E402
 from tests.helpers.agent import AgentProcess, agent_config, make_clip, write_config  # noqa: E402
-from tests.helpers.bundles import TinyBundle, rebundle  # noqa: E402
+from tests.helpers.bundles import TinyBundle, rebundle, signed_announcement, tar_bundle  # noqa: E402
 from tests.helpers.http_server import BundleServer  # noqa: E402
 from tests.helpers.mqtt_broker import MosquittoBroker, Subscriber, wait_until  # noqa: E402
 
@@ -51,9 +48,7 @@ def main() -> int:
         store = tmp / "store"
         store.mkdir()
         v7 = rebundle(DEMO, tmp / "v7", tmp / "bundle.pem", version=7, parent_version=6)
-        with tarfile.open(store / "v7.tar", "w", format=tarfile.PAX_FORMAT) as tar:
-            for file in sorted(v7.iterdir()):
-                tar.add(file, arcname=file.name)
+        tar_bundle(v7, store / "v7.tar")
         clip = make_clip(tmp / "clip.mp4", frames=60, width=640, height=360)
         broker = MosquittoBroker(tmp / "broker").start()
         sub = Subscriber(broker.host, broker.port, [f"starfish/{DEVICE}/#"], client_id="ota-measure-sub").start()
@@ -75,21 +70,8 @@ def main() -> int:
                 counts = lambda: [m.json() for m in sub.on("/counts")]  # noqa: E731
                 if not wait_until(lambda: len(counts()) >= 5, 120):
                     raise SystemExit(f"the agent did not count:\n{agent.log()[-3000:]}")
-                now = datetime.now(timezone.utc)
                 path = store / "v7.tar"
-                raw = sign_announcement(
-                    Announcement(
-                        name="starfish-cots",
-                        version=7,
-                        url=server.url(path.name),
-                        sha256=sha256_file(path),
-                        size=path.stat().st_size,
-                        created_at=now,
-                        expires_at=now + timedelta(hours=1),
-                        platforms=["any"],
-                    ),
-                    load_private_key(tmp / "release.pem"),
-                )
+                raw = signed_announcement(path, server.url(path.name), tmp / "release.pem", 7)
                 tar_bytes = path.stat().st_size
                 sent = time.time()
                 sub.client.publish(f"starfish/{DEVICE}/model/set", raw, qos=1).wait_for_publish(5)

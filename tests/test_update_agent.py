@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tarfile
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import get_args
 
@@ -22,26 +21,18 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.bundle import MANIFEST_NAME, generate_keypair, load_private_key, parse_manifest
+from edge_agent.bundle import MANIFEST_NAME, generate_keypair, parse_manifest
 from edge_agent.bundle.files import sha256_file
 from edge_agent.device_state import DeviceState
 from edge_agent.mqtt.payloads import UpdateStateName
-from edge_agent.update.announcement import Announcement, sign_announcement
 from edge_agent.update.state import UpdateState, UpdateStore
 from tests.helpers.agent import AgentProcess, agent_config, make_clip, write_config
-from tests.helpers.bundles import rebundle
+from tests.helpers.bundles import rebundle, signed_announcement, tar_bundle
 from tests.helpers.http_server import BundleServer
 from tests.helpers.mqtt_broker import wait_until
 
 DEVICE = "ota-dev"
 FLEET = "survey-a"
-
-
-def tar_dir(src: Path, dest: Path) -> Path:
-    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
-        for file in sorted(src.iterdir()):
-            tar.add(file, arcname=file.name)
-    return dest
 
 
 def failing_on_real_frames(src: Path, dest: Path) -> None:
@@ -91,7 +82,9 @@ def store(tmp_path_factory, tiny_bundle, bundle_keys):
     """The HTTP store: v2.tar (the tiny model again, as v2) and v3.tar (fails on real frames)."""
     root = tmp_path_factory.mktemp("ota-store")
     work = tmp_path_factory.mktemp("ota-bundles")
-    tar_dir(rebundle(tiny_bundle.path, work / "v2", bundle_keys.private, version=2, parent_version=1), root / "v2.tar")
+    tar_bundle(
+        rebundle(tiny_bundle.path, work / "v2", bundle_keys.private, version=2, parent_version=1), root / "v2.tar"
+    )
     broken = work / "v3-files"
     shutil.copytree(tiny_bundle.path, broken)
     manifest = parse_manifest((tiny_bundle.path / MANIFEST_NAME).read_bytes())
@@ -101,7 +94,7 @@ def store(tmp_path_factory, tiny_bundle, bundle_keys):
         file = broken / variant["file"]
         variants[name].update(sha256=sha256_file(file), size=file.stat().st_size)
     v3 = rebundle(broken, work / "v3", bundle_keys.private, version=3, parent_version=1, variants=variants)
-    tar_dir(v3, root / "v3.tar")
+    tar_bundle(v3, root / "v3.tar")
     return root
 
 
@@ -116,20 +109,8 @@ def server(store):
         yield srv
 
 
-def announce(server: BundleServer, store: Path, release_key, version: int, age_s: float = 0) -> bytes:
-    path = store / f"v{version}.tar"
-    now = datetime.now(timezone.utc) - timedelta(seconds=age_s)
-    ann = Announcement(
-        name="starfish-cots",
-        version=version,
-        url=server.url(path.name),
-        sha256=sha256_file(path),
-        size=path.stat().st_size,
-        created_at=now,
-        expires_at=now + timedelta(days=1),
-        platforms=["any"],
-    )
-    return sign_announcement(ann, load_private_key(release_key[0]))
+def announce(server: BundleServer, store: Path, release_key, version: int) -> bytes:
+    return signed_announcement(store / f"v{version}.tar", server.url(f"v{version}.tar"), release_key[0], version)
 
 
 def start_agent(tmp_path: Path, bundle, clip, broker, release_key, bundle_keys, log: str, **updates) -> AgentProcess:

@@ -192,27 +192,34 @@ class AgentUpdates:
         standby, self._standby = self._standby, None
         started = time.perf_counter()
         wanted = (bundle.manifest.name, bundle.manifest.version)
+        load_s = 0.0
         if (running.name, running.version) == wanted:
-            load_s = 0.0  # a swap re-entered after a restart that already loaded this version
+            # A swap re-entered after a restart that already loaded this version, or a rollback that the inference
+            # thread already did by switching to the warm previous model.
+            self._probation = self._new_probation(record) if entering else None
         elif standby is not None and (standby.bundle.manifest.name, standby.bundle.manifest.version) == wanted:
-            load_s = 0.0  # rollback to the previous model, still warm: the counting gap is one frame
-            agent.swap_detector(standby, self._standby_load_s)
+            self._probation = None
+            agent.swap_detector(standby, self._standby_load_s)  # back to the warm previous model
             standby = None
         else:
             # Load (and warm up) the new model here, on the worker thread, while the old one keeps counting.
             detector = self.make_detector(bundle)
             load_s = time.perf_counter() - started
-            self._standby_load_s = agent.slot.load_time_s
-            old = agent.swap_detector(detector, load_s, keep_old=entering and self.ucfg.probation_keep_previous)
-            if entering and self.ucfg.probation_keep_previous:
-                self._standby = old
+            keep = entering and self.ucfg.probation_keep_previous
+            if keep:
+                # Set before the swap (only this thread swaps): the very first frames on the new model are
+                # judged already, and a rollback they trigger finds the previous model.
+                self._standby, self._standby_load_s = agent.slot.detector, agent.slot.load_time_s
+            self._probation = self._new_probation(record) if entering else None
+            agent.swap_detector(detector, load_s, keep_old=keep)
         if standby is not None:
             standby.close()
         self.last_swap = {"version": bundle.manifest.version, "load_s": round(load_s, 3), "at": time.time()}
-        if entering and record is not None:
-            self._probation = Probation(self.ucfg, update_id=record.id, baseline_fps=self.rate.fps())
-        else:
-            self._probation = None
+
+    def _new_probation(self, record: UpdateRecord | None) -> Probation | None:
+        if record is None:
+            return None
+        return Probation(self.ucfg, update_id=record.id, baseline_fps=self.rate.fps())
 
     def _release_standby(self) -> None:
         standby, self._standby = self._standby, None
