@@ -70,6 +70,49 @@ def failing_on_real_frames(src: Path, dest: Path) -> None:
     onnx.save(model, str(dest))
 
 
+def slower(src: Path, dest: Path, matmuls: int = 30) -> None:
+    """The tiny model plus a chain of input-dependent 512x512 matrix products added (times zero) to its scores:
+    the same answers, about 5-7x the time per frame. It passes a loose latency budget, then loses its fps."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["scores_raw" if out == "scores" else out for out in node.output]
+    weights = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32) / 512
+    graph.initializer.extend(
+        [numpy_helper.from_array(weights, "slow_w"), helper.make_tensor("slow_zero", TensorProto.FLOAT, [], [0.0])]
+    )
+    # Scaled by the input's mean, so no constant folding can skip the work.
+    nodes = [
+        helper.make_node("ReduceMean", [graph.input[0].name], ["slow_mean"], keepdims=0),
+        helper.make_node("Mul", ["slow_w", "slow_mean"], ["slow_0"]),
+    ]
+    nodes += [helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_{i + 1}"]) for i in range(matmuls)]
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_{matmuls}"], ["slow_sum"], keepdims=0),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+        helper.make_node("Add", ["scores_raw", "slow_nothing"], ["scores"]),
+    ]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))
+
+
+def changed_bundle(tiny: Path, work: Path, key: Path, version: int, change) -> Path:
+    """A signed bundle of the tiny model with each variant's ONNX file rewritten by ``change(src, dest)``."""
+    files = work / f"v{version}-files"
+    shutil.copytree(tiny, files)
+    variants = parse_manifest((tiny / MANIFEST_NAME).read_bytes()).model_dump(mode="json")["variants"]
+    for variant in variants.values():
+        change(tiny / variant["file"], files / variant["file"])
+        file = files / variant["file"]
+        variant.update(sha256=sha256_file(file), size=file.stat().st_size)
+    return rebundle(files, work / f"v{version}", key, version=version, parent_version=1, variants=variants)
+
+
 @pytest.fixture(scope="module")
 def release_key(tmp_path_factory):
     root = tmp_path_factory.mktemp("release-key")
@@ -79,22 +122,14 @@ def release_key(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_bundle, bundle_keys):
-    """The HTTP store: v2.tar (the tiny model again, as v2) and v3.tar (fails on real frames)."""
+    """The HTTP store: v2.tar (the tiny model again, as v2), v3.tar (fails on real frames), v4.tar (slower)."""
     root = tmp_path_factory.mktemp("ota-store")
     work = tmp_path_factory.mktemp("ota-bundles")
     tar_bundle(
         rebundle(tiny_bundle.path, work / "v2", bundle_keys.private, version=2, parent_version=1), root / "v2.tar"
     )
-    broken = work / "v3-files"
-    shutil.copytree(tiny_bundle.path, broken)
-    manifest = parse_manifest((tiny_bundle.path / MANIFEST_NAME).read_bytes())
-    variants = manifest.model_dump(mode="json")["variants"]
-    for name, variant in variants.items():
-        failing_on_real_frames(tiny_bundle.path / variant["file"], broken / variant["file"])
-        file = broken / variant["file"]
-        variants[name].update(sha256=sha256_file(file), size=file.stat().st_size)
-    v3 = rebundle(broken, work / "v3", bundle_keys.private, version=3, parent_version=1, variants=variants)
-    tar_bundle(v3, root / "v3.tar")
+    tar_bundle(changed_bundle(tiny_bundle.path, work, bundle_keys.private, 3, failing_on_real_frames), root / "v3.tar")
+    tar_bundle(changed_bundle(tiny_bundle.path, work, bundle_keys.private, 4, slower), root / "v4.tar")
     return root
 
 
@@ -275,6 +310,31 @@ def test_failing_model_rolls_back_and_retained_announcement_is_not_retried(
         if agent.alive():
             agent.kill9()
     assert_contiguous(counts(sub), frames=False)
+
+
+def test_slower_model_rolls_back_on_the_fps_drop(
+    tmp_path, tiny_bundle, bundle_keys, looping_clip, store, server, release_key, mosquitto, mqtt_subscriber
+):
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"], client_id="ota-sub")
+    agent = start_agent(tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, "agent.log")
+    try:
+        assert wait_until(lambda: len(counts(sub)) >= 30, 60), agent.log()
+        publish(mosquitto, f"starfish/{DEVICE}/model/set", announce(server, store, release_key, 4))
+        assert wait_until(lambda: any(e.get("ok") is not None for e in events(sub)), 90), (events(sub), agent.log())
+        back = events(sub)[-1]
+        assert back["event"] == "rolled_back" and back["error_code"] == "probation_failed", back
+        assert "fps fell" in back["error"] and back["probation"]["errors"] == 0
+        assert back["probation"]["fps"] < back["probation"]["baseline_fps"] / 2
+        assert current(tmp_path) == "versions/1"
+        assert agent.terminate() == 0, agent.log()
+    finally:
+        if agent.alive():
+            agent.kill9()
+    docs = counts(sub)
+    assert_contiguous(docs)  # a slow model loses no frame: every one was counted, just later
+    assert docs[-1]["model"]["version"] == 1 and any(d["model"]["version"] == 4 for d in docs)
+    with DeviceState(tmp_path / "state") as state:
+        assert state.is_bad("starfish-cots", 4) and state.floor("starfish-cots") == 1
 
 
 @pytest.mark.parametrize("moment", ["staging", "swapping"])
