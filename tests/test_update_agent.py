@@ -167,6 +167,8 @@ def start_agent(tmp_path: Path, bundle, clip, broker, release_key, bundle_keys, 
         "probation_frames": 15,
         "probation_s": 1.0,
         "probation_max_errors": 2,
+        # Shared cores make fps swing: only the fps test judges it at the default 50 %.
+        "probation_max_fps_drop": 0.95,
         **updates,
     }
     return AgentProcess(write_config(tmp_path / "agent.yaml", cfg), tmp_path / log)
@@ -316,7 +318,10 @@ def test_slower_model_rolls_back_on_the_fps_drop(
     tmp_path, tiny_bundle, bundle_keys, looping_clip, store, server, release_key, mosquitto, mqtt_subscriber
 ):
     sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"], client_id="ota-sub")
-    agent = start_agent(tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, "agent.log")
+    log = "agent.log"
+    agent = start_agent(
+        tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, log, probation_max_fps_drop=0.5
+    )
     try:
         assert wait_until(lambda: len(counts(sub)) >= 30, 60), agent.log()
         publish(mosquitto, f"starfish/{DEVICE}/model/set", announce(server, store, release_key, 4))

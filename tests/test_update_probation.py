@@ -48,9 +48,13 @@ def test_fps_drop_beyond_the_threshold_rolls_back():
     assert [d.verdict for d in feed(unknown, 30, fps=1.0)] == [Verdict.COMMIT]
 
 
-def test_frame_rate_window():
-    rate = FrameRate(window=5)
+def test_frame_rate_needs_enough_frames_and_time():
+    rate = FrameRate(window_s=10.0)
     assert rate.fps() is None
-    for i in range(10):
-        rate.tick(i * 0.5)
+    for i in range(20):  # a start-up burst: 20 frames in 20 ms
+        rate.tick(i * 0.001)
+    assert rate.fps() is None
+    for i in range(1, 41):
+        rate.tick(1.0 + i * 0.5)
+    # Only the last 10 s count: frames at 11.0 ... 21.0 s, two a second.
     assert rate.fps() == 2.0

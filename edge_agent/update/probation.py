@@ -34,10 +34,16 @@ class Decision:
 
 
 class FrameRate:
-    """Processed-frame times (monotonic) of the last ``window`` frames; `fps()` over them. Thread-safe."""
+    """Processed-frame times (monotonic) of the last ``window_s`` seconds; `fps()` over them. Thread-safe.
 
-    def __init__(self, window: int = 100) -> None:
-        self._times: deque[float] = deque(maxlen=window)
+    No figure (None) from fewer than ``min_frames`` frames or less than ``min_span_s`` seconds: right after a start
+    the first frames come in a burst (a file's buffered frames), which says nothing about the model's pace."""
+
+    def __init__(self, window_s: float = 10.0, min_frames: int = 5, min_span_s: float = 1.0, cap: int = 2000) -> None:
+        self.window_s = window_s
+        self.min_frames = min_frames
+        self.min_span_s = min_span_s
+        self._times: deque[float] = deque(maxlen=cap)
         self._lock = threading.Lock()
 
     def tick(self, now: float) -> None:
@@ -46,9 +52,14 @@ class FrameRate:
 
     def fps(self) -> float | None:
         with self._lock:
-            if len(self._times) < 2 or self._times[-1] <= self._times[0]:
+            if not self._times:
                 return None
-            return (len(self._times) - 1) / (self._times[-1] - self._times[0])
+            last = self._times[-1]
+            recent = [t for t in self._times if t >= last - self.window_s]
+        span = recent[-1] - recent[0]
+        if len(recent) < self.min_frames or span < self.min_span_s:
+            return None
+        return (len(recent) - 1) / span
 
 
 class Probation:

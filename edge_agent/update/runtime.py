@@ -194,9 +194,9 @@ class AgentUpdates:
         wanted = (bundle.manifest.name, bundle.manifest.version)
         load_s = 0.0
         if (running.name, running.version) == wanted:
-            # A swap re-entered after a restart that already loaded this version, or a rollback that the inference
-            # thread already did by switching to the warm previous model.
-            self._probation = self._new_probation(record) if entering else None
+            # A swap re-entered after a restart that already loaded this version (so there is no previous model's
+            # fps to compare with), or a rollback that the inference thread already did.
+            self._probation = self._new_probation(record, baseline=False) if entering else None
         elif standby is not None and (standby.bundle.manifest.name, standby.bundle.manifest.version) == wanted:
             self._probation = None
             agent.swap_detector(standby, self._standby_load_s)  # back to the warm previous model
@@ -216,10 +216,10 @@ class AgentUpdates:
             standby.close()
         self.last_swap = {"version": bundle.manifest.version, "load_s": round(load_s, 3), "at": time.time()}
 
-    def _new_probation(self, record: UpdateRecord | None) -> Probation | None:
+    def _new_probation(self, record: UpdateRecord | None, baseline: bool = True) -> Probation | None:
         if record is None:
             return None
-        return Probation(self.ucfg, update_id=record.id, baseline_fps=self.rate.fps())
+        return Probation(self.ucfg, update_id=record.id, baseline_fps=self.rate.fps() if baseline else None)
 
     def _release_standby(self) -> None:
         standby, self._standby = self._standby, None
