@@ -5,7 +5,9 @@ store, real signed announcements and bundles (the untrained tiny model: no train
   `…/model/update` says committed, counts' seq is contiguous and no frame goes uncounted at the swap;
 * a model that fails on real frames (it passes the blank-frame staging check) rolls back automatically during
   probation, is marked bad, and its still-retained fleet announcement is not retried after a restart;
-* kill -9 while the update is swapping: the restart finds one consistent model and finishes the update.
+* a validly signed model much slower on this device rolls back on the fps drop;
+* kill -9 while the update is staging or swapping: the restart finds one consistent model and finishes the update;
+  kill -9 in probation: the restart runs the new model and does not raise the anti-rollback floor before commit.
 """
 
 from __future__ import annotations
@@ -374,3 +376,36 @@ def test_kill_9_during_the_update_restarts_with_one_consistent_model(
     with DeviceState(tmp_path / "state") as state:
         assert state.floor("starfish-cots") == 2
     assert counts(sub)[-1]["model"]["version"] == 2
+
+
+def test_restart_in_probation_keeps_the_floor_until_commit(
+    tmp_path, tiny_bundle, bundle_keys, looping_clip, store, server, release_key, mosquitto, mqtt_subscriber
+):
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"], client_id="ota-sub")
+    agent = start_agent(
+        tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, "agent.log", probation_s=600
+    )
+    try:
+        assert wait_until(lambda: len(counts(sub)) >= 5, 60), agent.log()
+        publish(mosquitto, f"starfish/{DEVICE}/model/set", announce(server, store, release_key, 2))
+        assert wait_until(lambda: any(e["event"] == "probation" for e in events(sub)), 60), agent.log()
+    finally:
+        agent.kill9()
+    seen = len(counts(sub))
+    agent = start_agent(
+        tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, "agent2.log", probation_s=600
+    )
+    try:
+        assert wait_until(lambda: len(counts(sub)) > seen + 10, 60), agent.log()
+        assert counts(sub)[-1]["model"]["version"] == 2  # the restart runs the model in probation ...
+        with DeviceState(tmp_path / "state") as state:
+            assert state.floor("starfish-cots") == 1  # ... without the start-up commit raising the floor
+        assert retained(mosquitto, f"starfish/{DEVICE}/model/update")["state"] == "probation"
+        assert agent.terminate() == 0, agent.log()
+    finally:
+        if agent.alive():
+            agent.kill9()
+    store_ = UpdateStore(tmp_path / "state")
+    record = store_.active()
+    store_.close()
+    assert record is not None and record.state is UpdateState.PROBATION and record.restarts == 1
