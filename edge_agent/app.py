@@ -6,7 +6,9 @@ video, so disk I/O never stalls inference). Capture, tracking and publishing the
 adding to it.
 
 The detector lives in a `DetectorSlot`: `Agent.swap_detector()` replaces it between two frames (the frame in flight
-finishes on the old one), so a model update never stops capture or publishing.
+finishes on the old one), so a model update never stops capture or publishing. Over-the-air updates
+(`edge_agent.update.runtime.AgentUpdates`, when configured) run on their own thread and only call back into the
+agent for the swap; the inference loop feeds their probation one cheap call per frame.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -34,6 +36,10 @@ from edge_agent.mqtt.payloads import CameraState as MqttCameraState
 from edge_agent.outbox import OutboxError
 from edge_agent.ratelimit import LogLimiter
 from edge_agent.tracking import Tracker
+
+if TYPE_CHECKING:
+    from edge_agent.bundle import VerifiedBundle
+    from edge_agent.update.runtime import AgentUpdates
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +65,18 @@ class Publisher(Protocol):
     def publish_track_event(self, camera_id: str, payload: dict, *, wait: bool = True) -> None: ...
     def publish_stats(self, payload: dict[str, Any]) -> bool: ...
     def on_command(self, handler: Callable[[str, bytes], None]) -> None: ...
+    def set_update_state(self, state: dict[str, Any]) -> None: ...
+    def publish_update_event(self, event: dict[str, Any], *, wait: bool = False) -> None: ...
     def stop(self, timeout: float = 5.0) -> None: ...
+
+
+class UpdateHooks(Protocol):
+    """What the agent needs from `edge_agent.update.runtime.AgentUpdates`."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def submit(self, payload: bytes) -> bool: ...
+    def on_frame(self, ok: bool, now: float) -> None: ...
 
 
 def iso(ts: float) -> str:
@@ -160,6 +177,7 @@ class Agent:
         self._stopped = threading.Event()
         # Closed last at shutdown, after the publisher has flushed (e.g. the outbox that build_agent opened).
         self.closers: list[Callable[[], None]] = []
+        self.updates: UpdateHooks | None = None  # over-the-air model updates (build_agent sets them when configured)
 
     # -- public control --------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -176,12 +194,24 @@ class Agent:
         """Cameras whose capture thread is still inside OpenCV after shutdown (the CLI then exits with os._exit)."""
         return [camera_id for camera_id, r in self.cameras.items() if r.camera.thread_alive]
 
-    def swap_detector(self, new: Detector, load_time_s: float | None = None) -> None:
-        """Replace the running detector between frames; the old one is closed once its last frame is done."""
+    def swap_detector(self, new: Detector, load_time_s: float | None = None, *, keep_old: bool = False) -> Detector:
+        """Replace the running detector between two frames: load-new-then-unload-old.
+
+        ``new`` is already loaded and warmed up (by the caller, on its own thread, while the old one kept counting);
+        the swap itself only waits for the frame in flight, so the next frame runs on ``new``: no frame is skipped
+        and the counts' seq goes on unbroken. The old detector is closed after that, unless ``keep_old`` (an update
+        in probation keeps it warm for an instant rollback); it is returned either way.
+        """
         old = self.slot.swap(new, load_time_s)
         self._publish_model_info()
         logger.info("detector swapped: %s -> %s", old.describe(), new.describe())
-        old.close()
+        if not keep_old:
+            old.close()
+        return old
+
+    def recent_inference_ms(self) -> list[float]:
+        """Inference times of the last frames (the reference a candidate model's latency is checked against)."""
+        return list(self._inference_ms)[-200:]
 
     def reset(self, camera_id: str) -> None:
         """Restart the unique count of ``camera_id`` (applied by the inference loop before its next frame)."""
@@ -196,6 +226,8 @@ class Agent:
         self.publisher.on_command(self._on_command)
         self.publisher.start()
         self._publish_model_info()
+        if self.updates is not None:
+            self.updates.start()
         self._evidence.start()
         for runtime in self.cameras.values():
             runtime.camera.start()
@@ -241,6 +273,8 @@ class Agent:
         except Exception:  # noqa: BLE001 - one bad frame (or a native error) must not stop counting
             self.detect_errors += 1
             logger.exception("camera %s frame %d: detection failed", runtime.camera.id, frame.index)
+            if self.updates is not None:
+                self.updates.on_frame(False, time.monotonic())
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
         self._inference_ms.append(elapsed_ms)
@@ -268,6 +302,8 @@ class Agent:
         self._last_frame_at = time.monotonic()
         if self._first_frame_at is None:
             self._first_frame_at = self._last_frame_at
+        if self.updates is not None:
+            self.updates.on_frame(True, self._last_frame_at)
         for event in (*update.new, *update.ended):
             self._store_track_event(camera_id, event)
         # Always one call per frame: in `aggregate` mode the publisher folds frames into windows itself.
@@ -352,8 +388,9 @@ class Agent:
     def _on_command(self, topic: str, payload: bytes) -> None:
         """Inbound commands (already size/shape-checked by the publisher's inbound gate).
 
-        `…/{camera_id}/reset` restarts that camera's unique count. Model announcements (`…/model/set`, fleet) are
-        acknowledged in the log only: remote model updates arrive in a later issue and will call `swap_detector`.
+        `…/{camera_id}/reset` restarts that camera's unique count. Model announcements (`…/model/set`, the fleet
+        topic) go to the update worker's queue (verified there, never on this thread); without an `updates`
+        configuration they are only logged.
         """
         levels = topic.split("/")
         if len(levels) >= 2 and levels[-1] == "reset":
@@ -363,11 +400,14 @@ class Agent:
                 self.commands_rejected += 1
                 logger.warning("rejected reset for unknown camera %r (cameras: %s)", levels[-2], sorted(self.cameras))
             return
+        if self.updates is not None:
+            self.updates.submit(payload)
+            return
         log, suppressed = self._command_log.allow("model")
         if log:
             more = f"; {suppressed} more since the last report" if suppressed else ""
             logger.info(
-                "inbound %s (%d bytes): model updates are not handled by this agent version%s",
+                "inbound %s (%d bytes): model updates are off (no `updates` configuration)%s",
                 topic,
                 len(payload),
                 more,
@@ -473,6 +513,9 @@ class Agent:
             (f"camera {cid} tracker flush", functools.partial(self._flush_tracks, runtime, "shutdown"))
             for cid, runtime in self.cameras.items()
         ]
+        if self.updates is not None:
+            # Before the publisher: an update paused here reports it, and the report still reaches the outbox.
+            steps.append(("model updates", self.updates.stop))
         steps += [
             ("evidence writer", self._evidence.stop),
             ("publisher", lambda: self.publisher.stop(timeout=3.0)),
@@ -496,15 +539,18 @@ class StartupError(RuntimeError):
     """The agent cannot start with this configuration (bundle refused, no back end, outbox unusable)."""
 
 
-def load_detector(cfg: AgentConfig, bundle_path: Path | None = None) -> tuple[Detector, float]:
+def load_detector(
+    cfg: AgentConfig, bundle_path: Path | None = None, *, allow_rollback: bool | None = None
+) -> tuple[Detector, float]:
     """Verify the bundle against the trusted keys and this device's anti-rollback floor, then load and warm up
     the first back end that works (`create_detector` falls through on any back-end failure).
 
-    Also the entry point for a hot swap: build the new detector with this, then `Agent.swap_detector()`, and
-    raise the floor (`commit_model`) only once the new model is committed.
+    ``allow_rollback`` overrides `detector.allow_rollback` (the update manager's signed rollback target). A hot
+    swap builds its detector with `detector_for_bundle` from the bundle the update manager verified, then calls
+    `Agent.swap_detector()`; the floor rises (`commit_model`) only once the new model is committed.
     """
     from edge_agent.bundle import BundleError, load_bundle
-    from edge_agent.detectors import DetectorOptions, DetectorUnavailable, create_detector
+    from edge_agent.detectors import DetectorUnavailable
     from edge_agent.device_state import DeviceState, DeviceStateError
 
     det = cfg.detector
@@ -523,27 +569,40 @@ def load_detector(cfg: AgentConfig, bundle_path: Path | None = None) -> tuple[De
     manifest = bundle.manifest
     try:
         with DeviceState(state_dir) as state:
-            state.check_rollback(manifest.name, manifest.version, allow_rollback=det.allow_rollback)
+            state.check_rollback(
+                manifest.name,
+                manifest.version,
+                allow_rollback=det.allow_rollback if allow_rollback is None else allow_rollback,
+            )
     except BundleError as exc:
         raise StartupError(f"model bundle {path} refused: {exc}") from exc
     except DeviceStateError as exc:
         raise StartupError(str(exc)) from exc
-    options = DetectorOptions(
-        score_threshold=det.score_threshold,
-        threads=det.threads,
-        engine_cache_dir=det.engine_cache_dir,
-        state_dir=state_dir,
-    )
     try:
-        detector = create_detector(det.backends, bundle, det.variant, options)
+        detector = detector_for_bundle(cfg, bundle)
     except (DetectorUnavailable, BundleError) as exc:
         raise StartupError(str(exc)) from exc
     return detector, time.perf_counter() - started
 
 
+def detector_for_bundle(cfg: AgentConfig, bundle: VerifiedBundle) -> Detector:
+    """Build (and warm up) the configured back end for an already verified bundle."""
+    from edge_agent.detectors import DetectorOptions, create_detector
+
+    det = cfg.detector
+    options = DetectorOptions(
+        score_threshold=det.score_threshold,
+        threads=det.threads,
+        engine_cache_dir=det.engine_cache_dir,
+        state_dir=Path(cfg.state_dir).resolve(),
+    )
+    return create_detector(det.backends, bundle, det.variant, options)
+
+
 def commit_model(cfg: AgentConfig, detector: Detector) -> int:
     """The commit point: raise this device's anti-rollback floor to the running model's version (never lowers
-    it). Start-up commits once the detector has loaded and warmed up; an update commits after its probation."""
+    it). Start-up commits once the detector has loaded and warmed up, except while an over-the-air update is in
+    probation: then its commit (`UpdateManager.commit`) raises the floor, or its rollback leaves it."""
     from edge_agent.device_state import DeviceState
 
     manifest = detector.bundle.manifest
@@ -556,13 +615,50 @@ def commit_model(cfg: AgentConfig, detector: Detector) -> int:
     return floor
 
 
+def _prepare_updates(cfg: AgentConfig) -> tuple[AgentUpdates | None, Path | None]:
+    """With an `updates` block: the update runtime, reconciled, and the bundle directory to load."""
+    if cfg.updates is None:
+        return None, None
+    from edge_agent.bundle import BundleError
+    from edge_agent.device_state import DeviceStateError
+    from edge_agent.update.errors import UpdateError
+    from edge_agent.update.runtime import AgentUpdates
+
+    updates: AgentUpdates | None = None
+    try:
+        updates = AgentUpdates(
+            cfg, make_detector=functools.partial(detector_for_bundle, cfg), agent_version=software_version()
+        )
+        return updates, updates.prepare()
+    except (BundleError, DeviceStateError, UpdateError, OSError, ValueError) as exc:
+        if updates is not None:
+            updates.close()
+        raise StartupError(f"model updates ({cfg.updates.models_dir}): {exc}") from exc
+
+
 def build_agent(cfg: AgentConfig) -> Agent:
-    """Everything `starfish agent run` needs: verified detector, durable outbox, MQTT publisher."""
+    """Everything `starfish agent run` needs: verified detector, durable outbox, MQTT publisher, and (when
+    configured) the over-the-air update runtime."""
     from edge_agent.device_state import DeviceStateError
     from edge_agent.mqtt.publisher import AgentPublisher
     from edge_agent.outbox import Outbox
 
-    detector, load_time = load_detector(cfg)
+    updates, bundle_path = _prepare_updates(cfg)
+    try:
+        allow = True if updates is not None and updates.running_is_signed_rollback() else None
+        try:
+            detector, load_time = load_detector(cfg, bundle_path, allow_rollback=allow)
+        except StartupError as exc:
+            record = updates.in_probation() if updates is not None else None
+            if updates is None or record is None:
+                raise
+            # The model in probation does not even load: that is its probation failing, not the device's.
+            bundle_path = updates.rollback_probation(f"v{record.version} does not load at start-up: {exc}")
+            detector, load_time = load_detector(cfg, bundle_path)
+    except BaseException:
+        if updates is not None:
+            updates.close()
+        raise
     try:
         outbox = Outbox(
             cfg.outbox_path,
@@ -572,22 +668,37 @@ def build_agent(cfg: AgentConfig) -> Agent:
         )
     except OutboxError as exc:
         detector.close()
+        if updates is not None:
+            updates.close()
         raise StartupError(f"outbox {cfg.outbox_path}: {exc}") from exc
     try:
         publisher = AgentPublisher(cfg.mqtt, cfg.device_id, outbox, software_version=software_version())
     except ValueError as exc:  # e.g. a password variable unset since the check: one line, exit 2, no traceback
         outbox.close()
         detector.close()
+        if updates is not None:
+            updates.close()
         raise StartupError(f"MQTT: {exc}") from exc
     try:
-        # Last, once everything started: a start that fails later (the outbox) does not raise the floor.
-        commit_model(cfg, detector)
+        # Last, once everything started: a start that fails later (the outbox) does not raise the floor. Not
+        # during an update's probation: the floor rises only when that update commits.
+        probation = updates.in_probation() if updates is not None else None
+        if probation is None:
+            commit_model(cfg, detector)
+        else:
+            logger.info("update #%d: v%d in probation; floor unchanged until commit", probation.id, probation.version)
     except DeviceStateError as exc:
         detector.close()
         outbox.close()
+        if updates is not None:
+            updates.close()
         raise StartupError(str(exc)) from exc
     agent = Agent(cfg, publisher, detector, load_time)
     agent.closers.append(outbox.close)
+    if updates is not None:
+        updates.attach(agent)
+        agent.updates = updates
+        agent.closers.append(updates.close)
     return agent
 
 

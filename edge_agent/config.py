@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import RESERVED_CAMERA_IDS, check_camera_id, check_level, ha_id
+from edge_agent.update.config import UpdateConfig
 
 BackendName = Literal["tensorrt", "onnxruntime"]
 BACKENDS: tuple[BackendName, ...] = ("tensorrt", "onnxruntime")
@@ -225,6 +226,11 @@ class AgentConfig(BaseSettings):
             "mistake for duplicates. Both survive a killed process."
         ),
     )
+    updates: UpdateConfig | None = Field(
+        None,
+        description="Over-the-air model updates (signed announcements on `…/model/set` and the fleet topic). When "
+        "set, the agent runs `updates.models_dir/current`, seeded from `detector.bundle` on first start.",
+    )
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="JPEG evidence for people.")
     video_output: VideoOutputConfig = Field(default_factory=VideoOutputConfig, description="Annotated video.")
     evidence: EvidenceLimits = Field(
@@ -303,6 +309,16 @@ def preflight(cfg: AgentConfig) -> None:
     problem = _outbox_path_problem(cfg.outbox_path)
     if problem:
         problems.append(f"outbox_path: {problem}")
+    if cfg.updates is not None:
+        from edge_agent.bundle import BundleError, load_public_key
+
+        for index, key in enumerate(cfg.updates.release_keys):
+            try:
+                load_public_key(key)
+            except (BundleError, OSError) as exc:
+                problems.append(f"updates.release_keys.{index}: {exc}")
+        if Path(cfg.updates.models_dir).exists() and not Path(cfg.updates.models_dir).is_dir():
+            problems.append(f"updates.models_dir: {cfg.updates.models_dir} exists and is not a directory")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -397,6 +413,15 @@ state_dir: state/device            # anti-rollback floor + engine-cache key; no 
 outbox_max_messages: 1000000       # drop-oldest beyond this (counted in stats)
 outbox_max_age_s: 604800           # drop messages older than a week (counted)
 outbox_synchronous: FULL           # FULL survives power cuts; NORMAL is faster but only survives a killed process
+
+updates: null                      # over-the-air model updates; off unless set, e.g.:
+# updates:
+#   models_dir: state/models         # versions/<v>/, downloads/, and the `current` link the agent runs
+#   release_keys: [keys/release.pub] # ed25519 keys whose announcements are accepted
+#   probation_frames: 100            # the new model must count this many frames ...
+#   probation_s: 60                  # ... for at least this long before it is committed
+#   probation_max_errors: 3          # more detection errors in probation: automatic rollback
+#   probation_max_fps_drop: 0.5      # fps below half the previous model's: automatic rollback
 
 snapshots:
   enabled: false

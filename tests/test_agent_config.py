@@ -181,6 +181,11 @@ def _runtime_cases(tmp_path: Path) -> dict[str, tuple[dict[str, Any], dict[str, 
         ),
         "non-PEM CA file": ({"mqtt": {"tls": {"ca_file": str(not_pem)}}}, {}, "PEM"),
         "outbox under a file": ({"outbox_path": str(a_file / "outbox.db")}, {}, "outbox_path"),
+        "missing release key": (
+            {"updates": {"models_dir": str(tmp_path / "models"), "release_keys": [str(tmp_path / "no.pub")]}},
+            {},
+            "updates.release_keys.0",
+        ),
         "malformed env list": ({}, {"STARFISH_DETECTOR__BACKENDS": "[onnxruntime"}, "environment"),
         "malformed env port": ({}, {"STARFISH_MQTT__PORT": "18 83"}, "mqtt.port"),
     }

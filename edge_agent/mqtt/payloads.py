@@ -7,7 +7,7 @@ the producer with a message naming the field, instead of reaching subscribers as
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -200,3 +200,64 @@ class StatsPayload(StatsInput):
         description="Times the broker disconnected us for another client with "
         "our client id (a second agent with the same device_id).",
     )
+
+
+UpdateStateName = Literal[
+    "idle",
+    "downloading",
+    "verifying",
+    "staging",
+    "checking",
+    "swapping",
+    "probation",
+    "committed",
+    "rolled_back",
+    "failed",
+]
+
+
+class UpdateStateInput(_Strict):
+    """What the agent passes to `AgentPublisher.set_update_state` (`edge_agent.update.manager.state_payload`)."""
+
+    schema_version: int = SCHEMA_VERSION
+    state: UpdateStateName = Field(description="Where the latest update stands; `idle`: none yet.")
+    id: int | None = Field(None, ge=1, description="Update number on this device (one per announcement acted on).")
+    name: str | None = Field(None, description="Model name of the update.")
+    version: int | None = Field(None, ge=0, description="Model version the update installs.")
+    rollback: bool | None = Field(None, description="True for an explicit, signed rollback announcement.")
+    progress: int | None = Field(None, ge=0, description="Bytes downloaded so far.")
+    size: int | None = Field(None, ge=0, description="Bundle size in bytes, as signed in the announcement.")
+    error_code: str | None = Field(None, description="Why it failed or rolled back (stable code).")
+    error: str | None = Field(None, description="Human-readable reason.")
+
+
+class UpdateStatePayload(UpdateStateInput):
+    """Retained `…/model/update`: the device's current update state (re-sent on every connect)."""
+
+    device_id: str
+    ts: UtcDatetime = Field(description="When this state was reached (UTC).")
+
+
+class UpdateResultPayload(_Strict):
+    """`…/model/result` (stored in the outbox, QoS 1, not retained): one event per update transition or refusal."""
+
+    schema_version: int = SCHEMA_VERSION
+    device_id: str
+    ts: UtcDatetime = Field(description="When it happened (UTC).")
+    event: str = Field(
+        description="`accepted`, a state name (`verifying` … `probation`, `committed`, `rolled_back`, `failed`) "
+        "or `refused` (an announcement that opened no update)."
+    )
+    state: UpdateStateName | None = Field(None, description="The update's state after the event (None: refused).")
+    ok: bool | None = Field(
+        None, description="The outcome: true at `committed`; false at `failed`, `rolled_back`, `refused`."
+    )
+    id: int | None = Field(None, ge=1, description="Update number on this device.")
+    name: str | None = None
+    version: int | None = Field(None, ge=0)
+    rollback: bool | None = None
+    error_code: str | None = Field(None, description="Stable reason code (see docs/mqtt.md).")
+    error: str | None = None
+    check: dict[str, Any] | None = Field(None, description="Staging check report (backend, golden, latency_ms, …).")
+    probation: dict[str, Any] | None = Field(None, description="Probation figures (frames, errors, fps) at its end.")
+    historical: bool = Field(False, description="True when this copy was replayed from the outbox.")

@@ -19,9 +19,9 @@ Data path for counts and track events (store-and-forward):
 * Messages already waiting in the outbox when a connection (re)starts are sent with `historical: true`.
 
 Connect sequence: `status=online` (in the CONNACK callback, so it precedes anything paho re-sends), then, once the
-subscriptions are acknowledged, from the sender thread: `model`, camera statuses, Home Assistant discovery, latest
-count values, then the outbox backlog in order, then live messages. All retained state goes through the sender
-thread, so a value changed during an outage is published after any stale copy paho re-sends.
+subscriptions are acknowledged, from the sender thread: `model`, `model/update`, camera statuses, Home Assistant
+discovery, latest count values, then the outbox backlog in order, then live messages. All retained state goes
+through the sender thread, so a value changed during an outage is published after any stale copy paho re-sends.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ from edge_agent.mqtt.payloads import (
     StatsPayload,
     TrackEventInput,
     TrackEventPayload,
+    UpdateResultPayload,
+    UpdateStateInput,
+    UpdateStatePayload,
 )
 from edge_agent.mqtt.topics import Topics, check_camera_id
 from edge_agent.mqtt.transport import MqttTransport, TransportEvents, Will
@@ -67,7 +70,7 @@ _CAMERA_STATES = ("online", "offline", "disabled")
 _AGE_CHECK_EVERY_S = 5.0
 _READ_BATCH = 500
 # Slots of the broker's receive window kept free for QoS 1 messages sent outside the sender thread (`status` on
-# connect, `model/result`).
+# connect).
 _RESERVED_SLOTS = 2
 # Home Assistant announces `online` once per start; a flood of them (a loop, a misbehaving bridge) is coalesced into
 # one discovery re-publish per this window.
@@ -141,6 +144,7 @@ class AgentPublisher:
         self._cameras: dict[str, str] = {}
         self._model: ModelInfo | None = None
         self._model_ts = datetime.now(timezone.utc)
+        self._update_state: str | None = None  # retained `…/model/update` JSON, None until the agent sets it
         self._latest_count: dict[str, int] = {}
         self._dirty: set[str] = set()
         self._ready_generation = 0
@@ -482,17 +486,29 @@ class AgentPublisher:
         except Exception:  # noqa: BLE001 - a stats bug must not stop the sender
             logger.exception("MQTT: stats provider failed")
 
-    def publish_model_result(self, ok: bool, version: int | None = None, error: str | None = None) -> None:
-        """Answer a `…/model/set` announcement on `…/model/result` (QoS 1, not stored)."""
-        doc = {
-            "schema_version": 1,
-            "device_id": self.device_id,
-            "ok": bool(ok),
-            "version": version,
-            "error": error,
-            "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        }
-        self._transport.publish(self.topics.model_result, json.dumps(doc), qos=1)
+    def set_update_state(self, state: dict[str, Any]) -> None:
+        """Record the update state (retained `…/model/update`), published now if connected, else on connect."""
+        doc = UpdateStateInput.model_validate(state)
+        payload = UpdateStatePayload(**doc.model_dump(), device_id=self.device_id, ts=datetime.now(timezone.utc))
+        with self._lock:
+            self._update_state = payload.model_dump_json(exclude_none=True)
+            self._dirty.add("update")
+        self._wake.set()
+
+    def publish_update_event(self, event: dict[str, Any], *, wait: bool = False) -> None:
+        """Queue an update event for `…/model/result` through the outbox (QoS 1, no seq), so it survives an
+        outage or a restart like counts do. ``event``: the `UpdateResultPayload` fields without device_id/ts."""
+        if self._session == 0:
+            raise RuntimeError("AgentPublisher.start() must be called before publishing")
+        doc = (
+            UpdateResultPayload(**event, device_id=self.device_id, ts=datetime.now(timezone.utc))
+            .model_dump_json(exclude_none=True)
+            .encode()
+        )
+        topic = self.topics.model_result
+        future = self._writer.submit(PendingMessage(topic, lambda _seq: doc, sequenced=False), "updates", wait)
+        if future is not None:
+            future.result()
 
     # -- inbound ------------------------------------------------------------------------------------------------
     def on_command(self, handler: CommandHandler) -> None:
@@ -592,7 +608,7 @@ class AgentPublisher:
                 # Everything stored up to now is backlog: it goes out marked historical, after the state messages.
                 self._backlog_end = self.outbox.max_id()
                 self._state_pending.clear()  # rebuilt below from the current state
-                self._dirty.update({"model", "discovery", "counts"} | {f"cam:{c}" for c in self._cameras})
+                self._dirty.update({"model", "update", "discovery", "counts"} | {f"cam:{c}" for c in self._cameras})
                 self._ready = True
                 logger.info("MQTT: session ready; %d message(s) in the backlog", self.outbox.depth)
             return self._ready
@@ -602,12 +618,15 @@ class AgentPublisher:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             model, model_ts = self._model, self._model_ts
+            update_state = self._update_state
             cameras = dict(self._cameras)
             counts = dict(self._latest_count)
         pending = self._state_pending
         if "model" in dirty and model is not None:
             doc = ModelPayload(**model.model_dump(), device_id=self.device_id, ts=model_ts)
             pending.append((self.topics.model, doc.model_dump_json(exclude_none=True), 1))
+        if "update" in dirty and update_state is not None:
+            pending.append((self.topics.model_update, update_state, 1))
         for cam, status in sorted(cameras.items()):
             if f"cam:{cam}" in dirty:
                 pending.append((self.topics.camera_status(cam), status, 1))

@@ -83,6 +83,10 @@ class Topics:
     def model_result(self) -> str:
         return f"{self.root}/model/result"
 
+    @property
+    def model_update(self) -> str:
+        return f"{self.root}/model/update"
+
     def camera_status(self, camera_id: str) -> str:
         return f"{self.root}/{check_camera_id(camera_id)}/status"
 

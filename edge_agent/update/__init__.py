@@ -7,6 +7,9 @@
 * `staging` — ``models_dir`` layout, unpack into ``versions/<v>``, atomic ``current`` link replacement.
 * `check` — the staging check: loads, golden frames (when the bundle has them), latency budget.
 * `manager` — `UpdateManager`: offer / run / resume / commit / rollback.
+* `worker` — `UpdateWorker`: the manager on its own thread (announcements queued, end-of-probation actions).
+* `probation` — `Probation`: the new model's verdict from the agent's frames (errors, fps drop, frames/seconds).
+* `runtime` — `AgentUpdates`: the glue inside the running agent (start-up, swap, probation, MQTT reports).
 """
 
 from edge_agent.update.announcement import (

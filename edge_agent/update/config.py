@@ -52,6 +52,27 @@ class UpdateConfig(BaseModel):
     probation_max_restarts: int = Field(
         2, ge=0, description="Agent restarts during probation beyond which the update rolls back (crash loop)."
     )
+    probation_frames: int = Field(
+        100, ge=1, description="Frames the new model must process during probation before it can be committed."
+    )
+    probation_s: float = Field(
+        60.0, ge=0, description="Seconds probation lasts at least (and `probation_frames` frames): then commit."
+    )
+    probation_max_errors: int = Field(
+        3, ge=0, description="Detection errors during probation beyond which the update rolls back at once."
+    )
+    probation_keep_previous: bool = Field(
+        True,
+        description="Keep the previous model loaded (warm) during probation, so a rollback switches back between "
+        "two frames instead of after a reload; costs its memory until the update commits.",
+    )
+    probation_max_fps_drop: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Roll back when the processed fps during probation falls by more than this share of the "
+        "previous model's fps just before the swap (0.5: below half).",
+    )
     backends: list[str] = Field(
         default_factory=lambda: ["onnxruntime"],
         min_length=1,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from edge_agent.bundle.files import unpack_tar
@@ -80,6 +81,34 @@ def stage(models_dir: Path, archive: Path, version: int) -> Path:
         _fsync_path(file)
     _fsync_path(dest)
     _fsync_path(dest.parent)
+    return dest
+
+
+def seed(models_dir: Path, source: Path, version: int) -> Path:
+    """First start with updates on: install the configured bundle (directory or .tar) as ``versions/<version>``
+    and point ``current`` at it, so that every later update has a previous version to roll back to."""
+    dest = version_dir(models_dir, version)
+    if not dest.is_dir():
+        clean_partial_unpacks(models_dir, version)
+        if source.is_file():
+            unpack_tar(source, dest)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=dest.parent))
+            try:
+                for file in sorted(source.iterdir()):
+                    if file.is_file():  # bundles are flat; the loader verifies what was copied
+                        shutil.copyfile(file, tmp / file.name)
+                os.replace(tmp, dest)  # versions/<v> only ever appears complete
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        for file in dest.iterdir():
+            _fsync_path(file)
+        _fsync_path(dest)
+        _fsync_path(dest.parent)
+    point_current(models_dir, version_target(version))
+    logger.info("update: seeded %s from %s", dest, source)
     return dest
 
 

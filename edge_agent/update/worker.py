@@ -17,6 +17,7 @@ from typing import Any
 
 from edge_agent.update.errors import UpdateError
 from edge_agent.update.manager import UpdateManager
+from edge_agent.update.state import TransitionError
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +33,19 @@ class UpdateWorker:
     ) -> None:
         self.manager = manager
         self.on_refused = on_refused
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[bytes | Callable[[], object] | None] = queue.Queue(maxsize=max_queue)
+        self._actions: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-updates", daemon=True)
         self.dropped = 0
 
-    def start(self) -> None:
-        """Reconcile after the last run, then process announcements (and finish an interrupted update)."""
-        self.manager.resume()
+    def start(self, *, resume: bool = True) -> None:
+        """Reconcile after the last run, then process announcements (and finish an interrupted update).
+
+        ``resume=False`` when the caller already ran `UpdateManager.resume` (the agent does, before it picks the
+        model to load): resuming twice would count one start as two during probation."""
+        if resume:
+            self.manager.resume()
         self._thread.start()
 
     def submit(self, payload: bytes) -> bool:
@@ -51,6 +57,15 @@ class UpdateWorker:
             self.dropped += 1
             logger.warning("model update queue full: announcement dropped (%d so far)", self.dropped)
             return False
+
+    def call(self, action: Callable[[], object]) -> None:
+        """Run ``action`` on the worker thread after what it is doing now (e.g. the end of probation: commit or
+        rollback, which load models and delete files, never on the caller's inference thread)."""
+        self._actions.put(action)
+        try:
+            self._queue.put_nowait(self._run_actions)
+        except queue.Full:
+            pass  # the actions queue is drained before the next announcement anyway
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -72,15 +87,42 @@ class UpdateWorker:
             payload = self._queue.get()
             if payload is None or self._stop.is_set():
                 return
+            self._run_actions()
+            if callable(payload):
+                continue
             try:
                 record = self.manager.offer(payload)
             except UpdateError as exc:
                 logger.warning("model announcement refused (%s): %s", exc.code, exc)
-                if self.on_refused is not None:
-                    self.on_refused({"event": "refused", "error_code": exc.code, "error": str(exc)})
+                self._refused(exc.code, str(exc))
+                continue
+            except TransitionError as exc:  # another update is still in progress (e.g. in probation)
+                logger.warning("model announcement not taken now: %s", exc)
+                self._refused("update_in_progress", str(exc))
+                continue
+            except Exception:  # noqa: BLE001 - a bug must not kill the thread that serves every later announcement
+                logger.exception("model update worker: announcement handling failed")
                 continue
             if record is not None:
                 self._drive()
+
+    def _refused(self, code: str, error: str) -> None:
+        if self.on_refused is not None:
+            try:
+                self.on_refused({"event": "refused", "error_code": code, "error": error})
+            except Exception:  # noqa: BLE001 - a failing reporter must not stop the worker
+                logger.exception("model update refusal report failed")
+
+    def _run_actions(self) -> None:
+        while True:
+            try:
+                action = self._actions.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - a failed action is logged; the thread keeps serving announcements
+                logger.exception("model update worker: action failed")
 
     def _drive(self) -> None:
         try:

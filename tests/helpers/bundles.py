@@ -4,6 +4,8 @@
 * ``tiny_bundle`` (session): ``TinyBundle(path, public_key)`` — a signed bundle directory holding an untrained tiny
   Faster R-CNN (input 224x128) exported to ONNX per the contract, variant ``fp32``. Treat it as read-only; copy it
   (``shutil.copytree``) or ``rebundle`` it before changing anything.
+* ``tar_bundle(source, dest)``, ``signed_announcement(tar, url, release_key, version)``: what a release stores and
+  announces.
 * ``rebundle(source, dest, private_key, **changes)``: write a new signed bundle with the files of ``source`` and
   manifest fields changed (e.g. ``version=2, parent_version=1``), to test updates and rollbacks.
 """
@@ -63,3 +65,36 @@ def rebundle(source: Path, dest: Path, private_key: Path, **changes: Any) -> Pat
     (dest / MANIFEST_NAME).write_bytes(raw)
     (dest / SIGNATURE_NAME).write_bytes(sign(load_private_key(private_key), raw))
     return dest
+
+
+def tar_bundle(source: Path, dest: Path) -> Path:
+    """Write ``source``'s files as a flat bundle ``.tar`` (what `starfish release` stores) at ``dest``."""
+    import tarfile
+
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        for file in sorted(source.iterdir()):
+            tar.add(file, arcname=file.name)
+    return dest
+
+
+def signed_announcement(tar: Path, url: str, release_key: Path, version: int, **changes: Any) -> bytes:
+    """A signed announcement of the bundle ``tar`` at ``url`` (name `starfish-cots`, valid for a day, any
+    platform); ``changes`` replace announcement fields."""
+    from datetime import datetime, timedelta, timezone
+
+    from edge_agent.bundle.files import sha256_file
+    from edge_agent.update.announcement import Announcement, sign_announcement
+
+    now = datetime.now(timezone.utc)
+    fields: dict[str, Any] = dict(
+        name="starfish-cots",
+        version=version,
+        url=url,
+        sha256=sha256_file(tar),
+        size=tar.stat().st_size,
+        created_at=now,
+        expires_at=now + timedelta(days=1),
+        platforms=["any"],
+    )
+    fields.update(changes)
+    return sign_announcement(Announcement(**fields), load_private_key(release_key))
