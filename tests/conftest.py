@@ -26,6 +26,8 @@ _FIXTURE_MODULES = (
     "tests.helpers.mqtt_broker",
     "tests.helpers.agent",
     "tests.helpers.shore",
+    "tests.helpers.retrain",
+    "tests.helpers.ota",
 )
 pytest_plugins = ["pytester"] + [name for name in _FIXTURE_MODULES if importlib.util.find_spec(name) is not None]
 

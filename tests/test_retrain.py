@@ -19,9 +19,10 @@ from edge_agent.bundle.files import sha256_file
 from edge_agent.dataset import ReefDataset
 from edge_agent.update.announcement import parse_announcement
 from edge_agent.update.download import download
-from tests.helpers.bundles import BundleKeys, TinyBundle
+from tests.helpers.bundles import TinyBundle
 from tests.helpers.http_server import BundleServer
 from tests.helpers.mqtt_broker import wait_until
+from tests.helpers.retrain import CHAIN, TRAIN
 
 pytestmark = pytest.mark.slow
 
@@ -84,58 +85,7 @@ def test_judge_applies_the_tolerance_and_the_budget_at_their_edges() -> None:
     assert not refused["passed"] and len(refused["reasons"]) == 2
 
 
-# -- the whole job -----------------------------------------------------------------------------------------------
-
-TRAIN = ["--data.image_size=[320,180]", "--data.train_limit=4", "--data.val_limit=4", "--data.check_images=exists"]
-CHAIN = ["--eval-frames", "4", "--latency-runs", "3", "--calibration-frames", "8", "--parity-frames", "4"]
-
-
-@pytest.fixture(scope="module")
-def fleet(synthetic_dataset: Path, bundle_keys: BundleKeys, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A released v1: a smoke checkpoint (2 steps), its bundle in the store, the checkpoint in the registry."""
-    from export.chain import ChainOptions, run_chain
-    from export.prune import PruneConfig
-    from export.release import store_bundle
-    from train.api import fit
-    from train.config import load_config
-    from train.retrain import register_checkpoint
-
-    root = tmp_path_factory.mktemp("fleet")
-    cfg = load_config(
-        "smoke",
-        overrides=[
-            f"--data.root={synthetic_dataset}",
-            *TRAIN,
-            f"--checkpoint.output_dir={root / 'runs'}",
-            "--checkpoint.name=v1",
-            "--trainer.max_steps=2",
-            f"--checkpoint.best_copy={root / 'v1.ckpt'}",
-        ],
-    )
-    fit(cfg)
-    run_chain(
-        ChainOptions(
-            checkpoint=root / "v1.ckpt",
-            out=root / "export-v1",
-            private_key=bundle_keys.private,
-            prune=PruneConfig(ratio=0.0),
-            fine_tune_epochs=0,
-            calibration_frames=8,
-            parity_frames=4,
-            eval_frames=4,
-            latency_runs=2,
-            version=1,
-        )
-    )
-    store_bundle(root / "export-v1" / "bundle", root / "store", [load_public_key(bundle_keys.public)])
-    register_checkpoint(root / "v1.ckpt", root / "registry")
-    return {
-        "root": root,
-        "store": root / "store",
-        "registry": root / "registry",
-        "v1": root / "v1.ckpt",
-        "v1_tar": root / "store" / "starfish-cots-1.tar",
-    }
+# -- the whole job (the released v1 is tests/helpers/retrain.py's `fleet`) ------------------------------------------
 
 
 @pytest.mark.mqtt

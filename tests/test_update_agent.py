@@ -12,29 +12,22 @@ store, real signed announcements and bundles (the untrained tiny model: no train
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import get_args
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.bundle import MANIFEST_NAME, generate_keypair, parse_manifest
+from edge_agent.bundle import MANIFEST_NAME, parse_manifest
 from edge_agent.bundle.files import sha256_file
 from edge_agent.device_state import DeviceState
 from edge_agent.mqtt.payloads import UpdateStateName
 from edge_agent.update.state import UpdateState, UpdateStore
-from tests.helpers.agent import AgentProcess, agent_config, make_clip, write_config
 from tests.helpers.bundles import rebundle, signed_announcement, tar_bundle
 from tests.helpers.http_server import BundleServer
 from tests.helpers.mqtt_broker import wait_until
-
-DEVICE = "ota-dev"
-FLEET = "survey-a"
+from tests.helpers.ota import DEVICE, FLEET, assert_contiguous, counts, current, events, publish, retained, start_agent
 
 
 def failing_on_real_frames(src: Path, dest: Path) -> None:
@@ -116,13 +109,6 @@ def changed_bundle(tiny: Path, work: Path, key: Path, version: int, change) -> P
 
 
 @pytest.fixture(scope="module")
-def release_key(tmp_path_factory):
-    root = tmp_path_factory.mktemp("release-key")
-    generate_keypair(root / "release.pem", root / "release.pub")
-    return root / "release.pem", root / "release.pub"
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_bundle, bundle_keys):
     """The HTTP store: v2.tar (the tiny model again, as v2), v3.tar (fails on real frames), v4.tar (slower)."""
     root = tmp_path_factory.mktemp("ota-store")
@@ -135,11 +121,6 @@ def store(tmp_path_factory, tiny_bundle, bundle_keys):
     return root
 
 
-@pytest.fixture(scope="module")
-def looping_clip(tmp_path_factory):
-    return make_clip(tmp_path_factory.mktemp("ota-clip") / "clip.mp4", frames=40)
-
-
 @pytest.fixture()
 def server(store):
     with BundleServer(store) as srv:
@@ -148,77 +129,6 @@ def server(store):
 
 def announce(server: BundleServer, store: Path, release_key, version: int) -> bytes:
     return signed_announcement(store / f"v{version}.tar", server.url(f"v{version}.tar"), release_key[0], version)
-
-
-def start_agent(tmp_path: Path, bundle, clip, broker, release_key, bundle_keys, log: str, **updates) -> AgentProcess:
-    cfg = agent_config(tmp_path, bundle, clip.path, broker.port, device_id=DEVICE)
-    cfg["cameras"][0].update(loop=True, realtime=False)
-    cfg["detector"]["trusted_keys"] = [str(bundle.public_key), str(bundle_keys.public)]
-    cfg["detector"]["backends"] = ["onnxruntime"]
-    cfg["mqtt"]["fleet"] = FLEET
-    cfg["updates"] = {
-        "models_dir": str(tmp_path / "models"),
-        "release_keys": [str(release_key[1])],
-        "retries": 1,
-        "backoff_initial_s": 0.1,
-        "backoff_max_s": 0.2,
-        "stall_timeout_s": 5,
-        "check_runs": 2,
-        # Two shared CPU cores: the candidate is timed while the running model keeps them busy.
-        "latency_budget_factor": 50,
-        "probation_frames": 15,
-        "probation_s": 1.0,
-        "probation_max_errors": 2,
-        # Shared cores make fps swing: only the fps test judges it at the default 50 %.
-        "probation_max_fps_drop": 0.95,
-        **updates,
-    }
-    return AgentProcess(write_config(tmp_path / "agent.yaml", cfg), tmp_path / log)
-
-
-def publish(broker, topic: str, payload: bytes, retain: bool = False) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ota-release")
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
-
-
-def events(sub) -> list[dict]:
-    return [m.json() for m in sub.on("/model/result")]
-
-
-def counts(sub) -> list[dict]:
-    return [m.json() for m in sub.on("/counts")]
-
-
-def retained(broker, topic: str, timeout: float = 5.0) -> dict:
-    """What a fresh subscriber gets for ``topic`` (the retained message)."""
-    got: list[bytes] = []
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ota-retained")
-    client.on_message = lambda _c, _u, msg: got.append(bytes(msg.payload))
-    client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        assert wait_until(lambda: bool(got), timeout), f"no retained message on {topic}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return json.loads(got[-1])
-
-
-def assert_contiguous(docs: list[dict], frames: bool = True) -> None:
-    seqs = sorted({d["seq"] for d in docs})
-    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "gap in counts seq"
-    if frames:  # one agent session: frame numbers restart with the process
-        numbers = sorted({d["frame"] for d in docs})
-        assert numbers == list(range(numbers[0], numbers[-1] + 1)), "a frame went uncounted"
-
-
-def current(tmp_path: Path) -> str:
-    return os.readlink(tmp_path / "models" / "current")
 
 
 def test_update_state_names_match_the_state_machine():
