@@ -348,8 +348,8 @@ class AgentPublisher:
         with self._values_lock:
             with self._lock:
                 value = self._latest_values.get(topic)
-                if value is None:
-                    return
+                if value is None or self._published_values.get(topic) == value:
+                    return  # the frame loop sent this very value on this connection already
                 self._published_values[topic] = value
             self._transport.publish(topic, str(value), qos=0, retain=True)
 
@@ -633,6 +633,7 @@ class AgentPublisher:
                 # Everything stored up to now is backlog: it goes out marked historical, after the state messages.
                 self._backlog_end = self.outbox.max_id()
                 self._state_pending.clear()  # rebuilt below from the current state
+                self._published_values.clear()  # nothing of it is on this connection yet (see `_resend_value`)
                 self._dirty.update({"model", "update", "discovery", "counts"} | {f"cam:{c}" for c in self._cameras})
                 self._ready = True
                 logger.info("MQTT: session ready; %d message(s) in the backlog", self.outbox.depth)
