@@ -139,16 +139,30 @@ def _publisher(port: int, n: int, ready: Any) -> None:
     client.loop_stop()
 
 
-def _mqtt_rate(url: str, n: int) -> dict[str, Any] | None:
+def _stored(storage: Storage) -> int:
+    return len(storage.seqs("bench"))
+
+
+def _storage_target(storage: Storage) -> tuple[str, str | None]:
+    """(db, schema) that opens the same database in a worker process."""
+    path = getattr(storage, "path", None)
+    if path is not None:
+        return str(path), None
+    return str(getattr(storage, "url")), getattr(storage, "schema", None)  # noqa: B009 - PostgresStorage
+
+
+def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
     """Two figures through a real Mosquitto: `live` (publisher and ingest running together: bounded by whichever
     is slower, often the Python publisher) and `backlog` (n counts queued in our persistent session while ingest
-    was away, then drained: the ingest path alone)."""
+    was away, then drained: the ingest path alone). With `workers` > 1, that many ingest processes share the counts
+    through an MQTT 5 shared subscription (what `starfish shore run --workers N` starts)."""
     import shutil
     import socket
     import subprocess
 
     from shore.config import IngestConfig
     from shore.ingest import Ingest
+    from shore.workers import WorkerPool
 
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(mosquitto).exists():
@@ -169,37 +183,64 @@ def _mqtt_rate(url: str, n: int) -> dict[str, Any] | None:
             time.sleep(0.5)
             for mode in ("live", "backlog"):
                 with _fresh(url) as storage:
-                    cfg = IngestConfig(port=port, client_id=f"bench-{mode}-{uuid.uuid4().hex[:6]}")
+                    run_id = f"bench-{mode}-{uuid.uuid4().hex[:6]}"
+                    # A group of its own: the previous mode's sessions stay members of theirs (offline, persistent),
+                    # and a broker hands offline members their share too.
+                    cfg = IngestConfig(
+                        port=port, client_id=run_id, workers=workers, share_group=run_id if workers > 1 else None
+                    )
+                    db, schema = _storage_target(storage)
                     ingest = Ingest(cfg, storage)
+                    pool = WorkerPool(cfg, db, schema) if workers > 1 else None
                     ingest.start()
+                    if pool is not None:
+                        pool.start()
+                        time.sleep(3.0)  # spawned workers import, connect and subscribe (their sessions exist)
                     if not ingest.wait_subscribed(10):
                         return None
                     ready = ctx.Event()
                     proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
                     proc.start()
                     if mode == "backlog":
-                        ingest.stop()  # the session (and our subscriptions) stay on the broker
+                        ingest.stop()  # the sessions (and their subscriptions) stay on the broker
+                        if pool is not None:
+                            pool.stop()
                         ready.set()
                         proc.join(300)
                         ingest = Ingest(cfg, storage)
+                        go = ctx.Event()
+                        pool = WorkerPool(cfg, db, schema, go=go) if workers > 1 else None
+                        if pool is not None:
+                            pool.start()
+                            time.sleep(3.0)  # spawned, imported, database open: waiting for `go`
                         start = time.perf_counter()
+                        go.set()
                         ingest.start()
                     else:
                         time.sleep(1.0)  # let the publisher connect before the clock starts
                         start = time.perf_counter()
                         ready.set()
                     deadline = start + 300
-                    while ingest.stats.new_counts < n and time.perf_counter() < deadline:
-                        time.sleep(0.005)
+                    if pool is None:
+                        while ingest.stats.new_counts < n and time.perf_counter() < deadline:
+                            time.sleep(0.005)
+                    else:  # the other workers' figures are in their processes: count in the database
+                        while _stored(storage) < n and time.perf_counter() < deadline:
+                            time.sleep(0.05)
                     elapsed = time.perf_counter() - start
-                    got = ingest.stats.new_counts
+                    got = ingest.stats.new_counts if pool is None else _stored(storage)
+                    share = ingest.stats.new_counts
                     ingest.stop()
+                    if pool is not None:
+                        pool.stop()
                     proc.join(30)
                     out[mode] = {
                         "counts": got,
                         "seconds": round(elapsed, 3),
                         "counts_per_s": round(got / elapsed),
                         "batches": ingest.stats.batches,
+                        "workers": workers,
+                        "first_worker_share": round(share / max(got, 1), 2),
                     }
         finally:
             broker.kill()
@@ -291,9 +332,11 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def run_bench(dbs: list[str] | None, *, counts: int, batch: int, cameras: int) -> dict[str, Any]:
-    if counts < 1 or batch < 1 or cameras < 1:
-        raise ValueError("--counts, --batch and --cameras must be positive")
+def run_bench(
+    dbs: list[str] | None, *, counts: int, batch: int, cameras: int, workers: int = 1, mqtt_only: bool = False
+) -> dict[str, Any]:
+    if counts < 1 or batch < 1 or cameras < 1 or workers < 1:
+        raise ValueError("--counts, --batch, --cameras and --workers must be positive")
     targets = dbs or ["sqlite", *([DEFAULT_PG] if _reachable(DEFAULT_PG) else [])]
     for target in targets:
         if target != "sqlite" and not target.startswith(("postgresql://", "postgres://")):
@@ -304,6 +347,7 @@ def run_bench(dbs: list[str] | None, *, counts: int, batch: int, cameras: int) -
     report: dict[str, Any] = {
         "counts": counts,
         "batch": batch,
+        "workers": workers,
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 1) for x in os.getloadavg()],
         "results": {},
@@ -318,13 +362,19 @@ def run_bench(dbs: list[str] | None, *, counts: int, batch: int, cameras: int) -
         payloads = [
             (f"starfish/bench/{r.camera_id}/counts", _payload("bench", r.camera_id, r.seq, r.ts)) for r in records
         ]
-        with _fresh(url or "sqlite") as storage:
-            write = _rate(storage, [records[i : i + batch] for i in range(0, counts, batch)], None)
-        with _fresh(url or "sqlite") as storage:
-            parsed = _rate(storage, [payloads[i : i + batch] for i in range(0, counts, batch)], parser)
-        result: dict[str, Any] = {"write_counts_per_s": round(write), "parse_write_counts_per_s": round(parsed)}
-        result["mqtt"] = _mqtt_rate(url or "sqlite", min(counts, 20_000))
-        result["chart_24h"] = _chart(url or "sqlite", cameras)
+        result: dict[str, Any] = {}
+        if not mqtt_only:
+            with _fresh(url or "sqlite") as storage:
+                result["write_counts_per_s"] = round(
+                    _rate(storage, [records[i : i + batch] for i in range(0, counts, batch)], None)
+                )
+            with _fresh(url or "sqlite") as storage:
+                result["parse_write_counts_per_s"] = round(
+                    _rate(storage, [payloads[i : i + batch] for i in range(0, counts, batch)], parser)
+                )
+        result["mqtt"] = _mqtt_rate(url or "sqlite", min(counts, 20_000), workers)
+        if not mqtt_only:
+            result["chart_24h"] = _chart(url or "sqlite", cameras)
         report["results"][name] = result
     report["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
     return report

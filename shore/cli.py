@@ -66,6 +66,11 @@ def run(
     prefix: str = typer.Option("starfish", "--prefix", help="Fleet topic prefix."),
     client_id: str = typer.Option("starfish-shore", "--client-id", help="MQTT client id = persistent session."),
     share_group: str = typer.Option(None, "--share-group", help="MQTT 5 shared subscription group for counts."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        help="Ingest processes sharing the counts (MQTT 5 shared subscription; group `shore` by default).",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Web bind address (off loopback a token is required)."),
     port: int = typer.Option(8080, "--port", help="Web port."),
     token: str = typer.Option(None, "--token", help="Access token (or $STARFISH_SHORE_TOKEN)."),
@@ -92,6 +97,7 @@ def run(
                 topic_prefix=prefix,
                 client_id=client_id,
                 share_group=share_group,
+                workers=workers,
                 tls=TlsConfig(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, insecure=False)
                 if (tls or tls_ca or tls_cert or tls_key)
                 else None,
@@ -123,6 +129,8 @@ def bench(
     counts: int = typer.Option(50_000, "--counts", help="Counts messages to ingest."),
     batch: int = typer.Option(200, "--batch", help="Messages per transaction."),
     cameras: int = typer.Option(10, "--cameras", help="Cameras for the chart query."),
+    workers: int = typer.Option(1, "--workers", help="Ingest processes for the MQTT figures (shared subscription)."),
+    mqtt_only: bool = typer.Option(False, "--mqtt-only", help="Only the end-to-end MQTT figures."),
     out: Path = typer.Option(None, "--out", help="Also write the results as JSON here."),
 ) -> None:
     """Sustained ingest rate per engine, and the time to serve a 24 h chart of ten cameras."""
@@ -130,7 +138,9 @@ def bench(
     from shore.bench import run_bench
 
     try:
-        report = run_bench(db or None, counts=counts, batch=batch, cameras=cameras)
+        report = run_bench(
+            db or None, counts=counts, batch=batch, cameras=cameras, workers=workers, mqtt_only=mqtt_only
+        )
     except ValueError as exc:
         raise _fail(str(exc)) from None
     import json

@@ -60,6 +60,20 @@ class IngestConfig(_Strict):
     )
     max_payload_bytes: int = Field(default=65536, ge=256, description="Larger messages are counted and ignored.")
     batch_max: int = Field(default=1000, ge=1, description="Most messages committed in one transaction.")
+    commit_linger_s: float = Field(
+        default=0.02,
+        ge=0,
+        le=1.0,
+        description="Group commit: after the first message of a batch, wait this long for more before committing "
+        "(fewer, larger transactions; every message is still acknowledged only after its commit).",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="Ingest processes sharing the counts through an MQTT 5 shared subscription (`share_group`, "
+        "default `shore` when workers > 1); worker k > 0 uses client id `{client_id}-w{k}`.",
+    )
     reconnect_max_delay_s: float = Field(default=5.0, gt=0, description="Cap of the reconnect back-off.")
 
     @model_validator(mode="after")
@@ -68,6 +82,8 @@ class IngestConfig(_Strict):
             raise ValueError("password is set but username is not")
         if any(c in self.topic_prefix for c in "+#\0") or self.topic_prefix.startswith("/"):
             raise ValueError(f"topic_prefix {self.topic_prefix!r} must have no '+', '#' or leading '/'")
+        if self.workers > 1 and self.share_group is None:
+            self.share_group = "shore"
         return self
 
     def resolved_password(self) -> str | None:

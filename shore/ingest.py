@@ -146,6 +146,12 @@ class Ingest:
         self.stats.connected = True
         self.stats.last_error = None
         logger.info("shore ingest: connected (session present: %s)", getattr(flags, "session_present", None))
+        if self.cfg.share_group:
+            # A session that ran without the group keeps its plain subscriptions: drop them, or this process
+            # would get every count twice (once for itself, once as its share), deduplicated but parsed twice.
+            plain = {flt for flt, _ in subscriptions(self.cfg.topic_prefix)}
+            shared = {flt for flt, _ in subscriptions(self.cfg.topic_prefix, self.cfg.share_group)}
+            client.unsubscribe(sorted(plain - shared))
         rc, _mid = client.subscribe(subscriptions(self.cfg.topic_prefix, self.cfg.share_group))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             logger.warning("shore ingest: subscribe failed: %s", mqtt.error_string(rc))
@@ -186,11 +192,20 @@ class Ingest:
                     return
                 continue
             batch = [first]
+            # Group commit: a short wait for more messages turns many small transactions (each with its fixed cost,
+            # and each taking the GIL from the network thread) into a few large ones.
+            deadline = time.monotonic() + (0.0 if stopping else self.cfg.commit_linger_s)
             while len(batch) < self.cfg.batch_max:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
-                    break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(self._queue.get(timeout=left))
+                    except queue.Empty:
+                        break
             self._commit(batch)
             if stopping:
                 # What was queued when stop began is committed; anything later stays unacknowledged and comes

@@ -12,6 +12,7 @@ from shore.config import ShoreSettings, is_loopback
 from shore.ingest import Ingest
 from shore.storage import open_storage
 from shore.web import create_app
+from shore.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +21,12 @@ def run(settings: ShoreSettings, *, ingest: bool = True, web: bool = True) -> No
     """Block until SIGINT / SIGTERM. With `web=False`, until the process is signalled."""
     storage = open_storage(settings.db, schema=settings.db_schema)
     worker = Ingest(settings.mqtt, storage) if ingest else None
+    pool = WorkerPool(settings.mqtt, settings.db, settings.db_schema) if ingest and settings.mqtt.workers > 1 else None
     try:
         if worker is not None:
             worker.start()
+        if pool is not None:
+            pool.start()
         if web:
             app = create_app(settings.web, storage, worker.stats if worker is not None else None)
             config = uvicorn.Config(
@@ -52,6 +56,8 @@ def run(settings: ShoreSettings, *, ingest: bool = True, web: bool = True) -> No
             signal.signal(signal.SIGINT, lambda *_: done.set())
             done.wait()
     finally:
+        if pool is not None:
+            pool.stop()
         if worker is not None:
             worker.stop()
         storage.close()

@@ -15,7 +15,8 @@ from shore.config import IngestConfig
 from shore.ingest import Ingest
 from shore.storage import open_storage
 from tests.helpers.mqtt_broker import wait_until
-from tests.helpers.shore import counts_payload, shore_process, synthetic_publisher
+from tests.helpers.shore import counts_payload, synthetic_publisher
+from tests.helpers.shore import shore_process as _shore_process
 
 pytestmark = pytest.mark.mqtt
 
@@ -149,10 +150,24 @@ def test_shared_subscription_splits_counts(mosquitto: Any, tmp_path: Path, raw_p
         storage.close()
 
 
+def _children(proc: Any) -> list[Any]:
+    import psutil
+
+    return psutil.Process(proc.proc.pid).children(recursive=True)
+
+
 @pytest.mark.slow
-def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any, tmp_path: Path, workers: int) -> None:
+    """With `--workers 2` the counts are split by a shared subscription between two processes, each with its own
+    persistent session; a kill -9 of the station takes its worker with it (no orphan left to fight the next run)."""
     db = tmp_path / "faults.db"
     total = 500
+    extra = ("--workers", str(workers))
+
+    def shore_process(port: int, db: Path, workdir: Path) -> Any:
+        return _shore_process(port, db, workdir, extra=extra)
+
     shore = shore_process(mosquitto.port, db, tmp_path)
     # The broker keeps messages for our session only once it exists: the first connect must come first.
     assert shore.wait_for("subscribed"), shore.output()
@@ -167,7 +182,11 @@ def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any,
         locker = sqlite3.connect(db, isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
         time.sleep(1.5)
+        children = _children(shore)
+        assert len(children) >= workers - 1, shore.output()  # spawn adds a resource tracker
+        assert workers == 1 or "2 worker processes sharing the counts" in shore.output()
         shore.kill9()
+        assert wait_until(lambda: not any(c.is_running() and c.status() != "zombie" for c in children), 10)
         locker.execute("ROLLBACK")
         locker.close()
         time.sleep(1.0)  # counts queue up in our persistent session meanwhile

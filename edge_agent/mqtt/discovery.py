@@ -11,8 +11,17 @@ from collections.abc import Iterable, Iterator
 
 from edge_agent.mqtt.topics import Topics, ha_id
 
-# The device `status` topic holds online / stopped / offline; Home Assistant only knows available / not available.
+# Status topics hold more words than Home Assistant's available / not available: the device's online / stopped /
+# offline (the Last Will), a camera's online / offline / disabled. Home Assistant ignores a payload that matches
+# neither `payload_available` nor `payload_not_available` (the entity keeps its old availability), so every word but
+# `online` is mapped to `offline` explicitly: a `stopped` device or a `disabled` camera shows unavailable.
 _ONLINE_TEMPLATE = "{{ 'online' if value == 'online' else 'offline' }}"
+
+# `state_class` per value. `total_increasing` would tell Home Assistant that any decrease is a meter reset and have
+# its statistics add the next rise to a running sum; none of our values qualifies: the per-frame count goes up and
+# down, and the unique count restarts at 0 on every agent start and camera reset. So every numeric sensor is a
+# `measurement` (mean / min / max statistics, a drop is just a drop).
+STATE_CLASSES: dict[str, str] = {"count": "measurement", "unique_count": "measurement", "outbox_depth": "measurement"}
 
 
 def _device_block(topics: Topics, software_version: str) -> dict[str, object]:
@@ -25,14 +34,19 @@ def _device_block(topics: Topics, software_version: str) -> dict[str, object]:
     }
 
 
-def _device_availability(topics: Topics) -> dict[str, str]:
-    return {"topic": topics.status, "value_template": _ONLINE_TEMPLATE}
+def _availability(topic: str) -> dict[str, str]:
+    return {"topic": topic, "value_template": _ONLINE_TEMPLATE}
 
 
 def discovery_messages(topics: Topics, cameras: Iterable[str], software_version: str) -> Iterator[tuple[str, bytes]]:
-    """Yield (config topic, JSON payload) for every entity of the device and its cameras."""
+    """Yield (config topic, JSON payload) for every entity of the device and its cameras.
+
+    `unique_id`s (`starfish_{device}_{camera}_count`, ...) are part of the contract: Home Assistant keys its entity
+    registry on them, so a changed id leaves the old entity orphaned and the new one appears as `..._2`.
+    """
     device = _device_block(topics, software_version)
-    dev_avail = _device_availability(topics)
+    # The device's `status` is its Last Will topic: the broker sets it to `offline` when the agent dies.
+    dev_avail = _availability(topics.status)
     uid = f"starfish_{topics.device_id}"
 
     def config(component: str, object_id: str, body: dict[str, object]) -> tuple[str, bytes]:
@@ -40,17 +54,15 @@ def discovery_messages(topics: Topics, cameras: Iterable[str], software_version:
         return topics.ha_config(component, object_id), json.dumps(body, separators=(",", ":")).encode()
 
     for cam in sorted(set(cameras)):
-        cam_avail = [
-            dev_avail,
-            {"topic": topics.camera_status(cam), "payload_available": "online", "payload_not_available": "offline"},
-        ]
+        # A camera's retained `online` outlives a killed agent (one Will per connection): both must say online.
+        cam_avail = [dev_avail, _availability(topics.camera_status(cam))]
         yield config(
             "sensor",
             f"{cam}_count",
             {
                 "name": f"{cam} starfish in view",
                 "state_topic": topics.count_value(cam),
-                "state_class": "measurement",
+                "state_class": STATE_CLASSES["count"],
                 "unit_of_measurement": "starfish",
                 "availability": cam_avail,
                 "availability_mode": "all",
@@ -61,9 +73,10 @@ def discovery_messages(topics: Topics, cameras: Iterable[str], software_version:
             f"{cam}_unique_count",
             {
                 "name": f"{cam} unique starfish",
-                "state_topic": topics.counts(cam),
-                "value_template": "{{ value_json.unique_count }}",
-                "state_class": "measurement",
+                # The retained live value, not `…/counts`: replayed `historical` copies there would move the
+                # sensor back in time after every outage.
+                "state_topic": topics.unique_value(cam),
+                "state_class": STATE_CLASSES["unique_count"],
                 "unit_of_measurement": "starfish",
                 "availability": cam_avail,
                 "availability_mode": "all",
@@ -86,7 +99,7 @@ def discovery_messages(topics: Topics, cameras: Iterable[str], software_version:
             "name": "MQTT outbox depth",
             "state_topic": topics.stats,
             "value_template": "{{ value_json.outbox_depth }}",
-            "state_class": "measurement",
+            "state_class": STATE_CLASSES["outbox_depth"],
             "unit_of_measurement": "messages",
             "entity_category": "diagnostic",
             "availability": [dev_avail],

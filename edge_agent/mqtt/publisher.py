@@ -20,8 +20,8 @@ Data path for counts and track events (store-and-forward):
 
 Connect sequence: `status=online` (in the CONNACK callback, so it precedes anything paho re-sends), then, once the
 subscriptions are acknowledged, from the sender thread: `model`, `model/update`, camera statuses, Home Assistant
-discovery, latest count values, then the outbox backlog in order, then live messages. All retained state goes
-through the sender thread, so a value changed during an outage is published after any stale copy paho re-sends.
+discovery, latest count and unique values, then the outbox backlog in order, then live messages. All retained state
+goes through the sender thread, so a value changed during an outage is published after any stale copy paho re-sends.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class AgentPublisher:
         self._model: ModelInfo | None = None
         self._model_ts = datetime.now(timezone.utc)
         self._update_state: str | None = None  # retained `…/model/update` JSON, None until the agent sets it
-        self._latest_count: dict[str, int] = {}
+        self._latest_values: dict[str, int] = {}  # retained live-value topic -> latest value
         self._dirty: set[str] = set()
         self._ready_generation = 0
         self._window_cap = cfg.inflight_window
@@ -155,7 +155,7 @@ class AgentPublisher:
         self._acks: deque[tuple[int, bool, str]] = deque()  # appended by the network thread, drained by the sender
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._state_inflight: set[int] = set()  # mids of unacknowledged retained-state messages
-        self._state_pending: deque[tuple[str, bytes | str, int]] = deque()  # (topic, payload, qos), retained
+        self._state_pending: deque[tuple[str, bytes | str | None, int]] = deque()  # (topic, payload, qos), retained
         self._cursor = 0  # highest outbox id handed to paho
         self._backlog_end = 0  # outbox ids <= this were waiting when the current connection became ready
         self._handled_generation = 0
@@ -169,7 +169,9 @@ class AgentPublisher:
         self._rewound_until = 0  # after a retry rewind: rows <= this that are in flight are skipped
         self._refusal_log = LogLimiter(10.0)
         self._ha_due: float | None = None
-        self._published_count: dict[str, int] = {}
+        self._published_values: dict[str, int] = {}
+        # Serialises each live value's read-and-publish (frame loop and connect re-send); paho never takes it.
+        self._values_lock = threading.Lock()
 
         self._wake = threading.Event()
         self._stop_event = threading.Event()
@@ -311,21 +313,44 @@ class AgentPublisher:
                 self._dirty.add("discovery")
         self._wake.set()
 
-    def publish_count_value(self, camera_id: str, count: int) -> None:
-        """Retained QoS 0 plain number on `…/{camera_id}/count` (latest value re-sent on every connect)."""
-        topic = self.topics.count_value(camera_id)
-        value = int(count)
-        if value < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
-        with self._lock:
-            self._latest_count[camera_id] = value
-            ready = self._ready
-            # A retained message per frame with the same number is wasted traffic: publish changes only (the
-            # latest value is re-sent on every connect anyway).
-            if not ready or self._published_count.get(camera_id) == value:
-                return
-            self._published_count[camera_id] = value
-        if self.connected:
+    def publish_count_value(self, camera_id: str, count: int, unique_count: int | None = None) -> None:
+        """Retained QoS 0 plain numbers: the frame's count on `…/{camera_id}/count` and, when given, the unique
+        count on `…/{camera_id}/unique`. Each is published only when it changed, and the latest values are re-sent
+        on every connect.
+
+        These are the live values (Home Assistant's sensors read them): only the agent's frame loop calls this, so
+        counts replayed from the outbox after an outage never move them back.
+        """
+        values = [(self.topics.count_value(camera_id), int(count))]
+        if unique_count is not None:
+            values.append((self.topics.unique_value(camera_id), int(unique_count)))
+        for _, value in values:
+            if value < 0:
+                raise ValueError(f"count values must be >= 0, got {value}")
+        changed: list[tuple[str, int]] = []
+        with self._values_lock:
+            with self._lock:
+                ready = self._ready
+                for topic, value in values:
+                    self._latest_values[topic] = value
+                    # A retained message per frame with the same number is wasted traffic (and, for Home Assistant,
+                    # a state write per frame): publish changes only.
+                    if ready and self._published_values.get(topic) != value:
+                        self._published_values[topic] = value
+                        changed.append((topic, value))
+            if self.connected:
+                for topic, value in changed:
+                    self._transport.publish(topic, str(value), qos=0, retain=True)
+
+    def _resend_value(self, topic: str) -> None:
+        """Re-send a live value on connect: read at send time, under the same lock as the frame loop's publishes,
+        so a stale snapshot can never overwrite a newer retained value."""
+        with self._values_lock:
+            with self._lock:
+                value = self._latest_values.get(topic)
+                if value is None or self._published_values.get(topic) == value:
+                    return  # the frame loop sent this very value on this connection already
+                self._published_values[topic] = value
             self._transport.publish(topic, str(value), qos=0, retain=True)
 
     # -- stored messages -------------------------------------------------------------------------------------------
@@ -608,6 +633,7 @@ class AgentPublisher:
                 # Everything stored up to now is backlog: it goes out marked historical, after the state messages.
                 self._backlog_end = self.outbox.max_id()
                 self._state_pending.clear()  # rebuilt below from the current state
+                self._published_values.clear()  # nothing of it is on this connection yet (see `_resend_value`)
                 self._dirty.update({"model", "update", "discovery", "counts"} | {f"cam:{c}" for c in self._cameras})
                 self._ready = True
                 logger.info("MQTT: session ready; %d message(s) in the backlog", self.outbox.depth)
@@ -620,7 +646,7 @@ class AgentPublisher:
             model, model_ts = self._model, self._model_ts
             update_state = self._update_state
             cameras = dict(self._cameras)
-            counts = dict(self._latest_count)
+            value_topics = sorted(self._latest_values)
         pending = self._state_pending
         if "model" in dirty and model is not None:
             doc = ModelPayload(**model.model_dump(), device_id=self.device_id, ts=model_ts)
@@ -636,15 +662,16 @@ class AgentPublisher:
                 for topic, doc_bytes in discovery_messages(self.topics, cameras, self.software_version)
             )
         if "counts" in dirty:
-            for cam, value in sorted(counts.items()):
-                pending.append((self.topics.count_value(cam), str(value), 0))
-            with self._lock:
-                self._published_count.update(counts)
+            # Payload None: the value current when it is sent (see `_resend_value`).
+            pending.extend((topic, None, 0) for topic in value_topics)
         while pending:
             topic, payload, qos = pending[0]
             if qos and self._room() <= 0:
                 break  # the rest goes out as acknowledgements free the broker's receive window
             pending.popleft()
+            if payload is None:
+                self._resend_value(topic)
+                continue
             mid = self._transport.publish(topic, payload, qos=qos, retain=True)
             if qos and mid is not None:
                 self._state_inflight.add(mid)

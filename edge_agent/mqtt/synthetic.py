@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                     "unique_count": frame // 4,
                 },
             )
-            publisher.publish_count_value(args.camera, count)
+            publisher.publish_count_value(args.camera, count, frame // 4)
             sys.stdout.write(f"seq {seq} session {publisher.session} outbox {publisher.outbox_id}\n")
             sys.stdout.flush()
             frame += 1

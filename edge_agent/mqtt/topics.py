@@ -96,6 +96,10 @@ class Topics:
     def count_value(self, camera_id: str) -> str:
         return f"{self.root}/{check_camera_id(camera_id)}/count"
 
+    def unique_value(self, camera_id: str) -> str:
+        """Retained latest unique count, published from the live path only (never from an outbox replay)."""
+        return f"{self.root}/{check_camera_id(camera_id)}/unique"
+
     def tracks(self, camera_id: str) -> str:
         return f"{self.root}/{check_camera_id(camera_id)}/tracks"
 
