@@ -148,3 +148,21 @@ def test_exported_efficientnet_lite_graph_has_no_hard_activations(fp32_onnx) -> 
 
     ops = {node.op_type for node in onnx.load(str(fp32_onnx)).graph.node}
     assert not ops & {"HardSwish", "HardSigmoid"} and "Clip" in ops
+
+
+def test_the_committed_demo_bundle_is_the_compressed_one() -> None:
+    """The shipped bundle carries every variant with its own threshold, fits the size budget, and its CPU INT8
+    model really runs on integer kernels (a re-export that silently fell back to float convs fails here)."""
+    from edge_agent.bundle import load_bundle
+    from export.fp16 import half_precision_ops
+
+    root = Path(__file__).resolve().parents[1] / "models" / "demo"
+    bundle = load_bundle(root / "bundle", [root / "demo_key.pub"])
+    variants = bundle.manifest.variants
+    assert set(variants) == {"fp32", "fp16", "int8", "int8_cpu"}
+    assert all(v.score_threshold is not None for v in variants.values())
+    assert sum(v.size for v in variants.values()) <= 30e6
+    kernels = conv_kernels(optimized_op_counts(bundle.variant_path("int8_cpu")))
+    assert kernels["integer_conv"] >= 6 * kernels["float_conv"], kernels
+    half = half_precision_ops(bundle.variant_path("fp16"))
+    assert half["fp16"] >= 0.9 * (half["fp16"] + half["fp32"]), half

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import jinja2  # noqa: E402  (a dev dependency: templates are rendered as Home Assistant does)
 import pytest
 
 from edge_agent.mqtt.config import MqttConfig
@@ -25,8 +26,6 @@ from edge_agent.mqtt.publisher import AgentPublisher
 from edge_agent.mqtt.topics import Topics
 from edge_agent.outbox import Outbox
 from tests.helpers.mqtt_broker import MosquittoBroker, Subscriber, free_port, wait_until
-
-jinja2 = pytest.importorskip("jinja2", reason="jinja2 renders the templates as Home Assistant does")
 
 pytestmark = pytest.mark.mqtt
 
