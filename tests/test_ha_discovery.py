@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import jinja2  # noqa: E402  (a dev dependency: templates are rendered as Home Assistant does)
+import jinja2  # a dev dependency: templates are rendered as Home Assistant does
 import pytest
 
 from edge_agent.mqtt.config import MqttConfig
