@@ -304,6 +304,12 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             variants[FP16_VARIANT] = _variant_source(fp16_path, variants_report["pruned_onnx_fp16"])
         bundle_dir = opts.out / BUNDLE_DIR
         version, parent = _next_version(bundle_dir, opts.version)
+        training = TrainingInfo(
+            config_digest=source.config_digest or config_digest(source.cfg.to_dict()),
+            data_fingerprint=source.data_fingerprint,
+            checkpoint_sha256=source.sha256,
+            backbone_weights=source.info.get("backbone_weights"),
+        )
         manifest = write_bundle(
             bundle_dir,
             name=MODEL_NAME,
@@ -314,12 +320,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             variants=variants,
             default_variant="int8",
             score_threshold=threshold,
-            training=TrainingInfo(
-                config_digest=source.config_digest or config_digest(source.cfg.to_dict()),
-                data_fingerprint=source.data_fingerprint,
-                checkpoint_sha256=source.sha256,
-                backbone_weights=source.info.get("backbone_weights"),
-            ),
+            training=training,
             private_key=key,
             overwrite=True,
         )
@@ -339,12 +340,7 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
                 },
                 default_variant="fp32",
                 score_threshold=_clamp(variants_report["onnx_fp32"].get("deployed_threshold", threshold)),
-                training=TrainingInfo(
-                    config_digest=source.config_digest or config_digest(source.cfg.to_dict()),
-                    data_fingerprint=source.data_fingerprint,
-                    checkpoint_sha256=source.sha256,
-                    backbone_weights=source.info.get("backbone_weights"),
-                ),
+                training=training,
                 private_key=key,
                 overwrite=True,
             )
