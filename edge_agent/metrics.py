@@ -211,6 +211,17 @@ def best_f2_threshold(
     return ThresholdSearch(threshold=best.score_threshold, f2=best.f2, per_iou=best.per_iou, result=best)
 
 
+def f2_curve(
+    predictions: Sequence[Prediction],
+    ground_truths: Sequence[Boxes],
+    thresholds: Sequence[float],
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> list[float]:
+    """F2 at each of ``thresholds`` (the matching is done once, so a sweep costs one evaluation)."""
+    matches = _match_all(predictions, ground_truths, iou_thresholds)
+    return [_result_at(matches.scores, matches.matched, matches.total_gt, float(t)).f2 for t in thresholds]
+
+
 def recall_by_size(
     predictions: Sequence[Prediction],
     ground_truths: Sequence[Boxes],

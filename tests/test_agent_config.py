@@ -284,7 +284,7 @@ def test_example_as_written_checks_bundle_and_keys(tmp_path: Path) -> None:
         (lambda d: d["detector"].update(bundle="models/demo/nothing"), "detector.bundle: models/demo/nothing does not"),
         (lambda d: d["detector"].update(bundle="models/demo"), "detector.bundle: models/demo refused"),
         (lambda d: d["detector"].update(trusted_keys=["other.pub"]), "detector.bundle: models/demo/bundle refused"),
-        (lambda d: d["detector"].update(variant="fp16"), "detector.variant: 'fp16' is not in the bundle"),
+        (lambda d: d["detector"].update(variant="fp8"), "detector.variant: 'fp8' is not in the bundle"),
         (lambda d: d.update(outbox_path="agent.yaml/outbox.sqlite3"), "agent.yaml is not a directory"),
     ],
 )
