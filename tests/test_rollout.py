@@ -17,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import starfish_cli
 from edge_agent.bundle import generate_keypair, load_public_key
+from edge_agent.bundle.manifest import parse_manifest
 from edge_agent.update.announcement import parse_announcement
 from tests.helpers.mqtt_broker import MosquittoBroker, wait_until
 
@@ -173,7 +174,8 @@ def test_rollout_status_shows_each_device_from_the_retained_reports(tmp_path, re
     assert exit_info.value.code == 0
     status = json.loads(capsys.readouterr().out)
     assert set(status) == {"dev1", "dev2", "dev3"}
-    assert status["dev1"]["update"]["state"] == "committed" and status["dev1"]["running"]["version"] == 6
+    released = parse_manifest((DEMO / "manifest.json").read_bytes()).version  # the demo bundle is what is released
+    assert status["dev1"]["update"]["state"] == "committed" and status["dev1"]["running"]["version"] == released
     assert status["dev2"]["update"]["state"] == "rolled_back" and status["dev2"]["running"]["version"] == 5
     assert status["dev2"]["update"]["error_code"] == "probation_failed"
     assert status["dev3"]["update"] == {"schema_version": 1, "state": "idle"}

@@ -65,9 +65,10 @@ def failing_on_real_frames(src: Path, dest: Path) -> None:
     onnx.save(model, str(dest))
 
 
-def slower(src: Path, dest: Path, matmuls: int = 30) -> None:
+def slower(src: Path, dest: Path, matmuls: int = 90) -> None:
     """The tiny model plus a chain of input-dependent 512x512 matrix products added (times zero) to its scores:
-    the same answers, about 5-7x the time per frame. It passes a loose latency budget, then loses its fps."""
+    the same answers, about 15-20x the time per frame (far past the 50 % fps drop even when the baseline was taken
+    on busy cores). It passes the loose 50x latency budget, then loses its fps."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
