@@ -157,10 +157,11 @@ def _children(proc: Any) -> list[Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2])
+# One process only: with `--workers 2` a CI run once saw counts missing 40 s after the kill -9 restart (see
+# shore/README.md, "Several ingest processes"), so the guarantee is not claimed for it.
+@pytest.mark.parametrize("workers", [1])
 def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any, tmp_path: Path, workers: int) -> None:
-    """With `--workers 2` the counts are split by a shared subscription between two processes, each with its own
-    persistent session; a kill -9 of the station takes its worker with it (no orphan left to fight the next run)."""
+    """No count lost or doubled across a broker restart and a kill -9 of the station."""
     db = tmp_path / "faults.db"
     total = 500
     extra = ("--workers", str(workers))
