@@ -410,7 +410,10 @@ def test_evidence_snapshots_and_video(tmp_path: Path, clip: Clip, agent_bundle, 
     segments = sorted((tmp_path / "video").glob("cam0_*.mp4"))
     assert len(segments) == 1  # one 300 s segment holds the whole clip
     video = cv2.VideoCapture(str(segments[0]))
-    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == clip.frames
+    # The evidence queue drops frames rather than stall inference (a busy CI machine drops a few): every frame is
+    # either in the video or counted as dropped, and most are in the video.
+    written, dropped = int(video.get(cv2.CAP_PROP_FRAME_COUNT)), agent._evidence.stats()["dropped_busy"]
+    assert written + dropped == clip.frames and written >= clip.frames // 2, (written, dropped)
     ok, frame = video.read()
     assert ok and frame.shape == (clip.height, clip.width, 3)
     raw = cv2.imread(str(sorted((tmp_path / "snaps").glob("*f0.jpg"))[0]))
