@@ -113,18 +113,8 @@ def run_benchmark(opts: BenchOptions, progress: Progress | None = None) -> Bench
     results: list[BackendResult] = []
     with tempfile.TemporaryDirectory(prefix="starfish-bench-") as tmp:
         for name in opts.backends:
-            spec = BACKENDS[name]
             progress.backend_started(name)
-            remaining = None if opts.budget_s is None else opts.budget_s - (time.perf_counter() - started)
-            if reasons[name] is None and remaining is not None and remaining < MIN_BACKEND_S:
-                reasons[name] = f"run budget of {opts.budget_s:.0f} s exhausted before this back end"
-            if reasons[name] is not None:
-                result = BackendResult(
-                    backend=name, status="skipped", reason=reasons[name], device=spec.device, precision=spec.precision
-                )
-            else:
-                timeout = opts.timeout_s if remaining is None else min(opts.timeout_s, remaining)
-                result = _run_worker(name, opts, Path(tmp), progress, timeout)
+            result = _run_or_skip(name, reasons[name], opts, Path(tmp), progress, started)
             results.append(result)
             progress.backend_done(result)
 
@@ -211,16 +201,8 @@ def _run_reference(opts: BenchOptions, tmp: Path, progress: Progress, started: f
         spec, label = BACKENDS[name], reference_name(name, opts.reference_label)
         progress.backend_started(label)
         reason = precheck(spec, set(reference.manifest.variants), None)
-        remaining = None if opts.budget_s is None else opts.budget_s - (time.perf_counter() - started)
-        if reason is None and remaining is not None and remaining < MIN_BACKEND_S:
-            reason = f"run budget of {opts.budget_s:.0f} s exhausted before this back end"
-        if reason is not None:
-            result = BackendResult(
-                backend=label, status="skipped", reason=reason, device=spec.device, precision=spec.precision
-            )
-        else:
-            timeout = opts.timeout_s if remaining is None else min(opts.timeout_s, remaining)
-            result = _run_worker(name, opts, tmp, progress, timeout, bundle=opts.reference, label=label)
+        result = _run_or_skip(name, reason, opts, tmp, progress, started, bundle=opts.reference, label=label)
+        if result.status != "skipped":
             result.backend = label
             if info.macs:
                 result.details["macs"] = info.macs
@@ -228,6 +210,29 @@ def _run_reference(opts: BenchOptions, tmp: Path, progress: Progress, started: f
         out.append(result)
         progress.backend_done(result)
     return out
+
+
+def _run_or_skip(
+    name: str,
+    reason: str | None,
+    opts: BenchOptions,
+    tmp: Path,
+    progress: Progress,
+    started: float,
+    bundle: Path | None = None,
+    label: str | None = None,
+) -> BackendResult:
+    """A skipped row (``reason``, or the run budget spent), else the worker's result within what is left of it."""
+    spec = BACKENDS[name]
+    remaining = None if opts.budget_s is None else opts.budget_s - (time.perf_counter() - started)
+    if reason is None and remaining is not None and remaining < MIN_BACKEND_S:
+        reason = f"run budget of {opts.budget_s:.0f} s exhausted before this back end"
+    if reason is not None:
+        return BackendResult(
+            backend=label or name, status="skipped", reason=reason, device=spec.device, precision=spec.precision
+        )
+    timeout = opts.timeout_s if remaining is None else min(opts.timeout_s, remaining)
+    return _run_worker(name, opts, tmp, progress, timeout, bundle=bundle, label=label)
 
 
 def _run_worker(
