@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from export.onnx_export import ExportError, check_onnx
+from export.profile import subgraph_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,12 @@ def convert_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> P
     # By scope as well as by op type: the RPN and RoI tails share op types with the dense layers (Add, Clip,
     # Reshape) but feed the NMS branches, whose subgraphs must see the fp32 tensors they were typed with.
     outside = [node.name for node in model.graph.node if not node.name.startswith(FP16_SCOPES)]
+    # Nodes inside If/Loop branches (the empty-detections path) stay fp32 whatever their op type: their outputs
+    # must keep the types the parent node declares.
+    branches = [node.name for node in subgraph_nodes(model.graph)]
     try:
         converted = convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=kept_fp32, node_block_list=outside + _subgraph_nodes(model.graph)
+            model, keep_io_types=True, op_block_list=kept_fp32, node_block_list=outside + branches
         )
         _fp32_into_subgraphs(converted.graph)
         # The converter appends its input casts at the end of the node list; ONNX wants topological order.
@@ -75,17 +79,6 @@ def convert_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> P
     return out_path
 
 
-def _subgraph_nodes(graph) -> list[str]:  # type: ignore[no-untyped-def]
-    """Names of the nodes inside If/Loop branches (the empty-detections path): their outputs must keep the types
-    the parent node declares, so they stay fp32 whatever their op type."""
-    names: list[str] = []
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                names += [n.name for n in sub.node] + _subgraph_nodes(sub)
-    return names
-
-
 def _fp32_into_subgraphs(graph) -> None:  # type: ignore[no-untyped-def]
     """Point If/Loop branches back at the fp32 tensors they read from the outer graph.
 
@@ -97,20 +90,10 @@ def _fp32_into_subgraphs(graph) -> None:  # type: ignore[no-untyped-def]
         for node in graph.node
         if node.op_type == "Cast" and node.name.endswith("_cast_to_fp16_node")
     }
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                _rename_inputs(sub, cast_from)
-
-
-def _rename_inputs(graph, renames: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
-    for node in graph.node:
+    for node in subgraph_nodes(graph):
         for index, name in enumerate(node.input):
-            if name in renames:
-                node.input[index] = renames[name]
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                _rename_inputs(sub, renames)
+            if name in cast_from:
+                node.input[index] = cast_from[name]
 
 
 def half_precision_ops(path: str | os.PathLike) -> Counter[str]:

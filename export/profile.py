@@ -50,17 +50,24 @@ def optimized_op_counts(model_path: str | os.PathLike, threads: int = 1) -> Coun
         ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         graph = onnx.load(options.optimized_model_filepath).graph
     counts: Counter[str] = Counter()
-    for node in _all_nodes(graph):
+    for node in all_nodes(graph):
         counts[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"] += 1
     return counts
 
 
-def _all_nodes(graph):  # type: ignore[no-untyped-def]
+def subgraph_nodes(graph):  # type: ignore[no-untyped-def]
+    """Every node inside the graph's If/Loop branches, at any depth (torchvision's NMS sits inside an If)."""
     for node in graph.node:
-        yield node
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                yield from _all_nodes(sub)
+                yield from sub.node
+                yield from subgraph_nodes(sub)
+
+
+def all_nodes(graph):  # type: ignore[no-untyped-def]
+    """The graph's own nodes, then those of its branches."""
+    yield from graph.node
+    yield from subgraph_nodes(graph)
 
 
 def conv_kernels(counts: Counter[str]) -> dict[str, int]:

@@ -29,13 +29,9 @@ WIDTH, HEIGHT = 224, 128  # the smoke preset's max_size, 32-aligned 16:9 height:
 
 def _all_op_types(graph) -> set[str]:  # type: ignore[no-untyped-def]
     """Op types of a graph including its If/Loop subgraphs (torchvision's NMS sits inside an If)."""
-    ops = set()
-    for node in graph.node:
-        ops.add(node.op_type)
-        for attribute in node.attribute:
-            if attribute.g.node:
-                ops |= _all_op_types(attribute.g)
-    return ops
+    from export.profile import all_nodes
+
+    return {node.op_type for node in all_nodes(graph)}
 
 
 @pytest.fixture(scope="module")
