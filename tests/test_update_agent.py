@@ -255,6 +255,42 @@ def test_slower_model_rolls_back_on_the_fps_drop(
         assert state.is_bad("starfish-cots", 4) and state.floor("starfish-cots") == 1
 
 
+def test_kill_9_in_probation_keeps_the_fps_baseline(
+    tmp_path, tiny_bundle, bundle_keys, looping_clip, store, server, release_key, mosquitto, mqtt_subscriber
+):
+    """The previous model's fps is persisted at the swap: a restart in probation still judges the slow model
+    against it (it never sees the previous model run again) and rolls back."""
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"], client_id="ota-sub")
+    slow = {"probation_max_fps_drop": 0.5}
+    agent = start_agent(
+        tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, "agent.log", probation_s=600, **slow
+    )
+    try:
+        assert wait_until(lambda: len(counts(sub)) >= 30, 60), agent.log()
+        publish(mosquitto, f"starfish/{DEVICE}/model/set", announce(server, store, release_key, 4))
+        assert wait_until(lambda: any(e["event"] == "probation" for e in events(sub)), 90), agent.log()
+    finally:
+        agent.kill9()
+    store_ = UpdateStore(tmp_path / "state")
+    killed_in = store_.active()
+    store_.close()
+    assert killed_in is not None and killed_in.state is UpdateState.PROBATION
+    assert killed_in.baseline_fps is not None and killed_in.baseline_fps > 0
+    agent = start_agent(tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, "agent2.log", **slow)
+    try:
+        assert wait_until(lambda: any(e.get("ok") is not None for e in events(sub)), 90), (events(sub), agent.log())
+        back = events(sub)[-1]
+        assert back["event"] == "rolled_back" and "fps fell" in back["error"], back
+        assert back["probation"]["baseline_fps"] == round(killed_in.baseline_fps, 2)
+        assert current(tmp_path) == "versions/1"
+        assert agent.terminate() == 0, agent.log()
+    finally:
+        if agent.alive():
+            agent.kill9()
+    with DeviceState(tmp_path / "state") as state:
+        assert state.is_bad("starfish-cots", 4) and state.floor("starfish-cots") == 1
+
+
 @pytest.mark.parametrize("moment", ["staging", "swapping"])
 def test_kill_9_during_the_update_restarts_with_one_consistent_model(
     moment, tmp_path, tiny_bundle, bundle_keys, looping_clip, store, server, release_key, mosquitto, mqtt_subscriber

@@ -71,3 +71,22 @@ def test_current_link_is_replaced_atomically(tmp_path: Path):
     assert staging.target_version(staging.current_target(tmp_path)) == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert staging.prune_versions(tmp_path, {2}) == [1]
+
+
+def test_baseline_fps_persists_and_an_older_database_gains_the_column(tmp_path: Path):
+    import sqlite3
+
+    from edge_agent.device_state import STATE_DB_NAME
+
+    store = UpdateStore(tmp_path)
+    record = new(store)
+    store.set_baseline_fps(record.id, 12.5)
+    store.close()
+    # The database as an agent before the baseline column wrote it: the column is added on open, rows kept.
+    with sqlite3.connect(tmp_path / STATE_DB_NAME) as db:
+        db.execute("ALTER TABLE model_update DROP COLUMN baseline_fps")
+    again = UpdateStore(tmp_path)
+    assert again.get(record.id).baseline_fps is None and again.get(record.id).state is S.DOWNLOADING
+    again.set_baseline_fps(record.id, 9.0)
+    again.close()
+    assert UpdateStore(tmp_path).get(record.id).baseline_fps == 9.0

@@ -117,9 +117,9 @@ class AgentUpdates:
         self.manager.expected_name = agent.slot.detector.bundle.manifest.name
         record = self.manager.in_probation()
         if record is not None:
-            # A restart in probation: a fresh window; the previous model's fps is not known any more.
+            # A restart in probation: a fresh window, judged against the previous model's fps persisted at the swap.
             logger.info("update #%d: v%d continues its probation after a restart", record.id, record.version)
-            self._probation = Probation(self.ucfg, update_id=record.id, baseline_fps=None)
+            self._probation = Probation(self.ucfg, update_id=record.id, baseline_fps=record.baseline_fps)
         agent.publisher.set_update_state(state_payload(self.manager.store.latest()))
 
     def start(self) -> None:
@@ -194,9 +194,9 @@ class AgentUpdates:
         wanted = (bundle.manifest.name, bundle.manifest.version)
         load_s = 0.0
         if (running.name, running.version) == wanted:
-            # A swap re-entered after a restart that already loaded this version (so there is no previous model's
-            # fps to compare with), or a rollback that the inference thread already did.
-            self._probation = self._new_probation(record, baseline=False) if entering else None
+            # A swap re-entered after a restart that already loaded this version (the previous model's fps is the
+            # one persisted at the first swap, if it got that far), or a rollback the inference thread already did.
+            self._probation = self._new_probation(record, measure_now=False) if entering else None
         elif standby is not None and (standby.bundle.manifest.name, standby.bundle.manifest.version) == wanted:
             self._probation = None
             agent.swap_detector(standby, self._standby_load_s)  # back to the warm previous model
@@ -216,10 +216,13 @@ class AgentUpdates:
             standby.close()
         self.last_swap = {"version": bundle.manifest.version, "load_s": round(load_s, 3), "at": time.time()}
 
-    def _new_probation(self, record: UpdateRecord | None, baseline: bool = True) -> Probation | None:
+    def _new_probation(self, record: UpdateRecord | None, measure_now: bool = True) -> Probation | None:
         if record is None:
             return None
-        return Probation(self.ucfg, update_id=record.id, baseline_fps=self.rate.fps() if baseline else None)
+        fps = self.rate.fps() if measure_now else record.baseline_fps
+        if measure_now and fps is not None:
+            self.manager.store.set_baseline_fps(record.id, fps)
+        return Probation(self.ucfg, update_id=record.id, baseline_fps=fps)
 
     def _release_standby(self) -> None:
         standby, self._standby = self._standby, None

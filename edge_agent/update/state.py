@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS model_update (
     error_code TEXT,
     error TEXT,
     started_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    baseline_fps REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS model_update_digest ON model_update (digest);
 CREATE TABLE IF NOT EXISTS model_update_transition (
@@ -81,6 +82,14 @@ CREATE TABLE IF NOT EXISTS model_update_transition (
     error TEXT
 );
 """
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    # A state database written by an older agent lacks the columns added since; CREATE TABLE IF NOT EXISTS
+    # leaves such a table as it is.
+    have = {row[1] for row in db.execute("PRAGMA table_info(model_update)")}
+    if "baseline_fps" not in have:
+        db.execute("ALTER TABLE model_update ADD COLUMN baseline_fps REAL")
 
 
 class TransitionError(RuntimeError):
@@ -107,6 +116,8 @@ class UpdateRecord:
     error: str | None
     started_at: float
     updated_at: float
+    # The previous model's fps just before the swap: probation compares against it, after a restart too.
+    baseline_fps: float | None = None
 
 
 class UpdateStore:
@@ -119,6 +130,7 @@ class UpdateStore:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _add_missing_columns(self._db)
         except sqlite3.Error as exc:
             raise DeviceStateError(f"update state {self.path}: {exc}") from exc
 
@@ -205,6 +217,11 @@ class UpdateStore:
                 "UPDATE model_update SET progress = ?, updated_at = ? WHERE id = ?", (done, time.time(), update_id)
             )
 
+    def set_baseline_fps(self, update_id: int, fps: float) -> None:
+        """Persist the previous model's fps measured just before the swap (probation's yardstick)."""
+        with self._tx() as db:
+            db.execute("UPDATE model_update SET baseline_fps = ? WHERE id = ?", (fps, update_id))
+
     def count_restart(self, update_id: int) -> int:
         """Record one more agent start while this update is active; returns the new count."""
         with self._tx() as db:
@@ -254,7 +271,8 @@ class UpdateStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, name, version, rollback, digest, announcement, created_at, state, previous_target, "
-                f"progress, size, restarts, error_code, error, started_at, updated_at FROM model_update {where}",
+                "progress, size, restarts, error_code, error, started_at, updated_at, baseline_fps "
+                f"FROM model_update {where}",
                 args,
             ).fetchall()
         return [
@@ -275,6 +293,7 @@ class UpdateStore:
                 error=r[13],
                 started_at=r[14],
                 updated_at=r[15],
+                baseline_fps=r[16],
             )
             for r in rows
         ]
