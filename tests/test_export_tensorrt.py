@@ -148,3 +148,37 @@ def test_build_and_load_fp16_engine_from_the_tiny_bundle(tiny_bundle: TinyBundle
     rebuilt = build_engine(onnx, tmp_path, precision="fp16", state_dir=state)  # refused, then rebuilt
     assert rebuilt.read_bytes() != b"planted"
     assert load_engine(onnx, tmp_path, precision="fp16", state_dir=state) is not None
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@requires_tensorrt
+@requires_cuda
+def test_the_staging_check_builds_the_engine_beside_the_staged_version(tiny_bundle: TinyBundle, tmp_path: Path) -> None:
+    """On a TensorRT device the update's staging check (worker thread, the old model still counting) builds the
+    candidate's engine into ``versions/<v>.trt-cache``; the swap's load then finds it (a cache hit, no rebuild),
+    and pruning the version removes it."""
+    import shutil
+
+    from edge_agent.bundle import load_bundle
+    from edge_agent.detectors.base import DetectorOptions, create_detector
+    from edge_agent.update import staging
+    from edge_agent.update.check import check_candidate
+    from edge_agent.update.config import UpdateConfig
+
+    models = tmp_path / "models"
+    version_dir = staging.version_dir(models, 2)
+    shutil.copytree(tiny_bundle.path, version_dir)
+    bundle = load_bundle(version_dir, [tiny_bundle.public_key])
+    state = tmp_path / "state"
+    cfg = UpdateConfig(models_dir=models, release_keys=[], backends=["tensorrt"], check_runs=2)
+    report = check_candidate(bundle, cfg, state_dir=state)
+    assert report.backend == "TensorRTDetector"
+    engines = sorted(bundle.engine_cache_dir().glob("*.engine"))
+    assert bundle.engine_cache_dir() == models / "versions" / "2.trt-cache" and len(engines) == 1
+    built = engines[0].stat().st_mtime_ns
+    swapped_in = create_detector(["tensorrt"], bundle, None, DetectorOptions(state_dir=state))
+    swapped_in.close()
+    assert engines[0].stat().st_mtime_ns == built  # the swap loaded the staged engine, it did not build again
+    staging.prune_versions(models, {1})
+    assert not version_dir.exists() and not bundle.engine_cache_dir().exists()

@@ -73,6 +73,20 @@ def test_current_link_is_replaced_atomically(tmp_path: Path):
     assert staging.prune_versions(tmp_path, {2}) == [1]
 
 
+def test_pruning_a_version_removes_its_engine_cache(tmp_path: Path):
+    """The staging check builds a TensorRT engine beside the version (`versions/<v>.trt-cache`): it goes with it."""
+    from edge_agent.bundle.loader import ENGINE_CACHE_SUFFIX
+
+    versions = tmp_path / "versions"
+    for version in (1, 2, 3):
+        (versions / str(version)).mkdir(parents=True)
+        (versions / f"{version}{ENGINE_CACHE_SUFFIX}").mkdir()
+        (versions / f"{version}{ENGINE_CACHE_SUFFIX}" / "model.engine").write_bytes(b"engine")
+    (versions / f"7{ENGINE_CACHE_SUFFIX}").mkdir()  # the cache of a failed update whose version is gone
+    assert staging.prune_versions(tmp_path, {2, 3}) == [1]
+    assert sorted(p.name for p in versions.iterdir()) == ["2", "2.trt-cache", "3", "3.trt-cache"]
+
+
 def test_baseline_fps_persists_and_an_older_database_gains_the_column(tmp_path: Path):
     import sqlite3
 

@@ -33,6 +33,8 @@ from edge_agent.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNAT
 from edge_agent.bundle.signing import SIGNATURE_LENGTH, PublicKeyLike, as_public_keys, key_id, verify_signature
 
 logger = logging.getLogger(__name__)
+# TensorRT engines built from a bundle live beside it (`<bundle>.trt-cache`), never inside its signed files.
+ENGINE_CACHE_SUFFIX = ".trt-cache"
 
 # (file name, max bytes) -> the file's bytes; FileNotFoundError when absent.
 _Reader = Callable[[str, int], bytes]
@@ -94,7 +96,7 @@ class VerifiedBundle:
 
     def engine_cache_dir(self) -> Path:
         """Default home of TensorRT engines built from this bundle: beside it, never inside it."""
-        return self.root.parent / f"{self.root.name}.trt-cache"
+        return self.root.parent / f"{self.root.name}{ENGINE_CACHE_SUFFIX}"
 
 
 def check_version(manifest: Manifest, running_version: int | None, *, allow_rollback: bool = False) -> None:

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from edge_agent.bundle.files import unpack_tar
+from edge_agent.bundle.loader import ENGINE_CACHE_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +125,16 @@ def point_current(models_dir: Path, target: str) -> None:
 
 
 def prune_versions(models_dir: Path, keep: set[int]) -> list[int]:
-    """Remove ``versions/<v>`` not in ``keep`` (the running and the previous version are kept for rollback)."""
+    """Remove ``versions/<v>`` not in ``keep`` (the running and the previous version are kept for rollback), and
+    with each its TensorRT engine cache ``versions/<v>.trt-cache`` (built beside it by the staging check)."""
     removed = []
     parent = models_dir / VERSIONS
     for entry in sorted(parent.iterdir()) if parent.is_dir() else []:
-        if entry.name.isdigit() and int(entry.name) not in keep:
+        version = entry.name.removesuffix(ENGINE_CACHE_SUFFIX)
+        if version.isdigit() and int(version) not in keep:
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(int(entry.name))
+            if entry.name == version:
+                removed.append(int(version))
     return removed
 
 
