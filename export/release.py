@@ -1,6 +1,8 @@
 """Release a bundle (cloud side): put its `.tar` in a bundle store and sign an announcement for the fleet.
 
-The store is a directory that any HTTP(S) server serves (``--url-base`` is where that server exposes it). The
+The store is a directory that any HTTP(S) server serves (``--url-base`` is where that server exposes it), or an
+``s3://bucket/prefix`` (`export.s3_store`: the tar is built here as for a directory, uploaded with boto3 and checked
+where it landed; the URL is ``--url-base`` + the object key, or a presigned GET URL). The
 bundle is verified before anything is written — a release never publishes what a device would refuse — and the
 `.tar` is written atomically (temporary file, fsync, rename), so a device never fetches half of one. The
 announcement (`edge_agent.update.announcement`) names the tar's exact size and sha256, so a device can cap and
@@ -26,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, load_bundle
 from edge_agent.bundle.files import sha256_file
 from edge_agent.update.announcement import Announcement, Rollout, sign_announcement
+from export.s3_store import MAX_PRESIGN_S, S3Store, StoreError
 
 logger = logging.getLogger(__name__)
 # Two tools of one process (a wave watcher and its publisher) must not share a client id: the broker would drop one.
@@ -34,7 +37,7 @@ _CLIENTS = itertools.count()
 
 @dataclass(frozen=True)
 class Release:
-    tar: Path
+    location: str  # where the .tar now lives: a path in a directory store, or s3://bucket/key
     announcement: Announcement
     payload: bytes  # the signed announcement as it goes on the wire
 
@@ -77,8 +80,8 @@ def store_bundle(bundle: Path, store: Path, bundle_keys: list[Ed25519PublicKey])
 def make_release(
     bundle: Path,
     *,
-    store: Path,
-    url_base: str,
+    store: Path | S3Store,
+    url_base: str | None,
     release_key: Ed25519PrivateKey,
     bundle_keys: list[Ed25519PublicKey],
     expires_in: timedelta = timedelta(days=7),
@@ -86,16 +89,39 @@ def make_release(
     platforms: tuple[str, ...] = ("any",),
     rollout: Rollout | None = None,
     rollback: bool = False,
+    presign_s: int | None = None,
     now: datetime | None = None,
 ) -> Release:
-    """Store the bundle and sign its announcement. Raises `BundleError` / `ValueError` on bad input."""
-    tar, name, version, size = store_bundle(bundle, store, bundle_keys)
-    created = now or datetime.now(timezone.utc)
+    """Store the bundle and sign its announcement. Raises `BundleError` / `ValueError` (`StoreError`) on bad input.
+
+    A directory store needs ``url_base``; an `S3Store` needs exactly one of ``url_base`` (public bucket or CDN:
+    the URL is ``url_base`` + the object key) and ``presign_s`` (a presigned GET URL, which must outlive the
+    announcement, so ``presign_s >= expires_in``)."""
+    if isinstance(store, S3Store):
+        _check_s3_url_choice(url_base, presign_s, expires_in)
+        with tempfile.TemporaryDirectory(prefix="starfish-release-") as tmp:
+            tar, name, version, size = store_bundle(bundle, Path(tmp), bundle_keys)
+            sha256 = sha256_file(tar)
+            key = store.key(tar.name)
+            created = now or datetime.now(timezone.utc)
+            store.put(tar, key, sha256=sha256, size=size)
+        # Signed after `created`, so the URL outlives the announcement: created + presign_s >= expires_at.
+        url = store.presign(key, presign_s) if presign_s is not None else f"{str(url_base).rstrip('/')}/{key}"
+        location = store.uri(key)
+    else:
+        if url_base is None:
+            raise StoreError("a directory store needs --url-base (where an HTTP(S) server serves it)")
+        if presign_s is not None:
+            raise StoreError("--presign is for an s3:// store only")
+        tar, name, version, size = store_bundle(bundle, store, bundle_keys)
+        sha256 = sha256_file(tar)
+        created = now or datetime.now(timezone.utc)
+        url, location = f"{url_base.rstrip('/')}/{tar.name}", str(tar)
     announcement = Announcement(
         name=name,
         version=version,
-        url=f"{url_base.rstrip('/')}/{tar.name}",
-        sha256=sha256_file(tar),
+        url=url,
+        sha256=sha256,
         size=size,
         created_at=created,
         expires_at=created + expires_in,
@@ -104,8 +130,24 @@ def make_release(
         rollout=rollout or Rollout(),
         rollback=rollback,
     )
-    logger.info("release %s: %s (%d bytes)", announcement.describe(), tar, size)
-    return Release(tar, announcement, sign_announcement(announcement, release_key))
+    logger.info("release %s: %s (%d bytes)", announcement.describe(), location, size)
+    return Release(location, announcement, sign_announcement(announcement, release_key))
+
+
+def _check_s3_url_choice(url_base: str | None, presign_s: int | None, expires_in: timedelta) -> None:
+    """Before any upload: the URL devices will get must be plain http(s) that they can fetch until the expiry."""
+    if (url_base is None) == (presign_s is None):
+        raise StoreError(
+            "an s3:// store needs one of --url-base (a public bucket or a CDN in front of it) and --presign SECONDS "
+            "(a presigned GET URL): devices fetch over plain http(s)"
+        )
+    if presign_s is not None and not 1 <= presign_s <= MAX_PRESIGN_S:
+        raise StoreError(f"--presign must be 1..{MAX_PRESIGN_S} seconds (SigV4's 7-day cap), got {presign_s}")
+    if presign_s is not None and presign_s < expires_in.total_seconds():
+        raise StoreError(
+            f"the presigned URL ({presign_s} s) would expire before the announcement ({expires_in.total_seconds():.0f}"
+            " s): raise --presign or lower --expires-days"
+        )
 
 
 def connect(host: str, port: int, role: str) -> Any:

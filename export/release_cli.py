@@ -16,8 +16,23 @@ def _fail(message: str) -> None:
 
 def release(
     bundle: Path = typer.Argument(..., help="Signed bundle directory or .tar to release."),
-    store: Path = typer.Option(..., "--store", help="Bundle store directory (served over HTTP(S))."),
-    url_base: str = typer.Option(..., "--url-base", help="URL under which the store directory is served."),
+    store: str = typer.Option(
+        ..., "--store", help="Bundle store: a directory (served over HTTP(S)) or s3://bucket/prefix (boto3)."
+    ),
+    url_base: str = typer.Option(
+        None,
+        "--url-base",
+        help="URL under which the store is served (for s3://: + the object key; a public bucket or a CDN).",
+    ),
+    presign: int = typer.Option(
+        None,
+        "--presign",
+        help="s3:// only, instead of --url-base: announce a presigned GET URL valid SECONDS (at most 604800, "
+        "SigV4's 7 days; not less than --expires-days).",
+    ),
+    s3_endpoint_url: str = typer.Option(
+        None, "--s3-endpoint-url", help="S3-compatible endpoint (MinIO, Ceph, R2); default: boto3's configuration."
+    ),
     key: Path = typer.Option(..., "--key", help="Release private key (PEM, `starfish keys generate`)."),
     bundle_key: list[Path] = typer.Option(
         None, "--bundle-key", help="Public key(s) the bundle must verify with (default: the release key's)."
@@ -45,7 +60,10 @@ def release(
     fleet: str = typer.Option("default", "--fleet", help="Fleet name (topic {prefix}/fleet/{fleet}/model)."),
     prefix: str = typer.Option("starfish", "--prefix", help="MQTT topic prefix."),
 ) -> None:
-    """Verify BUNDLE, write <name>-<version>.tar into --store, sign the announcement and print it on stdout."""
+    """Verify BUNDLE, write <name>-<version>.tar into --store, sign the announcement and print it on stdout.
+
+    An s3:// store takes its region and credentials from boto3's default chain (AWS_* variables, ~/.aws, an
+    instance role)."""
     from pydantic import ValidationError
 
     from edge_agent.bundle import BundleError, load_private_key, load_public_key
@@ -53,6 +71,7 @@ def release(
     from edge_agent.update.announcement import Rollout
     from export.release import make_release, publish
     from export.rollout import staged_rollout
+    from export.s3_store import S3Store, is_s3_url
 
     canaries = [d.strip() for item in canary or [] for d in item.split(",") if d.strip()]
     if canaries and not broker:
@@ -63,10 +82,14 @@ def release(
         private = load_private_key(key, passphrase.encode() if passphrase else None)
         keys = [load_public_key(p) for p in bundle_key] if bundle_key else [private.public_key()]
         rollout = Rollout(wave=wave, devices=tuple(device) if device else None, max_failure_share=max_failure_share)
+        if s3_endpoint_url and not is_s3_url(store):
+            _fail("--s3-endpoint-url is for an s3:// store only")
+        target = S3Store.from_url(store, s3_endpoint_url) if is_s3_url(store) else Path(store)
         result = make_release(
             bundle,
-            store=store,
+            store=target,
             url_base=url_base,
+            presign_s=presign,
             release_key=private,
             bundle_keys=keys,
             expires_in=timedelta(days=expires_days),

@@ -28,6 +28,7 @@ _FIXTURE_MODULES = (
     "tests.helpers.shore",
     "tests.helpers.retrain",
     "tests.helpers.ota",
+    "tests.helpers.s3",
 )
 pytest_plugins = ["pytester"] + [name for name in _FIXTURE_MODULES if importlib.util.find_spec(name) is not None]
 

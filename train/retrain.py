@@ -464,7 +464,7 @@ def _release(opts: RetrainOptions, candidate: VerifiedBundle, checkpoint: Path, 
         published = topic
     return {
         "version": result.announcement.version,
-        "tar": str(result.tar),
+        "tar": result.location,
         "url": result.announcement.url,
         "sha256": result.announcement.sha256,
         "announcement": str(announcement),
