@@ -164,6 +164,21 @@ def test_an_object_that_is_not_what_was_uploaded_is_never_announced(s3, release_
     assert s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read() == b"someone else's tar"
 
 
+def test_a_url_presigned_with_temporary_credentials_is_released_with_a_warning(s3, release_key, monkeypatch, caplog):
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token")  # an STS session: the URL dies with it
+    release = make_release(
+        DEMO,
+        store=S3Store.from_url(f"s3://{s3.bucket}/sts", s3.endpoint),
+        url_base=None,
+        presign_s=604800,
+        release_key=load_private_key(release_key[0]),
+        bundle_keys=[load_public_key(DEMO_KEY)],
+    )
+    assert "X-Amz-Security-Token=session-token" in release.announcement.url
+    assert release.location == f"s3://{s3.bucket}/sts/starfish-cots-{release.announcement.version}.tar"
+    assert any("temporary credentials" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 def test_without_boto3_an_s3_store_is_a_one_line_error(s3, release_key, monkeypatch):
     monkeypatch.setitem(sys.modules, "boto3", None)  # `import boto3` raises ImportError, as where it is absent
     result = run_release(
