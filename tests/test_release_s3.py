@@ -23,6 +23,9 @@ from edge_agent.update.download import download, part_path
 from export.release import make_release, store_bundle
 from export.s3_store import CONTENT_TYPE, S3Store, StoreError
 from starfish_cli import app
+from tests.helpers.bundles import rebundle
+from tests.helpers.mqtt_broker import wait_until
+from tests.helpers.ota import DEVICE, FLEET, counts, current, events, start_agent
 from tests.helpers.s3 import S3Server, aws_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,3 +188,30 @@ def test_without_boto3_an_s3_store_is_a_one_line_error(s3, release_key, monkeypa
         DEMO, "--store", f"s3://{s3.bucket}", "--presign", 604800, "--key", release_key[0], "--bundle-key", DEMO_KEY
     )
     assert_one_line_refusal(result, "needs boto3", "starfish-edge[s3]")
+
+
+@pytest.mark.mqtt
+def test_a_running_agent_installs_a_release_from_the_s3_store(
+    s3, tmp_path, tiny_bundle, bundle_keys, looping_clip, release_key, mosquitto, mqtt_subscriber
+):
+    """The whole loop with the s3 store: `starfish release --store s3://… --presign` publishes retained on the fleet
+    topic; an agent process (no AWS configuration, no boto3 use) downloads the presigned URL, checks, commits."""
+    v2 = rebundle(tiny_bundle.path, tmp_path / "v2", bundle_keys.private, version=2, parent_version=1)
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"], client_id="ota-sub")
+    agent = start_agent(tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, "agent.log")
+    try:
+        assert wait_until(lambda: len(counts(sub)) >= 5, 60), agent.log()
+        result = run_release(
+            *(v2, "--store", f"s3://{s3.bucket}/ota", "--s3-endpoint-url", s3.endpoint, "--presign", 604800),
+            *("--key", release_key[0], "--bundle-key", bundle_keys.public),
+            *("--broker", f"127.0.0.1:{mosquitto.port}", "--fleet", FLEET),
+        )
+        ann = released(result, release_key[1])
+        assert ann.version == 2 and objects(s3) == ["ota/starfish-cots-2.tar"]
+        assert wait_until(lambda: any(e["event"] == "committed" for e in events(sub)), 60), (events(sub), agent.log())
+        assert events(sub)[-1]["ok"] is True and events(sub)[-1]["version"] == 2
+        assert agent.terminate() == 0, agent.log()
+    finally:
+        if agent.alive():
+            agent.kill9()
+    assert current(tmp_path) == "versions/2"
