@@ -4,7 +4,8 @@ The S3 side is moto's server mode (`tests/helpers/s3.py`): an S3 *emulator* spea
 HTTP on 127.0.0.1 — no real AWS is reachable here, and boto3's whole configuration chain is pointed at the
 emulator. The device side is the agent's own downloader (`edge_agent.update.download`, urllib3, no boto3) fetching
 the announced URL from that server. The demo bundle (25 MB) is above boto3's 8 MB multipart threshold, so these
-releases go through CreateMultipartUpload / UploadPart / CompleteMultipartUpload.
+releases go through CreateMultipartUpload / UploadPart / CompleteMultipartUpload. ``release_key`` is the OTA
+helpers' announcement key pair (tests/helpers/ota.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from typer.testing import CliRunner
 
-from edge_agent.bundle import generate_keypair, load_bundle, load_private_key, load_public_key
+from edge_agent.bundle import load_bundle, load_private_key, load_public_key
 from edge_agent.bundle.files import sha256_file
 from edge_agent.update.announcement import parse_announcement
 from edge_agent.update.download import download, part_path
@@ -31,12 +32,6 @@ from tests.helpers.s3 import S3Server, aws_env
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo" / "bundle"
 DEMO_KEY = ROOT / "models" / "demo" / "demo_key.pub"
-
-
-@pytest.fixture()
-def release_key(tmp_path: Path) -> tuple[Path, Path]:
-    generate_keypair(tmp_path / "release.pem", tmp_path / "release.pub")
-    return tmp_path / "release.pem", tmp_path / "release.pub"
 
 
 def run_release(*args: object):
