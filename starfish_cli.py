@@ -132,6 +132,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("train.coco_import", "CocoImportError"),
     ("train.retrain", "RetrainError"),
     ("export.rollout", "RolloutError"),
+    ("export.s3_store", "StoreError"),
     ("benchmarks.frames", "FrameSourceError"),
 )
 EXIT_USAGE = 2

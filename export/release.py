@@ -97,8 +97,8 @@ def make_release(
     A directory store needs ``url_base``; an `S3Store` needs exactly one of ``url_base`` (public bucket or CDN:
     the URL is ``url_base`` + the object key) and ``presign_s`` (a presigned GET URL, which must outlive the
     announcement, so ``presign_s >= expires_in``)."""
+    check_url_choice(store, url_base, presign_s, expires_in)
     if isinstance(store, S3Store):
-        _check_s3_url_choice(url_base, presign_s, expires_in)
         with tempfile.TemporaryDirectory(prefix="starfish-release-") as tmp:
             tar, name, version, size = store_bundle(bundle, Path(tmp), bundle_keys)
             sha256 = sha256_file(tar)
@@ -109,10 +109,7 @@ def make_release(
         url = store.presign(key, presign_s) if presign_s is not None else f"{str(url_base).rstrip('/')}/{key}"
         location = store.uri(key)
     else:
-        if url_base is None:
-            raise StoreError("a directory store needs --url-base (where an HTTP(S) server serves it)")
-        if presign_s is not None:
-            raise StoreError("--presign is for an s3:// store only")
+        assert url_base is not None  # check_url_choice
         tar, name, version, size = store_bundle(bundle, store, bundle_keys)
         sha256 = sha256_file(tar)
         created = now or datetime.now(timezone.utc)
@@ -134,8 +131,15 @@ def make_release(
     return Release(location, announcement, sign_announcement(announcement, release_key))
 
 
-def _check_s3_url_choice(url_base: str | None, presign_s: int | None, expires_in: timedelta) -> None:
-    """Before any upload: the URL devices will get must be plain http(s) that they can fetch until the expiry."""
+def check_url_choice(store: Path | S3Store, url_base: str | None, presign_s: int | None, expires_in: timedelta) -> None:
+    """Before any upload: the URL devices will get must be plain http(s) that they can fetch until the expiry.
+    `StoreError` otherwise (the retraining job calls this before it trains)."""
+    if not isinstance(store, S3Store):
+        if url_base is None:
+            raise StoreError("a directory store needs --url-base (where an HTTP(S) server serves it)")
+        if presign_s is not None:
+            raise StoreError("--presign is for an s3:// store only")
+        return
     if (url_base is None) == (presign_s is None):
         raise StoreError(
             "an s3:// store needs one of --url-base (a public bucket or a CDN in front of it) and --presign SECONDS "

@@ -125,6 +125,36 @@ class S3Store:
             )
         logger.info("uploaded %s to %s (%d bytes, checked by HeadObject)", tar.name, self.uri(key), size)
 
+    def tar_names(self) -> dict[str, str]:
+        """``{file name: key}`` of the ``.tar`` objects directly under the prefix (ListObjectsV2: s3:ListBucket)."""
+        client = self.client
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        found: dict[str, str] = {}
+        try:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name = str(item["Key"])[len(prefix) :]
+                    if name.endswith(".tar"):
+                        found[name] = str(item["Key"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("listing of", prefix, exc) from exc
+        return found
+
+    def fetch(self, key: str, dest: Path) -> Path:
+        """Download ``key`` to ``dest`` (boto3's managed transfer); the caller verifies what it got."""
+        client = self.client
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client.download_file(self.bucket, key, str(dest))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("download of", key, exc) from exc
+        return dest
+
     def presign(self, key: str, expires_s: int) -> str:
         """A presigned GET URL for ``key``, valid ``expires_s`` seconds (at most `MAX_PRESIGN_S`)."""
         if not 1 <= expires_s <= MAX_PRESIGN_S:
@@ -162,6 +192,8 @@ class S3Store:
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "?"))
+            if code in ("NoSuchKey", "404"):
+                return StoreError(f"{what} {where}: no such object")
             if code == "NoSuchBucket":
                 return StoreError(f"{what} {where}: the bucket {self.bucket!r} does not exist")
             if code in _DENIED:

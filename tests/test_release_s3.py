@@ -210,3 +210,39 @@ def test_a_running_agent_installs_a_release_from_the_s3_store(
         if agent.alive():
             agent.kill9()
     assert current(tmp_path) == "versions/2"
+
+
+def test_retrain_finds_and_fetches_the_released_bundle_in_an_s3_store(s3, tmp_path, release_key):
+    from train.retrain import resolve_released, store_versions
+
+    store = S3Store.from_url(f"s3://{s3.bucket}/fleet", s3.endpoint)
+    release = make_release(
+        DEMO,
+        store=store,
+        url_base="https://cdn.example.org/",
+        release_key=load_private_key(release_key[0]),
+        bundle_keys=[load_public_key(DEMO_KEY)],
+    )
+    version = release.announcement.version
+    # Neither a file that is not a bundle tar nor a tar one level further down is a released version.
+    s3.client.put_object(Bucket=s3.bucket, Key="fleet/notes.txt", Body=b"x")
+    s3.client.put_object(Bucket=s3.bucket, Key="fleet/old/starfish-cots-99.tar", Body=b"x")
+    assert store_versions(store) == {"starfish-cots": {version: f"fleet/starfish-cots-{version}.tar"}}
+    got = resolve_released(store, None, [load_public_key(DEMO_KEY)], tmp_path / "work")
+    assert got.manifest.version == version and got.root == tmp_path / "work" / f"starfish-cots-{version}.tar"
+    assert sha256_file(got.root) == release.announcement.sha256
+
+
+def test_retrain_refuses_an_s3_release_devices_could_not_fetch_before_training(s3, tmp_path, release_key, capsys):
+    import starfish_cli
+
+    argv = ["retrain", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "job"), "--key", str(release_key[0])]
+    argv += ["--store", f"s3://{s3.bucket}/fleet", "--checkpoints", str(tmp_path / "registry")]
+    for extra, needle in (([], "needs one of --url-base"), (["--presign", "3600"], "would expire before")):
+        with pytest.raises(SystemExit) as exit_info:
+            starfish_cli.main([*argv, *extra])
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert exit_info.value.code == 2 and last.startswith("starfish: ") and "Traceback" not in err
+        assert needle in last and "--no-release" in last
+    assert not (tmp_path / "job" / "runs").exists()  # refused before any training

@@ -2,7 +2,8 @@
 
 The job, in order (each step's output under ``out``):
 
-1. **What is released now**: the newest ``<name>-<version>.tar`` in the bundle store (or ``released``), verified;
+1. **What is released now**: the newest ``<name>-<version>.tar`` in the bundle store (or ``released``), verified
+   (from an ``s3://`` store it is downloaded into ``out/released/`` first);
    the checkpoint it was built from is looked up by the sha256 its manifest records (``training.checkpoint_sha256``)
    in the checkpoint registry, a directory of ``<sha256>.ckpt`` files this job keeps (or given as ``checkpoint``,
    then checked against that sha256: fine-tuning must start from what devices run).
@@ -37,6 +38,7 @@ from typing import Any
 from edge_agent.bundle import BundleError, VerifiedBundle, load_bundle, load_private_key
 from edge_agent.bundle.files import sha256_file
 from edge_agent.bundle.manifest import CPU_INT8_VARIANT
+from export.s3_store import S3Store
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +73,10 @@ class RetrainOptions:
     data: list[Path]
     out: Path
     key: Path  # private key that signs bundles (and, unless release_key is given, announcements)
-    store: Path
+    store: Path | S3Store
     checkpoints: Path  # registry of released checkpoints, <sha256>.ckpt
-    url_base: str | None = None  # where the store is served; required to release
+    url_base: str | None = None  # where the store is served; to release, this or (s3 store) presign_s
+    presign_s: int | None = None  # s3 store: announce a presigned GET URL valid this long instead
     release_key: Path | None = None
     bundle_keys: list[Path] = field(default_factory=list)  # public keys the released bundle verifies with
     released: Path | None = None
@@ -97,19 +100,29 @@ class RetrainOptions:
 # -- 1. what is released now ---------------------------------------------------------------------------------------
 
 
-def store_versions(store: Path) -> dict[str, dict[int, Path]]:
-    """``{name: {version: tar}}`` of the bundle tars in ``store`` (release.store_bundle's naming)."""
-    found: dict[str, dict[int, Path]] = {}
-    if store.is_dir():
-        for path in store.iterdir():
-            match = _TAR.match(path.name)
-            if match and path.is_file():
-                found.setdefault(match["name"], {})[int(match["version"])] = path
+def store_versions(store: Path | S3Store) -> dict[str, dict[int, str]]:
+    """``{name: {version: tar}}`` of the bundle tars in ``store`` (release.store_bundle's naming): paths in a
+    directory, object keys in an s3 store."""
+    if isinstance(store, S3Store):
+        names = store.tar_names()
+    else:
+        names = {p.name: str(p) for p in store.iterdir() if p.is_file()} if store.is_dir() else {}
+    found: dict[str, dict[int, str]] = {}
+    for file_name, where in names.items():
+        match = _TAR.match(file_name)
+        if match:
+            found.setdefault(match["name"], {})[int(match["version"])] = where
     return found
 
 
-def resolve_released(store: Path, released: Path | None, keys: list) -> VerifiedBundle:  # type: ignore[type-arg]
-    """The released bundle, verified: ``released`` when given, else the store's newest tar."""
+def resolve_released(
+    store: Path | S3Store,
+    released: Path | None,
+    keys: list[Any],
+    work: Path | None = None,
+) -> VerifiedBundle:
+    """The released bundle, verified: ``released`` when given, else the store's newest tar (an s3 store's is
+    downloaded into ``work``)."""
     if released is None:
         versions = store_versions(store)
         if not versions:
@@ -120,7 +133,13 @@ def resolve_released(store: Path, released: Path | None, keys: list) -> Verified
         if len(versions) > 1:
             raise RetrainError(f"{store} holds several models ({', '.join(sorted(versions))}): pass --released")
         (by_version,) = versions.values()
-        released = by_version[max(by_version)]
+        newest = by_version[max(by_version)]
+        if isinstance(store, S3Store):
+            if work is None:
+                raise ValueError("resolve_released needs a work directory for an s3 store")
+            released = store.fetch(newest, work / Path(newest).name)
+        else:
+            released = Path(newest)
     try:
         return load_bundle(released, keys)
     except BundleError as exc:
@@ -345,10 +364,16 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
     opts.out.mkdir(parents=True, exist_ok=True)
     signing = load_private_key(opts.key)  # fail before training, not after
     release_key = load_private_key(opts.release_key) if opts.release_key else signing
-    if opts.release and not opts.train_only and not opts.url_base:
-        raise RetrainError("--url-base is required to release (or pass --no-release)")
+    if opts.release and not opts.train_only:
+        from export.release import check_url_choice
+        from export.s3_store import StoreError
+
+        try:
+            check_url_choice(opts.store, opts.url_base, opts.presign_s, opts.expires_in)
+        except StoreError as exc:
+            raise RetrainError(f"{exc} (or pass --no-release)") from exc
     trusted = [load_public_key(p) for p in opts.bundle_keys] or [signing.public_key()]
-    released = resolve_released(opts.store, opts.released, trusted)
+    released = resolve_released(opts.store, opts.released, trusted, opts.out / "released")
     start = resolve_checkpoint(released, opts.checkpoints, opts.checkpoint)
     cfg = retrain_config(start, opts.data, opts.out, opts.epochs, opts.overrides)
     logger.info(
@@ -444,11 +469,11 @@ def _release(opts: RetrainOptions, candidate: VerifiedBundle, checkpoint: Path, 
 
     # The registry first: once devices can see the release, the next job must be able to start from it.
     registered = register_checkpoint(checkpoint, opts.checkpoints)
-    assert opts.url_base is not None  # checked before training
     result = make_release(
         candidate.root,
         store=opts.store,
         url_base=opts.url_base,
+        presign_s=opts.presign_s,
         release_key=release_key,
         bundle_keys=[load_private_key(opts.key).public_key()],
         expires_in=opts.expires_in,

@@ -22,11 +22,21 @@ def retrain(
     ),
     out: Path = typer.Option(..., "--out", help="Work directory: runs/, candidate/ (export), report.json/.md."),
     key: Path = typer.Option(..., "--key", help="Private key (PEM) that signs the candidate bundle."),
-    store: Path = typer.Option(..., "--store", help="Bundle store directory (released <name>-<version>.tar files)."),
+    store: str = typer.Option(
+        ...,
+        "--store",
+        help="Bundle store (released <name>-<version>.tar files): a directory or s3://bucket/prefix (boto3).",
+    ),
     checkpoints: Path = typer.Option(
         ..., "--checkpoints", help="Checkpoint registry (<sha256>.ckpt of each released model); kept by this job."
     ),
     url_base: str = typer.Option(None, "--url-base", help="URL under which --store is served (to release)."),
+    presign: int = typer.Option(
+        None, "--presign", help="s3:// store, instead of --url-base: announce a presigned GET URL valid SECONDS."
+    ),
+    s3_endpoint_url: str = typer.Option(
+        None, "--s3-endpoint-url", help="S3-compatible endpoint (MinIO, Ceph, R2); default: boto3's configuration."
+    ),
     release_key: Path = typer.Option(None, "--release-key", help="Announcement signing key (default: --key)."),
     bundle_key: list[Path] = typer.Option(
         None, "--bundle-key", help="Public key(s) the released bundle verifies with (default: --key's)."
@@ -60,8 +70,12 @@ def retrain(
 
     Extra `--section.key=value` options override the training config (e.g. `--optim.lr 0.001`,
     `--trainer.devices 4 --trainer.strategy ddp`)."""
+    from export.s3_store import S3Store, is_s3_url
     from train.retrain import GateConfig, RetrainError, RetrainOptions
     from train.retrain import retrain as run
+
+    if s3_endpoint_url and not is_s3_url(store):
+        raise RetrainError("--s3-endpoint-url is for an s3:// store only")
 
     endpoint = None
     if broker:
@@ -74,9 +88,10 @@ def retrain(
             data=list(data),
             out=out,
             key=key,
-            store=store,
+            store=S3Store.from_url(store, s3_endpoint_url) if is_s3_url(store) else Path(store),
             checkpoints=checkpoints,
             url_base=url_base,
+            presign_s=presign,
             release_key=release_key,
             bundle_keys=list(bundle_key or []),
             released=released,
