@@ -246,3 +246,36 @@ def test_retrain_refuses_an_s3_release_devices_could_not_fetch_before_training(s
         assert exit_info.value.code == 2 and last.startswith("starfish: ") and "Traceback" not in err
         assert needle in last and "--no-release" in last
     assert not (tmp_path / "job" / "runs").exists()  # refused before any training
+
+
+def test_the_documented_permissions_are_enough_and_a_refusal_is_one_line(s3, tmp_path, release_key, monkeypatch):
+    """moto's IAM simulation on: a releaser allowed only s3:PutObject and s3:GetObject on BUCKET/fleet/* (what the
+    docs ask for) releases there — multipart upload and HeadObject checked against that policy — and is refused
+    anywhere else. (moto's IAM mode cannot authenticate a presigned GET, so the device fetches with it off.)"""
+    import json
+
+    import boto3
+    from moto.core import enable_iam_authentication
+
+    iam = boto3.client("iam")  # the emulator (AWS_ENDPOINT_URL), with the fixture's keys before IAM is enforced
+    iam.create_user(UserName="releaser")
+    statement = {
+        "Effect": "Allow",
+        "Action": ["s3:PutObject", "s3:GetObject"],
+        "Resource": f"arn:aws:s3:::{s3.bucket}/fleet/*",
+    }
+    iam.put_user_policy(
+        UserName="releaser",
+        PolicyName="release",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [statement]}),
+    )
+    key = iam.create_access_key(UserName="releaser")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    common = ("--presign", 604800, "--key", release_key[0], "--bundle-key", DEMO_KEY)
+    with enable_iam_authentication():
+        ann = released(run_release(DEMO, "--store", f"s3://{s3.bucket}/fleet", *common), release_key[1])
+        refused = run_release(DEMO, "--store", f"s3://{s3.bucket}/elsewhere", *common)
+    got = download(ann.url, tmp_path / "device" / "b.tar", size=ann.size, sha256=ann.sha256)
+    assert sha256_file(got.path) == ann.sha256
+    assert_one_line_refusal(refused, "release refused", "refused the credentials or the permission (AccessDenied)")
