@@ -87,10 +87,15 @@ class S3Store:
                 raise StoreError(
                     "an s3:// store needs boto3, which is not installed: pip install 'starfish-edge[s3]'"
                 ) from exc
-            self._session = boto3.session.Session()
+            from botocore.exceptions import BotoCoreError
+
             # SigV4 always (presigned URLs included); boto3's standard retry mode for throttling and 5xx.
             config = Config(signature_version="s3v4", retries={"mode": "standard"})
-            self._client = self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            try:
+                self._session = boto3.session.Session()
+                self._client = self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            except BotoCoreError as exc:  # an AWS_PROFILE that does not exist, a malformed config file...
+                raise StoreError(f"cannot set up the S3 client for {self}: {exc}") from exc
         return self._client
 
     def put(self, tar: Path, key: str, *, sha256: str, size: int) -> None:

@@ -110,6 +110,9 @@ def test_missing_bucket_and_missing_credentials_are_one_line_errors(s3, tmp_path
     aws_env(monkeypatch, tmp_path, s3.endpoint, credentials=False)
     result = run_release(DEMO, "--store", f"s3://{s3.bucket}/x", *common)
     assert_one_line_refusal(result, "release refused", "no AWS credentials")
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    result = run_release(DEMO, "--store", f"s3://{s3.bucket}/x", *common)
+    assert_one_line_refusal(result, "release refused", "cannot set up the S3 client", "no-such-profile")
     assert objects(s3) == []
 
 
