@@ -139,6 +139,28 @@ def _publisher(port: int, n: int, ready: Any) -> None:
     client.loop_stop()
 
 
+def _native_publishers(port: int, n: int, tmp: Path, cameras: int = 10) -> list[Any] | None:
+    """``cameras`` C publishers (``mosquitto_pub -l``, QoS 1, one per camera topic) with their payload files
+    written, not yet started: a publisher that costs the shared cores far less than a Python one. None without
+    the ``mosquitto_pub`` binary (Debian's mosquitto-clients)."""
+    import shutil
+
+    binary = shutil.which("mosquitto_pub")
+    if binary is None:
+        return None
+    t0 = time.time()
+    commands = []
+    for c in range(cameras):
+        lines = tmp / f"cam{c}.jsonl"
+        with open(lines, "wb") as handle:
+            for i in range(c, n, cameras):
+                handle.write(_payload("bench", f"cam{c}", i + 1, t0 + i * 0.01) + b"\n")
+        topic = f"starfish/bench/cam{c}/counts"
+        args = [binary, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-q", "1", "-t", topic, "-l"]
+        commands.append((args, lines))
+    return commands
+
+
 def _stored(storage: Storage) -> int:
     return len(storage.seqs("bench"))
 
@@ -152,10 +174,12 @@ def _storage_target(storage: Storage) -> tuple[str, str | None]:
 
 
 def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
-    """Two figures through a real Mosquitto: `live` (publisher and ingest running together: bounded by whichever
-    is slower, often the Python publisher) and `backlog` (n counts queued in our persistent session while ingest
-    was away, then drained: the ingest path alone). With `workers` > 1, that many ingest processes share the counts
-    through an MQTT 5 shared subscription (what `starfish shore run --workers N` starts)."""
+    """Three figures through a real Mosquitto: `live` (a Python publisher process and ingest running together:
+    bounded by whichever is slower, often the publisher), `live_native` (the same with ten C publishers,
+    `mosquitto_pub -l`, one per camera, which leave the shared cores to ingest; skipped without mosquitto_pub) and
+    `backlog` (n counts queued in our persistent session while ingest was away, then drained: the ingest path
+    alone). With `workers` > 1, that many ingest processes share the counts through an MQTT 5 shared subscription
+    (what `starfish shore run --workers N` starts)."""
     import shutil
     import socket
     import subprocess
@@ -181,7 +205,10 @@ def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
         broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)
-            for mode in ("live", "backlog"):
+            for mode in ("live", "live_native", "backlog"):
+                native = _native_publishers(port, n, Path(tmp)) if mode == "live_native" else None
+                if mode == "live_native" and native is None:
+                    continue
                 with _fresh(url) as storage:
                     run_id = f"bench-{mode}-{uuid.uuid4().hex[:6]}"
                     # A group of its own: the previous mode's sessions stay members of theirs (offline, persistent),
@@ -198,10 +225,17 @@ def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
                         time.sleep(3.0)  # spawned workers import, connect and subscribe (their sessions exist)
                     if not ingest.wait_subscribed(10):
                         return None
-                    ready = ctx.Event()
-                    proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
-                    proc.start()
-                    if mode == "backlog":
+                    proc: Any = None
+                    natives: list[Any] = []
+                    if native is not None:
+                        start = time.perf_counter()
+                        for args, lines in native:
+                            with open(lines, "rb") as stdin:
+                                natives.append(subprocess.Popen(args, stdin=stdin, stdout=subprocess.DEVNULL))
+                    elif mode == "backlog":
+                        ready = ctx.Event()
+                        proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
+                        proc.start()
                         ingest.stop()  # the sessions (and their subscriptions) stay on the broker
                         if pool is not None:
                             pool.stop()
@@ -217,6 +251,9 @@ def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
                         go.set()
                         ingest.start()
                     else:
+                        ready = ctx.Event()
+                        proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
+                        proc.start()
                         time.sleep(1.0)  # let the publisher connect before the clock starts
                         start = time.perf_counter()
                         ready.set()
@@ -233,7 +270,10 @@ def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
                     ingest.stop()
                     if pool is not None:
                         pool.stop()
-                    proc.join(30)
+                    if proc is not None:
+                        proc.join(30)
+                    for publisher in natives:
+                        publisher.wait(30)
                     out[mode] = {
                         "counts": got,
                         "seconds": round(elapsed, 3),

@@ -5,7 +5,9 @@ each message to one member of the group. Each worker is a whole `Ingest` (own pa
 connection, own persistent session under client id `{client_id}-w{k}`), so parsing, acknowledging and the MQTT
 receive path, which is what bounds one Python process, run on several cores. The exactly-once argument is the
 single process's, per worker: every worker acknowledges only after its own commit, and the dedupe key is in the
-shared database.
+shared database. It does not hold across a broker restart: Mosquitto 2.0.11 (checked here) does not restore a
+session's shared subscription from persistence (`scripts/mosquitto_shared_restart.py`), so what is published
+before the workers subscribe again reaches no one.
 
 Workers die with the parent (`PR_SET_PDEATHSIG`, checked once more after it is set): a `kill -9` of the station
 leaves no orphan that would fight the next run's worker for its client id. A worker that dies alone is restarted
@@ -104,6 +106,10 @@ class WorkerPool:
             self._spawn(k)
         logger.info(
             "shore ingest: %d worker processes sharing the counts ($share/%s/…)", self.cfg.workers, self.cfg.share_group
+        )
+        logger.warning(
+            "shore ingest: with shared subscriptions, counts published while the broker restarts can be lost "
+            "(Mosquitto 2.0.11 does not restore them from persistence); run one worker where the broker may restart"
         )
         self._monitor = threading.Thread(target=self._watch, name="shore-workers", daemon=True)
         self._monitor.start()

@@ -157,11 +157,13 @@ def _children(proc: Any) -> list[Any]:
 
 
 @pytest.mark.slow
-# One process only: with `--workers 2` a CI run once saw counts missing 40 s after the kill -9 restart (see
-# shore/README.md, "Several ingest processes"), so the guarantee is not claimed for it.
-@pytest.mark.parametrize("workers", [1])
+@pytest.mark.parametrize("workers", [1, 2])
 def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any, tmp_path: Path, workers: int) -> None:
-    """No count lost or doubled across a broker restart and a kill -9 of the station."""
+    """No count lost or doubled across a kill -9 of the station (twice, once while it holds uncommitted counts),
+    with one ingest process or two sharing the counts; and across a broker restart with one. With two, the broker
+    restart is left out: Mosquitto 2.0.11 does not restore a session's shared subscription from its persistence
+    file, so counts published between its restart and the workers' next SUBSCRIBE reach no one
+    (`scripts/mosquitto_shared_restart.py` shows it; shore/README.md, "Several ingest processes")."""
     db = tmp_path / "faults.db"
     total = 500
     extra = ("--workers", str(workers))
@@ -176,7 +178,8 @@ def test_no_loss_no_double_count_across_broker_restart_and_kill9(mosquitto: Any,
     storage = open_storage(str(db))
     try:
         assert wait_until(lambda: len(storage.seqs("boat-1")) > 60, 30), shore.output()
-        mosquitto.restart()  # clean stop: the broker keeps our session (persistence) and the agent replays
+        if workers == 1:
+            mosquitto.restart()  # clean stop: the broker keeps our session (persistence) and the agent replays
         assert wait_until(lambda: len(storage.seqs("boat-1")) > 200, 40), shore.output()
         # Hold the database so that the shore receives counts it cannot commit, then kill it: an acknowledgement
         # sent before the commit would lose exactly these.
