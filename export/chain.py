@@ -464,25 +464,27 @@ def _probe_tensors(records: list, calibration: list, count: int, width: int, hei
 
 def _fine_tune(model, source: SourceModel, opts: ChainOptions):  # type: ignore[no-untyped-def]
     from train.api import fine_tune
-    from train.config import config_from_dict
+    from train.config import ConfigError, with_dotted
 
-    cfg = config_from_dict(source.info["train_config"])
+    try:
+        cfg = with_dotted(source.info["train_config"], opts.fine_tune_overrides)
+    except ConfigError as exc:
+        raise ExportError(f"fine-tuning settings: {_one_line(exc)}") from exc
     if opts.data_root is not None:
         cfg.data.root = str(opts.data_root)
     cfg.checkpoint.output_dir = str(opts.out / "runs")
     cfg.checkpoint.name = "prune-fine-tune"
     cfg.checkpoint.early_copy = cfg.checkpoint.best_copy = cfg.checkpoint.resume = None
     cfg.logger.wandb = False
-    for dotted, value in opts.fine_tune_overrides.items():
-        section, name = dotted.split(".", 1)
-        if not hasattr(cfg, section) or not hasattr(getattr(cfg, section), name):
-            raise ExportError(f"unknown fine-tuning setting {dotted!r}")
-        setattr(getattr(cfg, section), name, value)
     model.train()
     tuned, metrics = fine_tune(
         model, cfg, opts.fine_tune_epochs, max_steps=opts.fine_tune_steps, keep_best=opts.fine_tune_select
     )
     return tuned.eval(), metrics
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _measure(name, runner, stats, path, eval_records, width, height, ood_records=()):  # type: ignore[no-untyped-def]

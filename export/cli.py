@@ -126,16 +126,13 @@ def int8(
 
 
 def _overrides(items: list[str]) -> dict[str, object]:
-    """``SECTION.KEY=VALUE`` strings to a dict; values are YAML scalars (numbers, booleans, null, strings)."""
-    import yaml
+    """``SECTION.KEY=VALUE`` strings to typed values, parsed by the training config's own parser."""
+    from train.config import ConfigError, dotted_overrides
 
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key.count(".") != 1 or not all(key.split(".")):
-            raise typer.BadParameter(f"{item!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.0002", param_hint="--set")
-        out[key] = yaml.safe_load(value)
-    return out
+    try:
+        return dotted_overrides(items)
+    except ConfigError as exc:
+        raise typer.BadParameter(" ".join(str(exc).split()), param_hint="--set") from exc
 
 
 @app.command()

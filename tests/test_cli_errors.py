@@ -77,6 +77,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export-prune-missing", ["export", "prune", MISSING + ".ckpt"], MISSING),
     ("export-prune-type", ["export", "prune", "{text}", "--ratio", "half"], "--ratio"),
     ("export-prune-set", ["export", "prune", "{text}", "--set", "optim.lr"], "expected SECTION.KEY=VALUE"),
+    # --set goes through the training config's own parser: unknown keys and wrong types are refused before loading.
+    ("export-prune-set-key", ["export", "prune", "{text}", "--set", "optim.lrx=1"], "unrecognized arguments"),
+    ("export-prune-set-type", ["export", "prune", "{text}", "--set", "optim.lr=fast"], "Expected a <class 'float'>"),
     ("export-all-pruned-missing", ["export", "all", "{text}", "-k", "{text}", "--pruned", MISSING], MISSING),
     (
         "export-bundle-missing",

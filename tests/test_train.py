@@ -226,6 +226,27 @@ def test_unknown_or_mistyped_config_keys_fail_naming_the_key(tmp_path: Path) -> 
         load_config("tiny")
 
 
+def test_dotted_overrides_are_parsed_and_checked_like_cli_overrides() -> None:
+    from train.config import dotted_overrides, with_dotted
+
+    assert dotted_overrides(["optim.lr=0.0003", "trainer.val_check_interval=300", "data.val_limit=null"]) == {
+        "optim.lr": 0.0003,
+        "trainer.val_check_interval": 300,
+        "data.val_limit": None,
+    }
+    with pytest.raises(ConfigError, match="bogus"):
+        dotted_overrides(["data.bogus=1"])
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        dotted_overrides(["lr=1"])
+    base = load_config("smoke").to_dict()
+    cfg = with_dotted(base, {"data.train_limit": 2, "optim.lr": 0.5})
+    assert cfg.data.train_limit == 2 and cfg.optim.lr == 0.5 and cfg.model == load_config("smoke").model
+    with pytest.raises(ConfigError, match="optim.lr"):
+        with_dotted(base, {"optim.lr": "fast"})
+    with pytest.raises(ConfigError, match="bogus"):
+        with_dotted(base, {"data.bogus": 1})
+
+
 def test_cli_reports_a_bad_key_before_training(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

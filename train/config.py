@@ -246,6 +246,30 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return _namespace_to_config(parser, namespace)
 
 
+def dotted_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``SECTION.KEY=VALUE`` strings, parsed and type-checked exactly as the train CLI parses ``--SECTION.KEY=VALUE``
+    (unknown keys and values of the wrong type raise `ConfigError`): ``{"section.key": typed value}``."""
+    keys = []
+    for item in items:
+        key, sep, _value = item.partition("=")
+        if not sep or key.count(".") != 1 or not all(key.split(".")):
+            raise ConfigError(f"{item!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.0002")
+        keys.append(key)
+    cfg = load_config(overrides=[f"--{item}" for item in items])
+    return {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in keys}
+
+
+def with_dotted(data: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """A nested config dict (e.g. a checkpoint's) with ``{"section.key": value}`` set, validated like a YAML file."""
+    import copy
+
+    merged = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        section, _, name = dotted.partition(".")
+        merged.setdefault(section, {})[name] = value
+    return config_from_dict(merged)
+
+
 def dump_yaml(cfg: TrainConfig) -> str:
     import yaml
 
