@@ -84,36 +84,40 @@ def _invoke(args: list[str]) -> object:
     return CliRunner().invoke(app, ["bench", *args], catch_exceptions=False)
 
 
+def _run_args(
+    bundle: BenchBundle,
+    data: Path,
+    out: Path,
+    name: str,
+    backends: str,
+    *options: str,
+    checkpoint: Path | None = None,
+    frames: int = 2,
+    timing: tuple[str, ...] = tuple(FAST),
+) -> list[str]:
+    """`starfish bench BUNDLE` on the tiny bundle: key, back ends, data, accuracy frames, output name, timing."""
+    args = [str(bundle.path), "--key", str(bundle.public_key), "--backends", backends]
+    if checkpoint is not None:
+        args += ["--checkpoint", str(checkpoint)]
+    args += ["--data", str(data), "--accuracy-frames", str(frames), "-o", str(out), "--name", name]
+    return [*args, *options, *timing]
+
+
 @pytest.fixture(scope="module")
 def bench_run(bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
     out = tmp_path_factory.mktemp("bench-out")
     # `starfish bench BUNDLE …` (no `run`): the spelling the docs use.
-    result = _invoke(
-        [
-            str(bench_bundle.path),
-            "--key",
-            str(bench_bundle.public_key),
-            "--checkpoint",
-            str(bench_bundle.checkpoint),
-            "--backends",
-            ",".join(ALL_BACKENDS),
-            "--data",
-            str(synthetic_dataset),
-            "--video-ids",
-            "1,2",
-            "--accuracy-frames",
-            "6",
-            "--threads",
-            "1",
-            "--baseline",
-            "ort-cpu",
-            "-o",
-            str(out),
-            "--name",
-            "tiny",
-            *FAST,
-        ]
+    args = _run_args(
+        bench_bundle,
+        synthetic_dataset,
+        out,
+        "tiny",
+        ",".join(ALL_BACKENDS),
+        *("--video-ids", "1,2", "--threads", "1", "--baseline", "ort-cpu"),
+        checkpoint=bench_bundle.checkpoint,
+        frames=6,
     )
+    result = _invoke(args)
     assert result.exit_code == 0, result.output
     return BenchRun(read_json(out / "tiny.json"), out / "tiny.json", out / "tiny.csv", out / "tiny.png", result.output)
 
@@ -271,40 +275,18 @@ def test_compare_rejects_bad_input(bench_run: BenchRun, tmp_path: Path) -> None:
 def test_a_broken_backend_fails_alone(bench_bundle: BenchBundle, synthetic_dataset: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    result = _invoke(
-        [
-            "run",
-            str(bench_bundle.path),
-            "--key",
-            str(bench_bundle.public_key),
-            "--checkpoint",
-            str(junk),
-            "--backends",
-            "torch-cpu,ort-cpu",
-            "--baseline",
-            "torch-cpu",
-            "--data",
-            str(synthetic_dataset),
-            "--accuracy-frames",
-            "2",
-            "--threads",
-            "1",
-            "--no-peak",
-            "--no-chart",
-            "-o",
-            str(tmp_path),
-            "--name",
-            "broken",
-            "--warmup",
-            "0",
-            "--warmup-s",
-            "0",
-            "--iterations",
-            "2",
-            "--repeats",
-            "1",
-        ]
+    timing = ("--warmup", "0", "--warmup-s", "0", "--iterations", "2", "--repeats", "1")
+    args = _run_args(
+        bench_bundle,
+        synthetic_dataset,
+        tmp_path,
+        "broken",
+        "torch-cpu,ort-cpu",
+        *("--baseline", "torch-cpu", "--threads", "1", "--no-peak", "--no-chart"),
+        checkpoint=junk,
+        timing=timing,
     )
+    result = _invoke(["run", *args])
     assert result.exit_code == 0, result.output
     report = read_json(tmp_path / "broken.json")
     torch_row, ort_row = report.results
@@ -347,26 +329,10 @@ def test_gpu_backends_run_or_say_why(bench_bundle: BenchBundle, synthetic_datase
     """On a CUDA machine: torch-cuda runs with its GPU memory measured; the onnxruntime / TensorRT GPU back ends run
     too, or are skipped with a reason (their packages are optional) — none fails."""
     gpu = ("torch-cuda", "ort-cuda", "ort-tensorrt", "tensorrt-fp16", "tensorrt-int8")
-    result = _invoke(
-        [
-            str(bench_bundle.path),
-            "--key",
-            str(bench_bundle.public_key),
-            "--checkpoint",
-            str(bench_bundle.checkpoint),
-            "--backends",
-            ",".join(gpu),
-            "--data",
-            str(synthetic_dataset),
-            "--accuracy-frames",
-            "4",
-            "-o",
-            str(tmp_path),
-            "--name",
-            "gpu",
-            *FAST,
-        ]
+    args = _run_args(
+        bench_bundle, synthetic_dataset, tmp_path, "gpu", ",".join(gpu), checkpoint=bench_bundle.checkpoint, frames=4
     )
+    result = _invoke(args)
     assert result.exit_code == 0, result.output
     report = read_json(tmp_path / "gpu.json")
     torch_cuda = report.result("torch-cuda")
@@ -399,35 +365,16 @@ def test_a_reference_bundle_runs_in_the_same_run_and_is_the_baseline(
 
     reference = tmp_path / "reference"
     untrained_bundle(reference, bundle_keys.private, int8=False, cpu_int8=True, seed=1)
-    result = _invoke(
-        [
-            "run",
-            str(bench_bundle.path),
-            "--key",
-            str(bench_bundle.public_key),
-            "--backends",
-            "ort-cpu-int8-u8",
-            "--reference",
-            str(reference),
-            "--reference-label",
-            "unpruned",
-            "--baseline",
-            "ort-cpu@unpruned",
-            "--data",
-            str(synthetic_dataset),
-            "--accuracy-frames",
-            "2",
-            "--threads",
-            "1",
-            "--no-peak",
-            "--no-chart",
-            "-o",
-            str(tmp_path),
-            "--name",
-            "ref",
-            *FAST,
-        ]
+    args = _run_args(
+        bench_bundle,
+        synthetic_dataset,
+        tmp_path,
+        "ref",
+        "ort-cpu-int8-u8",
+        *("--reference", str(reference), "--reference-label", "unpruned", "--baseline", "ort-cpu@unpruned"),
+        *("--threads", "1", "--no-peak", "--no-chart"),
     )
+    result = _invoke(["run", *args])
     assert result.exit_code == 0, result.output
     report = read_json(tmp_path / "ref.json")
     rows = {r.backend: r for r in report.results}
