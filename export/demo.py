@@ -75,8 +75,8 @@ def untrained_bundle(
         if golden_frames:
             from export.golden import encode_frames, random_frames, record_golden
 
-            frames = encode_frames(random_frames(width, height, golden_frames, seed), width, height)
-            golden = record_golden(frames, variants, score_threshold, width, height)
+            pngs = encode_frames(random_frames(width, height, golden_frames, seed), width, height)
+            golden = record_golden(pngs, variants, score_threshold, width, height)
         return write_bundle(
             dest,
             name=MODEL_NAME,

@@ -221,6 +221,23 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
     assert reference.manifest.name != bundle.manifest.name
     assert bundle.manifest.training.checkpoint_sha256 == load_source(smoke_checkpoint).sha256
     assert bundle.manifest.input.shape == (1, 3, HEIGHT, WIDTH)
+    # Golden frames: held-out frames, per variant at its own threshold, signed in both bundles; the device's
+    # staging check (onnxruntime here) matches them.
+    for written in (bundle, reference):
+        spec, frames = written.read_golden()
+        assert len(frames) == 3 and set(spec.variants) == set(written.manifest.variants)
+        for variant, expected in spec.variants.items():
+            assert expected.score_threshold == pytest.approx(written.manifest.threshold_for(variant))
+    from edge_agent.update.check import check_candidate
+    from edge_agent.update.config import UpdateConfig
+
+    checked = check_candidate(
+        bundle,
+        UpdateConfig(models_dir=tmp_path / "m", release_keys=[bundle_keys.public], check_runs=1),
+        state_dir=tmp_path / "s",
+    )
+    assert checked.golden == "matched" and checked.golden_frames == 3 and checked.golden_variant == "int8_cpu"
+    assert report["bundle"]["golden_frames"] == 3
     variants = report["variants"]
     # Each variant carries its own best-F2 threshold; the top-level one is the default (int8) variant's.
     for variant, measured in (

@@ -22,7 +22,7 @@ from edge_agent.update.announcement import Announcement, sign_announcement
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.manager import UpdateManager, state_payload
 from edge_agent.update.state import UpdateState
-from tests.helpers.bundles import rebundle, record_golden_for
+from tests.helpers.bundles import GOLDEN_THRESHOLD, golden_bundle, rebundle, shift_boxes
 from tests.helpers.http_server import BundleServer
 from tests.helpers.mqtt_broker import wait_until
 
@@ -438,24 +438,6 @@ def test_worker_runs_off_thread_and_stop_pauses_download(server, store, release_
 
 
 # -- golden frames ------------------------------------------------------------------------------------------------
-# The tiny untrained model scores its boxes about 0.53: at threshold 0.4 (band 0.1) they are all confident.
-GOLDEN_THRESHOLD = 0.4
-
-
-def shift_boxes(spec: dict) -> None:
-    """Expectations of another model: every recorded box moved by its own width (IoU 0 with what this one finds)."""
-    for expected in spec["variants"].values():
-        for frame in expected["detections"]:
-            for d in frame:
-                width = d["box"][2] - d["box"][0]
-                d["box"] = [d["box"][0] + width, d["box"][1], d["box"][2] + width, d["box"][3]]
-
-
-def golden_bundle(tiny: Path, dest: Path, key: Path, edit=None, **changes) -> Path:
-    golden = record_golden_for(tiny, score_threshold=GOLDEN_THRESHOLD, edit=edit)
-    return rebundle(tiny, dest, key, golden=golden, score_threshold=GOLDEN_THRESHOLD, **changes)
-
-
 def confident(bundle_dir: Path) -> int:
     spec = json.loads((bundle_dir / "golden.json").read_text())
     return sum(d["score"] >= GOLDEN_THRESHOLD + 0.1 for f in spec["variants"]["fp32"]["detections"] for d in f)
@@ -500,6 +482,10 @@ def test_signed_golden_frames_checked_with_a_tolerance_band(tmp_path, tiny_bundl
 
     with pytest.raises(CheckFailed, match="variants the bundle lacks"):
         check("other-variant", other_variant)
+    # The variant the agent is configured to run is the one loaded (and whose expectations count): here none.
+    wanted = cfg.model_copy(update={"variant": "int8"})
+    with pytest.raises(CheckFailed, match="does not load: .*no variant 'int8'"):
+        check_candidate(load_bundle(good, [bundle_keys.public]), wanted, state_dir=state_dir)
 
 
 def test_a_golden_image_altered_after_signing_is_refused_by_the_loader(tmp_path, tiny_bundle, bundle_keys):

@@ -65,7 +65,7 @@ class VariantExpectations(_Strict):
 
 
 class GoldenExpectations(_Strict):
-    schema_version: Literal[1] = Field(GOLDEN_FORMAT_VERSION, description="golden.json format version.")
+    schema_version: Literal[1] = Field(1, description="golden.json format version.")
     recorded_with: str = Field(max_length=200, description="Back end and version the expectations came from.")
     frames: tuple[str, ...] = Field(min_length=1, max_length=MAX_GOLDEN_FRAMES, description="Golden image files.")
     variants: dict[str, VariantExpectations] = Field(min_length=1, description="Expectations by variant name.")

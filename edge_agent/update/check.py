@@ -1,7 +1,8 @@
 """The staging check: does the candidate load, give the expected answers and run fast enough *on this device*?
 
 * Load: the staged directory is verified again by the loader (signature, hashes) and a detector is built from the
-  verified bytes with the agent's back-end list, exactly as the agent would.
+  verified bytes with the agent's back-end list and configured variant (`UpdateConfig.backends` / `variant`, set by
+  `edge_agent.update.runtime`), exactly as the agent would.
 * Golden frames: a schema-3 bundle names `golden.json` and its images in the signed manifest (`golden`), so they
   are as trusted as the model (a tampered one fails the loader's hash check). `golden.json`
   (`edge_agent.bundle.golden`) holds, per variant, what onnxruntime CPU answered on each frame at export. The check
@@ -81,7 +82,7 @@ def check_candidate(
     """Run the staging check on a verified bundle; raise `CheckFailed` with the reason if it fails."""
     report = CheckReport()
     try:
-        detector = create_detector(cfg.backends, bundle, None, DetectorOptions(state_dir=state_dir))
+        detector = create_detector(cfg.backends, bundle, cfg.variant, DetectorOptions(state_dir=state_dir))
     except Exception as exc:  # noqa: BLE001 - any back-end failure means the candidate does not load here
         raise CheckFailed(f"candidate {bundle.manifest.name} v{bundle.manifest.version} does not load: {exc}") from exc
     try:

@@ -11,6 +11,8 @@
   ``golden`` (from ``record_golden_for``) ships signed golden frames.
 * ``record_golden_for(source, score_threshold=..., edit=...)``: golden frames recorded from ``source``'s own model
   files with onnxruntime CPU, as export records them; ``edit`` makes a set that does not match.
+* ``golden_bundle(source, dest, private_key, edit=None, **changes)``: ``rebundle`` with such golden frames at
+  ``GOLDEN_THRESHOLD``; ``edit=shift_boxes`` gives a validly signed bundle whose golden frames do not match.
 """
 
 from __future__ import annotations
@@ -113,6 +115,27 @@ def record_golden_for(
     spec = json.loads(files.expectations)
     edit(spec)
     return GoldenFiles((json.dumps(spec, indent=1, sort_keys=True) + "\n").encode(), files.frames)
+
+
+# The tiny untrained model scores its boxes about 0.53: at threshold 0.4 (band 0.1) they are all confident, so its
+# golden frames have something to compare.
+GOLDEN_THRESHOLD = 0.4
+
+
+def golden_bundle(source: Path, dest: Path, private_key: Path, edit: Any = None, **changes: Any) -> Path:
+    """``rebundle`` with golden frames recorded from ``source``'s model at `GOLDEN_THRESHOLD` (the new manifest's
+    threshold too); ``edit`` (e.g. `shift_boxes`) makes them not match the model: a validly signed wrong set."""
+    golden = record_golden_for(source, score_threshold=GOLDEN_THRESHOLD, edit=edit)
+    return rebundle(source, dest, private_key, golden=golden, score_threshold=GOLDEN_THRESHOLD, **changes)
+
+
+def shift_boxes(spec: dict[str, Any]) -> None:
+    """Golden expectations of another model: every recorded box moved by its own width (IoU 0 with the real one)."""
+    for expected in spec["variants"].values():
+        for frame in expected["detections"]:
+            for d in frame:
+                width = d["box"][2] - d["box"][0]
+                d["box"] = [d["box"][0] + width, d["box"][1], d["box"][2] + width, d["box"][3]]
 
 
 def tar_bundle(source: Path, dest: Path) -> Path:
