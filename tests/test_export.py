@@ -473,3 +473,29 @@ def test_joint_threshold_maximises_the_mean_of_both_f2_curves() -> None:
     chosen = THRESHOLD_GRID.index(threshold)
     assert a[chosen] + b[chosen] == pytest.approx(best)
     assert 0.3 < threshold <= 0.35  # above the false box, at or below the weak true one
+
+
+def test_export_bundle_cli_records_golden_frames_from_the_held_out_video(
+    smoke_checkpoint, bundle_keys: BundleKeys, tiny_bundle, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.update.check import check_candidate
+    from edge_agent.update.config import UpdateConfig
+    from export.cli import app
+
+    out = tmp_path / "bundle"
+    args = ["bundle", "--ckpt", str(smoke_checkpoint), "--fp32", str(tiny_bundle.path / "fp32.onnx")]
+    args += ["--key", str(bundle_keys.private), "--version", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 golden frames" in result.output and "random frames" not in result.output
+    bundle = load_bundle(out, bundle_keys.public)
+    spec, frames = bundle.read_golden()
+    assert len(frames) == 3 and set(spec.variants) == {"fp32"}
+    assert spec.variants["fp32"].score_threshold == pytest.approx(bundle.manifest.threshold_for("fp32"))
+    cfg = UpdateConfig(models_dir=tmp_path / "m", release_keys=[bundle_keys.public], check_runs=1)
+    assert check_candidate(bundle, cfg, state_dir=tmp_path / "s").golden == "matched"
+    result = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "plain"), "--golden-frames", "0"])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(tmp_path / "plain", bundle_keys.public).manifest.golden is None
