@@ -8,8 +8,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from edge_agent.bundle import GoldenFiles, VariantSource
+    from export.source import SourceModel
 
 # Timing honesty on a shared machine: libgomp's default active wait makes PyTorch's 2-thread OpenMP pool spin
 # against the other processes (measured here: 3.0 s instead of 0.12 s per frame under load). Passive waiting is set
@@ -440,7 +445,15 @@ def _held_out(source, data: Path | None) -> list:  # type: ignore[no-untyped-def
     return _split(source, data)[1]
 
 
-def _golden(source, data, count, variants, threshold, width, height):  # type: ignore[no-untyped-def]
+def _golden(
+    source: SourceModel,
+    data: Path | None,
+    count: int,
+    variants: dict[str, VariantSource],
+    threshold: float,
+    width: int,
+    height: int,
+) -> GoldenFiles:
     from export.golden import encode_frames, frames_from_records, random_frames, record_golden
     from export.onnx_export import ExportError
 

@@ -80,7 +80,8 @@ class GoldenExpectations(_Strict):
         return self
 
     def to_json_bytes(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True) + "\n").encode("utf-8")
+        # Compact: a few hundred detections per variant must stay far below `MAX_GOLDEN_BYTES`.
+        return (json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 @dataclass(frozen=True)

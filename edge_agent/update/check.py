@@ -106,6 +106,11 @@ def check_candidate(
                 report.golden_confident += _match(got, want, expected.score_threshold, cfg, f"{index} ({file})")
             report.golden, report.golden_frames = "matched", len(frames)
             report.golden_variant = detector.variant
+            if report.golden_confident == 0:
+                report.notes.append(
+                    f"golden frames hold no confident detection of {detector.variant} (score >= threshold + "
+                    f"{cfg.golden_score_tolerance}): only the absence of confident detections was checked"
+                )
             probe = frames[0][1]
         else:
             report.notes.append("no golden frames in the bundle: only a blank-frame sanity run")

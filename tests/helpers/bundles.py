@@ -114,7 +114,7 @@ def record_golden_for(
         return files
     spec = json.loads(files.expectations)
     edit(spec)
-    return GoldenFiles((json.dumps(spec, indent=1, sort_keys=True) + "\n").encode(), files.frames)
+    return GoldenFiles((json.dumps(spec, sort_keys=True) + "\n").encode(), files.frames)
 
 
 # The tiny untrained model scores its boxes about 0.53: at threshold 0.4 (band 0.1) they are all confident, so its
