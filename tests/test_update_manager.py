@@ -444,6 +444,8 @@ def confident(bundle_dir: Path) -> int:
 
 
 def test_signed_golden_frames_checked_with_a_tolerance_band(tmp_path, tiny_bundle, bundle_keys, device):
+    import shutil
+
     from edge_agent.bundle import load_bundle
     from edge_agent.update.check import check_candidate
     from edge_agent.update.errors import CheckFailed
@@ -482,6 +484,13 @@ def test_signed_golden_frames_checked_with_a_tolerance_band(tmp_path, tiny_bundl
 
     with pytest.raises(CheckFailed, match="variants the bundle lacks"):
         check("other-variant", other_variant)
+    # A schema-2 bundle (no golden frames) still passes with golden "absent"; a golden.json planted beside its
+    # signed files is not trusted, so not used.
+    old = rebundle(tiny_bundle.path, tmp_path / "schema-2", key, schema_version=2)
+    shutil.copy(good / "golden.json", old / "golden.json")
+    shutil.copy(good / "golden_0.png", old / "golden_0.png")
+    report = check_candidate(load_bundle(old, [bundle_keys.public]), cfg, state_dir=state_dir)
+    assert report.golden == "absent" and report.golden_frames == 0 and report.golden_variant is None
     # The variant the agent is configured to run is the one loaded (and whose expectations count): here none.
     wanted = cfg.model_copy(update={"variant": "int8"})
     with pytest.raises(CheckFailed, match="does not load: .*no variant 'int8'"):
