@@ -317,3 +317,6 @@ def test_writer_refuses_golden_frames_the_device_would_refuse(tmp_path: Path, bu
     with pytest.raises(GoldenError, match="expectations for \\['fp32'\\]"):
         _write(tmp_path / "b", bundle_keys, tmp_path, golden=_golden({"fp32": 0.4}))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    huge = GoldenFiles(_golden().expectations, {"golden_0.png": b"x" * (16 << 20 | 1), "golden_1.png": b"y"})
+    with pytest.raises(ManifestError, match="golden frame golden_0.png is 16777217 bytes, more than 16777216"):
+        _write(tmp_path / "c", bundle_keys, tmp_path, golden=huge)

@@ -35,11 +35,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.bundle.errors import GoldenError
-from edge_agent.bundle.manifest import GOLDEN_NAME, MAX_GOLDEN_FRAMES
-
-GOLDEN_FORMAT_VERSION = 1
-MAX_GOLDEN_BYTES = 1 << 20
-MAX_GOLDEN_IMAGE_BYTES = 16 << 20
+from edge_agent.bundle.manifest import GOLDEN_NAME, MAX_GOLDEN_BYTES, MAX_GOLDEN_FRAMES
 
 
 class _Strict(BaseModel):

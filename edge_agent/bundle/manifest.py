@@ -29,6 +29,8 @@ RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 # The golden expectations file (`edge_agent.bundle.golden`); its frames sit beside it.
 GOLDEN_NAME = "golden.json"
 MAX_GOLDEN_FRAMES = 16
+MAX_GOLDEN_BYTES = 1 << 20  # golden.json
+MAX_GOLDEN_IMAGE_BYTES = 16 << 20  # each golden image: the check decodes them in memory
 # A manifest is a few KiB; anything near this cap is an attack or a mistake, and is refused before it is read whole.
 MAX_MANIFEST_BYTES = 1 << 20
 
@@ -164,6 +166,15 @@ class GoldenSet(_Strict):
         if entry.file != GOLDEN_NAME:
             raise ValueError(f"golden expectations must be stored as {GOLDEN_NAME}, got {entry.file!r}")
         return entry
+
+    @model_validator(mode="after")
+    def _bounded(self) -> GoldenSet:
+        if self.expectations.size > MAX_GOLDEN_BYTES:
+            raise ValueError(f"{GOLDEN_NAME} is {self.expectations.size} bytes, more than {MAX_GOLDEN_BYTES}")
+        for frame in self.frames:
+            if frame.size > MAX_GOLDEN_IMAGE_BYTES:
+                raise ValueError(f"golden frame {frame.file} is {frame.size} bytes, more than {MAX_GOLDEN_IMAGE_BYTES}")
+        return self
 
     def files(self) -> tuple[BundleFile, ...]:
         return (self.expectations, *self.frames)
