@@ -38,16 +38,27 @@ class Letterbox:
     source_height: int
 
 
+def fit_to_input(frame_bgr: np.ndarray, input_width: int, input_height: int) -> np.ndarray:
+    """The frame scaled by ``min(W / w, H / h)`` (aspect kept), before padding: what `letterbox` places top-left.
+    A frame already of this size is placed as it is (scale 1), so golden frames are stored this way."""
+    source_height, source_width = frame_bgr.shape[:2]
+    scale = min(input_width / source_width, input_height / source_height)
+    resized_width = max(1, min(input_width, round(source_width * scale)))
+    resized_height = max(1, min(input_height, round(source_height * scale)))
+    if (resized_width, resized_height) == (source_width, source_height):
+        return frame_bgr
+    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(frame_bgr, (resized_width, resized_height), interpolation=interpolation)
+
+
 def letterbox(frame_bgr: np.ndarray, input_width: int, input_height: int) -> tuple[np.ndarray, Letterbox]:
     """Fit a BGR uint8 frame into ``input_height x input_width`` (top-left anchored) and return the NCHW tensor."""
     if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 BGR frame, got shape {frame_bgr.shape}")
     source_height, source_width = frame_bgr.shape[:2]
     scale = min(input_width / source_width, input_height / source_height)
-    resized_width = max(1, min(input_width, round(source_width * scale)))
-    resized_height = max(1, min(input_height, round(source_height * scale)))
-    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    resized = cv2.resize(frame_bgr, (resized_width, resized_height), interpolation=interpolation)
+    resized = fit_to_input(frame_bgr, input_width, input_height)
+    resized_height, resized_width = resized.shape[:2]
     canvas = np.zeros((input_height, input_width, 3), dtype=np.uint8)
     canvas[:resized_height, :resized_width] = resized
     rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)

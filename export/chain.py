@@ -24,6 +24,7 @@ from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.manifest import CPU_INT8_VARIANT, MANIFEST_NAME, parse_manifest
 from export import checks
 from export.fp16 import FP16_VARIANT, convert_fp16
+from export.golden import DEFAULT_GOLDEN_FRAMES, encode_frames, frames_from_records, random_frames, record_golden
 from export.onnx_export import ExportError, default_input_size, export_onnx
 from export.profile import conv_kernels, op_time_profile, optimized_op_counts
 from export.provenance import MODEL_NAME, config_digest
@@ -70,6 +71,7 @@ class ChainOptions:
     unpruned_baselines: bool = True
     fp16: bool = True  # an fp16 variant for TensorRT fp16 / GPU onnxruntime
     profile_frames: int = 6  # frames for onnxruntime's per-op-type profile of every ONNX variant (0: skip)
+    golden_frames: int = DEFAULT_GOLDEN_FRAMES  # held-out frames recorded per variant for the device check (0: none)
 
 
 class _Steps:
@@ -302,6 +304,12 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             variants["fp32"] = _variant_source(fp32_path, variants_report["pruned_onnx_fp32"])
         if fp16_path is not None:
             variants[FP16_VARIANT] = _variant_source(fp16_path, variants_report["pruned_onnx_fp16"])
+        golden_png = encode_frames(
+            frames_from_records(eval_records or val_records, opts.golden_frames)
+            or random_frames(width, height, opts.golden_frames),
+            width,
+            height,
+        )
         bundle_dir = opts.out / BUNDLE_DIR
         version, parent = _next_version(bundle_dir, opts.version)
         training = TrainingInfo(
@@ -323,10 +331,18 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             training=training,
             private_key=key,
             overwrite=True,
+            golden=record_golden(golden_png, variants, threshold, width, height, threads=opts.threads)
+            if golden_png
+            else None,
         )
         if "onnx_fp32" in onnx_paths:
             # The unpruned model in the same form, so `starfish bench --reference` can time pruning's and INT8's
             # own contributions in one run. Another model name: it can never be mistaken for a release.
+            reference = {
+                "fp32": _variant_source(onnx_paths["onnx_fp32"], variants_report["onnx_fp32"]),
+                CPU_INT8_VARIANT: _variant_source(onnx_paths["onnx_int8_cpu"], variants_report["onnx_int8_cpu"]),
+            }
+            reference_threshold = _clamp(variants_report["onnx_fp32"].get("deployed_threshold", threshold))
             write_bundle(
                 opts.out / REFERENCE_DIR,
                 name=f"{MODEL_NAME}-unpruned",
@@ -334,15 +350,15 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
                 parent_version=None,
                 classes=source.classes,
                 input_spec=InputSpec.for_size(width, height),
-                variants={
-                    "fp32": _variant_source(onnx_paths["onnx_fp32"], variants_report["onnx_fp32"]),
-                    CPU_INT8_VARIANT: _variant_source(onnx_paths["onnx_int8_cpu"], variants_report["onnx_int8_cpu"]),
-                },
+                variants=reference,
                 default_variant="fp32",
-                score_threshold=_clamp(variants_report["onnx_fp32"].get("deployed_threshold", threshold)),
+                score_threshold=reference_threshold,
                 training=training,
                 private_key=key,
                 overwrite=True,
+                golden=record_golden(golden_png, reference, reference_threshold, width, height, threads=opts.threads)
+                if golden_png
+                else None,
             )
     load_bundle(bundle_dir, [key.public_key()])  # what we wrote must verify
     report["bundle"] = {
@@ -351,6 +367,8 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         "score_threshold": threshold,
         "variant_thresholds": {v: manifest.threshold_for(v) for v in manifest.variants},
         "size_bytes": sum(v.size for v in manifest.variants.values()),
+        "golden_frames": len(manifest.golden.frames) if manifest.golden else 0,
+        "golden_bytes": sum(f.size for f in manifest.golden.files()) if manifest.golden else 0,
     }
     report["goals"] = _goals(report)
     step("writing the report")

@@ -8,8 +8,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from edge_agent.bundle import GoldenFiles, VariantSource
+    from export.source import SourceModel
 
 # Timing honesty on a shared machine: libgomp's default active wait makes PyTorch's 2-thread OpenMP pool spin
 # against the other processes (measured here: 3.0 s instead of 0.12 s per frame under load). Passive waiting is set
@@ -243,8 +248,15 @@ def bundle(
     parent_version: int | None = typer.Option(None, help="Version this one replaces."),
     score_threshold: float | None = typer.Option(None, help="Default: the checkpoint's best-F2 threshold."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+    golden_frames: int = typer.Option(
+        3, min=0, max=16, help="Golden frames for the device's staging check (from the held-out video; 0: none)."
+    ),
+    data: Path | None = typer.Option(None, help="Dataset root for the golden frames (default: the checkpoint's)."),
 ) -> None:
-    """Write a signed bundle from already exported ONNX files (no metrics measured: see `export all`)."""
+    """Write a signed bundle from already exported ONNX files (no metrics measured: see `export all`).
+
+    Golden frames come from the checkpoint's held-out video; without it (data not found) smooth random frames
+    are used, with a warning: they check that the model is the one exported, not that it finds starfish."""
     from edge_agent.bundle import BundleError, InputSpec, TrainingInfo, VariantSource, load_private_key, write_bundle
     from export.onnx_export import ExportError, check_onnx
     from export.provenance import MODEL_NAME
@@ -260,15 +272,18 @@ def bundle(
             check_onnx(path)
         dims = onnx_lib.load(str(next(iter(variants.values())).path)).graph.input[0].type.tensor_type.shape.dim
         source = load_source(checkpoint)
+        width, height = dims[3].dim_value, dims[2].dim_value
+        threshold = source.score_threshold if score_threshold is None else score_threshold
+        golden = _golden(source, data, golden_frames, variants, threshold, width, height) if golden_frames else None
         manifest = write_bundle(
             out,
             name=MODEL_NAME,
             version=version,
             parent_version=parent_version,
             classes=source.classes,
-            input_spec=InputSpec.for_size(dims[3].dim_value, dims[2].dim_value),
+            input_spec=InputSpec.for_size(width, height),
             variants=variants,
-            score_threshold=source.score_threshold if score_threshold is None else score_threshold,
+            score_threshold=threshold,
             training=TrainingInfo(
                 config_digest=source.config_digest,
                 data_fingerprint=source.data_fingerprint,
@@ -276,10 +291,12 @@ def bundle(
             ),
             private_key=load_private_key(key),
             overwrite=force,
+            golden=golden,
         )
     except (BundleError, ExportError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
-    typer.echo(f"wrote {out}: {manifest.name} v{manifest.version}, variants {', '.join(manifest.variants)}")
+    frames = f", {len(manifest.golden.frames)} golden frames" if manifest.golden else ""
+    typer.echo(f"wrote {out}: {manifest.name} v{manifest.version}, variants {', '.join(manifest.variants)}{frames}")
 
 
 @app.command("all")
@@ -423,3 +440,24 @@ def _split(source, data: Path | None):  # type: ignore[no-untyped-def]
 
 def _held_out(source, data: Path | None) -> list:  # type: ignore[no-untyped-def]
     return _split(source, data)[1]
+
+
+def _golden(
+    source: SourceModel,
+    data: Path | None,
+    count: int,
+    variants: dict[str, VariantSource],
+    threshold: float,
+    width: int,
+    height: int,
+) -> GoldenFiles:
+    from export.golden import encode_frames, frames_from_records, random_frames, record_golden
+    from export.onnx_export import ExportError
+
+    try:
+        frames = frames_from_records(_held_out(source, data), count)
+    except ExportError as exc:
+        typer.secho(f"warning: golden frames are random frames: {exc}", fg=typer.colors.YELLOW, err=True)
+        frames = []
+    pngs = encode_frames(frames or random_frames(width, height, count), width, height)
+    return record_golden(pngs, variants, threshold, width, height)

@@ -46,10 +46,11 @@ def untrained_bundle(
     keep_fp32: bool = True,
     seed: int = 0,
     overwrite: bool = False,
+    golden_frames: int = 0,
 ) -> Manifest:
     """Build an untrained detector from ``cfg``, export it (fp32, optionally INT8 calibrated on random frames: the
     TensorRT-ready ``int8`` and/or the CPU's ``int8_cpu`` with uint8 activations) and write a signed bundle to
-    ``dest``."""
+    ``dest``, with ``golden_frames`` smooth random golden frames (`export.golden`) when asked."""
     torch.manual_seed(seed)
     model = build_detector(replace(cfg, pretrained=False)).eval()
     width, height = input_size or default_input_size(cfg.max_size)
@@ -70,6 +71,12 @@ def untrained_bundle(
                 variants[CPU_INT8_VARIANT] = VariantSource(
                     quantize_int8(fp32, Path(tmp) / "int8_cpu.onnx", frames, activations="asymmetric")
                 )
+        golden = None
+        if golden_frames:
+            from export.golden import encode_frames, random_frames, record_golden
+
+            pngs = encode_frames(random_frames(width, height, golden_frames, seed), width, height)
+            golden = record_golden(pngs, variants, score_threshold, width, height)
         return write_bundle(
             dest,
             name=MODEL_NAME,
@@ -83,4 +90,5 @@ def untrained_bundle(
             ),
             private_key=key,
             overwrite=overwrite,
+            golden=golden,
         )

@@ -57,8 +57,9 @@ def store_bundle(bundle: Path, store: Path, bundle_keys: list[Ed25519PublicKey])
                 with open(verified.root, "rb") as src:
                     shutil.copyfileobj(src, handle)
             else:
-                # Only the signed files, flat, in a fixed order: the archive the device's loader accepts.
-                names = [MANIFEST_NAME, SIGNATURE_NAME, *sorted(v.file for v in manifest.variants.values())]
+                # Only the signed files (model variants and golden frames), flat, in a fixed order: the archive the
+                # device's loader accepts.
+                names = [MANIFEST_NAME, SIGNATURE_NAME, *sorted(entry.file for _, entry in manifest.files())]
                 with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
                     for name in names:
                         info = tar.gettarinfo(str(verified.root / name), arcname=name)

@@ -15,6 +15,8 @@ from edge_agent.bundle import (
     SCHEMA_VERSION,
     SIGNATURE_NAME,
     BundleError,
+    GoldenError,
+    GoldenFiles,
     HashMismatchError,
     InputSpec,
     ManifestError,
@@ -26,10 +28,13 @@ from edge_agent.bundle import (
     generate_keypair,
     load_bundle,
     load_private_key,
+    parse_manifest,
     verify_bundle,
     write_bundle,
 )
+from edge_agent.bundle.golden import GoldenDetection, golden_files
 from edge_agent.bundle.signing import sign
+from edge_agent.bundle.writer import golden_set
 from tests.helpers.bundles import BundleKeys
 
 TRAINING = TrainingInfo(config_digest="c" * 64, data_fingerprint="d" * 16, checkpoint_sha256="e" * 64)
@@ -241,3 +246,77 @@ def test_cli_verify_info_and_keys(bundle: Path, bundle_keys: BundleKeys, other_k
     assert (tmp_path / "k" / "new.pub").is_file() and (tmp_path / "k" / "new.pem").stat().st_mode & 0o077 == 0
     again = runner.invoke(keys_app, ["--private", str(tmp_path / "k" / "new.pem")])
     assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
+
+
+# -- golden frames (schema 3) -----------------------------------------------------------------------------------
+
+
+def _golden(thresholds: dict[str, float] | None = None) -> GoldenFiles:
+    detection = GoldenDetection(box=(1.0, 2.0, 30.0, 40.0), score=0.9, label=1)
+    thresholds = thresholds or {"fp32": 0.4, "int8": 0.4}
+    return golden_files(
+        {"golden_0.png": b"\x89PNG frame zero", "golden_1.png": b"\x89PNG frame one"},
+        {name: (t, 0.3, [[detection], []]) for name, t in thresholds.items()},
+        "onnxruntime test",
+    )
+
+
+def test_schema_3_golden_frames_round_trip_and_are_signed(tmp_path: Path, bundle_keys: BundleKeys) -> None:
+    bundle = _write(tmp_path / "bundle", bundle_keys, tmp_path, golden=_golden())
+    loaded = load_bundle(bundle, bundle_keys.public)
+    manifest = loaded.manifest
+    assert manifest.schema_version == SCHEMA_VERSION == 3 and manifest.golden is not None
+    assert [f.file for f in manifest.golden.frames] == ["golden_0.png", "golden_1.png"]
+    assert manifest.golden.expectations.file == "golden.json"
+    assert parse_manifest(manifest.to_json_bytes()) == manifest
+    assert parse_manifest((bundle / MANIFEST_NAME).read_bytes()) == manifest
+    spec, frames = loaded.read_golden()
+    assert frames == [("golden_0.png", b"\x89PNG frame zero"), ("golden_1.png", b"\x89PNG frame one")]
+    assert spec.variants["int8"].detections[0][0].score == pytest.approx(0.9)
+    tar = _write(tmp_path / "bundle.tar", bundle_keys, tmp_path, golden=_golden())
+    with tarfile.open(tar) as archive:
+        assert {"golden.json", "golden_0.png", "golden_1.png"} <= set(archive.getnames())
+    assert load_bundle(tar, bundle_keys.public).read_golden()[1] == frames
+    from edge_agent.bundle.cli import app
+
+    result = CliRunner().invoke(app, ["info", str(bundle)])
+    assert result.exit_code == 0 and "golden frames: 2 (golden_0.png, golden_1.png)" in result.output
+    result = CliRunner().invoke(app, ["verify", str(bundle), "--key", str(bundle_keys.public)])
+    assert result.exit_code == 0 and "2 golden frames" in result.output
+
+
+@pytest.mark.parametrize("name", ["golden.json", "golden_1.png"])
+def test_a_golden_file_changed_after_signing_is_refused(tmp_path: Path, bundle_keys: BundleKeys, name: str) -> None:
+    bundle = _write(tmp_path / "bundle", bundle_keys, tmp_path, golden=_golden())
+    data = bytearray((bundle / name).read_bytes())
+    data[-1] ^= 0x01
+    (bundle / name).write_bytes(bytes(data))
+    with pytest.raises(HashMismatchError, match=f"golden: sha256 of {name}"):
+        load_bundle(bundle, bundle_keys.public)
+    (bundle / name).unlink()
+    with pytest.raises(HashMismatchError, match=f"golden: file {name} named by the manifest is missing"):
+        load_bundle(bundle, bundle_keys.public)
+
+
+def test_schema_2_manifests_are_still_read_and_cannot_carry_golden(bundle: Path, bundle_keys: BundleKeys) -> None:
+    data = json.loads((bundle / MANIFEST_NAME).read_text())
+    assert "golden" not in data  # no golden frames: the key is left out, as in schema 1 and 2
+    data["schema_version"] = 2
+    _resign(bundle, bundle_keys, data)
+    loaded = load_bundle(bundle, bundle_keys.public)
+    assert loaded.manifest.schema_version == 2 and loaded.manifest.golden is None and loaded.read_golden() is None
+    data["golden"] = json.loads(json.dumps(golden_set(_golden()).model_dump(mode="json")))
+    _resign(bundle, bundle_keys, data)
+    with pytest.raises(ManifestError, match="golden needs schema_version 3"):
+        load_bundle(bundle, bundle_keys.public)
+
+
+def test_writer_refuses_golden_frames_the_device_would_refuse(tmp_path: Path, bundle_keys: BundleKeys) -> None:
+    with pytest.raises(GoldenError, match="threshold 0.5 for variant 'fp32'"):
+        _write(tmp_path / "a", bundle_keys, tmp_path, golden=_golden({"fp32": 0.5, "int8": 0.4}))
+    with pytest.raises(GoldenError, match="expectations for \\['fp32'\\]"):
+        _write(tmp_path / "b", bundle_keys, tmp_path, golden=_golden({"fp32": 0.4}))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    huge = GoldenFiles(_golden().expectations, {"golden_0.png": b"x" * (16 << 20 | 1), "golden_1.png": b"y"})
+    with pytest.raises(ManifestError, match="golden frame golden_0.png is 16777217 bytes, more than 16777216"):
+        _write(tmp_path / "c", bundle_keys, tmp_path, golden=huge)

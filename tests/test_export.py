@@ -221,6 +221,26 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
     assert reference.manifest.name != bundle.manifest.name
     assert bundle.manifest.training.checkpoint_sha256 == load_source(smoke_checkpoint).sha256
     assert bundle.manifest.input.shape == (1, 3, HEIGHT, WIDTH)
+    # Golden frames: held-out frames, per variant at its own threshold, signed in both bundles; the device's
+    # staging check (onnxruntime here) matches them.
+    for written in (bundle, reference):
+        spec, frames = written.read_golden()
+        assert len(frames) == 3 and set(spec.variants) == set(written.manifest.variants)
+        for variant, expected in spec.variants.items():
+            assert expected.score_threshold == pytest.approx(written.manifest.threshold_for(variant))
+    from edge_agent.update.check import check_candidate
+    from edge_agent.update.config import UpdateConfig
+
+    checked = check_candidate(
+        bundle,
+        UpdateConfig(models_dir=tmp_path / "m", release_keys=[bundle_keys.public], check_runs=1),
+        state_dir=tmp_path / "s",
+    )
+    assert checked.golden == "matched" and checked.golden_frames == 3 and checked.golden_variant == "int8_cpu"
+    # The smoke model's best-F2 threshold sits at its top score: nothing is confident, and the report says so
+    # (the tiny-model tests in test_update_manager compare confident detections).
+    assert checked.golden_confident > 0 or any("no confident detection" in n for n in checked.notes)
+    assert report["bundle"]["golden_frames"] == 3
     variants = report["variants"]
     # Each variant carries its own best-F2 threshold; the top-level one is the default (int8) variant's.
     for variant, measured in (
@@ -456,3 +476,29 @@ def test_joint_threshold_maximises_the_mean_of_both_f2_curves() -> None:
     chosen = THRESHOLD_GRID.index(threshold)
     assert a[chosen] + b[chosen] == pytest.approx(best)
     assert 0.3 < threshold <= 0.35  # above the false box, at or below the weak true one
+
+
+def test_export_bundle_cli_records_golden_frames_from_the_held_out_video(
+    smoke_checkpoint, bundle_keys: BundleKeys, tiny_bundle, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.update.check import check_candidate
+    from edge_agent.update.config import UpdateConfig
+    from export.cli import app
+
+    out = tmp_path / "bundle"
+    args = ["bundle", "--ckpt", str(smoke_checkpoint), "--fp32", str(tiny_bundle.path / "fp32.onnx")]
+    args += ["--key", str(bundle_keys.private), "--version", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 golden frames" in result.output and "random frames" not in result.output
+    bundle = load_bundle(out, bundle_keys.public)
+    spec, frames = bundle.read_golden()
+    assert len(frames) == 3 and set(spec.variants) == {"fp32"}
+    assert spec.variants["fp32"].score_threshold == pytest.approx(bundle.manifest.threshold_for("fp32"))
+    cfg = UpdateConfig(models_dir=tmp_path / "m", release_keys=[bundle_keys.public], check_runs=1)
+    assert check_candidate(bundle, cfg, state_dir=tmp_path / "s").golden == "matched"
+    result = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "plain"), "--golden-frames", "0"])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(tmp_path / "plain", bundle_keys.public).manifest.golden is None

@@ -91,6 +91,9 @@ def test_retrained_model_reaches_a_running_agent_which_swaps_and_commits(
             done = got[-1]
             assert done["ok"] is True and done["version"] == 2 and done["state"] == "committed"
             assert done["probation"]["errors"] == 0 and done["probation"]["frames"] >= 15
+            # The export chain signed golden frames into the bundle; the device compared the variant it loaded.
+            check = got[4]["check"]
+            assert check["golden"] == "matched" and check["golden_frames"] == 3, check
             assert wait_until(lambda: any(c["model"]["version"] == 2 for c in counts(sub)), 10)
             update = retained(mosquitto, f"starfish/{DEVICE}/model/update")
             assert update["state"] == "committed" and update["version"] == 2

@@ -134,3 +134,30 @@ def test_release_publishes_retained_on_fleet_topic(tmp_path, release_key, mosqui
     message = sub.on("/fleet/survey-a/model")[0]
     assert message.retain
     assert parse_announcement(message.payload, [load_public_key(release_key[1])]).announcement.name == "starfish-cots"
+
+
+def test_store_bundle_tar_carries_the_signed_golden_frames(tmp_path, tiny_bundle, bundle_keys):
+    import tarfile
+
+    from edge_agent.bundle import load_public_key
+    from export.release import store_bundle
+    from tests.helpers.bundles import rebundle, record_golden_for
+
+    source = rebundle(
+        tiny_bundle.path, tmp_path / "golden", bundle_keys.private, golden=record_golden_for(tiny_bundle.path)
+    )
+    (source / "stray.txt").write_text("not signed")  # an unsigned extra never travels
+    tar, name, version, _ = store_bundle(source, tmp_path / "store", [load_public_key(bundle_keys.public)])
+    with tarfile.open(tar) as archive:
+        names = archive.getnames()
+    assert names == [
+        "manifest.json",
+        "manifest.sig",
+        "fp32.onnx",
+        "golden.json",
+        "golden_0.png",
+        "golden_1.png",
+        "golden_2.png",
+    ]
+    golden = load_bundle(tar, [bundle_keys.public]).read_golden()
+    assert golden is not None and set(golden[0].variants) == {"fp32"} and len(golden[1]) == 3

@@ -6,6 +6,8 @@ store, real signed announcements and bundles (the untrained tiny model: no train
 * a model that fails on real frames (it passes the blank-frame staging check) rolls back automatically during
   probation, is marked bad, and its still-retained fleet announcement is not retried after a restart;
 * a validly signed model much slower on this device rolls back on the fps drop;
+* a validly signed model whose signed golden frames do not match it is refused at the staging check, reported
+  (`check_failed`), marked bad, and the running model counts on;
 * kill -9 while the update is staging or swapping: the restart finds one consistent model and finishes the update;
   kill -9 in probation: the restart runs the new model and does not raise the anti-rollback floor before commit.
 """
@@ -24,7 +26,7 @@ from edge_agent.bundle.files import sha256_file
 from edge_agent.device_state import DeviceState
 from edge_agent.mqtt.payloads import UpdateStateName
 from edge_agent.update.state import UpdateState, UpdateStore
-from tests.helpers.bundles import rebundle, signed_announcement, tar_bundle
+from tests.helpers.bundles import golden_bundle, rebundle, shift_boxes, signed_announcement, tar_bundle
 from tests.helpers.http_server import BundleServer
 from tests.helpers.mqtt_broker import wait_until
 from tests.helpers.ota import DEVICE, FLEET, assert_contiguous, counts, current, events, publish, retained, start_agent
@@ -111,7 +113,8 @@ def changed_bundle(tiny: Path, work: Path, key: Path, version: int, change) -> P
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_bundle, bundle_keys):
-    """The HTTP store: v2.tar (the tiny model again, as v2), v3.tar (fails on real frames), v4.tar (slower)."""
+    """The HTTP store: v2.tar (the tiny model again, as v2), v3.tar (fails on real frames), v4.tar (slower),
+    v5.tar (validly signed, golden frames that do not match the model)."""
     root = tmp_path_factory.mktemp("ota-store")
     work = tmp_path_factory.mktemp("ota-bundles")
     tar_bundle(
@@ -119,6 +122,10 @@ def store(tmp_path_factory, tiny_bundle, bundle_keys):
     )
     tar_bundle(changed_bundle(tiny_bundle.path, work, bundle_keys.private, 3, failing_on_real_frames), root / "v3.tar")
     tar_bundle(changed_bundle(tiny_bundle.path, work, bundle_keys.private, 4, slower), root / "v4.tar")
+    mismatched = golden_bundle(
+        tiny_bundle.path, work / "v5", bundle_keys.private, shift_boxes, version=5, parent_version=1
+    )
+    tar_bundle(mismatched, root / "v5.tar")
     return root
 
 
@@ -289,6 +296,36 @@ def test_kill_9_in_probation_keeps_the_fps_baseline(
             agent.kill9()
     with DeviceState(tmp_path / "state") as state:
         assert state.is_bad("starfish-cots", 4) and state.floor("starfish-cots") == 1
+
+
+def test_signed_model_whose_golden_frames_do_not_match_is_refused_and_the_old_one_counts_on(
+    tmp_path, tiny_bundle, bundle_keys, looping_clip, store, server, release_key, mosquitto, mqtt_subscriber
+):
+    sub = mqtt_subscriber(mosquitto, [f"starfish/{DEVICE}/#"], client_id="ota-sub")
+    agent = start_agent(tmp_path, tiny_bundle, looping_clip, mosquitto, release_key, bundle_keys, "agent.log")
+    try:
+        assert wait_until(lambda: len(counts(sub)) >= 5, 60), agent.log()
+        publish(mosquitto, f"starfish/{DEVICE}/model/set", announce(server, store, release_key, 5))
+        assert wait_until(lambda: any(e.get("ok") is not None for e in events(sub)), 60), (events(sub), agent.log())
+        got = events(sub)
+        assert [e["event"] for e in got] == ["accepted", "verifying", "staging", "checking", "failed"]
+        failed = got[-1]
+        assert failed["ok"] is False and failed["version"] == 5 and failed["error_code"] == "check_failed"
+        assert "golden frame 0 (golden_0.png)" in failed["error"] and "not found" in failed["error"]
+        update = retained(mosquitto, f"starfish/{DEVICE}/model/update")
+        assert update["state"] == "failed" and update["version"] == 5 and update["error_code"] == "check_failed"
+        assert current(tmp_path) == "versions/1"
+        seen = len(counts(sub))
+        assert wait_until(lambda: len(counts(sub)) > seen + 5, 30), "counting did not go on after the refusal"
+        assert {c["model"]["version"] for c in counts(sub)} == {1}
+        assert retained(mosquitto, f"starfish/{DEVICE}/model")["version"] == 1
+        assert agent.terminate() == 0, agent.log()
+    finally:
+        if agent.alive():
+            agent.kill9()
+    assert_contiguous(counts(sub))
+    with DeviceState(tmp_path / "state") as state:
+        assert state.is_bad("starfish-cots", 5) and state.floor("starfish-cots") == 1
 
 
 @pytest.mark.parametrize("moment", ["staging", "swapping"])

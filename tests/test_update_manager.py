@@ -22,7 +22,7 @@ from edge_agent.update.announcement import Announcement, sign_announcement
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.manager import UpdateManager, state_payload
 from edge_agent.update.state import UpdateState
-from tests.helpers.bundles import rebundle
+from tests.helpers.bundles import GOLDEN_THRESHOLD, golden_bundle, rebundle, shift_boxes
 from tests.helpers.http_server import BundleServer
 from tests.helpers.mqtt_broker import wait_until
 
@@ -437,36 +437,117 @@ def test_worker_runs_off_thread_and_stop_pauses_download(server, store, release_
     manager.close()
 
 
-def test_golden_frames_checked_when_the_bundle_has_them(tmp_path, tiny_bundle, bundle_keys, device):
-    import shutil
+# -- golden frames ------------------------------------------------------------------------------------------------
+def confident(bundle_dir: Path) -> int:
+    spec = json.loads((bundle_dir / "golden.json").read_text())
+    return sum(d["score"] >= GOLDEN_THRESHOLD + 0.1 for f in spec["variants"]["fp32"]["detections"] for d in f)
 
-    import cv2
-    import numpy as np
+
+def test_signed_golden_frames_checked_with_a_tolerance_band(tmp_path, tiny_bundle, bundle_keys, device):
+    import shutil
 
     from edge_agent.bundle import load_bundle
     from edge_agent.update.check import check_candidate
     from edge_agent.update.errors import CheckFailed
 
     cfg, state_dir = device
-    bundle_dir = tmp_path / "golden-bundle"
-    shutil.copytree(tiny_bundle.path, bundle_dir)
-    frame = np.random.default_rng(0).integers(0, 255, (128, 224, 3), dtype=np.uint8)
-    cv2.imwrite(str(bundle_dir / "golden_0.png"), frame)
-    bundle = load_bundle(bundle_dir, [bundle_keys.public])
-    # What this model really answers on the frame, recorded as the golden answer (as export would).
-    from edge_agent.detectors.base import DetectorOptions, create_detector
+    key = bundle_keys.private
 
-    detector = create_detector(["onnxruntime"], bundle, None, DetectorOptions(state_dir=state_dir))
-    got = detector.detect(frame)
-    detector.close()
-    truth = [{"box": [float(v) for v in box], "score": float(s)} for box, s in zip(got.boxes, got.scores, strict=True)]
-    (bundle_dir / "golden.json").write_text(json.dumps({"frames": [{"file": "golden_0.png", "detections": truth}]}))
-    report = check_candidate(bundle, cfg, state_dir=state_dir)
-    assert report.golden == "matched" and report.golden_frames == 1
-    wrong = truth + [{"box": [10.0, 10.0, 60.0, 60.0], "score": 0.99}]
-    (bundle_dir / "golden.json").write_text(json.dumps({"frames": [{"file": "golden_0.png", "detections": wrong}]}))
-    with pytest.raises(CheckFailed, match="golden frame 0"):
-        check_candidate(bundle, cfg, state_dir=state_dir)
-    (bundle_dir / "golden.json").write_text("{not json")
-    with pytest.raises(CheckFailed, match="unusable"):
-        check_candidate(bundle, cfg, state_dir=state_dir)
+    def check(dest: Path, edit=None):
+        bundle_dir = golden_bundle(tiny_bundle.path, tmp_path / dest, key, edit=edit)
+        return check_candidate(load_bundle(bundle_dir, [bundle_keys.public]), cfg, state_dir=state_dir)
+
+    good = golden_bundle(tiny_bundle.path, tmp_path / "good", key)
+    assert confident(good) > 0  # otherwise nothing below would be compared
+    report = check_candidate(load_bundle(good, [bundle_keys.public]), cfg, state_dir=state_dir)
+    assert report.golden == "matched" and report.golden_frames == 3 and report.golden_variant == "fp32"
+    assert report.golden_confident == confident(good)
+
+    def noisy(spec: dict) -> None:  # another back end's scores, within the tolerance, plus a borderline box
+        for frame in spec["variants"]["fp32"]["detections"]:
+            for d in frame:
+                d["score"] = min(1.0, d["score"] + 0.05)
+        spec["variants"]["fp32"]["detections"][0].append({"box": [1.0, 1.0, 30.0, 30.0], "score": 0.45, "label": 1})
+
+    assert check("noisy", noisy).golden == "matched"
+    with pytest.raises(CheckFailed, match=r"golden frame 0 \(golden_0.png\): expected detection .* not found"):
+        check("shifted", shift_boxes)
+
+    def forgotten(spec: dict) -> None:
+        spec["variants"]["fp32"]["detections"][1] = []
+
+    with pytest.raises(CheckFailed, match=r"golden frame 1 .*unexpected detection"):
+        check("forgotten", forgotten)
+
+    def other_variant(spec: dict) -> None:
+        spec["variants"] = {"int8": spec["variants"].pop("fp32")}
+
+    with pytest.raises(CheckFailed, match="variants the bundle lacks"):
+        check("other-variant", other_variant)
+    # A schema-2 bundle (no golden frames) still passes with golden "absent"; a golden.json planted beside its
+    # signed files is not trusted, so not used.
+    old = rebundle(tiny_bundle.path, tmp_path / "schema-2", key, schema_version=2)
+    shutil.copy(good / "golden.json", old / "golden.json")
+    shutil.copy(good / "golden_0.png", old / "golden_0.png")
+    report = check_candidate(load_bundle(old, [bundle_keys.public]), cfg, state_dir=state_dir)
+    assert report.golden == "absent" and report.golden_frames == 0 and report.golden_variant is None
+    # The variant the agent is configured to run is the one loaded (and whose expectations count): here none.
+    wanted = cfg.model_copy(update={"variant": "int8"})
+    with pytest.raises(CheckFailed, match="does not load: .*no variant 'int8'"):
+        check_candidate(load_bundle(good, [bundle_keys.public]), wanted, state_dir=state_dir)
+
+
+def test_a_golden_image_altered_after_signing_is_refused_by_the_loader(tmp_path, tiny_bundle, bundle_keys):
+    import shutil
+
+    from edge_agent.bundle import HashMismatchError, load_bundle
+
+    good = golden_bundle(tiny_bundle.path, tmp_path / "good", bundle_keys.private)
+    for name in ("golden_1.png", "golden.json"):
+        bad = tmp_path / f"bad-{name}"
+        shutil.copytree(good, bad)
+        data = bytearray((bad / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (bad / name).write_bytes(bytes(data))
+        with pytest.raises(HashMismatchError, match=f"golden: sha256 of {name}"):
+            load_bundle(bad, [bundle_keys.public])
+
+
+@pytest.fixture(scope="module")
+def golden_store(tmp_path_factory, tiny_bundle, bundle_keys):
+    """v1 (no golden frames), v2 (validly signed, golden frames of another model), v3 (matching golden frames)."""
+    root = tmp_path_factory.mktemp("golden-store")
+    work = tmp_path_factory.mktemp("golden-bundles")
+    key = bundle_keys.private
+    tar_dir(rebundle(tiny_bundle.path, work / "v1", key, version=1), root / "v1.tar")
+    tar_dir(
+        golden_bundle(tiny_bundle.path, work / "v2", key, shift_boxes, version=2, parent_version=1), root / "v2.tar"
+    )
+    tar_dir(golden_bundle(tiny_bundle.path, work / "v3", key, version=3, parent_version=1), root / "v3.tar")
+    return root
+
+
+def test_validly_signed_model_with_mismatched_golden_frames_is_refused(golden_store, release_key, device, bundle_keys):
+    reports: list = []
+    manager = manager_for(device, bundle_keys)
+    manager.report = lambda record, details: reports.append((record.state, details["event"], record.error))
+    with BundleServer(golden_store) as server:
+        install(manager, announce(server, golden_store, release_key, 1))
+        manager.commit()
+        assert manager.last_check is not None and manager.last_check.golden == "absent"
+        record = install(manager, announce(server, golden_store, release_key, 2))
+        assert record.state is S.FAILED and record.error_code == "check_failed"
+        assert "golden frame 0" in record.error and "not found" in record.error
+        assert reports[-1] == (S.FAILED, "failed", record.error)  # what `…/model/result` carries
+        payload = state_payload(manager.store.get(record.id))
+        assert payload["state"] == "failed" and payload["error_code"] == "check_failed"
+        assert os.readlink(models(device) / "current") == "versions/1"  # the old model keeps running
+        assert manager.device_state.floor("starfish-cots") == 1 and manager.device_state.is_bad("starfish-cots", 2)
+        record = install(manager, announce(server, golden_store, release_key, 3))
+        assert record.state is S.PROBATION, record
+        check = manager.last_check
+        assert check is not None and check.golden == "matched" and check.golden_frames == 3
+        assert check.as_dict()["golden_variant"] == "fp32"
+        swapping = [r for r in reports if r[1] == "swapping"]
+        assert swapping and os.readlink(models(device) / "current") == "versions/3"
+    manager.close()

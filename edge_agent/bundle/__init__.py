@@ -10,6 +10,7 @@ Typical use on a device::
 
 from edge_agent.bundle.errors import (
     BundleError,
+    GoldenError,
     HashMismatchError,
     ManifestError,
     SignatureError,
@@ -18,12 +19,16 @@ from edge_agent.bundle.errors import (
     VersionError,
 )
 from edge_agent.bundle.files import sha256_bytes, sha256_file, unpack_tar
+from edge_agent.bundle.golden import GoldenExpectations, GoldenFiles, parse_golden
 from edge_agent.bundle.loader import VerifiedBundle, check_version, load_bundle, verify_bundle
 from edge_agent.bundle.manifest import (
+    GOLDEN_NAME,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     SCHEMA_VERSION,
     SIGNATURE_NAME,
+    BundleFile,
+    GoldenSet,
     InputSpec,
     Manifest,
     Normalisation,
@@ -43,11 +48,17 @@ from edge_agent.bundle.signing import (
 from edge_agent.bundle.writer import VariantSource, write_bundle
 
 __all__ = [
+    "GOLDEN_NAME",
     "MANIFEST_NAME",
     "MAX_MANIFEST_BYTES",
     "SCHEMA_VERSION",
     "SIGNATURE_NAME",
     "BundleError",
+    "BundleFile",
+    "GoldenError",
+    "GoldenExpectations",
+    "GoldenFiles",
+    "GoldenSet",
     "HashMismatchError",
     "InputSpec",
     "Manifest",
@@ -68,6 +79,7 @@ __all__ = [
     "load_bundle",
     "load_private_key",
     "load_public_key",
+    "parse_golden",
     "parse_manifest",
     "public_key_pem",
     "sha256_bytes",

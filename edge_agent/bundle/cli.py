@@ -34,7 +34,8 @@ def verify(
     except BundleError as exc:
         typer.secho(f"REFUSED ({type(exc).__name__}): {' '.join(str(exc).split())}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
-    typer.secho(f"OK: {manifest.name} v{manifest.version}, variants {', '.join(manifest.variants)}", fg="green")
+    golden = f", {len(manifest.golden.frames)} golden frames" if manifest.golden else ""
+    typer.secho(f"OK: {manifest.name} v{manifest.version}, variants {', '.join(manifest.variants)}{golden}", fg="green")
 
 
 @app.command()
@@ -90,6 +91,15 @@ def info(
             _fmt(v.latency_ms),
         )
     console.print(table)
+    if manifest.golden is None:
+        console.print(f"golden frames: none (schema {manifest.schema_version})")
+    else:
+        frames = manifest.golden.frames
+        console.print(
+            f"golden frames: {len(frames)} ({', '.join(f.file for f in frames)}), expectations "
+            f"{manifest.golden.expectations.file} sha256 {manifest.golden.expectations.sha256[:12]}, "
+            f"{sum(f.size for f in manifest.golden.files()):,} bytes in all"
+        )
     t = manifest.training
     console.print(f"training: config {t.config_digest}, data {t.data_fingerprint}, checkpoint {t.checkpoint_sha256}")
 

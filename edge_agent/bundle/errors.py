@@ -33,3 +33,7 @@ class VersionError(BundleError):
 
 class TooLargeError(BundleError):
     """A file inside the bundle holds more bytes than allowed (the manifest's size, or a fixed cap)."""
+
+
+class GoldenError(BundleError):
+    """`golden.json` is not valid, or does not agree with the manifest that names it."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edge_agent.bundle.errors import (
     BundleError,
+    GoldenError,
     HashMismatchError,
     ManifestError,
     SignatureError,
@@ -29,7 +30,15 @@ from edge_agent.bundle.errors import (
     VersionError,
 )
 from edge_agent.bundle.files import TarMembers, is_tar, read_bundle_file, sha256_bytes, unpack_tar
-from edge_agent.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME, Manifest, parse_manifest
+from edge_agent.bundle.golden import GoldenExpectations, parse_golden
+from edge_agent.bundle.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    SIGNATURE_NAME,
+    BundleFile,
+    Manifest,
+    parse_manifest,
+)
 from edge_agent.bundle.signing import SIGNATURE_LENGTH, PublicKeyLike, as_public_keys, key_id, verify_signature
 
 logger = logging.getLogger(__name__)
@@ -82,14 +91,34 @@ class VerifiedBundle:
         Build sessions / parsers from these bytes, never by reopening the path: what runs is what was verified.
         """
         variant = self.variant_name(name)
-        entry = self.manifest.variants[variant]
+        return self._read_again(f"variant {variant!r}", self.manifest.variants[variant])
+
+    def read_golden(self) -> tuple[GoldenExpectations, list[tuple[str, bytes]]] | None:
+        """The signed golden frames: `golden.json` parsed and ``(file, image bytes)`` in its frame order, each read
+        once and checked again against the manifest; None when the bundle ships none (schema 1/2, or none written).
+
+        Raises `GoldenError` when golden.json disagrees with the manifest (other frames, unknown variants).
+        """
+        golden = self.manifest.golden
+        if golden is None:
+            return None
+        spec = parse_golden(self._read_again("golden", golden.expectations))
+        signed = [entry.file for entry in golden.frames]
+        if list(spec.frames) != signed:
+            raise GoldenError(f"golden.json names the frames {list(spec.frames)}; the manifest signs {signed}")
+        unknown = sorted(set(spec.variants) - set(self.manifest.variants))
+        if unknown:
+            raise GoldenError(f"golden.json has expectations for variants the bundle lacks: {unknown}")
+        return spec, [(entry.file, self._read_again("golden", entry)) for entry in golden.frames]
+
+    def _read_again(self, label: str, entry: BundleFile) -> bytes:
         with ExitStack() as stack:
             members = stack.enter_context(TarMembers(self.root)) if self.is_tar else None
-            data = _read_variant_bytes(_reader(self.root, members), variant, entry.file, entry.size)
+            data = _read_named_bytes(_reader(self.root, members), label, entry.file, entry.size)
         digest = sha256_bytes(data)
         if len(data) != entry.size or digest != entry.sha256:
             raise HashMismatchError(
-                f"variant {variant!r}: {entry.file} changed since the bundle was verified "
+                f"{label}: {entry.file} changed since the bundle was verified "
                 f"({len(data)} bytes, sha256 {digest}; the manifest says {entry.size} bytes, {entry.sha256})"
             )
         return data
@@ -126,7 +155,8 @@ def verify_bundle(
 
     Checks, in order: signature over `manifest.json` (`SignatureError`), manifest schema (`ManifestError`,
     `UnsupportedSchemaError`), model name (`ManifestError`), version vs ``running_version`` (`VersionError`), every
-    named file's size and sha256 (`HashMismatchError`; a file resolving outside the bundle: `BundleError`).
+    named file's size and sha256 — variants and golden frames alike (`HashMismatchError`; a file resolving outside the
+    bundle: `BundleError`).
     """
     return load_bundle(
         path, trusted_keys, running_version=running_version, allow_rollback=allow_rollback, expected_name=expected_name
@@ -162,7 +192,7 @@ def load_bundle(
             present = members.names() if members is not None else [p.name for p in root.iterdir()]
         except OSError as exc:
             raise BundleError(f"cannot list the bundle {root}: {exc.strerror or exc}") from exc
-    expected = {MANIFEST_NAME, SIGNATURE_NAME, *(v.file for v in manifest.variants.values())}
+    expected = {MANIFEST_NAME, SIGNATURE_NAME, *(entry.file for _, entry in manifest.files())}
     unexpected = sorted(name for name in present if name not in expected)
     if unexpected:
         # Harmless (nothing reads them) but worth a word: unsigned files do not belong inside a bundle.
@@ -176,13 +206,13 @@ def _reader(root: Path, members: TarMembers | None) -> _Reader:
     return lambda name, max_bytes: read_bundle_file(root, name, max_bytes)
 
 
-def _read_variant_bytes(reader: _Reader, variant: str, file: str, size: int) -> bytes:
+def _read_named_bytes(reader: _Reader, label: str, file: str, size: int) -> bytes:
     try:
         return reader(file, size)
     except FileNotFoundError as exc:
-        raise HashMismatchError(f"variant {variant!r}: file {file} named by the manifest is missing") from exc
+        raise HashMismatchError(f"{label}: file {file} named by the manifest is missing") from exc
     except TooLargeError as exc:
-        raise HashMismatchError(f"variant {variant!r}: {exc}; the manifest says {size} bytes") from exc
+        raise HashMismatchError(f"{label}: {exc}; the manifest says {size} bytes") from exc
 
 
 def _verify(
@@ -212,17 +242,13 @@ def _verify(
     if expected_name is not None and manifest.name != expected_name:
         raise ManifestError(f"bundle is for model {manifest.name!r}, expected {expected_name!r}")
     check_version(manifest, running_version, allow_rollback=allow_rollback)
-    for variant, entry in manifest.variants.items():
-        data = _read_variant_bytes(reader, variant, entry.file, entry.size)
+    for label, entry in manifest.files():
+        data = _read_named_bytes(reader, label, entry.file, entry.size)
         if len(data) != entry.size:
-            raise HashMismatchError(
-                f"variant {variant!r}: {entry.file} is {len(data)} bytes, manifest says {entry.size}"
-            )
+            raise HashMismatchError(f"{label}: {entry.file} is {len(data)} bytes, manifest says {entry.size}")
         digest = sha256_bytes(data)
         if digest != entry.sha256:
-            raise HashMismatchError(
-                f"variant {variant!r}: sha256 of {entry.file} is {digest}, manifest says {entry.sha256}"
-            )
+            raise HashMismatchError(f"{label}: sha256 of {entry.file} is {digest}, manifest says {entry.sha256}")
     signer_id = key_id(signer)
     logger.info("verified bundle %s v%d (%s) signed by key %s", manifest.name, manifest.version, root, signer_id)
     return manifest, signer_id

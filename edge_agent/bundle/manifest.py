@@ -17,13 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge_agent import preprocess
 from edge_agent.bundle.errors import ManifestError, UnsupportedSchemaError
 
-# 2: variants carry their own best-F2 `score_threshold`. Version 1 manifests (without it) are still read.
-SCHEMA_VERSION = 2
+# 2: variants carry their own best-F2 `score_threshold`. 3: the optional signed `golden` set (staging-check frames).
+# Version 1 and 2 manifests are still read.
+SCHEMA_VERSION = 3
+GOLDEN_SCHEMA_VERSION = 3  # the first schema with `golden`
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 # The INT8 variant with uint8 activations for onnxruntime on CPUs; `int8` (zero-point-0 activations) is TensorRT's.
 CPU_INT8_VARIANT = "int8_cpu"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+# The golden expectations file (`edge_agent.bundle.golden`); its frames sit beside it.
+GOLDEN_NAME = "golden.json"
+MAX_GOLDEN_FRAMES = 16
+MAX_GOLDEN_BYTES = 1 << 20  # golden.json
+MAX_GOLDEN_IMAGE_BYTES = 16 << 20  # each golden image: the check decodes them in memory
 # A manifest is a few KiB; anything near this cap is an attack or a mistake, and is refused before it is read whole.
 MAX_MANIFEST_BYTES = 1 << 20
 
@@ -100,12 +107,31 @@ class OutputSpec(_Strict):
     labels_index: Literal["classes"] = Field("classes", description="`labels` values index the manifest's `classes`.")
 
 
-class Variant(_Strict):
-    """One model file of the bundle (e.g. `fp32`, `int8`) with what was measured on it."""
+class BundleFile(_Strict):
+    """A file inside the bundle that the signature covers: its plain name, sha256 and size."""
 
     file: str = Field(description="File name inside the bundle (no directories).")
     sha256: str = Field(description="Lower-case hex sha256 of the file.")
     size: int = Field(ge=1, description="File size in bytes.")
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, file: str) -> str:
+        if not _SAFE_FILE.match(file) or file in RESERVED_NAMES or file in (".", ".."):
+            raise ValueError(f"file must be a plain file name inside the bundle, got {file!r}")
+        return file
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, digest: str) -> str:
+        if not _SHA256.match(digest):
+            raise ValueError(f"sha256 must be 64 lower-case hex digits, got {digest!r}")
+        return digest
+
+
+class Variant(BundleFile):
+    """One model file of the bundle (e.g. `fp32`, `int8`) with what was measured on it."""
+
     f2: float | None = Field(
         description="F2 on the held-out validation video at `score_threshold` (None: not measured)."
     )
@@ -120,19 +146,38 @@ class Variant(_Strict):
         description="This variant's own best-F2 threshold on validation (None: use the manifest's `score_threshold`).",
     )
 
-    @field_validator("file")
-    @classmethod
-    def _plain_name(cls, file: str) -> str:
-        if not _SAFE_FILE.match(file) or file in RESERVED_NAMES or file in (".", ".."):
-            raise ValueError(f"variant file must be a plain file name inside the bundle, got {file!r}")
-        return file
 
-    @field_validator("sha256")
+class GoldenSet(_Strict):
+    """The golden frames of the staging check (schema 3): `golden.json` and the images it names, all signed.
+
+    `golden.json` (`edge_agent.bundle.golden`) holds, per variant, the detections onnxruntime CPU gave on each
+    frame at export time; the device's staging check (`edge_agent.update.check`) runs the variant it loaded on
+    the frames and compares.
+    """
+
+    expectations: BundleFile = Field(description=f"`{GOLDEN_NAME}`: expected detections per variant and frame.")
+    frames: tuple[BundleFile, ...] = Field(
+        min_length=1, max_length=MAX_GOLDEN_FRAMES, description="The golden images (PNG), in golden.json's order."
+    )
+
+    @field_validator("expectations")
     @classmethod
-    def _hex(cls, digest: str) -> str:
-        if not _SHA256.match(digest):
-            raise ValueError(f"sha256 must be 64 lower-case hex digits, got {digest!r}")
-        return digest
+    def _golden_name(cls, entry: BundleFile) -> BundleFile:
+        if entry.file != GOLDEN_NAME:
+            raise ValueError(f"golden expectations must be stored as {GOLDEN_NAME}, got {entry.file!r}")
+        return entry
+
+    @model_validator(mode="after")
+    def _bounded(self) -> GoldenSet:
+        if self.expectations.size > MAX_GOLDEN_BYTES:
+            raise ValueError(f"{GOLDEN_NAME} is {self.expectations.size} bytes, more than {MAX_GOLDEN_BYTES}")
+        for frame in self.frames:
+            if frame.size > MAX_GOLDEN_IMAGE_BYTES:
+                raise ValueError(f"golden frame {frame.file} is {frame.size} bytes, more than {MAX_GOLDEN_IMAGE_BYTES}")
+        return self
+
+    def files(self) -> tuple[BundleFile, ...]:
+        return (self.expectations, *self.frames)
 
 
 class TrainingInfo(_Strict):
@@ -168,6 +213,9 @@ class Manifest(_Strict):
     default_variant: str = Field(description="Variant the runtime uses unless told otherwise.")
     variants: dict[str, Variant] = Field(min_length=1, description="Model files by variant name (fp32, int8, ...).")
     training: TrainingInfo = Field(description="Training provenance.")
+    golden: GoldenSet | None = Field(
+        None, description="Signed golden frames for the device's staging check (schema 3; None: none shipped)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -201,10 +249,20 @@ class Manifest(_Strict):
             raise ValueError(f"parent_version {self.parent_version} must be lower than version {self.version}")
         if self.default_variant not in self.variants:
             raise ValueError(f"default_variant {self.default_variant!r} is not one of {sorted(self.variants)}")
-        files = [v.file for v in self.variants.values()]
+        if self.golden is not None and self.schema_version < GOLDEN_SCHEMA_VERSION:
+            raise ValueError(f"golden needs schema_version {GOLDEN_SCHEMA_VERSION}, got {self.schema_version}")
+        files = [entry.file for _, entry in self.files()]
         if len(set(files)) != len(files):
-            raise ValueError(f"variants must name distinct files, got {files}")
+            raise ValueError(f"variants and golden frames must name distinct files, got {files}")
         return self
+
+    def files(self) -> list[tuple[str, BundleFile]]:
+        """Every file the signature covers besides the manifest, with a label for messages (``variant 'int8'``,
+        ``golden``)."""
+        named: list[tuple[str, BundleFile]] = [(f"variant {name!r}", entry) for name, entry in self.variants.items()]
+        if self.golden is not None:
+            named += [("golden", entry) for entry in self.golden.files()]
+        return named
 
     def threshold_for(self, variant: str) -> float:
         """The best-F2 score threshold of ``variant``: its own when the manifest records one, else the default."""
@@ -214,6 +272,8 @@ class Manifest(_Strict):
     def to_json_bytes(self) -> bytes:
         """Canonical serialisation (sorted keys, UTF-8): the exact bytes that get signed."""
         data = self.model_dump(mode="json")
+        if data["golden"] is None:
+            del data["golden"]  # a manifest without golden frames reads the same as before schema 3
         return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 

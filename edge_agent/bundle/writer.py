@@ -23,11 +23,15 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle.errors import BundleError, ManifestError
+from edge_agent.bundle.errors import BundleError, GoldenError, ManifestError
+from edge_agent.bundle.golden import GoldenFiles
 from edge_agent.bundle.manifest import (
+    GOLDEN_NAME,
     MANIFEST_NAME,
     SCHEMA_VERSION,
     SIGNATURE_NAME,
+    BundleFile,
+    GoldenSet,
     InputSpec,
     Manifest,
     OutputSpec,
@@ -66,12 +70,15 @@ def write_bundle(
     outputs: OutputSpec | None = None,
     created_at: datetime | None = None,
     overwrite: bool = False,
+    golden: GoldenFiles | None = None,
 ) -> Manifest:
     """Write a signed bundle to ``dest`` (a directory, or a `.tar` file when ``dest`` ends in `.tar`).
 
     Each variant's file is stored as ``<variant><suffix>`` (e.g. ``int8.onnx``). ``default_variant`` defaults to
     ``int8`` when present, else the first variant. ``score_threshold`` is the manifest's top-level threshold; None
-    takes the default variant's own. Returns the manifest that was signed.
+    takes the default variant's own. ``golden`` (`edge_agent.bundle.golden`) is stored as `golden.json` plus its
+    images and named in the manifest's signed `golden` set; its frames and per-variant thresholds must agree with
+    the bundle (`GoldenError` otherwise). Returns the manifest that was signed.
     """
     dest = Path(dest)
     if dest.exists() and not overwrite:
@@ -118,12 +125,16 @@ def write_bundle(
             default_variant=default_variant,
             variants=entries,
             training=training,
+            golden=golden_set(golden) if golden is not None else None,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise ManifestError(f"cannot build the manifest: {exc}") from exc
+    payload = {entries[v].file: contents[v] for v in variants}
+    if golden is not None:
+        check_golden_agrees(manifest, golden)
+        payload.update({GOLDEN_NAME: golden.expectations, **golden.frames})
     manifest_bytes = manifest.to_json_bytes()
     signature = sign(private_key, manifest_bytes)
-    payload = {entries[v].file: contents[v] for v in variants}
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.suffix == ".tar":
         _write_tar(dest, manifest_bytes, signature, payload)
@@ -138,6 +149,37 @@ def write_bundle(
         key_id(private_key.public_key()),
     )
     return manifest
+
+
+def golden_set(golden: GoldenFiles) -> GoldenSet:
+    """The manifest's `golden` entry for these files: name, sha256 and size of the very bytes that get written."""
+
+    def entry(file: str, data: bytes) -> BundleFile:
+        return BundleFile(file=file, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+    return GoldenSet(
+        expectations=entry(GOLDEN_NAME, golden.expectations),
+        frames=tuple(entry(file, data) for file, data in golden.frames.items()),
+    )
+
+
+def check_golden_agrees(manifest: Manifest, golden: GoldenFiles) -> None:
+    """`GoldenError` unless golden.json names exactly ``golden``'s frames and records, for each of the bundle's
+    variants, that variant's own threshold: a set the device would refuse is never signed."""
+    spec = golden.parsed()
+    if list(spec.frames) != list(golden.frames):
+        raise GoldenError(f"{GOLDEN_NAME} names the frames {list(spec.frames)}, given {list(golden.frames)}")
+    if set(spec.variants) != set(manifest.variants):
+        raise GoldenError(
+            f"{GOLDEN_NAME} has expectations for {sorted(spec.variants)}; the bundle's variants are "
+            f"{sorted(manifest.variants)}"
+        )
+    for name, expected in spec.variants.items():
+        if abs(expected.score_threshold - manifest.threshold_for(name)) > 1e-9:
+            raise GoldenError(
+                f"{GOLDEN_NAME} records threshold {expected.score_threshold} for variant {name!r}; "
+                f"the manifest says {manifest.threshold_for(name)}"
+            )
 
 
 def _write_dir(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Mapping[str, bytes]) -> None:

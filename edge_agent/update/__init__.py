@@ -5,7 +5,7 @@
 * `download` — http(s) with Range resume into a `.part`, capped at the signed size, stall timeout, bounded retries.
 * `state` — `UpdateState` and `UpdateStore`: one SQLite row per update, every transition durable before it acts.
 * `staging` — ``models_dir`` layout, unpack into ``versions/<v>``, atomic ``current`` link replacement.
-* `check` — the staging check: loads, golden frames (when the bundle has them), latency budget.
+* `check` — the staging check: loads, the signed golden frames of the loaded variant (schema 3), latency budget.
 * `manager` — `UpdateManager`: offer / run / resume / commit / rollback.
 * `worker` — `UpdateWorker`: the manager on its own thread (announcements queued, end-of-probation actions).
 * `probation` — `Probation`: the new model's verdict from the agent's frames (errors, fps drop, frames/seconds).

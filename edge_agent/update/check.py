@@ -1,23 +1,38 @@
 """The staging check: does the candidate load, give the expected answers and run fast enough *on this device*?
 
 * Load: the staged directory is verified again by the loader (signature, hashes) and a detector is built from the
-  verified bytes with the agent's back-end list, exactly as the agent would.
-* Golden frames: when the bundle holds ``golden.json`` (``{"frames": [{"file": "golden_0.png", "detections":
-  [{"box": [x1, y1, x2, y2], "score": 0.93}]}]}``, images beside it in the bundle), every frame must give the same
-  detections: as many, each matched at IoU >= `golden_iou` with a score within `golden_score_tolerance`. Without
-  it the check says ``golden: "absent"`` and only requires finite output on a blank frame.
-  NOTE: golden.json is not yet named by the signed manifest (the export side does not write golden frames yet),
-  so it is a health check, not a trust check; the loader logs it as an unsigned extra file.
+  verified bytes with the agent's back-end list and configured variant (`UpdateConfig.backends` / `variant`, set by
+  `edge_agent.update.runtime`), exactly as the agent would.
+* Golden frames: a schema-3 bundle names `golden.json` and its images in the signed manifest (`golden`), so they
+  are as trusted as the model (a tampered one fails the loader's hash check). `golden.json`
+  (`edge_agent.bundle.golden`) holds, per variant, what onnxruntime CPU answered on each frame at export. The check
+  takes the expectations of the variant the detector actually loaded (`Detector.variant`: a CPU device may run
+  `int8_cpu` where the manifest's default is `int8`) and runs that detector on every frame. With ``t`` the
+  variant's recorded threshold and ``tol`` = `golden_score_tolerance`, the rule tolerates back-end noise
+  (TensorRT vs onnxruntime, fp16 kernels):
+
+  - *confident* detections score >= ``t + tol``, on either side;
+  - every confident expected detection needs a detection of the same label at IoU >= `golden_iou` with
+    |score difference| <= ``tol`` (one-to-one, best IoU first);
+  - every confident detection of the candidate needs such a recorded one (recorded down to `min_score` <= ``t``);
+  - detections within ``tol`` of the threshold (``t - tol`` .. ``t + tol``) are required neither way: they may
+    cross it on one back end and not the other.
+
+  Any miss fails the check with the frame, the variant and the detection named. No expectations for the loaded
+  variant fail it too (a signed golden set that does not cover the variant is a broken export). A bundle without
+  golden frames (schema 1/2, or none written) passes with ``golden: "absent"`` and only a finite-output run on a
+  blank frame. What golden frames stop: a validly signed but wrong model — a bad export, a variant file that is
+  not the model the expectations came from, a back end that mis-runs it here.
 * Latency: the median of `check_runs` timed frames (after the detector's own warm-up) must stay within
   `latency_budget_factor` x the running model's median, or `latency_budget_ms` when no running model is known.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,17 +40,12 @@ import cv2
 import numpy as np
 
 from edge_agent.bundle import BundleError, VerifiedBundle
-from edge_agent.bundle.files import read_bundle_file
-from edge_agent.detectors.base import Detector, DetectorOptions, create_detector
+from edge_agent.bundle.golden import GoldenDetection, GoldenExpectations
+from edge_agent.detectors.base import Detections, Detector, DetectorOptions, create_detector
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.errors import CheckFailed
 
 logger = logging.getLogger(__name__)
-
-GOLDEN_NAME = "golden.json"
-MAX_GOLDEN_BYTES = 1 << 20
-MAX_GOLDEN_IMAGE_BYTES = 16 << 20
-MAX_GOLDEN_FRAMES = 16
 
 
 @dataclass
@@ -43,6 +53,8 @@ class CheckReport:
     backend: str = ""
     golden: str = "absent"  # "absent" | "matched"
     golden_frames: int = 0
+    golden_variant: str | None = None  # whose expectations were compared
+    golden_confident: int = 0  # confident expected detections that were matched
     latency_ms: float = 0.0
     budget_ms: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -52,6 +64,8 @@ class CheckReport:
             "backend": self.backend,
             "golden": self.golden,
             "golden_frames": self.golden_frames,
+            "golden_variant": self.golden_variant,
+            "golden_confident": self.golden_confident,
             "latency_ms": round(self.latency_ms, 3),
             "budget_ms": self.budget_ms,
             "notes": self.notes,
@@ -65,20 +79,39 @@ def check_candidate(
     state_dir: Path,
     reference_latency_ms: float | None = None,
 ) -> CheckReport:
-    """Run the staging check on a verified (directory) bundle; raise `CheckFailed` with the reason if it fails."""
+    """Run the staging check on a verified bundle; raise `CheckFailed` with the reason if it fails."""
     report = CheckReport()
     try:
-        detector = create_detector(cfg.backends, bundle, None, DetectorOptions(state_dir=state_dir))
+        detector = create_detector(cfg.backends, bundle, cfg.variant, DetectorOptions(state_dir=state_dir))
     except Exception as exc:  # noqa: BLE001 - any back-end failure means the candidate does not load here
         raise CheckFailed(f"candidate {bundle.manifest.name} v{bundle.manifest.version} does not load: {exc}") from exc
     try:
         report.backend = type(detector).__name__
-        frames = _golden_frames(bundle)
-        if frames:
-            for index, (image, expected) in enumerate(frames):
-                _match(detector.detect(image), expected, cfg, index)
+        golden = _golden_frames(bundle)
+        if golden is not None:
+            spec, frames = golden
+            expected = spec.variants.get(detector.variant)
+            if expected is None:
+                raise CheckFailed(
+                    f"golden frames have no expectations for variant {detector.variant!r} (the one loaded here); "
+                    f"they cover {sorted(spec.variants)}"
+                )
+            if abs(expected.score_threshold - bundle.manifest.threshold_for(detector.variant)) > 1e-6:
+                raise CheckFailed(
+                    f"golden frames of variant {detector.variant!r} were recorded at threshold "
+                    f"{expected.score_threshold}; the manifest says {bundle.manifest.threshold_for(detector.variant)}"
+                )
+            for index, ((file, image), want) in enumerate(zip(frames, expected.detections, strict=True)):
+                got = detector.detect(image, floor=max(0.0, expected.score_threshold - cfg.golden_score_tolerance))
+                report.golden_confident += _match(got, want, expected.score_threshold, cfg, f"{index} ({file})")
             report.golden, report.golden_frames = "matched", len(frames)
-            probe = frames[0][0]
+            report.golden_variant = detector.variant
+            if report.golden_confident == 0:
+                report.notes.append(
+                    f"golden frames hold no confident detection of {detector.variant} (score >= threshold + "
+                    f"{cfg.golden_score_tolerance}): only the absence of confident detections was checked"
+                )
+            probe = frames[0][1]
         else:
             report.notes.append("no golden frames in the bundle: only a blank-frame sanity run")
             probe = np.zeros((bundle.manifest.input.height, bundle.manifest.input.width, 3), np.uint8)
@@ -112,31 +145,21 @@ def _median_latency(detector: Detector, frame: np.ndarray, runs: int) -> float:
     return float(statistics.median(times))
 
 
-def _golden_frames(bundle: VerifiedBundle) -> list[tuple[np.ndarray, list[dict]]]:
-    if bundle.is_tar:
-        raise CheckFailed("the staging check runs on the unpacked version directory, not a .tar")
+def _golden_frames(bundle: VerifiedBundle) -> tuple[GoldenExpectations, list[tuple[str, np.ndarray]]] | None:
     try:
-        raw = read_bundle_file(bundle.root, GOLDEN_NAME, MAX_GOLDEN_BYTES)
-    except FileNotFoundError:
-        return []
-    except BundleError as exc:
-        raise CheckFailed(f"{GOLDEN_NAME}: {exc}") from exc
-    try:
-        spec = json.loads(raw)
-        entries = spec["frames"]
-        if not isinstance(entries, list) or not 0 < len(entries) <= MAX_GOLDEN_FRAMES:
-            raise ValueError(f"frames must be a list of 1..{MAX_GOLDEN_FRAMES}")
-        frames = []
-        for entry in entries:
-            data = read_bundle_file(bundle.root, str(entry["file"]), MAX_GOLDEN_IMAGE_BYTES)
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if image is None:
-                raise ValueError(f"{entry['file']} is not a readable image")
-            expected = [{"box": [float(v) for v in d["box"]], "score": float(d["score"])} for d in entry["detections"]]
-            frames.append((image, expected))
-    except (ValueError, KeyError, TypeError, FileNotFoundError, BundleError) as exc:
-        raise CheckFailed(f"{GOLDEN_NAME} is unusable: {exc}") from exc
-    return frames
+        golden = bundle.read_golden()
+    except BundleError as exc:  # a hash that changed since verification, a golden.json the manifest disagrees with
+        raise CheckFailed(f"golden frames unusable: {exc}") from exc
+    if golden is None:
+        return None
+    spec, files = golden
+    frames = []
+    for file, data in files:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise CheckFailed(f"golden frames unusable: {file} is not a readable image")
+        frames.append((file, image))
+    return spec, frames
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,16 +170,34 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def _match(got: object, expected: list[dict], cfg: UpdateConfig, index: int) -> None:
-    boxes, scores = got.boxes, got.scores  # type: ignore[attr-defined]
-    if len(scores) != len(expected):
-        raise CheckFailed(f"golden frame {index}: {len(scores)} detections, expected {len(expected)}")
+def _match(got: Detections, want: Sequence[GoldenDetection], threshold: float, cfg: UpdateConfig, frame: str) -> int:
+    """Apply the module docstring's rule to one frame; return how many confident expectations matched."""
+    tol, min_iou = cfg.golden_score_tolerance, cfg.golden_iou
+    confident = threshold + tol
+    boxes, scores, labels = got.boxes.astype(np.float64), got.scores.astype(np.float64), got.labels
+
+    def fits(i: int, w: GoldenDetection) -> bool:
+        return (
+            int(labels[i]) == w.label
+            and abs(float(scores[i]) - w.score) <= tol
+            and _iou(boxes[i], np.asarray(w.box)) >= min_iou
+        )
+
     unused = set(range(len(scores)))
-    for want in expected:
-        box = np.asarray(want["box"], np.float64)
-        best = max(unused, key=lambda i: _iou(boxes[i], box), default=None)
-        if best is None or _iou(boxes[best], box) < cfg.golden_iou:
-            raise CheckFailed(f"golden frame {index}: no detection matches {want['box']} at IoU {cfg.golden_iou}")
-        if abs(float(scores[best]) - want["score"]) > cfg.golden_score_tolerance:
-            raise CheckFailed(f"golden frame {index}: score {float(scores[best]):.3f} vs expected {want['score']:.3f}")
-        unused.discard(best)
+    matched = 0
+    for w in sorted((w for w in want if w.score >= confident), key=lambda w: -w.score):
+        fitting = [i for i in unused if fits(i, w)]
+        if not fitting:
+            raise CheckFailed(
+                f"golden frame {frame}: expected detection {[round(v, 1) for v in w.box]} (label {w.label}, score "
+                f"{w.score:.3f}) not found at IoU >= {min_iou} within score {tol} ({len(scores)} detections)"
+            )
+        unused.discard(max(fitting, key=lambda i: _iou(boxes[i], np.asarray(w.box))))
+        matched += 1
+    for i in range(len(scores)):
+        if scores[i] >= confident and not any(fits(i, w) for w in want):
+            raise CheckFailed(
+                f"golden frame {frame}: unexpected detection {[round(float(v), 1) for v in boxes[i]]} (label "
+                f"{int(labels[i])}, score {float(scores[i]):.3f}) matches nothing recorded at export"
+            )
+    return matched

@@ -78,6 +78,11 @@ class UpdateConfig(BaseModel):
         min_length=1,
         description="Back ends tried for the staging check (the agent passes its own list).",
     )
+    variant: str | None = Field(
+        None,
+        description="Variant the staging check loads (the agent passes its `detector.variant`; None: the back "
+        "end's choice, as in the agent).",
+    )
 
     @model_validator(mode="after")
     def _backoff(self) -> UpdateConfig:

@@ -54,8 +54,11 @@ class AgentUpdates:
         if cfg.updates is None:
             raise ValueError("the configuration has no `updates` block")
         self.cfg = cfg
-        # The staging check must load the candidate the way the agent will: with the agent's back ends.
-        self.ucfg = cfg.updates.model_copy(update={"backends": list(cfg.detector.backends)})
+        # The staging check must load the candidate the way the agent will: its back ends, its variant (the golden
+        # frames compared are that variant's).
+        self.ucfg = cfg.updates.model_copy(
+            update={"backends": list(cfg.detector.backends), "variant": cfg.detector.variant}
+        )
         self.models_dir = Path(self.ucfg.models_dir)
         self.make_detector = make_detector
         self.manager = UpdateManager(
