@@ -551,3 +551,28 @@ def test_validly_signed_model_with_mismatched_golden_frames_is_refused(golden_st
         swapping = [r for r in reports if r[1] == "swapping"]
         assert swapping and os.readlink(models(device) / "current") == "versions/3"
     manager.close()
+
+
+def test_the_staging_check_loads_the_candidate_with_the_agents_detector_settings(tmp_path, tiny_bundle, release_key):
+    """Variant, back ends, threads and engine cache come from the agent's `detector` block (the engine a TensorRT
+    check builds must be where the swap looks); its score-threshold override does not (the check judges the model
+    at the bundle's own thresholds)."""
+    from edge_agent.config import load_config_data
+    from edge_agent.update.runtime import AgentUpdates
+    from tests.helpers.agent import agent_config
+
+    data = agent_config(tmp_path, tiny_bundle, 0, 1883)
+    data["detector"].update(
+        backends=["onnxruntime"], variant="fp32", threads=1, engine_cache_dir=str(tmp_path / "engines")
+    )
+    data["detector"]["score_threshold"] = 0.9
+    data["updates"] = {"models_dir": str(tmp_path / "models"), "release_keys": [str(release_key[1])]}
+    cfg = load_config_data(data)
+    updates = AgentUpdates(cfg, make_detector=lambda bundle: None, agent_version="0")  # type: ignore[arg-type]
+    try:
+        check = updates.ucfg
+        assert (check.backends, check.variant, check.threads) == (["onnxruntime"], "fp32", 1)
+        assert check.engine_cache_dir == tmp_path / "engines"
+        assert not hasattr(check, "score_threshold")
+    finally:
+        updates.close()

@@ -82,7 +82,7 @@ def check_candidate(
     """Run the staging check on a verified bundle; raise `CheckFailed` with the reason if it fails."""
     report = CheckReport()
     try:
-        detector = create_detector(cfg.backends, bundle, cfg.variant, DetectorOptions(state_dir=state_dir))
+        detector = create_detector(cfg.backends, bundle, cfg.variant, _options(cfg, state_dir))
     except Exception as exc:  # noqa: BLE001 - any back-end failure means the candidate does not load here
         raise CheckFailed(f"candidate {bundle.manifest.name} v{bundle.manifest.version} does not load: {exc}") from exc
     try:
@@ -134,6 +134,10 @@ def check_candidate(
         )
     logger.info("update check passed: %s", report.as_dict())
     return report
+
+
+def _options(cfg: UpdateConfig, state_dir: Path) -> DetectorOptions:
+    return DetectorOptions(threads=cfg.threads, engine_cache_dir=cfg.engine_cache_dir, state_dir=state_dir)
 
 
 def _median_latency(detector: Detector, frame: np.ndarray, runs: int) -> float:

@@ -83,6 +83,14 @@ class UpdateConfig(BaseModel):
         description="Variant the staging check loads (the agent passes its `detector.variant`; None: the back "
         "end's choice, as in the agent).",
     )
+    threads: int | None = Field(
+        None, ge=1, le=64, description="onnxruntime threads of the staging check (the agent passes its own)."
+    )
+    engine_cache_dir: Path | None = Field(
+        None,
+        description="Where the staging check builds TensorRT engines (the agent passes its `detector."
+        "engine_cache_dir`; None: beside the staged version, versions/<v>.trt-cache), so the swap finds them.",
+    )
 
     @model_validator(mode="after")
     def _backoff(self) -> UpdateConfig:

@@ -55,9 +55,16 @@ class AgentUpdates:
             raise ValueError("the configuration has no `updates` block")
         self.cfg = cfg
         # The staging check must load the candidate the way the agent will: its back ends, its variant (the golden
-        # frames compared are that variant's).
+        # frames compared are that variant's), its threads and its engine cache (an engine built there is the one
+        # the swap loads). Not its score-threshold override: the check judges the model at the bundle's own.
+        det = cfg.detector
         self.ucfg = cfg.updates.model_copy(
-            update={"backends": list(cfg.detector.backends), "variant": cfg.detector.variant}
+            update={
+                "backends": list(det.backends),
+                "variant": det.variant,
+                "threads": det.threads,
+                "engine_cache_dir": det.engine_cache_dir,
+            }
         )
         self.models_dir = Path(self.ucfg.models_dir)
         self.make_detector = make_detector
