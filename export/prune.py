@@ -70,7 +70,8 @@ def model_stats(model: nn.Module, width: int, height: int) -> ModelStats:
     """Parameters and MACs of one inference at ``width x height`` (torch-pruning's op counter)."""
     import torch_pruning as tp
 
-    wrapper = ContractDetector(model.eval(), width, height).eval()
+    # torchvision's own RPN path: the lean one registers the RPN head twice, and the op counter would count it twice.
+    wrapper = ContractDetector(model.eval(), width, height, lean_tail=False).eval()
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(wrapper, torch.rand(1, 3, height, width))
     return ModelStats(params=int(params), macs=int(macs))

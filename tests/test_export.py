@@ -106,6 +106,46 @@ def test_contract_wrapper_equals_the_full_torchvision_model(smoke_checkpoint, fr
     assert torch.equal(full["labels"], labels)
 
 
+def _rpn_decode_rows(path: Path) -> int:
+    """Rows of the largest tensor the RPN's box decoding works on (its Exp nodes: every Exp outside the box head's
+    scope; the lean path's decoding is traced in the wrapper's scope), from ONNX shape inference."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+    rows = [
+        dims[n.input[0]][0] for n in model.graph.node if n.op_type == "Exp" and not n.name.startswith("/roi_heads/")
+    ]
+    assert rows, "no box decoding found in the RPN"
+    return max(rows)
+
+
+def _roi_scatters(path: Path) -> int:
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    return sum(n.op_type == "ScatterElements" and n.name.startswith("/roi_heads/box_roi_pool/") for n in nodes)
+
+
+def test_lean_tail_gives_the_same_detections_with_less_work(smoke_checkpoint, frames, tmp_path) -> None:
+    """The default export decodes only the RPN's top-k anchors and merges RoIAlign levels with one Gather; the
+    detections equal torchvision's own path (``lean_tail=False``)."""
+    from export.prune import set_test_proposals
+
+    source = load_source(smoke_checkpoint)
+    pre_nms = 20  # fewer than any level's anchors, so the top-k really selects
+    set_test_proposals(source.model, pre_nms, 10)
+    lean = export_onnx(source.model, tmp_path / "lean.onnx", WIDTH, HEIGHT)
+    plain = export_onnx(source.model, tmp_path / "plain.onnx", WIDTH, HEIGHT, lean_tail=False)
+    result = check_parity(onnx_runner(plain), onnx_runner(lean), frames, min_iou=0.9999, max_score_diff=1e-5)
+    assert result.reference_detections >= 20 and result.passed, result.problems
+    levels = len(source.model.rpn.anchor_generator.sizes)
+    all_anchors = _rpn_decode_rows(plain)
+    assert all_anchors > levels * pre_nms
+    assert _rpn_decode_rows(lean) <= levels * pre_nms
+    assert _roi_scatters(plain) >= 2 and _roi_scatters(lean) <= 1
+
+
 def test_int8_is_qdq_symmetric_keeps_the_tail_float_and_stays_close(fp32_onnx, frames, synthetic_dataset, tmp_path):
     import onnx
     from onnx import numpy_helper
