@@ -5,8 +5,8 @@ download's resume after the bundle server is killed mid-transfer.
     .venv/bin/python scripts/measure_ota_swap.py [--out results.json] [--no-server-kill]
 
 Runs a real Mosquitto (free loopback port), a real HTTP store and a real `starfish agent run` on a looping clip of
-the project's generator (1280x720) with the committed demo bundle (v7), then announces the same model files
-re-signed as v8 with a throwaway key (the agent trusts it besides the demo key), with golden frames recorded from
+the project's generator (1280x720) with the committed demo bundle (version N), then announces the same model
+files re-signed as N+1 with a throwaway key (the agent trusts it besides the demo key), with golden frames recorded from
 that clip's frames as export records them, so the staging check compares them for real. The store serves the tar
 at `--rate` bytes/s; the server is killed once `--kill-at` of the tar has arrived, and started again on the same
 port `--down-s` later. Nothing is trained. Prints one JSON document.
@@ -116,8 +116,10 @@ def main() -> int:
         store = tmp / "store"
         store.mkdir()
         clip, golden = _clip_and_golden(tmp)
-        v8 = rebundle(DEMO, tmp / "v8", tmp / "bundle.pem", golden=golden, version=8, parent_version=7)
-        tar_bundle(v8, store / "v8.tar")
+        old = parse_manifest((DEMO / MANIFEST_NAME).read_bytes()).version
+        new = old + 1
+        candidate = rebundle(DEMO, tmp / f"v{new}", tmp / "bundle.pem", golden=golden, version=new, parent_version=old)
+        tar_bundle(candidate, store / f"v{new}.tar")
         broker = MosquittoBroker(tmp / "broker").start()
         sub = Subscriber(broker.host, broker.port, [f"starfish/{DEVICE}/#"], client_id="ota-measure-sub").start()
         server = _StoreProcess(store, free_port(), args.rate).start()
@@ -142,8 +144,8 @@ def main() -> int:
                 counts = lambda: [m.json() for m in sub.on("/counts")]  # noqa: E731
                 if not wait_until(lambda: len(counts()) >= 5, 120):
                     raise SystemExit(f"the agent did not count:\n{agent.log()[-3000:]}")
-                path = store / "v8.tar"
-                raw = signed_announcement(path, server.url(path.name), tmp / "release.pem", 8)
+                path = store / f"v{new}.tar"
+                raw = signed_announcement(path, server.url(path.name), tmp / "release.pem", new)
                 tar_bytes = path.stat().st_size
                 sent = time.time()
                 sub.client.publish(f"starfish/{DEVICE}/model/set", raw, qos=1).wait_for_publish(5)
@@ -163,14 +165,14 @@ def main() -> int:
         sub.stop()
         broker.kill()
     docs = sorted(counts(), key=lambda d: d["seq"])
-    first_new = next(i for i, d in enumerate(docs) if d["model"]["version"] == 8)
+    first_new = next(i for i, d in enumerate(docs) if d["model"]["version"] == new)
     by_event = {e["event"]: _ts(e) for e in events()}
     frames = [d["frame"] for d in docs]
     around = docs[max(0, first_new - 20) : first_new + 20]
     intervals = [_ts(b) - _ts(a) for a, b in zip(around, around[1:], strict=False)]
-    old_during = [d for d in docs if d["model"]["version"] == 7 and _ts(d) >= sent]
+    old_during = [d for d in docs if d["model"]["version"] == old and _ts(d) >= sent]
     result = {
-        "bundle": "models/demo/bundle v7 -> the same files re-signed as v8, with golden frames",
+        "bundle": f"models/demo/bundle v{old} -> the same files re-signed as v{new}, with golden frames",
         "tar_bytes": tar_bytes,
         "outcome": events()[-1]["event"],
         "event_at_s": {event: round(at - sent, 3) for event, at in by_event.items()},
