@@ -129,11 +129,15 @@ def quantize_int8(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="starfish-int8-") as tmp:
         prepped = Path(tmp) / "prepped.onnx"
+        source = str(Path(fp32_path).resolve())
         try:
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+            # onnxruntime saves `sym_shape_infer_temp.onnx` (and its external data) into the working directory when
+            # symbolic shape inference gives up: let that land in the temporary directory, not the caller's.
+            with contextlib.chdir(tmp):
+                quant_pre_process(source, str(prepped), skip_symbolic_shape=False)
         except Exception as exc:  # noqa: BLE001  symbolic shape inference gives up on some detection graphs
             logger.info("symbolic shape inference failed (%s); pre-processing without it", exc)
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+            quant_pre_process(source, str(prepped), skip_symbolic_shape=True)
         exclude = float_tail_nodes(prepped) if keep_tail_float else []
         op_types = list(QUANTIZED_OPS) + (list(CHAIN_OPS) if fuse_activations else [])
         include = dense_nodes(prepped, op_types, exclude) if fuse_activations else None

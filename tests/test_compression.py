@@ -97,6 +97,16 @@ def test_pruning_removes_the_channels_and_macs_it_says_and_reloads_weights_only(
     assert len(ours[0]) > 0 and np.allclose(ours[0], theirs[0]) and np.allclose(ours[1], theirs[1])
 
 
+def test_quantizing_leaves_nothing_in_the_working_directory(fp32_onnx, frames, tmp_path, monkeypatch) -> None:
+    """onnxruntime's pre-processing saves `sym_shape_infer_temp.onnx` (+ external data) into the working directory
+    when symbolic shape inference gives up on the detection graph; quantize_int8 keeps that in its temporary one."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    quantize_int8(fp32_onnx, tmp_path / "int8.onnx", frames[:2])
+    assert sorted(p.name for p in cwd.iterdir()) == []
+
+
 def test_int8_cpu_convolutions_run_on_integer_kernels_and_fused_qdq_drops_the_requantizing(
     fp32_onnx, frames, tmp_path
 ) -> None:
