@@ -576,3 +576,24 @@ def test_the_staging_check_loads_the_candidate_with_the_agents_detector_settings
         assert not hasattr(check, "score_threshold")
     finally:
         updates.close()
+
+
+def test_the_staging_check_refuses_a_candidate_the_memory_cannot_hold(tmp_path, tiny_bundle, device):
+    """Both models stay loaded through probation: the check measures what loading and running the candidate took
+    and what the system still has available, and refuses past either budget, naming it."""
+    from edge_agent.bundle import load_bundle
+    from edge_agent.update.check import CheckReport, _check_memory, check_candidate
+    from edge_agent.update.errors import CheckFailed
+
+    cfg, state_dir = device
+    bundle = load_bundle(tiny_bundle.path, [tiny_bundle.public_key])
+    report = check_candidate(bundle, cfg, state_dir=state_dir)
+    assert report.available_mb > cfg.min_available_mb and "memory_mb" in report.as_dict()
+    # No machine has a petabyte free: the same candidate is refused when that much must stay available.
+    with pytest.raises(CheckFailed, match=r"only \d+ MB of memory is available; at least 1000000000 MB must be"):
+        check_candidate(bundle, cfg.model_copy(update={"min_available_mb": 1e9}), state_dir=state_dir)
+    # The growth cap, on the figures a check measured (a real candidate's growth depends on what ran before it).
+    capped = cfg.model_copy(update={"memory_budget_mb": 100.0})
+    _check_memory(CheckReport(memory_mb=99.0, available_mb=4096.0), capped)
+    with pytest.raises(CheckFailed, match="grew the agent's memory by 180 MB; the budget is 100 MB"):
+        _check_memory(CheckReport(memory_mb=180.0, available_mb=4096.0), capped)

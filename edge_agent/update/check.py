@@ -25,6 +25,10 @@
   not the model the expectations came from, a back end that mis-runs it here.
 * Latency: the median of `check_runs` timed frames (after the detector's own warm-up) must stay within
   `latency_budget_factor` x the running model's median, or `latency_budget_ms` when no running model is known.
+* Memory: the growth of this process's resident memory from loading the candidate to its last timed frame must
+  stay within `memory_budget_mb` (when set), and the system must still have `min_available_mb` available with the
+  candidate loaded beside the running model: through probation both stay loaded (instant rollback), so a candidate
+  that only fits once the old model is gone is refused here, before the swap, not by the kernel's OOM killer after.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class CheckReport:
     golden_confident: int = 0  # confident expected detections that were matched
     latency_ms: float = 0.0
     budget_ms: float | None = None
+    memory_mb: float = 0.0  # growth of this process's resident memory from loading and running the candidate
+    available_mb: float = 0.0  # system memory still available with the candidate loaded beside the running model
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -68,6 +74,8 @@ class CheckReport:
             "golden_confident": self.golden_confident,
             "latency_ms": round(self.latency_ms, 3),
             "budget_ms": self.budget_ms,
+            "memory_mb": round(self.memory_mb, 1),
+            "available_mb": round(self.available_mb, 1),
             "notes": self.notes,
         }
 
@@ -81,6 +89,7 @@ def check_candidate(
 ) -> CheckReport:
     """Run the staging check on a verified bundle; raise `CheckFailed` with the reason if it fails."""
     report = CheckReport()
+    rss_before = _rss_mb()
     try:
         detector = create_detector(cfg.backends, bundle, cfg.variant, _options(cfg, state_dir))
     except Exception as exc:  # noqa: BLE001 - any back-end failure means the candidate does not load here
@@ -119,8 +128,11 @@ def check_candidate(
             if not (np.isfinite(got.boxes).all() and np.isfinite(got.scores).all()):
                 raise CheckFailed("candidate gives non-finite boxes or scores on a blank frame")
         report.latency_ms = _median_latency(detector, probe, cfg.check_runs)
+        report.memory_mb = _rss_mb() - rss_before
+        report.available_mb = _available_mb()
     finally:
         detector.close()
+    _check_memory(report, cfg)
     if reference_latency_ms is not None:
         report.budget_ms = reference_latency_ms * cfg.latency_budget_factor
     elif cfg.latency_budget_ms is not None:
@@ -134,6 +146,31 @@ def check_candidate(
         )
     logger.info("update check passed: %s", report.as_dict())
     return report
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def _available_mb() -> float:
+    import psutil
+
+    return float(psutil.virtual_memory().available) / 2**20
+
+
+def _check_memory(report: CheckReport, cfg: UpdateConfig) -> None:
+    if cfg.memory_budget_mb is not None and report.memory_mb > cfg.memory_budget_mb:
+        raise CheckFailed(
+            f"loading and running the candidate grew the agent's memory by {report.memory_mb:.0f} MB; "
+            f"the budget is {cfg.memory_budget_mb:.0f} MB"
+        )
+    if report.available_mb < cfg.min_available_mb:
+        raise CheckFailed(
+            f"with the candidate loaded beside the running model only {report.available_mb:.0f} MB of memory is "
+            f"available; at least {cfg.min_available_mb:.0f} MB must be (both stay loaded through probation)"
+        )
 
 
 def _options(cfg: UpdateConfig, state_dir: Path) -> DetectorOptions:

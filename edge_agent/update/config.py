@@ -47,6 +47,18 @@ class UpdateConfig(BaseModel):
         None, gt=0, description="Absolute latency budget (median ms per frame); used when no running model is known."
     )
     check_runs: int = Field(5, ge=1, le=1000, description="Timed inferences in the latency check (after warm-up).")
+    memory_budget_mb: float | None = Field(
+        None,
+        gt=0,
+        description="Largest growth of the agent's resident memory from loading and running the candidate "
+        "(None: not capped; the check still reports it).",
+    )
+    min_available_mb: float = Field(
+        256.0,
+        ge=0,
+        description="Memory the system must still have available with the candidate loaded beside the running "
+        "model (both stay loaded through probation); 0 turns the check off.",
+    )
     golden_iou: float = Field(0.5, gt=0, le=1, description="IoU a golden detection must reach to match.")
     golden_score_tolerance: float = Field(0.1, ge=0, le=1, description="Largest score difference on a match.")
     probation_max_restarts: int = Field(
