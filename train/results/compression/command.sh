@@ -25,3 +25,16 @@ starfish bench models/demo --backends all --checkpoint models/generalize/best.ck
 
 # Out-of-distribution test set (ood_test, 900 frames, never used for selection): fp32 ONNX of each model, best F2
 # (ood_test_pruned.json beside this file; the script: an onnx_runner + export.checks.accuracy loop over the frames).
+
+# Demo bundle v8 (this commit's models/demo/): the same pruned checkpoint exported again with the lean detection tail
+# (export/onnx_export.py: the RPN decodes only its per-level top-k anchors, one Gather merges the RoI levels; the
+# same detections). Data regenerated with ../generalize/command.sh's first four commands (same seeds, identical
+# frames); a new demo key (the v7 key's private half stayed on the machine that signed v7).
+starfish keys generate --private /work/artifacts/demo_key.pem --public /work/artifacts/demo_key.pub
+(cd /work/artifacts && starfish export all "$OLDPWD/models/generalize/best.ckpt" \
+  --pruned "$OLDPWD/models/generalize/pruned.ckpt" --key /work/artifacts/demo_key.pem --out /work/artifacts/export_v8 \
+  --eval-frames 100 --latency-runs 40 --version 8 --threads 2)
+starfish bench models/demo --backends all --checkpoint models/generalize/best.ckpt --data /work/artifacts/synth12 \
+  --video-ids 5 --accuracy-frames 100 --reference /work/artifacts/export_v8/reference-unpruned \
+  --reference-label unpruned --key models/demo/demo_key.pub --baseline ort-cpu@unpruned --threads 2 \
+  --iterations 30 --name demo-v8-threads2 -o benchmarks/results/amd-epyc-2c
