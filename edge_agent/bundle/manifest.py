@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent import preprocess
 from edge_agent.bundle.errors import ManifestError, UnsupportedSchemaError
@@ -40,6 +40,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _sha256_hex(digest: str) -> str:
+    if not _SHA256.match(digest):
+        raise ValueError(f"sha256 must be 64 lower-case hex digits, got {digest!r}")
+    return digest
+
+
+# A sha256 digest as the bundle and the update announcements write it: 64 lower-case hex digits.
+Sha256Hex = Annotated[str, AfterValidator(_sha256_hex)]
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -111,7 +121,7 @@ class BundleFile(_Strict):
     """A file inside the bundle that the signature covers: its plain name, sha256 and size."""
 
     file: str = Field(description="File name inside the bundle (no directories).")
-    sha256: str = Field(description="Lower-case hex sha256 of the file.")
+    sha256: Sha256Hex = Field(description="Lower-case hex sha256 of the file.")
     size: int = Field(ge=1, description="File size in bytes.")
 
     @field_validator("file")
@@ -120,13 +130,6 @@ class BundleFile(_Strict):
         if not _SAFE_FILE.match(file) or file in RESERVED_NAMES or file in (".", ".."):
             raise ValueError(f"file must be a plain file name inside the bundle, got {file!r}")
         return file
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, digest: str) -> str:
-        if not _SHA256.match(digest):
-            raise ValueError(f"sha256 must be 64 lower-case hex digits, got {digest!r}")
-        return digest
 
 
 class Variant(BundleFile):

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent.bundle.errors import SignatureError
+from edge_agent.bundle.manifest import Sha256Hex
 from edge_agent.bundle.signing import key_id, verify_signature
 from edge_agent.device_state import DeviceState
 from edge_agent.update.errors import (
@@ -53,7 +54,6 @@ MAX_DEPTH = 8
 MAX_SIGNATURES = 8
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^\d{1,6}(\.\d{1,6}){0,3}$")
 _PLATFORM = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -92,7 +92,7 @@ class Announcement(_Strict):
     name: str = Field(description="Model name (the bundle manifest's `name`).")
     version: int = Field(ge=1, description="Bundle version (the manifest's `version`).")
     url: str = Field(max_length=2048, description="Where the bundle .tar is fetched: http(s):// or s3://.")
-    sha256: str = Field(description="sha256 of the bundle .tar (lower-case hex).")
+    sha256: Sha256Hex = Field(description="sha256 of the bundle .tar (lower-case hex).")
     size: int = Field(ge=1, description="Exact size of the bundle .tar in bytes: the download stops past it.")
     created_at: datetime = Field(description="When the release signed this (UTC); older replays are refused.")
     expires_at: datetime = Field(description="After this the announcement is stale and refused (freeze defence).")
@@ -125,13 +125,6 @@ class Announcement(_Strict):
         if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
             raise ValueError("url must not contain spaces or control characters")
         return url
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, digest: str) -> str:
-        if not _SHA256.match(digest):
-            raise ValueError(f"sha256 must be 64 lower-case hex digits, got {digest!r}")
-        return digest
 
     @field_validator("created_at", "expires_at")
     @classmethod
