@@ -70,12 +70,16 @@ def release(
     from edge_agent.mqtt.topics import Topics
     from edge_agent.update.announcement import Rollout
     from export.release import make_release, publish
-    from export.rollout import staged_rollout
+    from export.rollout import RolloutError, parse_broker, staged_rollout
     from export.s3_store import S3Store, is_s3_url
 
     canaries = [d.strip() for item in canary or [] for d in item.split(",") if d.strip()]
     if canaries and not broker:
         _fail("--canary needs --broker (the canaries' results are read from it)")
+    try:
+        endpoint = parse_broker(broker) if broker else None  # before anything is stored or signed
+    except RolloutError as exc:
+        _fail(str(exc))
     wave_result = None
     passphrase = os.environ.get("STARFISH_KEY_PASSPHRASE")
     try:
@@ -100,16 +104,14 @@ def release(
         )
         if out is not None:
             out.write_bytes(result.payload)
-        if broker:
-            host, _, port = broker.rpartition(":")
-            if not host or not port.isdigit():
-                _fail(f"--broker must be host:port, got {broker!r}")
+        if endpoint is not None:
+            host, port = endpoint
             if canaries:
                 wave_result = staged_rollout(
                     result.announcement,
                     private,
                     host=host,
-                    port=int(port),
+                    port=port,
                     canaries=canaries,
                     max_failure_share=max_failure_share,
                     timeout_s=wave_timeout,
@@ -120,7 +122,7 @@ def release(
                 publish(
                     result.payload,
                     host=host,
-                    port=int(port),
+                    port=port,
                     topic=Topics(prefix=prefix, device_id="release").fleet_model(fleet),
                 )
     except (BundleError, OSError) as exc:

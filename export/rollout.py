@@ -42,6 +42,14 @@ class RolloutError(ValueError):
     """A rollout that cannot start (bad device list, unreachable broker); the message names it."""
 
 
+def parse_broker(broker: str) -> tuple[str, int]:
+    """``host:port`` (the `--broker` option of release, retrain and rollout) as (host, port)."""
+    host, _, port = broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise RolloutError(f"--broker must be host:port, got {broker!r}")
+    return host, int(port)
+
+
 @dataclass
 class DeviceRollout:
     """What the broker says about one device."""

@@ -13,15 +13,6 @@ import typer
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 
-def parse_broker(broker: str) -> tuple[str, int]:
-    from export.rollout import RolloutError
-
-    host, _, port = broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise RolloutError(f"--broker must be host:port, got {broker!r}")
-    return host, int(port)
-
-
 @app.command()
 def status(
     broker: str = typer.Option(..., "--broker", help="host:port of the MQTT broker the devices report to."),
@@ -34,7 +25,7 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    from export.rollout import fleet_status, status_rows
+    from export.rollout import fleet_status, parse_broker, status_rows
 
     host, port = parse_broker(broker)
     devices = fleet_status(host, port, prefix=prefix, wait_s=wait, devices=device or None)

@@ -158,6 +158,13 @@ CASES: list[tuple[str, list[str], str]] = [
         ["data", "import-coco", "{text}", "--images", "{dir}", "--out", "{root}/c"],
         "not valid JSON",
     ),
+    (
+        "release-broker",
+        ["release", str(DEMO / "bundle"), "--store", "{root}/store", "--url-base", "http://127.0.0.1/m"]
+        + ["--key", "{key}", "--broker", "nohostport"],
+        "--broker must be host:port",
+    ),
+    ("retrain-broker", [*RETRAIN, "--broker", "127.0.0.1:port"], "--broker must be host:port"),
     ("retrain-no-release", [*RETRAIN, "--no-release"], "no released bundle in"),
     ("retrain-type", [*RETRAIN, "--epochs", "many"], "--epochs"),
     ("rollout-status-broker", ["rollout", "status", "--broker", "nohostport"], "--broker must be host:port"),

@@ -70,6 +70,7 @@ def retrain(
 
     Extra `--section.key=value` options override the training config (e.g. `--optim.lr 0.001`,
     `--trainer.devices 4 --trainer.strategy ddp`)."""
+    from export.rollout import parse_broker
     from export.s3_store import S3Store, is_s3_url
     from train.retrain import GateConfig, RetrainError, RetrainOptions
     from train.retrain import retrain as run
@@ -77,12 +78,7 @@ def retrain(
     if s3_endpoint_url and not is_s3_url(store):
         raise RetrainError("--s3-endpoint-url is for an s3:// store only")
 
-    endpoint = None
-    if broker:
-        host, _, port = broker.rpartition(":")
-        if not host or not port.isdigit():
-            raise RetrainError(f"--broker must be host:port, got {broker!r}")
-        endpoint = (host, int(port))
+    endpoint = parse_broker(broker) if broker else None
     report = run(
         RetrainOptions(
             data=list(data),
