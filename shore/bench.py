@@ -225,7 +225,8 @@ def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
                         time.sleep(3.0)  # spawned workers import, connect and subscribe (their sessions exist)
                     if not ingest.wait_subscribed(10):
                         return None
-                    proc: Any = None
+                    ready = ctx.Event()
+                    proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
                     natives: list[Any] = []
                     if native is not None:
                         start = time.perf_counter()
@@ -233,8 +234,6 @@ def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
                             with open(lines, "rb") as stdin:
                                 natives.append(subprocess.Popen(args, stdin=stdin, stdout=subprocess.DEVNULL))
                     elif mode == "backlog":
-                        ready = ctx.Event()
-                        proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
                         proc.start()
                         ingest.stop()  # the sessions (and their subscriptions) stay on the broker
                         if pool is not None:
@@ -251,8 +250,6 @@ def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
                         go.set()
                         ingest.start()
                     else:
-                        ready = ctx.Event()
-                        proc = ctx.Process(target=_publisher, args=(port, n, ready), daemon=True)
                         proc.start()
                         time.sleep(1.0)  # let the publisher connect before the clock starts
                         start = time.perf_counter()
@@ -270,7 +267,7 @@ def _mqtt_rate(url: str, n: int, workers: int = 1) -> dict[str, Any] | None:
                     ingest.stop()
                     if pool is not None:
                         pool.stop()
-                    if proc is not None:
+                    if native is None:
                         proc.join(30)
                     for publisher in natives:
                         publisher.wait(30)
