@@ -129,7 +129,7 @@ class AgentUpdates:
         if record is not None:
             # A restart in probation: a fresh window, judged against the previous model's fps persisted at the swap.
             logger.info("update #%d: v%d continues its probation after a restart", record.id, record.version)
-            self._probation = Probation(self.ucfg, update_id=record.id, baseline_fps=record.baseline_fps)
+            self._probation = self._new_probation(record, measure_now=False)
         agent.publisher.set_update_state(state_payload(self.manager.store.latest()))
 
     def start(self) -> None:
