@@ -46,6 +46,7 @@ import numpy as np
 from edge_agent.bundle import BundleError, VerifiedBundle
 from edge_agent.bundle.golden import GoldenDetection, GoldenExpectations
 from edge_agent.detectors.base import Detections, Detector, DetectorOptions, create_detector
+from edge_agent.metrics import box_iou
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.errors import CheckFailed
 
@@ -203,40 +204,31 @@ def _golden_frames(bundle: VerifiedBundle) -> tuple[GoldenExpectations, list[tup
     return spec, frames
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def _match(got: Detections, want: Sequence[GoldenDetection], threshold: float, cfg: UpdateConfig, frame: str) -> int:
     """Apply the module docstring's rule to one frame; return how many confident expectations matched."""
     tol, min_iou = cfg.golden_score_tolerance, cfg.golden_iou
     confident = threshold + tol
     boxes, scores, labels = got.boxes.astype(np.float64), got.scores.astype(np.float64), got.labels
+    ious = box_iou(boxes, np.array([w.box for w in want], np.float64))  # [detections, expectations]
 
-    def fits(i: int, w: GoldenDetection) -> bool:
-        return (
-            int(labels[i]) == w.label
-            and abs(float(scores[i]) - w.score) <= tol
-            and _iou(boxes[i], np.asarray(w.box)) >= min_iou
-        )
+    def fits(i: int, j: int) -> bool:
+        same_label = int(labels[i]) == want[j].label
+        return same_label and abs(float(scores[i]) - want[j].score) <= tol and ious[i, j] >= min_iou
 
     unused = set(range(len(scores)))
     matched = 0
-    for w in sorted((w for w in want if w.score >= confident), key=lambda w: -w.score):
-        fitting = [i for i in unused if fits(i, w)]
+    for j in sorted((j for j, w in enumerate(want) if w.score >= confident), key=lambda j: -want[j].score):
+        w = want[j]
+        fitting = [i for i in unused if fits(i, j)]
         if not fitting:
             raise CheckFailed(
                 f"golden frame {frame}: expected detection {[round(v, 1) for v in w.box]} (label {w.label}, score "
                 f"{w.score:.3f}) not found at IoU >= {min_iou} within score {tol} ({len(scores)} detections)"
             )
-        unused.discard(max(fitting, key=lambda i: _iou(boxes[i], np.asarray(w.box))))
+        unused.discard(max(fitting, key=lambda i: ious[i, j]))
         matched += 1
     for i in range(len(scores)):
-        if scores[i] >= confident and not any(fits(i, w) for w in want):
+        if scores[i] >= confident and not any(fits(i, j) for j in range(len(want))):
             raise CheckFailed(
                 f"golden frame {frame}: unexpected detection {[round(float(v), 1) for v in boxes[i]]} (label "
                 f"{int(labels[i])}, score {float(scores[i]):.3f}) matches nothing recorded at export"
