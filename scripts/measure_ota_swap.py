@@ -26,10 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_agent.bundle import MANIFEST_NAME, VariantSource, generate_keypair, parse_manifest  # noqa: E402
-from export.golden import encode_frames, frames_from_records, record_golden  # noqa: E402
+from edge_agent.bundle import MANIFEST_NAME, generate_keypair, parse_manifest  # noqa: E402
+from export.golden import frames_from_records  # noqa: E402
 from tests.helpers.agent import AgentProcess, agent_config, write_config  # noqa: E402
-from tests.helpers.bundles import TinyBundle, rebundle, signed_announcement, tar_bundle  # noqa: E402
+from tests.helpers.bundles import TinyBundle, rebundle, record_golden_for, signed_announcement, tar_bundle  # noqa: E402
 from tests.helpers.mqtt_broker import MosquittoBroker, Subscriber, free_port, wait_until  # noqa: E402
 
 DEMO = REPO / "models" / "demo" / "bundle"
@@ -48,15 +48,8 @@ def _clip_and_golden(tmp: Path) -> tuple[Path, object]:
 
     root = tmp / "clip"
     generate_dataset(root, videos=1, frames=60, width=1280, height=720, seed=11, empty_fraction=0.0, workers=1)
-    manifest = parse_manifest((DEMO / MANIFEST_NAME).read_bytes())
-    width, height = manifest.input.width, manifest.input.height
-    variants = {
-        name: VariantSource(DEMO / v.file, score_threshold=manifest.threshold_for(name))
-        for name, v in manifest.variants.items()
-    }
     records = ReefDataset.open(root, image_size=(1280, 720)).records
-    frames = encode_frames(frames_from_records(records), width, height)
-    golden = record_golden(frames, variants, manifest.score_threshold, width, height)
+    golden = record_golden_for(DEMO, images=frames_from_records(records))
     return root / "videos" / "video_0.mp4", golden
 
 

@@ -91,11 +91,18 @@ def rebundle(source: Path, dest: Path, private_key: Path, *, golden: GoldenFiles
 
 
 def record_golden_for(
-    source: Path, *, frames: int = 3, seed: int = 0, score_threshold: float | None = None, edit: Any = None
+    source: Path,
+    *,
+    frames: int = 3,
+    seed: int = 0,
+    score_threshold: float | None = None,
+    edit: Any = None,
+    images: Any = None,
 ) -> GoldenFiles:
-    """Golden frames for ``source``'s variants, recorded as export does (`export.golden`: onnxruntime CPU on smooth
-    random frames), at ``score_threshold`` (None: the manifest's thresholds). ``edit(golden_json_dict)`` may
-    change golden.json before it is returned, to make a set that does not match the model."""
+    """Golden frames for ``source``'s variants, recorded as export does (`export.golden`: onnxruntime CPU on
+    ``images`` (BGR frames; default: ``frames`` smooth random ones), at ``score_threshold`` (None: the manifest's
+    thresholds). ``edit(golden_json_dict)`` may change golden.json before it is returned, to make a set that does
+    not match the model."""
     from edge_agent.bundle import VariantSource
     from export.golden import encode_frames, random_frames, record_golden
 
@@ -108,7 +115,9 @@ def record_golden_for(
         for name, v in manifest.variants.items()
     }
     default = score_threshold if score_threshold is not None else manifest.score_threshold
-    png = encode_frames(random_frames(width, height, frames, seed), width, height)
+    if images is None:
+        images = random_frames(width, height, frames, seed)
+    png = encode_frames(images, width, height)
     files = record_golden(png, variants, default, width, height)
     if edit is None:
         return files
