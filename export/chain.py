@@ -487,7 +487,7 @@ def _fine_tune(model, source: SourceModel, opts: ChainOptions):  # type: ignore[
     try:
         cfg = with_dotted(source.info["train_config"], opts.fine_tune_overrides)
     except ConfigError as exc:
-        raise ExportError(f"fine-tuning settings: {_one_line(exc)}") from exc
+        raise ExportError(f"fine-tuning settings: {exc}") from exc
     if opts.data_root is not None:
         cfg.data.root = str(opts.data_root)
     cfg.checkpoint.output_dir = str(opts.out / "runs")
@@ -499,10 +499,6 @@ def _fine_tune(model, source: SourceModel, opts: ChainOptions):  # type: ignore[
         model, cfg, opts.fine_tune_epochs, max_steps=opts.fine_tune_steps, keep_best=opts.fine_tune_select
     )
     return tuned.eval(), metrics
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
 
 
 def _measure(name, runner, stats, path, eval_records, width, height, ood_records=()):  # type: ignore[no-untyped-def]

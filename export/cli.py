@@ -137,7 +137,7 @@ def _overrides(items: list[str]) -> dict[str, object]:
     try:
         return dotted_overrides(items)
     except ConfigError as exc:
-        raise typer.BadParameter(" ".join(str(exc).split()), param_hint="--set") from exc
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
 
 
 @app.command()

@@ -210,6 +210,11 @@ def _namespace_to_config(parser: Any, namespace: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _one_line(exc: Exception) -> str:
+    # jsonargparse spreads one problem over several indented lines; a user error is one line.
+    return " ".join(str(exc).split())
+
+
 def load_config(
     preset: str | None = None,
     config_files: Sequence[str | Path] = (),
@@ -230,7 +235,7 @@ def load_config(
     try:
         namespace = parser.parse_args(args)
     except ArgumentError as exc:
-        raise ConfigError(f"invalid training config: {exc}") from None
+        raise ConfigError(f"invalid training config: {_one_line(exc)}") from None
     return _namespace_to_config(parser, namespace)
 
 
@@ -242,7 +247,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     try:
         namespace = parser.parse_object(data)
     except ArgumentError as exc:
-        raise ConfigError(f"invalid training config: {exc}") from None
+        raise ConfigError(f"invalid training config: {_one_line(exc)}") from None
     return _namespace_to_config(parser, namespace)
 
 
