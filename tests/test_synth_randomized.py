@@ -206,3 +206,31 @@ def test_each_sequence_gets_its_own_water_and_classic_gets_none() -> None:
     assert len(set(tints)) == len(tints)
     classic = SynthConfig(frames=8, seed=2, **{**RANDOM, "style": "classic"})
     assert build_assets(plan_dataset(classic)[0]).sequence_looks == {}
+
+
+def _distractors_per_frame(config: SynthConfig) -> float:
+    layout = plan_dataset(config)[0]
+    return float(np.mean([len(frame) for frame in layout.frame_distractors]))
+
+
+def test_distractor_density_follows_its_range_and_zero_means_none() -> None:
+    sparse = SynthConfig(frames=8, seed=4, distractors_per_frame=(3, 3), **RANDOM)
+    dense = SynthConfig(frames=8, seed=4, distractors_per_frame=(40, 40), **RANDOM)
+    none = SynthConfig(frames=8, seed=4, distractors_per_frame=(0, 0), **RANDOM)
+    assert _distractors_per_frame(dense) > 4 * _distractors_per_frame(sparse) > 0
+    assert _distractors_per_frame(none) == 0
+    for _, _, rendered in render_all(none):
+        assert rendered.distractor_mask is None or not rendered.distractor_mask.any()
+    # Dense scenes keep the rule that matters: boxes only over drawn starfish, never over a distractor.
+    for _, _, rendered in render_all(dense):
+        check_boxes_over_starfish(rendered, dense.width, dense.height)
+
+
+def test_cli_refuses_an_inverted_distractor_range(tmp_path: Path) -> None:
+    from starfish_cli import app
+
+    out = str(tmp_path / "ds")
+    result = CliRunner().invoke(
+        app, ["data", "synth", "--out", out, "--style", "randomized", "--distractors-per-frame", "9", "2"]
+    )
+    assert result.exit_code == 2 and "distractors_per_frame" in result.output and "Traceback" not in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,21 @@ def test_clip_and_filter_drops_degenerate_boxes() -> None:
     kept, mask = clip_and_filter(boxes, 40, 40, min_side=2.0)
     assert mask.tolist() == [True, False, False]
     assert kept.tolist() == [[0, 0, 10, 10]]
+
+
+def test_background_crops_may_miss_every_starfish_and_plain_crops_never_do() -> None:
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    corner_box = np.array([[4.0, 4.0, 28.0, 28.0]], dtype=np.float32)  # one starfish, far from most 64 px crops
+    plain = AugmentConfig(train_crop=64, affine=0.0, crop=0.0)
+    background = AugmentConfig(train_crop=64, affine=0.0, crop=0.0, background_crop=1.0)
+    holds = [len(Augmenter(plain)(image, corner_box, seed).boxes) for seed in range(20)]
+    anywhere = [len(Augmenter(background)(image, corner_box, seed).boxes) for seed in range(20)]
+    assert min(holds) == 1
+    assert anywhere.count(0) >= 10  # a 64 px crop of a 320x240 frame seldom reaches the corner
+
+
+def test_background_crop_share_outside_zero_to_one_is_a_config_error() -> None:
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="background_crop"):
+        AugmentConfig(background_crop=1.5)

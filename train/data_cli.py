@@ -42,6 +42,9 @@ def synth(
     outbreak_fraction: float = typer.Option(
         0.3, help="--style randomized: share of sequences that are COTS outbreaks (20-50 starfish per frame)."
     ),
+    distractors_per_frame: tuple[int, int] = typer.Option(
+        (3, 14), help="--style randomized: range of distractors (never boxed) per frame, drawn per video: LOW HIGH."
+    ),
     workers: int = typer.Option(0, help="Render processes (0 = one per CPU core, 1 = in-process)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
 ) -> None:
@@ -68,6 +71,7 @@ def synth(
             workers=workers,
             style=style,
             outbreak_fraction=outbreak_fraction,
+            distractors_per_frame=distractors_per_frame,
         )
     except ValidationError as exc:
         problems = "; ".join(

@@ -82,7 +82,16 @@ class Augmenter:
         c = self.cfg
         if c.train_crop:
             # Fully convolutional detector: it learns from crops what it later finds in whole frames.
-            crop = A.AtLeastOneBBoxRandomCrop(height=min(c.train_crop, height), width=min(c.train_crop, width), p=1.0)
+            side_h, side_w = min(c.train_crop, height), min(c.train_crop, width)
+            crop = A.AtLeastOneBBoxRandomCrop(height=side_h, width=side_w, p=1.0)
+            if c.background_crop > 0:
+                crop = A.OneOf(
+                    [
+                        A.AtLeastOneBBoxRandomCrop(height=side_h, width=side_w, p=1.0 - c.background_crop),
+                        A.RandomCrop(height=side_h, width=side_w, p=c.background_crop),
+                    ],
+                    p=1.0,
+                )
         else:
             crop = A.RandomSizedBBoxSafeCrop(height=height, width=width, erosion_rate=0.0, p=c.crop)
         transforms = [

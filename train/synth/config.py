@@ -61,6 +61,11 @@ class SynthConfig(BaseModel):
         le=1.0,
         description="randomized style only: share of sequences that are COTS outbreaks (20-50 starfish in a frame).",
     )
+    distractors_per_frame: tuple[int, int] = Field(
+        (3, 14),
+        description="randomized style only: range of the per-video density of distractors (things that are not "
+        "COTS and never carry a box) per frame.",
+    )
     workers: int = Field(0, ge=0, le=64, description="Render processes; 0 = one per CPU core, 1 = in-process.")
 
     @field_validator("width", "height")
@@ -81,6 +86,9 @@ class SynthConfig(BaseModel):
                 f"min_size ({self.min_size}) is too large for a {self.width}x{self.height} frame "
                 f"(at most half the shorter side, {min(self.width, self.height) // 2})"
             )
+        fewest, most = self.distractors_per_frame
+        if not 0 <= fewest <= most <= 200:
+            raise ValueError(f"distractors_per_frame must be 0 <= low <= high <= 200, got {self.distractors_per_frame}")
         low, high = self.crossing_seconds
         if not 0 < low <= high:
             raise ValueError(f"crossing_seconds must be 0 < low <= high, got {self.crossing_seconds}")

@@ -14,7 +14,6 @@ import numpy as np
 from train.synth.camera import GROUND_PER_PIXEL
 from train.synth.distractors import pick_kind
 from train.synth.plan import (
-    DISTRACTORS_PER_FRAME,
     MAX_PER_OUTBREAK_FRAME,
     OUTBREAK_PER_FRAME,
     DistractorPlan,
@@ -117,11 +116,15 @@ def place_outbreaks(layout: VideoLayout, rng: np.random.Generator, first_track_i
 
 
 def place_distractors(layout: VideoLayout, rng: np.random.Generator) -> None:
-    """Lay distractors over every sequence at a per-video density of 3-14 per frame, at starfish scales."""
+    """Lay distractors over every sequence at a per-video density drawn from the config's distractors_per_frame
+    range, at starfish scales."""
     inverse = np.linalg.inv(layout.homographies)
     lo, hi = _size_range(layout)
     counts = np.zeros(layout.frames, int)
-    target = int(rng.integers(DISTRACTORS_PER_FRAME[0], DISTRACTORS_PER_FRAME[1] + 1))
+    fewest, most = layout.config.distractors_per_frame
+    target = int(rng.integers(fewest, most + 1))
+    if target == 0:
+        return
     for seq in layout.sequences:
 
         def make(t0: int, ground: np.ndarray, added: list, seq: SequencePlan = seq) -> DistractorPlan:

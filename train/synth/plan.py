@@ -26,7 +26,6 @@ MAX_PER_FRAME = 8  # the real set peaks at 18 in a frame, but more than a handfu
 # COTS outbreaks (randomized style): dozens in one frame. The cap keeps frames drawable and counts plausible.
 OUTBREAK_PER_FRAME = (20, 50)
 MAX_PER_OUTBREAK_FRAME = 60
-DISTRACTORS_PER_FRAME = (3, 14)  # drawn per video: distractors as frequent as starfish, or more
 
 
 def stream(config: SynthConfig, video: int, purpose: int, *extra: int) -> np.random.Generator:
