@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -77,6 +79,7 @@ def test_sample_seed_depends_on_run_seed_epoch_and_index() -> None:
     assert sample_seed(1, 2, 3) == sample_seed(1, 2, 3)
 
 
+@settings(deadline=None)  # an OpenCV resize of up to 4000x4000 px: timing depends on the machine's load
 @given(st.integers(64, 4000), st.integers(64, 4000))
 def test_working_resize_matches_the_detector_rule(width: int, height: int) -> None:
     image = np.zeros((height, width, 3), dtype=np.uint8)
@@ -113,3 +116,23 @@ def test_background_crop_share_outside_zero_to_one_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="background_crop"):
         AugmentConfig(background_crop=1.5)
+
+
+def test_colour_invariance_greys_swaps_or_turns_colours_and_keeps_boxes() -> None:
+    image = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    boxes = np.array([[10.0, 12.0, 40.0, 44.0]], dtype=np.float32)
+    off = {"hflip": 0.0, "colour": 0.0, "blur": 0.0, "haze": 0.0, "noise": 0.0, "crop": 0.0, "affine": 0.0}
+    cfg = AugmentConfig(**off, colour_invariance=1.0)
+    grey = swapped = turned = 0
+    for seed in range(30):
+        out = Augmenter(cfg)(image, boxes, seed)
+        assert np.array_equal(out.boxes, boxes)  # a colour op moves no box
+        if np.array_equal(out.image[..., 0], out.image[..., 1]) and np.array_equal(
+            out.image[..., 1], out.image[..., 2]
+        ):
+            grey += 1
+        elif any(np.array_equal(out.image, image[..., list(p)]) for p in itertools.permutations(range(3))):
+            swapped += 1
+        else:
+            turned += 1
+    assert grey and swapped and turned, (grey, swapped, turned)

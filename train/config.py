@@ -69,6 +69,9 @@ class AugmentConfig:
     hflip: float = 0.5
     vflip: float = 0.0
     colour: float = 0.6
+    # Probability of a colour change no reef makes (grey, swapped channels or a hue turned anywhere): a detector
+    # that turns colour-blind on grey frames has learned the generator's palettes, not the starfish's shape.
+    colour_invariance: float = 0.0
     blur: float = 0.3
     haze: float = 0.15
     noise: float = 0.2
@@ -89,8 +92,9 @@ class AugmentConfig:
     min_box_side: float = 2.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.background_crop <= 1.0:
-            raise ConfigError(f"augment.background_crop must lie in [0, 1], got {self.background_crop}")
+        for name in ("background_crop", "colour_invariance"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"augment.{name} must lie in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass

@@ -118,6 +118,18 @@ class Augmenter:
             A.RandomFog(fog_coef_range=(0.1, 0.3), alpha_coef=0.08, p=c.haze),
             A.GaussNoise(std_range=(0.01, 0.05), p=c.noise),
         ]
+        if c.colour_invariance > 0:  # only when asked: an op at p=0 would still shift every later random draw
+            transforms.insert(
+                5,
+                A.OneOf(
+                    [
+                        A.ToGray(p=1.0),
+                        A.ChannelShuffle(p=1.0),
+                        A.HueSaturationValue(hue_shift_limit=(-90, 90), sat_shift_limit=0, val_shift_limit=0, p=1.0),
+                    ],
+                    p=c.colour_invariance,
+                ),
+            )
         pipeline = A.Compose(
             transforms,
             bbox_params=A.BboxParams(
