@@ -71,7 +71,7 @@ def evaluate(
     from edge_agent.dataset import DatasetError, ReefDataset
     from train.api import evaluate as evaluate_fn
     from train.checkpoint import CheckpointError, load_detector
-    from train.data import _even_subset
+    from train.data import even_subset
 
     if threads:
         torch.set_num_threads(threads)
@@ -84,7 +84,7 @@ def evaluate(
         records = [r for r in records if r.video_id in set(video)]
     if sequence:
         records = [r for r in records if r.sequence in set(sequence)]
-    records = _even_subset(records, limit or None)
+    records = even_subset(records, limit or None)
     if not records:
         _fail(f"no frames selected in {data} (videos {video or 'all'}, sequences {sequence or 'all'})")
     result = evaluate_fn(model, records, score_threshold=info.get("score_threshold"))

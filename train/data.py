@@ -75,7 +75,7 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
     return list(images), list(targets)
 
 
-def _even_subset(records: list[FrameRecord], limit: int | None) -> list[FrameRecord]:
+def even_subset(records: list[FrameRecord], limit: int | None) -> list[FrameRecord]:
     """At most ``limit`` records with an even stride, so a capped split still spans every video end to end."""
     if limit is None or limit >= len(records):
         return records
@@ -122,8 +122,8 @@ def split_records(cfg: TrainConfig) -> tuple[list[FrameRecord], list[FrameRecord
             raise DatasetError(f"{extra} (data.extra_roots) holds no usable frames ({more.report.summary()})")
         logger.info("training also on every frame of %s: %d frames", extra, len(more.records))
         train = [*train, *more.records]
-    train = _even_subset(train, d.train_limit)
-    val = _even_subset(val, d.val_limit)
+    train = even_subset(train, d.train_limit)
+    val = even_subset(val, d.val_limit)
     check_split(train, "training")
     check_split(val, "validation")
     logger.info(
@@ -144,7 +144,7 @@ def ood_records(cfg: TrainConfig) -> list[FrameRecord]:
     if not d.ood_root:
         return []
     dataset = ReefDataset.open(d.ood_root, image_size=tuple(d.image_size), check_images=d.check_images)
-    records = _even_subset(list(dataset.records), d.ood_limit)
+    records = even_subset(list(dataset.records), d.ood_limit)
     check_split(records, "out-of-distribution validation")
     logger.info("out-of-distribution validation: %d frames of %s", len(records), d.ood_root)
     return records

@@ -343,13 +343,13 @@ def gate_records(cfg: Any, eval_frames: int | None) -> list:
     """The held-out frames of the first dataset root (the training run's own split), evenly capped."""
     import copy
 
-    from train.data import _even_subset, split_records
+    from train.data import even_subset, split_records
 
     whole = copy.deepcopy(cfg)
     whole.data.val_limit = None
     whole.data.train_limit = None
     _, val = split_records(whole)
-    return _even_subset(val, eval_frames)
+    return even_subset(val, eval_frames)
 
 
 # -- the job ---------------------------------------------------------------------------------------------------------
