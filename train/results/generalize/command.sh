@@ -50,3 +50,31 @@ starfish train fit --preset generalize --data.root /work/artifacts/synth12 \
   --trainer.max_steps 2200 --trainer.val_check_interval 400 --optim.lr 0.0005 --optim.warmup_steps 30 \
   --augment.seed 13 --seed 13 --checkpoint.init_weights /work/artifacts/keep/gen_a2a-best-350.ckpt \
   --checkpoint.save_top_k -1 --checkpoint.name gen_a2b --checkpoint.best_copy /work/artifacts/gen_a2b_best.ckpt
+
+# Stage C (tried; exported as a v9 candidate, not shipped: stage_c/README.md): the shipped pruned model
+# (models/generalize/pruned.ckpt, bundle v8) fine-tuned further, selected on ood_val. New data: the randomized generator with dense distractors (15-60 per frame, per video).
+starfish data synth --out /work/artifacts/synth_dense --videos 12 --frames 300 --seed 3 --style randomized \
+  --distractors-per-frame 15 60 --no-video --workers 1
+# C1: classic + randomized + dense, half the crops anywhere in the frame (background crops),
+# 1500 steps at lr 4e-4, best out-of-distribution validation kept.
+(cd /work/artifacts && starfish export prune "$OLDPWD/models/generalize/pruned.ckpt" --ratio 0 --head-ratio 0 \
+  --rpn-ratio 0 --fpn-ratio 0 --steps 1500 --select val/select_f2 --eval-frames 60 --out /work/artifacts/rounds/r1b.ckpt \
+  --set augment.seed=22 --set optim.warmup_steps=30 --set trainer.val_check_interval=300 \
+  --set augment.background_crop=0.5 --set optim.lr=0.0004 \
+  --set "data.extra_roots=[/work/artifacts/synth_rand,/work/artifacts/synth_dense]")
+# Side runs on the other core, same command but: without the dense set, 40 % background crops, augment.seed=21
+# (stopped after step 600); and C1 plus --set augment.colour_invariance=0.5, augment.seed=23 (stopped after step 900).
+# The v9 candidate: export/bench/eval commands of the chain on C1's checkpoint.
+starfish keys generate --private /work/artifacts/demo_key.pem --public /work/artifacts/demo_key.pub
+(cd /work/artifacts && starfish export all "$OLDPWD/models/generalize/best.ckpt" --pruned /work/artifacts/rounds/r1b.ckpt \
+  --key /work/artifacts/demo_key.pem --out /work/artifacts/export_v9 --eval-frames 100 --latency-runs 40 --version 9 \
+  --threads 2)
+python train/results/generalize/stage_c/ood_test_eval.py train/results/generalize/stage_c/ood_test_fp32.json \
+  v9_candidate_pruned=/work/artifacts/rounds/r1b.ckpt v8_pruned=models/generalize/pruned.ckpt
+starfish data ood --out /work/artifacts/ood_seed7 --videos 2 --frames 60 --seed 7
+starfish data synth --out /work/artifacts/id_clips --videos 3 --frames 150 --seed 21
+for data in ood_test ood_seed7 id_clips; do  # and the v8 bundle (models/demo) on ood_test, the same way
+  starfish bench counting /work/artifacts/export_v9 --data /work/artifacts/$data --threads 2 --out counting_$data.json
+done
+python train/results/generalize/photometric_probe.py /tmp/v9_candidate_pruned.onnx stage_c/photometric_v9_pruned.json
+python train/results/generalize/photometric_probe.py /tmp/v8_pruned.onnx stage_c/photometric_v8_pruned.json
