@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from benchmarks.report import CSV_COLUMNS, read_json
 from benchmarks.schema import BenchReport
 from starfish_cli import app
+from tests.cli_text import flatten
 from tests.helpers.run_if import requires_cuda
 
 pytest.importorskip("torch", reason="the tiny bundle and the torch-cpu back end need the `train` extra")
@@ -73,11 +74,6 @@ def bench_bundle(tmp_path_factory: pytest.TempPathFactory, bundle_keys) -> Bench
     }
     checkpoint = save_detector(model, info, root / "tiny.ckpt")
     return BenchBundle(root / "bundle", bundle_keys.public, checkpoint)
-
-
-def _flat(text: str) -> str:
-    """Output with rich's box drawing removed and whitespace collapsed, so wrapped messages can be searched."""
-    return " ".join(text.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
 
 
 def _invoke(args: list[str]) -> object:
@@ -170,7 +166,7 @@ def test_unavailable_backends_are_skipped_with_their_reason(bench_run: BenchRun)
         assert "TensorRT" in reasons["tensorrt-fp16"] and "TensorRT" in reasons["tensorrt-int8"]
     for name, reason in reasons.items():
         assert reason, f"{name} skipped without a reason"
-        assert f"{name} skipped: {reason[:30]}" in _flat(bench_run.output)
+        assert f"{name} skipped: {reason[:30]}" in flatten(bench_run.output)
     for r in report.results:
         if r.status != "ok":
             assert r.latency is None and r.speedup_vs_baseline is None
@@ -241,7 +237,7 @@ def test_compare_flags_a_planted_2x_regression_and_passes_an_identical_pair(
 
     regressed = _invoke(["compare", str(bench_run.json_path), str(slow), "--tolerance", "10%"])
     assert regressed.exit_code == 1, regressed.output
-    flat = _flat(regressed.output)
+    flat = flatten(regressed.output)
     for name in HERE_BACKENDS:
         assert f"{name} p50_ms" in flat and f"{name} fps" in flat
     # A generous tolerance lets the same pair through: the gate is the tolerance, not any difference.
@@ -260,7 +256,7 @@ def test_compare_flags_a_backend_that_stopped_running(bench_run: BenchRun, tmp_p
     broken.write_text(json.dumps(data))
     result = _invoke(["compare", str(bench_run.json_path), str(broken)])
     assert result.exit_code == 1
-    assert "ort-cpu-int8 status (ran in base, now failed" in _flat(result.output)
+    assert "ort-cpu-int8 status (ran in base, now failed" in flatten(result.output)
 
 
 def test_compare_rejects_bad_input(bench_run: BenchRun, tmp_path: Path) -> None:
@@ -320,7 +316,7 @@ def test_bad_options_fail_with_a_clear_message(
     key = [] if "--key" in args else ["--key", str(bench_bundle.public_key)]
     result = CliRunner().invoke(app, ["bench", str(bench_bundle.path), *key, *args, "-o", str(tmp_path)])
     assert result.exit_code == 2
-    assert message in _flat(result.output)
+    assert message in flatten(result.output)
 
 
 @pytest.mark.gpu
@@ -348,14 +344,14 @@ def test_gpu_backends_run_or_say_why(bench_bundle: BenchBundle, synthetic_datase
 def test_backends_lists_only_what_it_was_asked() -> None:
     result = _invoke(["backends", "--backends", "ort-cpu-int8-u8,torch-cuda"])
     assert result.exit_code == 0, result.output
-    flat = _flat(result.output)
+    flat = flatten(result.output)
     assert "ort-cpu-int8-u8" in flat and "torch-cuda" in flat
     for other in ("ort-cpu-int8 ", "ort-cuda", "tensorrt-fp16", "tensorrt-int8", "torch-cpu"):
         assert other not in flat, other
     # No bundle is given: a library-level check, so the CPU back end is available (not "bundle has no variant").
     assert "available" in flat and "bundle has no" not in flat
     bad = _invoke(["backends", "--backends", "warp-drive"])
-    assert bad.exit_code == 2 and "unknown back end(s) warp-drive" in _flat(bad.output)
+    assert bad.exit_code == 2 and "unknown back end(s) warp-drive" in flatten(bad.output)
 
 
 def test_a_reference_bundle_runs_in_the_same_run_and_is_the_baseline(
@@ -387,4 +383,4 @@ def test_a_reference_bundle_runs_in_the_same_run_and_is_the_baseline(
     assert rows["ort-cpu@unpruned"].variant == "fp32" and rows["ort-cpu-int8-u8@unpruned"].variant == "int8_cpu"
     assert rows["ort-cpu@unpruned"].details["macs"] > 0
     bad = _invoke(["run", str(bench_bundle.path), "--reference", str(reference), "--baseline", "ort-cuda@x"])
-    assert bad.exit_code == 2 and "not among --backends" in _flat(bad.output)
+    assert bad.exit_code == 2 and "not among --backends" in flatten(bad.output)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from edge_agent.dataset import DatasetError, ReefDataset
+from tests.cli_text import flatten
 from train.api import configure_wandb_env, evaluate, fine_tune, fit
 from train.checkpoint import CheckpointError, load_detector, save_detector
 from train.config import ConfigError, TrainConfig, load_config
@@ -382,7 +383,7 @@ def test_cli_evaluate_and_predict(
     detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
     assert detections["threshold"] == 0.0 and len(detections["frames"]) == 16
     bad = runner.invoke(app, ["evaluate", str(tmp_path / "nope.ckpt"), "--data", str(synthetic_dataset)])
-    assert bad.exit_code == 2 and "does not exist" in bad.output and "nope.ckpt" in bad.output
+    assert bad.exit_code == 2 and "does not exist" in flatten(bad.output) and "nope.ckpt" in flatten(bad.output)
 
 
 def test_out_of_distribution_set_drives_selection_and_both_are_logged(
