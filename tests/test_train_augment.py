@@ -111,11 +111,13 @@ def test_background_crops_may_miss_every_starfish_and_plain_crops_never_do() -> 
     assert anywhere.count(0) >= 10  # a 64 px crop of a 320x240 frame seldom reaches the corner
 
 
-def test_background_crop_share_outside_zero_to_one_is_a_config_error() -> None:
+@pytest.mark.parametrize("name", ["background_crop", "colour_invariance"])
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_shares_outside_zero_to_one_are_a_config_error(name: str, value: float) -> None:
     from train.config import ConfigError
 
-    with pytest.raises(ConfigError, match="background_crop"):
-        AugmentConfig(background_crop=1.5)
+    with pytest.raises(ConfigError, match=f"augment.{name} must lie in"):
+        AugmentConfig(**{name: value})
 
 
 def test_colour_invariance_greys_swaps_or_turns_colours_and_keeps_boxes() -> None:

@@ -94,6 +94,21 @@ class Augmenter:
                 )
         else:
             crop = A.RandomSizedBBoxSafeCrop(height=height, width=width, erosion_rate=0.0, p=c.crop)
+        # Only when asked: an op at p=0 would still take a random draw and change every later one for a given seed.
+        unnatural_colour = (
+            [
+                A.OneOf(
+                    [
+                        A.ToGray(p=1.0),
+                        A.ChannelShuffle(p=1.0),
+                        A.HueSaturationValue(hue_shift_limit=(-90, 90), sat_shift_limit=0, val_shift_limit=0, p=1.0),
+                    ],
+                    p=c.colour_invariance,
+                )
+            ]
+            if c.colour_invariance > 0
+            else []
+        )
         transforms = [
             # Geometry first, so colour ops work on the final pixels.
             crop,
@@ -112,24 +127,13 @@ class Augmenter:
                 ],
                 p=c.colour,
             ),
+            *unnatural_colour,
             # Camera and swimmer motion, focus.
             A.OneOf([A.MotionBlur(blur_limit=(3, 7)), A.GaussianBlur(blur_limit=(3, 5))], p=c.blur),
             # Turbid water.
             A.RandomFog(fog_coef_range=(0.1, 0.3), alpha_coef=0.08, p=c.haze),
             A.GaussNoise(std_range=(0.01, 0.05), p=c.noise),
         ]
-        if c.colour_invariance > 0:  # only when asked: an op at p=0 would still shift every later random draw
-            transforms.insert(
-                5,
-                A.OneOf(
-                    [
-                        A.ToGray(p=1.0),
-                        A.ChannelShuffle(p=1.0),
-                        A.HueSaturationValue(hue_shift_limit=(-90, 90), sat_shift_limit=0, val_shift_limit=0, p=1.0),
-                    ],
-                    p=c.colour_invariance,
-                ),
-            )
         pipeline = A.Compose(
             transforms,
             bbox_params=A.BboxParams(
