@@ -473,6 +473,116 @@ def pipeline_command(
     console.print(f"wrote {path}")
 
 
+def _float_list(text: str | None, option: str) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command("count-sweep")
+def count_sweep_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory (or a model directory holding bundle/).", exists=True),
+    data: Path = typer.Option(
+        ..., "--data", help="Dataset root with videos/*.mp4 and synth.json (true counts).", exists=True, file_okay=False
+    ),
+    thresholds: str = typer.Option(
+        None, help="Comma-separated detector score thresholds (default: the bundle's for the variant)."
+    ),
+    min_hits: str = typer.Option(None, "--min-hits", help="Comma-separated tracker min_hits (default: the agent's)."),
+    videos: str = typer.Option(None, help="Comma-separated video ids (default: every video in synth.json)."),
+    key: list[Path] = typer.Option(
+        None, "--key", help="Trusted public key(s). Default: *.pub beside the bundle.", exists=True, dir_okay=False
+    ),
+    variant: str = typer.Option(None, help="Bundle variant to run (default: the agent's own choice)."),
+    threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads."),
+    out: Path = typer.Option(None, "--out", help="Write the result JSON here."),
+) -> None:
+    """The agent's unique count under many score thresholds and tracker settings, from one inference pass.
+
+    Choose a setting on clips kept for selection, report it on others.
+    """
+    import json
+    import tempfile
+
+    import cv2
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from benchmarks.count_sweep import sweep_counting
+    from edge_agent.app import StartupError
+
+    bundle = _resolve_bundle(bundle)
+    if not (bundle / "manifest.json").is_file():
+        raise typer.BadParameter(f"no bundle at {bundle} (no manifest.json)", param_hint="BUNDLE")
+    grid_thresholds = _float_list(thresholds, "--thresholds")
+    grid_hits = _int_list(min_hits, "--min-hits")
+    ids = _int_list(videos, "--videos")
+    keys = _trusted_keys(bundle, key)
+    console = _console()
+    total = 0
+    for clip in sorted((data / "videos").glob("video_*.mp4")):
+        if ids is None or int(clip.stem.removeprefix("video_")) in ids:
+            capture = cv2.VideoCapture(str(clip))
+            total += int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            capture.release()
+    columns = (TextColumn("detect"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with (
+        tempfile.TemporaryDirectory(prefix="starfish-count-sweep-") as work,
+        Progress(*columns, console=console) as bar,
+    ):
+        task = bar.add_task("detect", total=total or None)
+        try:
+            result = sweep_counting(
+                bundle,
+                keys,
+                data,
+                thresholds=grid_thresholds,
+                min_hits=grid_hits,
+                workdir=Path(work),
+                videos=ids,
+                variant=variant,
+                threads=threads,
+                on_frame=lambda: bar.advance(task),
+            )
+        except (ValueError, StartupError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    table = Table(
+        title=f"unique counts by the agent's tracker ({result.backend}, {result.variant}; bundle threshold "
+        f"{result.bundle_threshold:.3f}) on {data}: {sum(result.true.values())} true"
+    )
+    for column in ("score threshold", "min_hits", "counted", "error", "mean clip error"):
+        table.add_column(column, justify="right")
+    # Per-clip error, not the summed count's: one clip's false tracks can cancel another's misses in the sum.
+    best = min(result.settings, key=lambda s: s.mean_clip_error)
+    for s in result.settings:
+        marker = " *" if s is best else ""
+        table.add_row(
+            f"{s.setting.score_threshold:.3f}",
+            str(s.setting.min_hits),
+            str(s.total_counted),
+            f"{s.total_error:.0%}",
+            f"{s.mean_clip_error:.0%}{marker}",
+        )
+    console.print(table)
+    console.print("* lowest mean per-clip error on these clips: a choice to confirm on clips not used to make it")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        console.print(f"wrote {out}")
+
+
 @app.command("counting")
 def counting_command(
     bundle: Path = typer.Argument(..., help="Bundle directory (or a model directory holding bundle/).", exists=True),

@@ -56,6 +56,29 @@ def true_counts(root: Path) -> dict[int, int]:
         raise ValueError(f"{meta_path} does not list videos with video_id and distinct_starfish: {exc}") from None
 
 
+def count_errors(counted: dict[int, int], truth: dict[int, int]) -> tuple[float, float, float]:
+    """(error of the summed counts, mean per-clip error, worst per-clip error); a clip's error is
+    |counted - true| / max(true, 1)."""
+    per_clip = [abs(counted[v] - truth[v]) / max(truth[v], 1) for v in counted]
+    total_true = sum(truth[v] for v in counted)
+    total_error = abs(sum(counted.values()) - total_true) / max(total_true, 1)
+    return total_error, sum(per_clip) / len(per_clip), max(per_clip)
+
+
+def clip_paths(root: Path, videos: list[int] | None) -> dict[int, Path]:
+    """video_id -> clip file for the requested videos (default: every video in ``synth.json``), all present."""
+    truth = true_counts(root)
+    wanted = sorted(truth) if not videos else videos
+    missing = [v for v in wanted if v not in truth]
+    if missing:
+        raise ValueError(f"{root} has no video(s) {missing}; it has {sorted(truth)}")
+    clips = {v: root / "videos" / f"video_{v}.mp4" for v in wanted}
+    absent = [str(p) for p in clips.values() if not p.is_file()]
+    if absent:
+        raise ValueError(f"clip(s) missing (generate the dataset with videos): {', '.join(absent)}")
+    return clips
+
+
 def measure_counting(
     bundle: Path,
     keys: list[Path],
@@ -73,14 +96,8 @@ def measure_counting(
     from edge_agent.config import load_config_data
 
     truth = true_counts(root)
-    wanted = sorted(truth) if not videos else videos
-    missing = [v for v in wanted if v not in truth]
-    if missing:
-        raise ValueError(f"{root} has no video(s) {missing}; it has {sorted(truth)}")
-    clips = {v: root / "videos" / f"video_{v}.mp4" for v in wanted}
-    absent = [str(p) for p in clips.values() if not p.is_file()]
-    if absent:
-        raise ValueError(f"clip(s) missing (generate the dataset with videos): {', '.join(absent)}")
+    clips = clip_paths(root, videos)
+    wanted = list(clips)
     workdir.mkdir(parents=True, exist_ok=True)
     detector: dict = {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]}
     if variant:
@@ -112,8 +129,7 @@ def measure_counting(
             ClipCount(video_id=v, frames=camera.frames, counted=camera.unique_count, true=truth[v], error=error)
         )
         logger.info("clip %d: counted %d, true %d (error %.0f %%)", v, camera.unique_count, truth[v], 100 * error)
-    total_counted = sum(c.counted for c in results)
-    total_true = sum(c.true for c in results)
+    total_error, mean_clip_error, worst_clip_error = count_errors({c.video_id: c.counted for c in results}, truth)
     running = agent.slot.detector
     return CountingResult(
         bundle=str(bundle),
@@ -121,10 +137,10 @@ def measure_counting(
         backend=str(getattr(running, "name", "")),
         data=str(root),
         clips=results,
-        total_counted=total_counted,
-        total_true=total_true,
-        total_error=abs(total_counted - total_true) / max(total_true, 1),
-        mean_clip_error=sum(c.error for c in results) / len(results),
-        worst_clip_error=max(c.error for c in results),
+        total_counted=sum(c.counted for c in results),
+        total_true=sum(c.true for c in results),
+        total_error=total_error,
+        mean_clip_error=mean_clip_error,
+        worst_clip_error=worst_clip_error,
         fps=summary.fps,
     )

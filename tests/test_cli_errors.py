@@ -175,6 +175,27 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-counting-missing", ["bench", "counting", MISSING, "--data", "{synth}"], MISSING),
     ("bench-counting-data-missing", ["bench", "counting", str(DEMO / "bundle"), "--data", MISSING], MISSING),
     ("bench-counting-type", ["bench", "counting", str(DEMO / "bundle"), "--data", "{synth}", "--port", "x"], "--port"),
+    ("bench-count-sweep-missing", ["bench", "count-sweep", MISSING, "--data", "{synth}"], MISSING),
+    (
+        "bench-count-sweep-thresholds",
+        ["bench", "count-sweep", str(DEMO / "bundle"), "--data", "{synth}", "--thresholds", "0.5,high"],
+        "--thresholds must be comma-separated numbers",
+    ),
+    (
+        "bench-count-sweep-threshold-range",
+        ["bench", "count-sweep", str(DEMO / "bundle"), "--data", "{synth}", "--thresholds", "0.5,1.5"],
+        "score thresholds must lie in [0, 1], got [1.5]",
+    ),
+    (
+        "bench-count-sweep-min-hits",
+        ["bench", "count-sweep", str(DEMO / "bundle"), "--data", "{synth}", "--min-hits", "0,3"],
+        "min_hits must be >= 1, got [0]",
+    ),
+    (
+        "bench-count-sweep-no-truth",
+        ["bench", "count-sweep", str(DEMO / "bundle"), "--data", "{synth}"],
+        "has no synth.json",
+    ),
 ]
 
 

@@ -34,17 +34,29 @@ def ood_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_demo_bundle_counts_out_of_distribution_clips_within_the_stated_error(ood_clips, mosquitto, tmp_path):
-    result = measure_counting(
-        BUNDLE,
-        [KEY],
-        ood_clips,
-        videos=None,
-        host=mosquitto.host,
-        port=mosquitto.port,
-        workdir=tmp_path / "agent",
-        threads=2,
+def _agent_counts(clips: Path, broker, workdir: Path, videos: list[int] | None = None):
+    return measure_counting(
+        BUNDLE, [KEY], clips, videos=videos, host=broker.host, port=broker.port, workdir=workdir, threads=2
     )
+
+
+def test_demo_bundle_counts_out_of_distribution_clips_within_the_stated_error(ood_clips, mosquitto, tmp_path):
+    result = _agent_counts(ood_clips, mosquitto, tmp_path / "agent")
     assert [c.frames for c in result.clips] == [60, 60]
     assert result.total_true > 0
     assert result.total_error <= STATED_TOTAL_ERROR, result.to_dict()
+
+
+def test_count_sweep_replays_the_agents_own_count(ood_clips, mosquitto, tmp_path):
+    """The sweep's one-pass replay at the agent's default setting gives the real agent's count, clip by clip."""
+    from benchmarks.count_sweep import sweep_counting
+
+    first = [min(int(p.stem.removeprefix("video_")) for p in (ood_clips / "videos").glob("video_*.mp4"))]
+    agent = _agent_counts(ood_clips, mosquitto, tmp_path / "agent", videos=first)
+    sweep = sweep_counting(
+        BUNDLE, [KEY], ood_clips, thresholds=None, min_hits=None, workdir=tmp_path / "sweep", videos=first, threads=2
+    )
+    assert sweep.variant == agent.variant and sweep.frames == {first[0]: 60}
+    (default,) = sweep.settings
+    assert default.counted == {c.video_id: c.counted for c in agent.clips}
+    assert default.total_counted > 0
