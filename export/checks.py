@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -108,13 +108,24 @@ class Accuracy:
         return asdict(self)
 
 
-def predict(runner: Runner, records: Sequence, width: int, height: int) -> tuple[list, list]:
-    """Predictions in source pixels and ground truths for ``records`` (FrameRecords)."""
+def predict(
+    runner: Runner,
+    records: Sequence,
+    width: int,
+    height: int,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[list, list]:
+    """Predictions in source pixels and ground truths for ``records`` (FrameRecords).
+
+    ``transform`` changes each BGR frame (as decoded) before letterboxing: a probe's photometric change, which
+    leaves the boxes where they are.
+    """
     from edge_agent.dataset import load_image
 
     predictions, truths = [], []
     for record in records:
-        tensor, fit = letterbox(load_image(record.image_path), width, height)
+        image = load_image(record.image_path)
+        tensor, fit = letterbox(image if transform is None else transform(image), width, height)
         boxes, scores, _ = runner(tensor)
         predictions.append((boxes_to_source(boxes, fit), scores.astype(np.float32)))
         truths.append(record.boxes)

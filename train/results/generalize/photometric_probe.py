@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.dataset import ReefDataset, load_image
+from edge_agent.dataset import ReefDataset
 from export import checks
 from export.runners import onnx_runner
 from train.data import even_subset
@@ -32,7 +32,7 @@ def darken(image: np.ndarray) -> np.ndarray:
 
 
 def grey(image: np.ndarray) -> np.ndarray:
-    return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    return np.repeat(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None], 3, axis=2)
 
 
 VARIANTS = {"as_rendered": lambda image: image, "stretch": stretch, "darken": darken, "grey": grey}
@@ -53,16 +53,10 @@ def main() -> None:
     height, width = dims[2].dim_value, dims[3].dim_value
     # The frames checkpoint selection scores (data.ood_limit's even subset).
     records = even_subset(list(ReefDataset.open(args.ood_root).records), args.frames)
-    images = [load_image(r.image_path) for r in records]
-    truths = [r.boxes for r in records]
     runner = onnx_runner(args.model, args.threads)
     out: dict[str, dict] = {"model": str(args.model), "frames": len(records), "variants": {}}
     for name, change in VARIANTS.items():
-        predictions = []
-        for image in images:
-            tensor, fit = checks.letterbox(change(image), width, height)
-            boxes, scores, _ = runner(tensor)
-            predictions.append((checks.boxes_to_source(boxes, fit), scores.astype(np.float32)))
+        predictions, truths = checks.predict(runner, records, width, height, transform=change)
         acc = checks.accuracy(predictions, truths).to_dict()
         out["variants"][name] = {k: acc[k] for k in ("best_f2", "best_threshold", "map50")}
         logging.info("%s: %s", name, out["variants"][name])
