@@ -520,7 +520,8 @@ def count_sweep_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from benchmarks.count_sweep import sweep_counting
+    from benchmarks.count_sweep import check_grid, sweep_counting
+    from benchmarks.counting import clip_paths
     from edge_agent.app import StartupError
 
     bundle = _resolve_bundle(bundle)
@@ -531,12 +532,16 @@ def count_sweep_command(
     ids = _int_list(videos, "--videos")
     keys = _trusted_keys(bundle, key)
     console = _console()
+    try:
+        check_grid(grid_thresholds, grid_hits)
+        clips = clip_paths(data, ids)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     total = 0
-    for clip in sorted((data / "videos").glob("video_*.mp4")):
-        if ids is None or int(clip.stem.removeprefix("video_")) in ids:
-            capture = cv2.VideoCapture(str(clip))
-            total += int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-            capture.release()
+    for clip in clips.values():  # for the progress bar only: the sweep reads every frame there is
+        capture = cv2.VideoCapture(str(clip))
+        total += int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        capture.release()
     columns = (TextColumn("detect"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with (
         tempfile.TemporaryDirectory(prefix="starfish-count-sweep-") as work,

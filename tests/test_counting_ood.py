@@ -48,15 +48,23 @@ def test_demo_bundle_counts_out_of_distribution_clips_within_the_stated_error(oo
 
 
 def test_count_sweep_replays_the_agents_own_count(ood_clips, mosquitto, tmp_path):
-    """The sweep's one-pass replay at the agent's default setting gives the real agent's count, clip by clip."""
-    from benchmarks.count_sweep import sweep_counting
+    """`starfish bench count-sweep` at the agent's default setting gives the real agent's count, clip by clip."""
+    import json
 
-    first = [min(int(p.stem.removeprefix("video_")) for p in (ood_clips / "videos").glob("video_*.mp4"))]
-    agent = _agent_counts(ood_clips, mosquitto, tmp_path / "agent", videos=first)
-    sweep = sweep_counting(
-        BUNDLE, [KEY], ood_clips, thresholds=None, min_hits=None, workdir=tmp_path / "sweep", videos=first, threads=2
-    )
-    assert sweep.variant == agent.variant and sweep.frames == {first[0]: 60}
-    (default,) = sweep.settings
-    assert default.counted == {c.video_id: c.counted for c in agent.clips}
-    assert default.total_counted > 0
+    from typer.testing import CliRunner
+
+    from starfish_cli import app
+
+    first = min(int(p.stem.removeprefix("video_")) for p in (ood_clips / "videos").glob("video_*.mp4"))
+    agent = _agent_counts(ood_clips, mosquitto, tmp_path / "agent", videos=[first])
+    out = tmp_path / "sweep.json"
+    argv = ["bench", "count-sweep", str(BUNDLE), "--data", str(ood_clips), "--videos", str(first)]
+    argv += ["--min-hits", "3,8", "--key", str(KEY), "--threads", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    sweep = json.loads(out.read_text())
+    assert sweep["variant"] == agent.variant and sweep["frames"] == {str(first): 60}
+    by_hits = {s["setting"]["min_hits"]: s for s in sweep["settings"]}
+    assert sorted(by_hits) == [3, 8]  # 3 is the agent's default
+    assert by_hits[3]["counted"] == {str(c.video_id): c.counted for c in agent.clips}
+    assert by_hits[3]["total_counted"] > 0
