@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from edge_agent.bundle.errors import VersionError
+from edge_agent.durable import fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def device_secret(state_dir: str | os.PathLike, name: str, size: int = 32) -> by
             handle.write(secrets.token_bytes(size))
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
         logger.info("created device key %s", path)
     try:
         fd = os.open(path, os.O_RDONLY | flags)
@@ -207,11 +208,3 @@ class DeviceState:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise DeviceStateError(f"device state {self.path}: {exc}") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -121,7 +121,7 @@ def test_crash_while_writing_leaves_nothing(tmp_path: Path, bundle_keys: BundleK
         assert (root / MANIFEST_NAME).is_file()  # everything was written into the staging directory...
         raise OSError("disk full (simulated)")  # ... and then the disk failed before the rename
 
-    monkeypatch.setattr("edge_agent.bundle.writer._fsync_tree", failing_fsync)
+    monkeypatch.setattr("edge_agent.bundle.writer.fsync_tree", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         _write(tmp_path / "bundle", bundle_keys, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

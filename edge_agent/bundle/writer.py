@@ -39,6 +39,7 @@ from edge_agent.bundle.manifest import (
     Variant,
 )
 from edge_agent.bundle.signing import key_id, sign
+from edge_agent.durable import fsync_tree
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def _write_dir(dest: Path, manifest_bytes: bytes, signature: bytes, payload: Map
         (staging / SIGNATURE_NAME).write_bytes(signature)
         # The manifest goes last: a staging dir with a manifest has everything the manifest names.
         (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
-        _fsync_tree(staging)
+        fsync_tree(staging)
         if dest.exists():
             # Directories cannot be swapped atomically in one rename: move the old one aside first, so a crash
             # between the two renames leaves the old bundle recoverable under its backup name, never a mix.
@@ -231,9 +232,3 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.mode = 0o644
     info.mtime = int(time.time())
     tar.addfile(info, io.BytesIO(data))
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())

@@ -29,6 +29,7 @@ from pathlib import Path
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from edge_agent.durable import fsync_path
 from edge_agent.update.errors import (
     DownloadCancelled,
     DownloadError,
@@ -136,9 +137,9 @@ def download(
         raise DownloadHashMismatch(
             f"downloaded {url}: {got[0]} bytes with sha256 {got[1]}; the announcement says {size} bytes, {sha256}"
         )
-    _fsync(part)
+    fsync_path(part)
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_path(dest.parent)
     logger.info("update download: %s complete (%d bytes, %d attempt(s))", dest, size, attempt)
     return DownloadResult(dest, size, attempt, resumed_from)
 
@@ -237,16 +238,3 @@ def _file_digest(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             total += len(chunk)
     return total, digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

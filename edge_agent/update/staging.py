@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edge_agent.bundle.files import unpack_tar
 from edge_agent.bundle.loader import ENGINE_CACHE_SUFFIX
+from edge_agent.durable import fsync_path, fsync_tree
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,8 @@ def stage(models_dir: Path, archive: Path, version: int) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     unpack_tar(archive, dest)
-    for file in dest.iterdir():
-        _fsync_path(file)
-    _fsync_path(dest)
-    _fsync_path(dest.parent)
+    fsync_tree(dest)
+    fsync_path(dest.parent)
     return dest
 
 
@@ -104,10 +103,8 @@ def seed(models_dir: Path, source: Path, version: int) -> Path:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        for file in dest.iterdir():
-            _fsync_path(file)
-        _fsync_path(dest)
-        _fsync_path(dest.parent)
+        fsync_tree(dest)
+        fsync_path(dest.parent)
     point_current(models_dir, version_target(version))
     logger.info("update: seeded %s from %s", dest, source)
     return dest
@@ -120,7 +117,7 @@ def point_current(models_dir: Path, target: str) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)
-    _fsync_path(models_dir)
+    fsync_path(models_dir)
     logger.info("update: %s -> %s", link, target)
 
 
@@ -136,11 +133,3 @@ def prune_versions(models_dir: Path, keep: set[int]) -> list[int]:
             if entry.name == version:
                 removed.append(int(version))
     return removed
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
