@@ -226,9 +226,12 @@ def sweep_counting(
         return found.boxes, found.scores
 
     recorded = {}
-    for v, clip in clips.items():
-        recorded[v] = record_clip(detect, clip)
-        logger.info("clip %d: %d frames recorded", v, len(recorded[v]))
+    try:
+        for v, clip in clips.items():
+            recorded[v] = record_clip(detect, clip)
+            logger.info("clip %d: %d frames recorded", v, len(recorded[v]))
+    finally:
+        detector.close()
     results = []
     total_true = sum(truth[v] for v in wanted)
     for setting in grid:

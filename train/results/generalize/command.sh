@@ -78,3 +78,29 @@ for data in ood_test ood_seed7 id_clips; do  # and the v8 bundle (models/demo) o
 done
 python train/results/generalize/photometric_probe.py /tmp/v9_candidate_pruned.onnx stage_c/photometric_v9_pruned.json
 python train/results/generalize/photometric_probe.py /tmp/v8_pruned.onnx stage_c/photometric_v8_pruned.json
+
+# Stage D (stage_d/README.md). Counting settings of the shipped bundle v8, swept with the agent's own detector and
+# tracker (`starfish bench count-sweep`): chosen on ood_val's clips (the same frames as ood_val, with videos), then
+# read on ood_test and in distribution.
+starfish data ood --out /work/artifacts/ood_val_clips --videos 4 --frames 100 --seed 100
+for data in ood_val_clips ood_test id_clips; do
+  starfish bench count-sweep models/demo --data /work/artifacts/$data --thresholds 0.4,0.5,0.61,0.7,0.8,0.9,0.95,0.98 \
+    --min-hits 2,3,5,8,12,20 --threads 1 --out train/results/generalize/stage_d/count_sweep_v8_${data%_clips}.json
+done
+# Baselines for D1 on ood_test (fp32 ONNX, best threshold) and the photometric probe on 100 ood_val frames.
+python train/results/generalize/stage_c/ood_test_eval.py train/results/generalize/stage_d/ood_test_fp32.json \
+  v6_unpruned=models/generalize/best.ckpt
+python train/results/generalize/photometric_probe.py /tmp/v6_unpruned.onnx train/results/generalize/stage_d/photometric_v6_unpruned.json
+python train/results/generalize/stage_c/ood_test_eval.py /tmp/v8_eval.json v8_pruned=models/generalize/pruned.ckpt
+python train/results/generalize/photometric_probe.py /tmp/v8_pruned.onnx train/results/generalize/stage_d/photometric_v8_pruned.json
+# D1: the unpruned model (models/generalize/best.ckpt, bundle v6) fine-tuned with colour invariance (30 % of crops
+# grey, channel-swapped or hue-turned), half the crops anywhere in the frame, the dense set; out-of-distribution
+# selection, every validation's checkpoint kept.
+starfish train fit --preset generalize --data.root /work/artifacts/synth12 \
+  --data.extra_roots "[/work/artifacts/synth_rand,/work/artifacts/synth_dense]" --data.val_limit 60 \
+  --data.ood_root /work/artifacts/ood_val --data.ood_limit 100 \
+  --augment.colour 0.8 --augment.blur 0.3 --augment.haze 0.3 --augment.noise 0.3 \
+  --augment.colour_invariance 0.3 --augment.background_crop 0.5 \
+  --trainer.max_steps 2400 --trainer.val_check_interval 400 --optim.lr 0.0004 --optim.warmup_steps 30 \
+  --augment.seed 31 --seed 31 --checkpoint.init_weights models/generalize/best.ckpt \
+  --checkpoint.save_top_k -1 --checkpoint.name gen_d1 --checkpoint.best_copy /work/artifacts/gen_d1_best.ckpt
