@@ -85,7 +85,7 @@ python train/results/generalize/photometric_probe.py /tmp/v8_pruned.onnx stage_c
 starfish data ood --out /work/artifacts/ood_val_clips --videos 4 --frames 100 --seed 100
 for data in ood_val_clips ood_test id_clips; do
   starfish bench count-sweep models/demo --data /work/artifacts/$data --thresholds 0.4,0.5,0.61,0.7,0.8,0.9,0.95,0.98 \
-    --min-hits 2,3,5,8,12,20 --threads 1 --out train/results/generalize/stage_d/count_sweep_v8_${data%_clips}.json
+    --min-hits 2,3,5,8,12,20 --threads 1 --out train/results/generalize/stage_d/count_sweep_v8_${data/ood_val_clips/ood_val}.json
 done
 # Baselines for D1 on ood_test (fp32 ONNX, best threshold) and the photometric probe on 100 ood_val frames.
 python train/results/generalize/stage_c/ood_test_eval.py train/results/generalize/stage_d/ood_test_fp32.json \
@@ -104,3 +104,19 @@ starfish train fit --preset generalize --data.root /work/artifacts/synth12 \
   --trainer.max_steps 2400 --trainer.val_check_interval 400 --optim.lr 0.0004 --optim.warmup_steps 30 \
   --augment.seed 31 --seed 31 --checkpoint.init_weights models/generalize/best.ckpt \
   --checkpoint.save_top_k -1 --checkpoint.name gen_d1 --checkpoint.best_copy /work/artifacts/gen_d1_best.ckpt
+# (stopped after the step-2000 validation.) Each kept checkpoint (run on copies, /work/artifacts/d1_STEP.ckpt, as the
+# JSON records) on ood_test and the photometric probe, e.g. step 800:
+python train/results/generalize/stage_c/ood_test_eval.py train/results/generalize/stage_d/ood_test_fp32.json \
+  d1_step800=/work/artifacts/runs/gen_d1/checkpoints/best-800.ckpt
+python train/results/generalize/photometric_probe.py /tmp/d1_step800.onnx train/results/generalize/stage_d/photometric_d1_step800.json
+starfish train evaluate /work/artifacts/runs/gen_d1/checkpoints/best-800.ckpt --data /work/artifacts/synth12 --video 5 \
+  --threads 1 --out train/results/generalize/stage_d/evaluation_video5_d1_step800.json
+# The selected checkpoint's count: its fp32 graph in a bundle signed by a throwaway key, swept like v8's.
+starfish keys generate --private /work/artifacts/d1b/throwaway.pem --public /work/artifacts/d1b/throwaway.pub
+starfish export bundle --ckpt /work/artifacts/runs/gen_d1/checkpoints/best-800.ckpt --fp32 /tmp/d1_step800.onnx \
+  --key /work/artifacts/d1b/throwaway.pem --out /work/artifacts/d1b/bundle800 --version 9 --golden-frames 0 --score-threshold 0.5
+for data in ood_val_clips ood_test id_clips; do
+  starfish bench count-sweep /work/artifacts/d1b/bundle800 --key /work/artifacts/d1b/throwaway.pub --data /work/artifacts/$data \
+    --thresholds 0.3,0.4,0.5,0.61,0.7,0.8,0.9,0.95,0.98 --min-hits 2,3,5,8 --threads 1 \
+    --out train/results/generalize/stage_d/count_sweep_d1_step800_fp32_${data/ood_val_clips/ood_val}.json
+done
