@@ -89,3 +89,12 @@ def test_record_clip_names_an_unreadable_file(tmp_path: Path) -> None:
     broken.write_bytes(b"not a video")
     with pytest.raises(ValueError, match="broken.mp4"):
         record_clip(lambda image: (np.zeros((0, 4)), np.zeros(0)), broken)
+
+
+def test_summed_error_can_cancel_where_the_per_clip_error_cannot() -> None:
+    from benchmarks.counting import count_errors
+
+    total, mean, worst = count_errors({0: 8, 1: 2}, {0: 5, 1: 5})  # one clip over by 3, the other under by 3
+    assert total == 0.0
+    assert mean == pytest.approx(0.6) and worst == pytest.approx(0.6)
+    assert count_errors({0: 3}, {0: 0}) == (3.0, 3.0, 3.0)  # a clip without starfish: error per false track
