@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from benchmarks.counting import clip_paths, count_errors, true_counts
+from edge_agent.capture.camera import media_clock_fps
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +92,12 @@ class SweepResult:
 def record_clip(detect: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], clip: Path) -> list[RecordedFrame]:
     """Every frame of a video file through ``detect`` (boxes, scores at the lowest floor), on the file's clock.
 
-    The clock is the camera's for a file source (`edge_agent.capture.camera`): frame ``i`` at ``i / fps``.
+    The clock is the file camera's (`edge_agent.capture.camera.media_clock_fps`): frame ``i`` at ``i / fps``.
     """
     capture = cv2.VideoCapture(str(clip))
     if not capture.isOpened():
         raise ValueError(f"{clip}: cannot open the video")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    fps = fps if 0 < fps < 1000 else 10.0  # the camera's fallback for a header without a usable rate
+    fps = media_clock_fps(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     frames: list[RecordedFrame] = []
     try:
         while True:

@@ -64,8 +64,16 @@ StatusCallback = Callable[[str, CameraState], None]
 # A connection that delivered frames for this long (or for `reconnect_max_s`, if shorter) was healthy: the next
 # failure starts the backoff again from `reconnect_initial_s`. A stream that opens and dies at once keeps doubling.
 _STABLE_CONNECTION_S = 10.0
+_FALLBACK_FILE_FPS = 10.0  # media clock of a video file whose header lacks a usable rate
+
 # Time allowed beyond `open_timeout_s` for a blocked open to return before `stop()` gives up on the thread.
 _STOP_MARGIN_S = 1.0
+
+
+def media_clock_fps(reported_fps: float) -> float:
+    """The rate a video file's frames are timed by: its header's, or a fallback when that is missing or absurd.
+    Frame ``i`` of a file is at ``i / media_clock_fps(...)`` seconds (``Frame.media_s``)."""
+    return reported_fps if 0 < reported_fps < 1000 else _FALLBACK_FILE_FPS
 
 
 class Camera:
@@ -240,7 +248,7 @@ class Camera:
         Returns the outcome and the number of frames this connection yielded.
         """
         fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-        file_fps = fps if 0 < fps < 1000 else 10.0  # media clock of a file whose header lacks a usable rate
+        file_fps = media_clock_fps(fps)
         period = 1.0 / fps if self._realtime and 0 < fps < 1000 else 0.0
         started = time.monotonic()
         read_here = 0
