@@ -473,22 +473,15 @@ def pipeline_command(
     console.print(f"wrote {path}")
 
 
-def _float_list(text: str | None, option: str) -> list[float] | None:
+def _comma_list(text: str | None, option: str, kind: type[int] | type[float]) -> list | None:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` of ``kind``; None or empty: None (the option's default)."""
     if not text:
         return None
     try:
-        return [float(v) for v in text.split(",")]
+        return [kind(v) for v in text.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"{option} must be comma-separated numbers, got {text!r}") from None
-
-
-def _int_list(text: str | None, option: str) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"{option} must be comma-separated integers, got {text!r}") from None
+        words = "integers" if kind is int else "numbers"
+        raise typer.BadParameter(f"{option} must be comma-separated {words}, got {text!r}") from None
 
 
 @app.command("count-sweep")
@@ -527,9 +520,9 @@ def count_sweep_command(
     bundle = _resolve_bundle(bundle)
     if not (bundle / "manifest.json").is_file():
         raise typer.BadParameter(f"no bundle at {bundle} (no manifest.json)", param_hint="BUNDLE")
-    grid_thresholds = _float_list(thresholds, "--thresholds")
-    grid_hits = _int_list(min_hits, "--min-hits")
-    ids = _int_list(videos, "--videos")
+    grid_thresholds = _comma_list(thresholds, "--thresholds", float)
+    grid_hits = _comma_list(min_hits, "--min-hits", int)
+    ids = _comma_list(videos, "--videos", int)
     keys = _trusted_keys(bundle, key)
     console = _console()
     try:
@@ -618,10 +611,7 @@ def counting_command(
         raise typer.BadParameter(f"no bundle at {bundle} (no manifest.json)", param_hint="BUNDLE")
     if not data.is_dir():
         raise typer.BadParameter(f"no dataset directory {data}", param_hint="--data")
-    try:
-        ids = [int(v) for v in videos.split(",")] if videos else None
-    except ValueError:
-        raise typer.BadParameter(f"--videos must be comma-separated integers, got {videos!r}") from None
+    ids = _comma_list(videos, "--videos", int)
     keys = _trusted_keys(bundle, key)
     with tempfile.TemporaryDirectory(prefix="starfish-counting-") as work:
         try:

@@ -187,6 +187,16 @@ CASES: list[tuple[str, list[str], str]] = [
         "score thresholds must lie in [0, 1], got [1.5]",
     ),
     (
+        "bench-counting-videos",
+        ["bench", "counting", str(DEMO / "bundle"), "--data", "{synth}", "--videos", "1,two"],
+        "--videos must be comma-separated integers, got '1,two'",
+    ),
+    (
+        "bench-count-sweep-min-hits-type",
+        ["bench", "count-sweep", str(DEMO / "bundle"), "--data", "{synth}", "--min-hits", "3,many"],
+        "--min-hits must be comma-separated integers, got '3,many'",
+    ),
+    (
         "bench-count-sweep-min-hits",
         ["bench", "count-sweep", str(DEMO / "bundle"), "--data", "{synth}", "--min-hits", "0,3"],
         "min_hits must be >= 1, got [0]",
