@@ -514,7 +514,7 @@ def count_sweep_command(
     from rich.table import Table
 
     from benchmarks.count_sweep import check_grid, sweep_counting
-    from benchmarks.counting import clip_paths
+    from benchmarks.counting import clip_paths, true_counts
     from edge_agent.app import StartupError
 
     bundle = _resolve_bundle(bundle)
@@ -527,7 +527,7 @@ def count_sweep_command(
     console = _console()
     try:
         check_grid(grid_thresholds, grid_hits)
-        clips = clip_paths(data, ids)
+        clips = clip_paths(data, true_counts(data), ids)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     total = 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.counting import clip_paths, count_errors, true_counts
+from benchmarks.counting import agent_detector, clip_paths, count_errors, true_counts
 from edge_agent.capture.camera import media_clock_fps
 
 logger = logging.getLogger(__name__)
@@ -185,20 +185,15 @@ def sweep_counting(
     from edge_agent.config import load_config_data
 
     check_grid(thresholds, min_hits)
-    clips = clip_paths(root, videos)
     truth = true_counts(root)
+    clips = clip_paths(root, truth, videos)
     wanted = list(clips)
-    detector_cfg: dict = {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]}
-    if variant:
-        detector_cfg["variant"] = variant
-    if threads:
-        detector_cfg["threads"] = threads
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = load_config_data(
         {
             "device_id": "bench-count-sweep",
             "cameras": [{"id": "clip", "source": str(next(iter(clips.values())))}],
-            "detector": detector_cfg,
+            "detector": agent_detector(bundle, keys, variant, threads),
             "outbox_path": str(workdir / "outbox.sqlite3"),
             "state_dir": str(workdir / "state"),  # a benchmark must not raise a device's anti-rollback floor
         }

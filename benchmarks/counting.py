@@ -65,9 +65,9 @@ def count_errors(counted: dict[int, int], truth: dict[int, int]) -> tuple[float,
     return total_error, sum(per_clip) / len(per_clip), max(per_clip)
 
 
-def clip_paths(root: Path, videos: list[int] | None) -> dict[int, Path]:
-    """video_id -> clip file for the requested videos (default: every video in ``synth.json``), all present."""
-    truth = true_counts(root)
+def clip_paths(root: Path, truth: dict[int, int], videos: list[int] | None) -> dict[int, Path]:
+    """video_id -> clip file for the requested videos (default: every video in ``truth``, the dataset's
+    `true_counts`), all present."""
     wanted = sorted(truth) if not videos else videos
     missing = [v for v in wanted if v not in truth]
     if missing:
@@ -77,6 +77,17 @@ def clip_paths(root: Path, videos: list[int] | None) -> dict[int, Path]:
     if absent:
         raise ValueError(f"clip(s) missing (generate the dataset with videos): {', '.join(absent)}")
     return clips
+
+
+def agent_detector(bundle: Path, keys: list[Path], variant: str | None, threads: int | None) -> dict:
+    """The ``detector`` section of an agent config that runs ``bundle`` as the agent would, or with the variant and
+    thread count a benchmark asks for."""
+    detector: dict = {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]}
+    if variant:
+        detector["variant"] = variant
+    if threads:
+        detector["threads"] = threads
+    return detector
 
 
 def measure_counting(
@@ -96,14 +107,9 @@ def measure_counting(
     from edge_agent.config import load_config_data
 
     truth = true_counts(root)
-    clips = clip_paths(root, videos)
+    clips = clip_paths(root, truth, videos)
     wanted = list(clips)
     workdir.mkdir(parents=True, exist_ok=True)
-    detector: dict = {"bundle": str(bundle), "trusted_keys": [str(k) for k in keys]}
-    if variant:
-        detector["variant"] = variant
-    if threads:
-        detector["threads"] = threads
     cfg = load_config_data(
         {
             "device_id": "bench-counting",
@@ -111,7 +117,7 @@ def measure_counting(
                 {"id": f"clip{v}", "source": str(path), "read_mode": "every_frame", "realtime": False}
                 for v, path in clips.items()
             ],
-            "detector": detector,
+            "detector": agent_detector(bundle, keys, variant, threads),
             "mqtt": {"host": host, "port": port},
             "outbox_path": str(workdir / "outbox.sqlite3"),
             "state_dir": str(workdir / "state"),  # a benchmark must not raise a device's anti-rollback floor
