@@ -14,55 +14,26 @@ whose false tracks happen to cancel its misses on the very clips it is reported 
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from benchmarks.counting import agent_detector, clip_paths, count_errors, true_counts
-from edge_agent.capture.camera import media_clock_fps
+from benchmarks.counting import agent_detector
+from edge_agent.tracking.replay import (
+    SettingResult,
+    check_grid,
+    clip_paths,
+    grid_floor,
+    record_clip,
+    replay_grid,
+    settings_grid,
+    true_counts,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RecordedFrame:
-    index: int
-    media_s: float
-    boxes: np.ndarray  # [N, 4] xyxy, source pixels
-    scores: np.ndarray  # [N]
-
-
-@dataclass(frozen=True)
-class CountSetting:
-    """One combination of the settings that act after detection (see `edge_agent.config.TrackerConfig`)."""
-
-    score_threshold: float
-    min_hits: int
-    iou_threshold: float
-    max_age_s: float
-    low_score_threshold: float | None
-    low_iou_threshold: float
-
-
-@dataclass(frozen=True)
-class SettingResult:
-    setting: CountSetting
-    counted: dict[int, int]  # video_id -> unique count
-    total_counted: int
-    total_true: int
-    total_error: float  # |sum counted - sum true| / sum true
-    mean_clip_error: float
-    worst_clip_error: float
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["counted"] = {str(k): v for k, v in self.counted.items()}
-        return data
 
 
 @dataclass(frozen=True)
@@ -89,80 +60,6 @@ class SweepResult:
         }
 
 
-def record_clip(detect: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], clip: Path) -> list[RecordedFrame]:
-    """Every frame of a video file through ``detect`` (boxes, scores at the lowest floor), on the file's clock.
-
-    The clock is the file camera's (`edge_agent.capture.camera.media_clock_fps`): frame ``i`` at ``i / fps``.
-    """
-    capture = cv2.VideoCapture(str(clip))
-    if not capture.isOpened():
-        raise ValueError(f"{clip}: cannot open the video")
-    fps = media_clock_fps(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-    frames: list[RecordedFrame] = []
-    try:
-        while True:
-            ok, image = capture.read()
-            if not ok:
-                break
-            boxes, scores = detect(image)
-            frames.append(RecordedFrame(len(frames), len(frames) / fps, boxes, scores))
-    finally:
-        capture.release()
-    if not frames:
-        raise ValueError(f"{clip}: no decodable frames")
-    return frames
-
-
-def replay(frames: Sequence[RecordedFrame], setting: CountSetting) -> int:
-    """The agent's unique count for one clip under ``setting`` (what `Agent._process` would have counted)."""
-    from edge_agent.tracking import Tracker
-
-    tracker = Tracker(setting.iou_threshold, setting.max_age_s, setting.min_hits, setting.low_iou_threshold)
-    floor = setting.score_threshold
-    if setting.low_score_threshold is not None:
-        floor = min(setting.low_score_threshold, setting.score_threshold)
-    for frame in frames:
-        keep = frame.scores >= floor
-        tracker.update(
-            frame.boxes[keep],
-            frame.scores[keep],
-            frame.index,
-            frame.media_s,
-            clock=frame.media_s,
-            score_threshold=setting.score_threshold,
-        )
-    tracker.flush()
-    return tracker.unique_count
-
-
-def check_grid(thresholds: Sequence[float] | None, min_hits: Sequence[int] | None) -> None:
-    """One clear error for a grid value the agent's config would refuse."""
-    bad = [t for t in thresholds or [] if not 0 <= t <= 1]
-    if bad:
-        raise ValueError(f"score thresholds must lie in [0, 1], got {bad}")
-    bad_hits = [m for m in min_hits or [] if m < 1]
-    if bad_hits:
-        raise ValueError(f"min_hits must be >= 1, got {bad_hits}")
-
-
-def settings_grid(
-    thresholds: Sequence[float],
-    min_hits: Sequence[int],
-    *,
-    iou_threshold: float,
-    max_age_s: float,
-    low_score_threshold: float | None,
-    low_iou_threshold: float,
-) -> list[CountSetting]:
-    if not thresholds or not min_hits:
-        raise ValueError("need at least one score threshold and one min_hits value")
-    check_grid(thresholds, min_hits)
-    return [
-        CountSetting(float(t), int(m), iou_threshold, max_age_s, low_score_threshold, low_iou_threshold)
-        for t, m in itertools.product(sorted(set(thresholds)), sorted(set(min_hits)))
-    ]
-
-
 def sweep_counting(
     bundle: Path,
     keys: list[Path],
@@ -178,7 +75,8 @@ def sweep_counting(
 ) -> SweepResult:
     """Record every clip of ``root`` once with the agent's detector, then replay each setting of the grid.
 
-    ``thresholds`` None: the bundle's own threshold for the running variant; ``min_hits`` None: the agent's default.
+    ``thresholds`` / ``min_hits`` None: what the agent runs the variant at (its calibrated counting settings when
+    the bundle carries them, else its best-F2 threshold and the default ``min_hits``).
     Every other tracker setting is the agent's default.
     """
     from edge_agent.app import load_detector
@@ -203,16 +101,13 @@ def sweep_counting(
     tracker = cfg.tracker
     grid = settings_grid(
         thresholds if thresholds else [bundle_threshold],
-        min_hits if min_hits else [tracker.min_hits],
+        min_hits if min_hits else [detector.min_hits],
         iou_threshold=tracker.iou_threshold,
         max_age_s=tracker.max_age_s,
         low_score_threshold=tracker.low_score_threshold,
         low_iou_threshold=tracker.low_iou_threshold,
     )
-    floor = min(
-        min(s.score_threshold for s in grid),
-        tracker.low_score_threshold if tracker.low_score_threshold is not None else 1.0,
-    )
+    floor = grid_floor(grid)
 
     def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         found = detector.detect(image, floor)
@@ -227,22 +122,7 @@ def sweep_counting(
             logger.info("clip %d: %d frames recorded", v, len(recorded[v]))
     finally:
         detector.close()
-    results = []
-    total_true = sum(truth[v] for v in wanted)
-    for setting in grid:
-        counted = {v: replay(recorded[v], setting) for v in wanted}
-        total_error, mean_clip_error, worst_clip_error = count_errors(counted, truth)
-        results.append(
-            SettingResult(
-                setting=setting,
-                counted=counted,
-                total_counted=sum(counted.values()),
-                total_true=total_true,
-                total_error=total_error,
-                mean_clip_error=mean_clip_error,
-                worst_clip_error=worst_clip_error,
-            )
-        )
+    results = replay_grid(recorded, truth, grid)
     return SweepResult(
         bundle=str(bundle),
         variant=str(getattr(detector, "variant", variant or "")),

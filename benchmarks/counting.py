@@ -9,10 +9,11 @@ the error of the summed counts next to the mean and the worst per-clip error.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from edge_agent.tracking.replay import clip_paths, count_errors, true_counts
 
 logger = logging.getLogger(__name__)
 
@@ -42,41 +43,6 @@ class CountingResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def true_counts(root: Path) -> dict[int, int]:
-    """video_id -> true distinct starfish, from the dataset's ``synth.json``."""
-    meta_path = root / "synth.json"
-    if not meta_path.is_file():
-        raise ValueError(f"{root} has no synth.json (true distinct-starfish counts): use a generated dataset")
-    try:
-        videos = json.loads(meta_path.read_text())["videos"]
-        return {int(v["video_id"]): int(v["distinct_starfish"]) for v in videos}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{meta_path} does not list videos with video_id and distinct_starfish: {exc}") from None
-
-
-def count_errors(counted: dict[int, int], truth: dict[int, int]) -> tuple[float, float, float]:
-    """(error of the summed counts, mean per-clip error, worst per-clip error); a clip's error is
-    |counted - true| / max(true, 1)."""
-    per_clip = [abs(counted[v] - truth[v]) / max(truth[v], 1) for v in counted]
-    total_true = sum(truth[v] for v in counted)
-    total_error = abs(sum(counted.values()) - total_true) / max(total_true, 1)
-    return total_error, sum(per_clip) / len(per_clip), max(per_clip)
-
-
-def clip_paths(root: Path, truth: dict[int, int], videos: list[int] | None) -> dict[int, Path]:
-    """video_id -> clip file for the requested videos (default: every video in ``truth``, the dataset's
-    `true_counts`), all present."""
-    wanted = sorted(truth) if not videos else videos
-    missing = [v for v in wanted if v not in truth]
-    if missing:
-        raise ValueError(f"{root} has no video(s) {missing}; it has {sorted(truth)}")
-    clips = {v: root / "videos" / f"video_{v}.mp4" for v in wanted}
-    absent = [str(p) for p in clips.values() if not p.is_file()]
-    if absent:
-        raise ValueError(f"clip(s) missing (generate the dataset with videos): {', '.join(absent)}")
-    return clips
 
 
 def agent_detector(bundle: Path, keys: list[Path], variant: str | None, threads: int | None) -> dict:

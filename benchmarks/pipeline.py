@@ -94,7 +94,7 @@ def profile_pipeline(
     camera = cameras[0]
     source = clip if clip is not None else camera.source
     detector, load_s = load_detector(cfg)
-    tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_age_s, cfg.tracker.min_hits)
+    tracker = Tracker(cfg.tracker.iou_threshold, cfg.tracker.max_age_s, detector.min_hits)
     info = detector.describe()
     model_ref = {key: info[key] for key in ("name", "version", "variant", "backend")}
     capture = open_source(source, camera.open_timeout_s, camera.read_timeout_s)

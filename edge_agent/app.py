@@ -159,7 +159,7 @@ class Agent:
         for cam_cfg in cfg.cameras:
             camera = Camera(cam_cfg, on_status=self._on_camera_status, wakeup=self._wakeup)
             tracker = Tracker(
-                cfg.tracker.iou_threshold, cfg.tracker.max_age_s, cfg.tracker.min_hits, cfg.tracker.low_iou_threshold
+                cfg.tracker.iou_threshold, cfg.tracker.max_age_s, detector.min_hits, cfg.tracker.low_iou_threshold
             )
             self.cameras[cam_cfg.id] = CameraRuntime(camera, tracker)
         self._inference_ms: deque[float] = deque(maxlen=2000)
@@ -279,6 +279,8 @@ class Agent:
         elapsed_ms = (time.perf_counter() - started) * 1000
         self._inference_ms.append(elapsed_ms)
         self._window_ms.append(elapsed_ms)
+        # A swapped-in bundle may carry other counting settings; they apply from its first frame.
+        runtime.tracker.min_hits = detector.min_hits
         update = runtime.tracker.update(
             detections.boxes,
             detections.scores,
@@ -592,6 +594,7 @@ def detector_for_bundle(cfg: AgentConfig, bundle: VerifiedBundle) -> Detector:
     det = cfg.detector
     options = DetectorOptions(
         score_threshold=det.score_threshold,
+        min_hits=cfg.tracker.min_hits,
         threads=det.threads,
         engine_cache_dir=det.engine_cache_dir,
         state_dir=Path(cfg.state_dir).resolve(),

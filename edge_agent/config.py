@@ -103,7 +103,11 @@ class DetectorConfig(_Strict):
         description="Back ends in order of preference; the first one available on this machine is used.",
     )
     score_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Keep detections at or above this score; None: the bundle's best-F2 one."
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Keep detections at or above this score; None: the variant's calibrated counting threshold "
+        "when the bundle carries one, else its best-F2 threshold.",
     )
     threads: int | None = Field(None, ge=1, le=64, description="onnxruntime intra-op threads (None: its default).")
     engine_cache_dir: Path | None = Field(
@@ -134,7 +138,13 @@ class TrackerConfig(_Strict):
         description="Seconds of capture time a confirmed track may go unseen before it ends "
         "(frame-rate independent: the same at 2 and at 30 processed frames per second).",
     )
-    min_hits: int = Field(3, ge=1, le=100, description="Detections before a track counts as a starfish.")
+    min_hits: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="Detections before a track counts as a starfish; None: the variant's calibrated counting "
+        "`min_hits` when the bundle carries one, else 3.",
+    )
     low_score_threshold: float | None = Field(
         0.1,
         ge=0,
@@ -381,14 +391,14 @@ detector:                          # paths are relative to the working directory
   trusted_keys: [models/demo/demo_key.pub]   # REQUIRED: ed25519 public keys (PEM) accepted for signatures
   variant: null                    # fp32 | int8 | int8_cpu; null = bundle default (int8_cpu on a CPU)
   backends: [tensorrt, onnxruntime]  # first available wins (TensorRT needs a Jetson/CUDA host)
-  score_threshold: null            # null = the variant's best-F2 threshold from the bundle
+  score_threshold: null            # null = the variant's counting threshold from the bundle (else its best-F2 one)
   threads: null                    # onnxruntime intra-op threads
   allow_rollback: false            # true: accept a bundle older than the newest this device ran (logged)
 
 tracker:
   iou_threshold: 0.2
   max_age_s: 1.5                   # seconds of capture time unseen before a track ends (`end` event)
-  min_hits: 3                      # detections before a track counts as a distinct starfish
+  min_hits: null                   # detections before a track counts as a starfish (null = the bundle's, else 3)
   low_score_threshold: 0.1         # ByteTrack second pass: weaker boxes keep confirmed tracks alive (null: off)
 
 mqtt:

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.bundle import InputSpec, TrainingInfo, VariantSource, load_private_key, write_bundle
+from edge_agent.bundle import Counting, InputSpec, TrainingInfo, VariantSource, load_private_key, write_bundle
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.manifest import CPU_INT8_VARIANT, MANIFEST_NAME, parse_manifest
 from export import checks
+from export.counting import ClipSet, calibrate
 from export.fp16 import FP16_VARIANT, convert_fp16
 from export.golden import DEFAULT_GOLDEN_FRAMES, encode_frames, frames_from_records, random_frames, record_golden
 from export.onnx_export import ExportError, default_input_size, export_onnx
@@ -72,6 +73,9 @@ class ChainOptions:
     fp16: bool = True  # an fp16 variant for TensorRT fp16 / GPU onnxruntime
     profile_frames: int = 6  # frames for onnxruntime's per-op-type profile of every ONNX variant (0: skip)
     golden_frames: int = DEFAULT_GOLDEN_FRAMES  # held-out frames recorded per variant for the device check (0: none)
+    # Clip sets with known counts on which each shipped variant's counting settings are calibrated (none: the
+    # bundle carries none, and the agent counts at the best-F2 threshold with its default min_hits).
+    count_clips: list[ClipSet] = field(default_factory=list)
 
 
 class _Steps:
@@ -90,8 +94,8 @@ class _Steps:
 
 
 # load, measure, unpruned ONNX + INT8, prune, fine-tune (or skip), export + parity, quantize, fp16, profile, time,
-# bundle, report
-CHAIN_STEPS = 12
+# counting calibration (or skip), bundle, report
+CHAIN_STEPS = 13
 
 
 def run_chain(opts: ChainOptions) -> dict[str, Any]:
@@ -292,18 +296,42 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
             logger.info("%s: %.1f ms median", name, latency.median_ms)
         report["load_average_after_timing"] = list(os.getloadavg())
 
-        step("writing the signed bundle")
         variants_report = report["variants"]
+        shipped = {"int8": "pruned_onnx_int8"}  # bundle variant -> its runner and report entry
+        if int8_cpu_path is not None:
+            shipped[CPU_INT8_VARIANT] = "pruned_onnx_int8_cpu"
+        if opts.keep_fp32:
+            shipped["fp32"] = "pruned_onnx_fp32"
+        if fp16_path is not None:
+            shipped[FP16_VARIANT] = "pruned_onnx_fp16"
+        counting: dict[str, Counting] = {}
+        if opts.count_clips:
+            names = ", ".join(c.name for c in opts.count_clips)
+            step(f"calibrating each variant's counting settings on {names} (the agent's tracker, replayed)")
+            for variant, name in shipped.items():
+                entry = variants_report[name]
+                if "deployed_threshold" not in entry:  # measured without held-out data: nothing to start from
+                    continue
+                counting[variant], entry["counting"] = calibrate(
+                    runners[name], opts.count_clips, width, height, entry["deployed_threshold"]
+                )
+        else:
+            step("counting calibration skipped (no --count-clips)")
+        step("writing the signed bundle")
         int8_threshold = variants_report["pruned_onnx_int8"].get("deployed_threshold")
         # Top level: the default (int8) variant's own threshold, also used by variants measured without one.
         threshold = _clamp(int8_threshold if int8_threshold is not None else source.score_threshold)
-        variants = {"int8": _variant_source(int8_path, variants_report["pruned_onnx_int8"])}
+        variants = {"int8": _variant_source(int8_path, variants_report["pruned_onnx_int8"], counting.get("int8"))}
         if int8_cpu_path is not None:
-            variants[CPU_INT8_VARIANT] = _variant_source(int8_cpu_path, variants_report["pruned_onnx_int8_cpu"])
+            variants[CPU_INT8_VARIANT] = _variant_source(
+                int8_cpu_path, variants_report["pruned_onnx_int8_cpu"], counting.get(CPU_INT8_VARIANT)
+            )
         if opts.keep_fp32:
-            variants["fp32"] = _variant_source(fp32_path, variants_report["pruned_onnx_fp32"])
+            variants["fp32"] = _variant_source(fp32_path, variants_report["pruned_onnx_fp32"], counting.get("fp32"))
         if fp16_path is not None:
-            variants[FP16_VARIANT] = _variant_source(fp16_path, variants_report["pruned_onnx_fp16"])
+            variants[FP16_VARIANT] = _variant_source(
+                fp16_path, variants_report["pruned_onnx_fp16"], counting.get(FP16_VARIANT)
+            )
         golden_png = encode_frames(
             frames_from_records(eval_records or val_records, opts.golden_frames)
             or random_frames(width, height, opts.golden_frames),
@@ -366,6 +394,9 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         "version": manifest.version,
         "score_threshold": threshold,
         "variant_thresholds": {v: manifest.threshold_for(v) for v in manifest.variants},
+        "variant_counting": {
+            v: c.model_dump(mode="json") for v in manifest.variants if (c := manifest.counting_for(v)) is not None
+        },
         "size_bytes": sum(v.size for v in manifest.variants.values()),
         "golden_frames": len(manifest.golden.frames) if manifest.golden else 0,
         "golden_bytes": sum(f.size for f in manifest.golden.files()) if manifest.golden else 0,
@@ -554,9 +585,9 @@ def joint_threshold(predictions: list, truths: list, ood_predictions: list, ood_
     return THRESHOLD_GRID[best]
 
 
-def _variant_source(path: Path, entry: dict[str, Any]) -> VariantSource:
-    """A bundle variant with its own best-F2 threshold: INT8 scores are not the fp32 model's, so one threshold
-    for every variant would run all but one of them off their best F2."""
+def _variant_source(path: Path, entry: dict[str, Any], counting: Counting | None = None) -> VariantSource:
+    """A bundle variant with its own best-F2 threshold (INT8 scores are not the fp32 model's, so one threshold
+    for every variant would run all but one of them off their best F2) and its own counting settings."""
     acc = entry.get("accuracy")
     return VariantSource(
         path,
@@ -564,6 +595,7 @@ def _variant_source(path: Path, entry: dict[str, Any]) -> VariantSource:
         map50=acc["map50"] if acc else None,
         latency_ms=entry["latency"]["median_ms"],
         score_threshold=_clamp(entry["deployed_threshold"]) if acc else None,
+        counting=counting,
     )
 
 
@@ -817,6 +849,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _contribution_lines(report)
     lines += _profile_lines(report)
     lines += _ood_lines(report)
+    lines += _counting_lines(report)
     b = report["bundle"]
     lines += [
         "",
@@ -917,6 +950,39 @@ def _ood_lines(report: dict[str, Any]) -> list[str]:
             f"| {_f(v['f2_in_distribution_at_deployed'])} | {_f(ood['best_f2'])} | {_f(ood['map50'])} "
             f"| {_f(acc['best_f2'])} |"
         )
+    return lines
+
+
+def _counting_lines(report: dict[str, Any]) -> list[str]:
+    """Each variant's calibrated counting setting beside the uncalibrated one, per selection clip set."""
+    rows = [(name, v["counting"]) for name, v in report["variants"].items() if "counting" in v]
+    if not rows:
+        return []
+    sets = rows[0][1]["selected_on"]
+    described = ", ".join(f"`{s['name']}` ({s['clips']} clips, {s['true']} starfish)" for s in sets)
+    lines = [
+        "",
+        f"Counting settings, calibrated on {described}: the agent's tracker replayed over each variant's "
+        "detections; the setting with the lowest mean per-clip count error (averaged over the sets) is shipped. "
+        "Uncalibrated: the deployed threshold with the default min_hits. Counted / true, mean per-clip error:",
+        "",
+        "| variant | setting | " + " | ".join(f"`{s['name']}`" for s in sets) + " |",
+        "|---|---|" + "---:|" * len(sets),
+    ]
+
+    def cells(row: dict[str, Any]) -> str:
+        parts = []
+        for s in sets:
+            e = row["sets"][s["name"]]
+            parts.append(f"{e['counted']} / {e['true']}, {100 * e['mean_clip_error']:.0f} %")
+        return " | ".join(parts)
+
+    for name, c in rows:
+        for label in ("chosen", "uncalibrated"):
+            row = c[label]
+            lines.append(
+                f"| {name} | {label}: {row['score_threshold']:.2f}, min_hits {row['min_hits']} | {cells(row)} |"
+            )
     return lines
 
 

@@ -336,6 +336,12 @@ def all_(
         help="Out-of-distribution set that picks each "
         "variant's score threshold (default: the checkpoint's data.ood_root).",
     ),
+    count_clips: list[Path] = typer.Option(
+        [],
+        "--count-clips",
+        help="A generated clip set (videos/ + synth.json, e.g. `starfish data ood`) on which each variant's counting "
+        "threshold and min_hits are calibrated; repeat for several (their mean per-clip errors are averaged).",
+    ),
     latency_runs: int = typer.Option(30, help="Timed inferences per variant."),
     threads: int = typer.Option(2, help="CPU threads for every variant."),
     version: int | None = typer.Option(None, help="Bundle version (default: previous in --out + 1)."),
@@ -347,11 +353,16 @@ def all_(
     """prune -> fine-tune -> fp32 ONNX -> INT8 ONNX -> parity/accuracy -> signed bundle -> report."""
     from edge_agent.bundle import BundleError
     from export.chain import ChainOptions, run_chain
+    from export.counting import load_clip_sets
     from export.onnx_export import ExportError
     from export.prune import PruneConfig
 
     if (checkpoint is None) != untrained:
         raise typer.BadParameter("give a CHECKPOINT, or --untrained for a demo model without one")
+    try:
+        clip_sets = load_clip_sets(count_clips)  # a wrong path fails now, not after an hour of export
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--count-clips") from exc
     try:
         report = run_chain(
             ChainOptions(
@@ -371,6 +382,7 @@ def all_(
                 calibration_method=calibration_method,
                 eval_frames=eval_frames,
                 ood_root=ood_data,
+                count_clips=clip_sets,
                 latency_runs=latency_runs,
                 threads=threads,
                 version=version,

@@ -265,7 +265,7 @@ def test_schema_3_golden_frames_round_trip_and_are_signed(tmp_path: Path, bundle
     bundle = _write(tmp_path / "bundle", bundle_keys, tmp_path, golden=_golden())
     loaded = load_bundle(bundle, bundle_keys.public)
     manifest = loaded.manifest
-    assert manifest.schema_version == SCHEMA_VERSION == 3 and manifest.golden is not None
+    assert manifest.schema_version == SCHEMA_VERSION and manifest.golden is not None
     assert [f.file for f in manifest.golden.frames] == ["golden_0.png", "golden_1.png"]
     assert manifest.golden.expectations.file == "golden.json"
     assert parse_manifest(manifest.to_json_bytes()) == manifest

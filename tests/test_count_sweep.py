@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.count_sweep import CountSetting, RecordedFrame, check_grid, record_clip, replay, settings_grid
+from edge_agent.tracking.replay import CountSetting, RecordedFrame, check_grid, record_clip, replay, settings_grid
 
 DEFAULTS = {"iou_threshold": 0.2, "max_age_s": 1.5, "low_score_threshold": 0.1, "low_iou_threshold": 0.5}
 
@@ -92,7 +92,7 @@ def test_record_clip_names_an_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_summed_error_can_cancel_where_the_per_clip_error_cannot() -> None:
-    from benchmarks.counting import count_errors
+    from edge_agent.tracking.replay import count_errors
 
     total, mean, worst = count_errors({0: 8, 1: 2}, {0: 5, 1: 5})  # one clip over by 3, the other under by 3
     assert total == 0.0

@@ -229,11 +229,12 @@ def test_pruning_really_removes_channels_and_the_model_still_runs(smoke_checkpoi
 
 
 def test_whole_chain_writes_a_verified_bundle_and_report(
-    smoke_checkpoint, bundle_keys: BundleKeys, tmp_path, caplog: pytest.LogCaptureFixture
+    smoke_checkpoint, synthetic_dataset: Path, bundle_keys: BundleKeys, tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
 
     from export.chain import CHAIN_STEPS, ChainOptions, run_chain
+    from export.counting import load_clip_sets
     from export.prune import PruneConfig
 
     caplog.set_level(logging.INFO, logger="export.chain")
@@ -250,10 +251,32 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
             eval_frames=4,
             latency_runs=2,
             fine_tune_overrides={"data.train_limit": 2, "data.val_limit": 2},
+            count_clips=load_clip_sets([synthetic_dataset]),
         )
     )
     bundle = load_bundle(out / "bundle", bundle_keys.public)
     assert set(bundle.manifest.variants) == {"fp32", "fp16", "int8", "int8_cpu"}
+    # Every shipped variant carries counting settings calibrated on the clips: the grid's lowest mean per-clip
+    # error, never worse there than the uncalibrated setting (the best-F2 threshold, min_hits 3).
+    for variant, measured in (("fp32", "pruned_onnx_fp32"), ("int8_cpu", "pruned_onnx_int8_cpu")):
+        counting = bundle.manifest.counting_for(variant)
+        entry = report["variants"][measured]["counting"]
+        name = synthetic_dataset.name
+        assert counting is not None and counting.selected_on == (name,)
+        assert (counting.score_threshold, counting.min_hits) == (
+            entry["chosen"]["score_threshold"],
+            entry["chosen"]["min_hits"],
+        )
+        errors = [row["sets"][name]["mean_clip_error"] for row in entry["grid"]]
+        assert counting.mean_clip_error == pytest.approx(min(errors), abs=1e-4)
+        assert (
+            entry["chosen"]["sets"][name]["mean_clip_error"] <= entry["uncalibrated"]["sets"][name]["mean_clip_error"]
+        )
+        assert entry["uncalibrated"]["min_hits"] == 3
+        assert entry["uncalibrated"]["score_threshold"] == pytest.approx(
+            report["variants"][measured]["deployed_threshold"], abs=1e-4
+        )
+    assert report["bundle"]["variant_counting"]["int8"]["selected_on"] == [synthetic_dataset.name]
     assert bundle.manifest.default_variant == "int8"
     # the unpruned reference bundle for `starfish bench --reference`: same key, another model name
     reference = load_bundle(out / "reference-unpruned", bundle_keys.public)
@@ -353,6 +376,8 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
     agreement = report["int8_vs_fp32"]
     assert agreement["score_floor"] == 0.5
     assert "INT8 vs fp32 ONNX (fp32 score > 0.50)" in markdown
+    assert f"Counting settings, calibrated on `{synthetic_dataset.name}`" in markdown
+    assert "| pruned_onnx_int8_cpu | chosen: " in markdown and "| pruned_onnx_int8_cpu | uncalibrated: " in markdown
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
     assert steps[-1] == f"[{CHAIN_STEPS}/{CHAIN_STEPS}] writing the report", steps
 

@@ -18,9 +18,10 @@ from edge_agent import preprocess
 from edge_agent.bundle.errors import ManifestError, UnsupportedSchemaError
 
 # 2: variants carry their own best-F2 `score_threshold`. 3: the optional signed `golden` set (staging-check frames).
-# Version 1 and 2 manifests are still read.
-SCHEMA_VERSION = 3
+# 4: variants may carry `counting`, the settings their unique count was calibrated at. Versions 1-3 are still read.
+SCHEMA_VERSION = 4
 GOLDEN_SCHEMA_VERSION = 3  # the first schema with `golden`
+COUNTING_SCHEMA_VERSION = 4  # the first schema with a variant's `counting`
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 # The INT8 variant with uint8 activations for onnxruntime on CPUs; `int8` (zero-point-0 activations) is TensorRT's.
@@ -132,6 +133,24 @@ class BundleFile(_Strict):
         return file
 
 
+class Counting(_Strict):
+    """The settings a variant's unique count was calibrated at (schema 4), chosen by the export chain on clips
+    with known counts, and what they gave there.
+
+    The best-F2 threshold scores single frames; a count also pays for every false box that survives ``min_hits``
+    frames, so the count's optimum can sit far from the frame metric's (`export.counting`).
+    """
+
+    score_threshold: float = Field(ge=0.0, le=1.0, description="Detector threshold the agent counts at.")
+    min_hits: int = Field(ge=1, le=100, description="Tracker matches before a track counts as a starfish.")
+    selected_on: tuple[str, ...] = Field(
+        min_length=1, description="The clip sets the setting was chosen on (names, as the chain was given them)."
+    )
+    mean_clip_error: float = Field(
+        ge=0.0, description="Mean per-clip relative count error there (averaged over the sets), at this setting."
+    )
+
+
 class Variant(BundleFile):
     """One model file of the bundle (e.g. `fp32`, `int8`) with what was measured on it."""
 
@@ -147,6 +166,9 @@ class Variant(BundleFile):
         ge=0.0,
         le=1.0,
         description="This variant's own best-F2 threshold on validation (None: use the manifest's `score_threshold`).",
+    )
+    counting: Counting | None = Field(
+        None, description="Counting settings calibrated for this variant (schema 4; None: the agent's defaults)."
     )
 
 
@@ -254,6 +276,12 @@ class Manifest(_Strict):
             raise ValueError(f"default_variant {self.default_variant!r} is not one of {sorted(self.variants)}")
         if self.golden is not None and self.schema_version < GOLDEN_SCHEMA_VERSION:
             raise ValueError(f"golden needs schema_version {GOLDEN_SCHEMA_VERSION}, got {self.schema_version}")
+        counted = sorted(name for name, v in self.variants.items() if v.counting is not None)
+        if counted and self.schema_version < COUNTING_SCHEMA_VERSION:
+            raise ValueError(
+                f"counting settings (variants {counted}) need schema_version {COUNTING_SCHEMA_VERSION}, "
+                f"got {self.schema_version}"
+            )
         files = [entry.file for _, entry in self.files()]
         if len(set(files)) != len(files):
             raise ValueError(f"variants and golden frames must name distinct files, got {files}")
@@ -272,11 +300,18 @@ class Manifest(_Strict):
         own = self.variants[variant].score_threshold
         return self.score_threshold if own is None else own
 
+    def counting_for(self, variant: str) -> Counting | None:
+        """The counting settings calibrated for ``variant``, if the bundle carries them."""
+        return self.variants[variant].counting
+
     def to_json_bytes(self) -> bytes:
         """Canonical serialisation (sorted keys, UTF-8): the exact bytes that get signed."""
         data = self.model_dump(mode="json")
         if data["golden"] is None:
             del data["golden"]  # a manifest without golden frames reads the same as before schema 3
+        for variant in data["variants"].values():
+            if variant["counting"] is None:
+                del variant["counting"]  # likewise for a variant without counting settings (schema 4)
         return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 

@@ -31,6 +31,7 @@ from edge_agent.bundle.manifest import (
     SCHEMA_VERSION,
     SIGNATURE_NAME,
     BundleFile,
+    Counting,
     GoldenSet,
     InputSpec,
     Manifest,
@@ -53,6 +54,7 @@ class VariantSource:
     map50: float | None = None
     latency_ms: float | None = None
     score_threshold: float | None = None  # this variant's own best-F2 threshold (None: the bundle's default)
+    counting: Counting | None = None  # the settings its unique count was calibrated at (None: agent defaults)
 
 
 def write_bundle(
@@ -107,6 +109,7 @@ def write_bundle(
                 map50=source.map50,
                 latency_ms=source.latency_ms,
                 score_threshold=source.score_threshold,
+                counting=source.counting,
             )
             for variant, source in variants.items()
         }

@@ -54,13 +54,19 @@ class Detections:
 class DetectorOptions:
     """Back-end independent knobs (from `DetectorConfig`)."""
 
-    score_threshold: float | None = None  # None: the variant's best-F2 threshold from the manifest
+    # None: the variant's calibrated counting threshold when the bundle carries one, else its best-F2 threshold.
+    score_threshold: float | None = None
+    min_hits: int | None = None  # None: the variant's calibrated counting `min_hits`, else DEFAULT_MIN_HITS
     threads: int | None = None
     engine_cache_dir: Path | None = None
     # Device-local state (edge_agent.device_state): holds the key that authenticates cached TensorRT engines.
     state_dir: Path | None = None
     warmup_runs: int = 2
     extra: dict = field(default_factory=dict)
+
+
+# Tracker matches before a track counts as a starfish, for a bundle that carries no calibrated counting settings.
+DEFAULT_MIN_HITS = 3
 
 
 class DetectorUnavailable(RuntimeError):
@@ -80,12 +86,19 @@ class Detector(abc.ABC):
         self.options = options
         spec = bundle.manifest.input
         self.input_width, self.input_height = spec.width, spec.height
-        # Each variant's own best-F2 threshold: an INT8 model's scores are not the fp32 model's.
-        self.score_threshold = (
-            options.score_threshold
-            if options.score_threshold is not None
-            else bundle.manifest.threshold_for(self.variant)
-        )
+        # Each variant's own settings: an INT8 model's scores are not the fp32 model's. The agent counts, so the
+        # settings its count was calibrated at win over the single-frame best-F2 threshold.
+        counting = bundle.manifest.counting_for(self.variant)
+        if options.score_threshold is not None:
+            self.score_threshold = options.score_threshold
+        elif counting is not None:
+            self.score_threshold = counting.score_threshold
+        else:
+            self.score_threshold = bundle.manifest.threshold_for(self.variant)
+        if options.min_hits is not None:
+            self.min_hits = options.min_hits
+        else:
+            self.min_hits = counting.min_hits if counting is not None else DEFAULT_MIN_HITS
 
     @classmethod
     def default_variant(cls, bundle: VerifiedBundle, options: DetectorOptions) -> str:
