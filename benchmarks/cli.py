@@ -491,9 +491,13 @@ def count_sweep_command(
         ..., "--data", help="Dataset root with videos/*.mp4 and synth.json (true counts).", exists=True, file_okay=False
     ),
     thresholds: str = typer.Option(
-        None, help="Comma-separated detector score thresholds (default: the bundle's for the variant)."
+        None,
+        help="Comma-separated detector score thresholds (default: the one the agent counts at for the variant: its "
+        "calibrated counting threshold, else its best-F2 one).",
     ),
-    min_hits: str = typer.Option(None, "--min-hits", help="Comma-separated tracker min_hits (default: the agent's)."),
+    min_hits: str = typer.Option(
+        None, "--min-hits", help="Comma-separated tracker min_hits (default: the agent's for the variant)."
+    ),
     videos: str = typer.Option(None, help="Comma-separated video ids (default: every video in synth.json)."),
     key: list[Path] = typer.Option(
         None, "--key", help="Trusted public key(s). Default: *.pub beside the bundle.", exists=True, dir_okay=False
@@ -557,7 +561,7 @@ def count_sweep_command(
         except (ValueError, StartupError) as exc:
             raise typer.BadParameter(str(exc)) from exc
     table = Table(
-        title=f"unique counts by the agent's tracker ({result.backend}, {result.variant}; bundle threshold "
+        title=f"unique counts by the agent's tracker ({result.backend}, {result.variant}; the agent's threshold "
         f"{result.bundle_threshold:.3f}) on {data}: {sum(result.true.values())} true"
     )
     for column in ("score threshold", "min_hits", "counted", "error", "mean clip error"):

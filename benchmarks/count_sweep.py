@@ -42,7 +42,7 @@ class SweepResult:
     variant: str
     backend: str
     data: str
-    bundle_threshold: float
+    bundle_threshold: float  # the threshold the agent runs the variant at (its counting one when calibrated)
     true: dict[int, int]
     frames: dict[int, int]
     settings: list[SettingResult]

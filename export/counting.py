@@ -24,7 +24,7 @@ import numpy as np
 from edge_agent.bundle import Counting
 from edge_agent.config import TrackerConfig
 from edge_agent.detectors.base import DEFAULT_MIN_HITS
-from edge_agent.preprocess import boxes_to_source, letterbox
+from edge_agent.preprocess import letterbox, postprocess
 from edge_agent.tracking.replay import (
     CountSetting,
     RecordedFrame,
@@ -73,9 +73,8 @@ def runner_detect(runner: Runner, width: int, height: int, floor: float) -> Call
 
     def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tensor, fit = letterbox(image, width, height)
-        boxes, scores, _ = runner(tensor)
-        keep = scores >= floor
-        return boxes_to_source(boxes[keep], fit), scores[keep].astype(np.float32)
+        boxes, scores, _ = postprocess(*runner(tensor), fit, floor)  # as `Detector.detect`: padding boxes dropped
+        return boxes, scores.astype(np.float32)
 
     return detect
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, load_bundle
 from edge_agent.bundle.files import sha256_file
-from edge_agent.update.announcement import Announcement, Rollout, sign_announcement
+from edge_agent.update.announcement import Announcement, Rollout, sign_announcement, version_tuple
 from export.s3_store import MAX_PRESIGN_S, S3Store, StoreError
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,11 @@ def make_release(
     the URL is ``url_base`` + the object key) and ``presign_s`` (a presigned GET URL, which must outlive the
     announcement, so ``presign_s >= expires_in``)."""
     check_url_choice(store, url_base, presign_s, expires_in)
+    needed = load_bundle(bundle, bundle_keys).manifest.min_agent_version()
+    if version_tuple(needed) > version_tuple(min_agent_version):
+        # An older agent cannot read this manifest's schema: it must refuse the announcement, not fail the download.
+        logger.info("release: min_agent_version %s -> %s (the bundle's manifest schema)", min_agent_version, needed)
+        min_agent_version = needed
     if isinstance(store, S3Store):
         with tempfile.TemporaryDirectory(prefix="starfish-release-") as tmp:
             tar, name, version, size = store_bundle(bundle, Path(tmp), bundle_keys)

@@ -5,4 +5,4 @@ Torch-free; it imports only `edge_agent`'s contracts (topics, payload schemas), 
 
 __all__ = ["__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -84,7 +84,8 @@ def other_keys(tmp_path: Path) -> BundleKeys:
 
 def test_round_trip_directory(bundle: Path, bundle_keys: BundleKeys) -> None:
     manifest = verify_bundle(bundle, [bundle_keys.public])
-    assert manifest.schema_version == SCHEMA_VERSION
+    # No counting settings: stamped with schema 3, the lowest that carries it, so agents before schema 4 read it.
+    assert manifest.schema_version == 3 < SCHEMA_VERSION and manifest.min_agent_version() == "0"
     assert (manifest.name, manifest.version, manifest.parent_version) == ("starfish-cots", 3, 2)
     assert manifest.default_variant == "int8"
     assert manifest.input.shape == (1, 3, 384, 640) and manifest.input.colour_order == "RGB"
@@ -265,7 +266,7 @@ def test_schema_3_golden_frames_round_trip_and_are_signed(tmp_path: Path, bundle
     bundle = _write(tmp_path / "bundle", bundle_keys, tmp_path, golden=_golden())
     loaded = load_bundle(bundle, bundle_keys.public)
     manifest = loaded.manifest
-    assert manifest.schema_version == SCHEMA_VERSION and manifest.golden is not None
+    assert manifest.schema_version == 3 and manifest.golden is not None
     assert [f.file for f in manifest.golden.frames] == ["golden_0.png", "golden_1.png"]
     assert manifest.golden.expectations.file == "golden.json"
     assert parse_manifest(manifest.to_json_bytes()) == manifest

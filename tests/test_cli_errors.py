@@ -82,6 +82,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export-prune-set-type", ["export", "prune", "{text}", "--set", "optim.lr=fast"], "Expected a <class 'float'>"),
     ("export-all-pruned-missing", ["export", "all", "{text}", "-k", "{text}", "--pruned", MISSING], MISSING),
     (
+        "export-all-count-clips-missing",
+        ["export", "all", "--untrained", "-k", "{existing}", "--out", "{root}/c", "--count-clips", MISSING],
+        f"counting clips {MISSING}: not a directory",
+    ),
+    (
+        "export-all-count-clips-not-a-clip-set",
+        ["export", "all", "--untrained", "-k", "{existing}", "--out", "{root}/c", "--count-clips", "{synth}"],
+        "has no synth.json",
+    ),
+    (
         "export-bundle-missing",
         ["export", "bundle", "--ckpt", "{text}", "--int8", MISSING, "--key", "{key}", "--version", "1"],
         MISSING,
@@ -166,6 +176,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("retrain-broker", [*RETRAIN, "--broker", "127.0.0.1:port"], "--broker must be host:port"),
     ("retrain-no-release", [*RETRAIN, "--no-release"], "no released bundle in"),
+    ("retrain-count-clips", [*RETRAIN, "--no-release", "--count-clips", MISSING], "counting clips"),
     ("retrain-type", [*RETRAIN, "--epochs", "many"], "--epochs"),
     ("rollout-status-broker", ["rollout", "status", "--broker", "nohostport"], "--broker must be host:port"),
     ("rollout-status-type", ["rollout", "status", "--broker", "127.0.0.1:1", "--wait", "long"], "--wait"),

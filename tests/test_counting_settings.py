@@ -29,6 +29,7 @@ def test_counting_settings_are_signed_and_read_back(tiny_bundle, bundle_keys: Bu
     bundle = load_bundle(_with_counting(tiny_bundle, tmp_path / "b", bundle_keys), bundle_keys.public)
     variant = bundle.manifest.default_variant
     assert bundle.manifest.counting_for(variant) == Counting(**COUNTING)  # type: ignore[arg-type]
+    assert bundle.manifest.min_agent_version() == "0.2.0"  # the first agent that reads schema 4
     # a variant without settings leaves the key out, so such a manifest reads as before schema 4
     plain = json.loads((tiny_bundle.path / MANIFEST_NAME).read_text())
     assert all("counting" not in v for v in plain["variants"].values())
@@ -81,6 +82,7 @@ def test_the_agent_counts_at_the_bundles_settings_unless_configured(
     detector.close()
 
 
+@pytest.mark.mqtt
 def test_the_bundles_min_hits_reaches_the_agents_tracker(
     tiny_bundle, bundle_keys: BundleKeys, tmp_path: Path, clip: Clip, mosquitto
 ) -> None:
@@ -101,6 +103,25 @@ def test_the_bundles_min_hits_reaches_the_agents_tracker(
         assert agent.run() == 0
         counted[min_hits] = agent.summary().cameras[0].unique_count
     assert counted[1] > 0 and counted[100] == 0
+
+
+@pytest.mark.mqtt
+def test_a_swapped_in_bundle_brings_its_own_min_hits(
+    tiny_bundle, bundle_keys: BundleKeys, tmp_path: Path, clip: Clip, mosquitto
+) -> None:
+    """The trackers are built with the first bundle's min_hits; a hot swap applies the new bundle's from its first
+    frame on (the same counting, not the old model's settings)."""
+    from edge_agent.app import build_agent, load_detector
+    from edge_agent.config import load_config_data
+
+    agent = build_agent(load_config_data(agent_config(tmp_path, tiny_bundle, clip.path, mosquitto.port)))
+    assert agent.cameras["cam0"].tracker.min_hits == 3  # the tiny bundle has no counting settings
+    calibrated = _with_counting(tiny_bundle, tmp_path / "b", bundle_keys, min_hits=7)
+    new_cfg = load_config_data(agent_config(tmp_path, type(tiny_bundle)(calibrated, bundle_keys.public), clip.path, 1))
+    new_detector, seconds = load_detector(new_cfg)
+    agent.swap_detector(new_detector, seconds)
+    assert agent.run() == 0
+    assert agent.cameras["cam0"].tracker.min_hits == 7
 
 
 def _result(threshold: float, min_hits: int, mean_clip_error: float) -> SettingResult:
@@ -133,3 +154,36 @@ def test_calibration_clip_sets_must_be_generated_sets_with_videos(tmp_path: Path
         load_clip_sets([synthetic_dataset, synthetic_dataset])
     (sets,) = load_clip_sets([synthetic_dataset])
     assert sets.name == synthetic_dataset.name and set(sets.clips) == set(sets.truth) and sets.clips
+
+
+def test_a_release_of_a_schema_4_bundle_needs_an_agent_that_reads_it(
+    tiny_bundle, bundle_keys: BundleKeys, tmp_path: Path
+) -> None:
+    """An older agent must refuse the announcement (min_agent_version), not download a bundle it cannot load."""
+    from edge_agent.bundle import load_private_key, load_public_key
+    from export.release import make_release
+
+    keys = dict(release_key=load_private_key(bundle_keys.private), bundle_keys=[load_public_key(bundle_keys.public)])
+    url = "http://127.0.0.1:9/store"  # only written into the announcement; nothing connects to it
+    plain = make_release(tiny_bundle.path, store=tmp_path / "s1", url_base=url, **keys)  # type: ignore[arg-type]
+    assert plain.announcement.min_agent_version == "0"
+    calibrated = _with_counting(tiny_bundle, tmp_path / "b", bundle_keys)
+    release = make_release(calibrated, store=tmp_path / "s2", url_base=url, **keys)  # type: ignore[arg-type]
+    assert release.announcement.min_agent_version == "0.2.0"
+    newer = make_release(calibrated, store=tmp_path / "s3", url_base=url, min_agent_version="0.3.1", **keys)  # type: ignore[arg-type]
+    assert newer.announcement.min_agent_version == "0.3.1"  # a higher floor given by the releaser stays
+
+
+def test_retraining_a_calibrated_release_needs_clips_or_an_explicit_opt_out(
+    tiny_bundle, bundle_keys: BundleKeys, tmp_path: Path, synthetic_dataset: Path
+) -> None:
+    from export.counting import load_clip_sets
+    from train.retrain import RetrainError, check_count_calibration
+
+    calibrated = load_bundle(_with_counting(tiny_bundle, tmp_path / "b", bundle_keys), bundle_keys.public).manifest
+    with pytest.raises(RetrainError, match="pass --count-clips DIR to calibrate the candidate too"):
+        check_count_calibration(calibrated, [], allow_uncalibrated=False)
+    check_count_calibration(calibrated, [], allow_uncalibrated=True)
+    check_count_calibration(calibrated, load_clip_sets([synthetic_dataset]), allow_uncalibrated=False)
+    plain = load_bundle(tiny_bundle.path, tiny_bundle.public_key).manifest
+    check_count_calibration(plain, [], allow_uncalibrated=False)  # nothing to lose

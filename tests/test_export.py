@@ -257,8 +257,14 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
     bundle = load_bundle(out / "bundle", bundle_keys.public)
     assert set(bundle.manifest.variants) == {"fp32", "fp16", "int8", "int8_cpu"}
     # Every shipped variant carries counting settings calibrated on the clips: the grid's lowest mean per-clip
-    # error, never worse there than the uncalibrated setting (the best-F2 threshold, min_hits 3).
-    for variant, measured in (("fp32", "pruned_onnx_fp32"), ("int8_cpu", "pruned_onnx_int8_cpu")):
+    # error; the grid holds the uncalibrated setting (the best-F2 threshold, min_hits 3), reported beside it.
+    assert bundle.manifest.schema_version == 4 and bundle.manifest.min_agent_version() == "0.2.0"
+    for variant, measured in (
+        ("fp32", "pruned_onnx_fp32"),
+        ("int8", "pruned_onnx_int8"),
+        ("int8_cpu", "pruned_onnx_int8_cpu"),
+        ("fp16", "pruned_onnx_fp16"),
+    ):
         counting = bundle.manifest.counting_for(variant)
         entry = report["variants"][measured]["counting"]
         name = synthetic_dataset.name
@@ -269,9 +275,6 @@ def test_whole_chain_writes_a_verified_bundle_and_report(
         )
         errors = [row["sets"][name]["mean_clip_error"] for row in entry["grid"]]
         assert counting.mean_clip_error == pytest.approx(min(errors), abs=1e-4)
-        assert (
-            entry["chosen"]["sets"][name]["mean_clip_error"] <= entry["uncalibrated"]["sets"][name]["mean_clip_error"]
-        )
         assert entry["uncalibrated"]["min_hits"] == 3
         assert entry["uncalibrated"]["score_threshold"] == pytest.approx(
             report["variants"][measured]["deployed_threshold"], abs=1e-4

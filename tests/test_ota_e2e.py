@@ -176,6 +176,8 @@ def test_gate_refuses_a_candidate_that_counts_worse_and_releases_nothing(
             "--bundle-key",
             str(demo_key),
             "--no-release",
+            # The demo bundle counts at calibrated settings; this test is about the F2 gate, not the calibration.
+            "--allow-uncalibrated-count",
         ),
         *("--eval-frames", "6", "--latency-runs", "3", "--calibration-frames", "8", "--parity-frames", "4"),
         # The demo model's own training config names data this test does not have; tiny settings for the rest.

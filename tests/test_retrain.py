@@ -121,6 +121,8 @@ def test_retrain_fine_tunes_the_released_model_gates_and_releases(
             "1",
             "--latency-budget",
             "10",
+            "--count-clips",
+            str(synthetic_dataset),
             *CHAIN,
             *TRAIN,
             "--trainer.limit_train_batches=2",
@@ -151,6 +153,9 @@ def test_retrain_fine_tunes_the_released_model_gates_and_releases(
         got = download(ann.url, tmp_path / "device" / "b.tar", size=ann.size, sha256=ann.sha256)
         manifest = load_bundle(got.path, [bundle_keys.public]).manifest
         assert manifest.version == 2 and manifest.training.checkpoint_sha256 == sha256_file(candidate_ckpt)
+        # The released candidate carries counting settings calibrated on the job's clips (export all --count-clips).
+        counting = manifest.counting_for("int8_cpu")
+        assert counting is not None and counting.selected_on == (synthetic_dataset.name,)
 
 
 def test_retrain_refuses_to_start_from_a_checkpoint_that_is_not_the_released_one(

@@ -33,12 +33,16 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.bundle import BundleError, VerifiedBundle, load_bundle, load_private_key
 from edge_agent.bundle.files import sha256_file
 from edge_agent.bundle.manifest import CPU_INT8_VARIANT
 from export.s3_store import S3Store
+
+if TYPE_CHECKING:
+    from edge_agent.bundle import Manifest
+    from export.counting import ClipSet
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,9 @@ class RetrainOptions:
     prune_epochs: int = 0
     calibration_frames: int = 100
     parity_frames: int = 20
+    # Clip sets (videos + synth.json) on which the candidate's counting settings are calibrated (export.counting).
+    count_clips: list[Path] = field(default_factory=list)
+    allow_uncalibrated_count: bool = False  # release a candidate without them although the released one has them
     release: bool = True
     train_only: bool = False
     expires_in: timedelta = timedelta(days=7)
@@ -355,6 +362,19 @@ def gate_records(cfg: Any, eval_frames: int | None) -> list:
 # -- the job ---------------------------------------------------------------------------------------------------------
 
 
+def check_count_calibration(released: Manifest, count_clips: list[ClipSet], allow_uncalibrated: bool) -> None:
+    """Refuse to start a job whose candidate would lose the released bundle's calibrated counting settings: without
+    them the fleet would count at the best-F2 threshold again (on unfamiliar water v8 counted 265 starfish for 137
+    there, 109 at its calibrated settings), and the F2 gate would not notice."""
+    calibrated = sorted(name for name, v in released.variants.items() if v.counting is not None)
+    if calibrated and not count_clips and not allow_uncalibrated:
+        raise RetrainError(
+            f"the released {released.name} v{released.version} counts at calibrated settings (variants "
+            f"{', '.join(calibrated)}): pass --count-clips DIR to calibrate the candidate too, or "
+            "--allow-uncalibrated-count to release it without"
+        )
+
+
 def retrain(opts: RetrainOptions) -> dict[str, Any]:
     """Run the whole job; returns the report (``report["gate"]["passed"]``). Raises `RetrainError` on bad input.
 
@@ -372,9 +392,16 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
             check_url_choice(opts.store, opts.url_base, opts.presign_s, opts.expires_in)
         except StoreError as exc:
             raise RetrainError(f"{exc} (or pass --no-release)") from exc
+    from export.counting import load_clip_sets
+
+    try:
+        count_clips = load_clip_sets(opts.count_clips)  # a wrong path fails before training, not after
+    except ValueError as exc:
+        raise RetrainError(str(exc)) from exc
     trusted = [load_public_key(p) for p in opts.bundle_keys] or [signing.public_key()]
     released = resolve_released(opts.store, opts.released, trusted, opts.out / "released")
     start = resolve_checkpoint(released, opts.checkpoints, opts.checkpoint)
+    check_count_calibration(released.manifest, count_clips, opts.allow_uncalibrated_count)
     cfg = retrain_config(start, opts.data, opts.out, opts.epochs, opts.overrides)
     logger.info(
         "retraining %s v%d (checkpoint %s) on %s", released.manifest.name, released.manifest.version, start, opts.data
@@ -407,7 +434,7 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
         return report
 
     version = max([released.manifest.version, *store_versions(opts.store).get(released.manifest.name, {})]) + 1
-    candidate_bundle = _export(opts, candidate_ckpt, version, report)
+    candidate_bundle = _export(opts, candidate_ckpt, version, report, count_clips)
     if candidate_bundle is None:
         _write_report(opts.out, report)
         return report
@@ -429,7 +456,9 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
     return report
 
 
-def _export(opts: RetrainOptions, checkpoint: Path, version: int, report: dict[str, Any]) -> Path | None:
+def _export(
+    opts: RetrainOptions, checkpoint: Path, version: int, report: dict[str, Any], count_clips: list[ClipSet]
+) -> Path | None:
     from export.chain import ChainOptions, run_chain
     from export.onnx_export import ExportError
     from export.prune import PruneConfig
@@ -449,6 +478,7 @@ def _export(opts: RetrainOptions, checkpoint: Path, version: int, report: dict[s
                 latency_runs=opts.gate.latency_runs,
                 threads=opts.gate.threads,
                 version=version,
+                count_clips=count_clips,
                 # Export analysis, not release evidence: per-op profiles off, unpruned baselines only when pruned.
                 profile_frames=0,
                 unpruned_baselines=bool(opts.prune_ratio or opts.head_ratio),

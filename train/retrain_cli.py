@@ -59,6 +59,17 @@ def retrain(
     prune_epochs: int = typer.Option(0, "--prune-epochs", min=0, help="Fine-tuning epochs after pruning."),
     calibration_frames: int = typer.Option(100, "--calibration-frames", min=1, help="INT8 calibration frames."),
     parity_frames: int = typer.Option(20, "--parity-frames", min=1, help="Frames of the ONNX parity check."),
+    count_clips: list[Path] = typer.Option(
+        [],
+        "--count-clips",
+        help="Clip set (videos/ + synth.json) on which the candidate's counting settings are calibrated "
+        "(repeatable; `starfish export all --count-clips`).",
+    ),
+    allow_uncalibrated_count: bool = typer.Option(
+        False,
+        "--allow-uncalibrated-count",
+        help="Release a candidate without counting settings although the released bundle has them.",
+    ),
     no_release: bool = typer.Option(False, "--no-release", help="Gate only: release nothing even if it passes."),
     train_only: bool = typer.Option(False, "--train-only", help="Stop after fine-tuning (no export, no gate)."),
     expires_days: float = typer.Option(7.0, "--expires-days", min=0.001, help="Days until devices ignore it."),
@@ -107,6 +118,8 @@ def retrain(
             prune_epochs=prune_epochs,
             calibration_frames=calibration_frames,
             parity_frames=parity_frames,
+            count_clips=list(count_clips),
+            allow_uncalibrated_count=allow_uncalibrated_count,
             release=not no_release,
             train_only=train_only,
             expires_in=timedelta(days=expires_days),

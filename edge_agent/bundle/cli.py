@@ -77,9 +77,10 @@ def info(
         f"classes {list(manifest.classes)}; input {list(manifest.input.shape)} {manifest.input.dtype} "
         f"{manifest.input.colour_order} {manifest.input.resize}; score_threshold {manifest.score_threshold}"
     )
-    table = Table("variant", "file", "size", "sha256", "threshold", "F2", "mAP@0.5", "latency ms")
+    table = Table("variant", "file", "size", "sha256", "threshold", "F2", "mAP@0.5", "latency ms", "counting")
     for name, v in manifest.variants.items():
         marker = " (default)" if name == manifest.default_variant else ""
+        counting = v.counting
         table.add_row(
             name + marker,
             v.file,
@@ -89,6 +90,7 @@ def info(
             _fmt(v.f2),
             _fmt(v.map50),
             _fmt(v.latency_ms),
+            f"thr {counting.score_threshold:g}, min_hits {counting.min_hits}" if counting else "-",
         )
     console.print(table)
     if manifest.golden is None:

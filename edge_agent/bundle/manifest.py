@@ -22,6 +22,9 @@ from edge_agent.bundle.errors import ManifestError, UnsupportedSchemaError
 SCHEMA_VERSION = 4
 GOLDEN_SCHEMA_VERSION = 3  # the first schema with `golden`
 COUNTING_SCHEMA_VERSION = 4  # the first schema with a variant's `counting`
+# The first agent release that reads each schema: a release of a bundle announces it as its `min_agent_version`, so
+# an older device refuses the announcement up front instead of downloading a bundle it cannot load.
+AGENT_VERSION_FOR_SCHEMA = {COUNTING_SCHEMA_VERSION: "0.2.0"}
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 # The INT8 variant with uint8 activations for onnxruntime on CPUs; `int8` (zero-point-0 activations) is TensorRT's.
@@ -299,6 +302,11 @@ class Manifest(_Strict):
         """The best-F2 score threshold of ``variant``: its own when the manifest records one, else the default."""
         own = self.variants[variant].score_threshold
         return self.score_threshold if own is None else own
+
+    def min_agent_version(self) -> str:
+        """The oldest agent release that reads this manifest's schema ("0": any)."""
+        needed = [v for schema, v in AGENT_VERSION_FOR_SCHEMA.items() if schema <= self.schema_version]
+        return max(needed, key=lambda v: tuple(int(p) for p in v.split("."))) if needed else "0"
 
     def counting_for(self, variant: str) -> Counting | None:
         """The counting settings calibrated for ``variant``, if the bundle carries them."""

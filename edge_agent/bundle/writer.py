@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.bundle.errors import BundleError, GoldenError, ManifestError
 from edge_agent.bundle.golden import GoldenFiles
 from edge_agent.bundle.manifest import (
+    COUNTING_SCHEMA_VERSION,
     GOLDEN_NAME,
+    GOLDEN_SCHEMA_VERSION,
     MANIFEST_NAME,
-    SCHEMA_VERSION,
     SIGNATURE_NAME,
     BundleFile,
     Counting,
@@ -117,7 +118,9 @@ def write_bundle(
         raise ManifestError(f"cannot build the manifest: {exc}") from exc
     try:
         manifest = Manifest(
-            schema_version=SCHEMA_VERSION,
+            schema_version=COUNTING_SCHEMA_VERSION
+            if any(source.counting is not None for source in variants.values())
+            else GOLDEN_SCHEMA_VERSION,  # the lowest schema that carries the content: older agents still read it
             name=name,
             version=version,
             created_at=created_at or datetime.now(timezone.utc),

@@ -99,6 +99,12 @@ class Detector(abc.ABC):
             self.min_hits = options.min_hits
         else:
             self.min_hits = counting.min_hits if counting is not None else DEFAULT_MIN_HITS
+        overridden = options.score_threshold is not None or options.min_hits is not None
+        # For the start-up log line: where the counting settings came from.
+        if counting is None:
+            self.counting_note = ", configured" if overridden else ""
+        else:
+            self.counting_note = ", calibrated counting settings" + (" (configuration overrides)" if overridden else "")
 
     @classmethod
     def default_variant(cls, bundle: VerifiedBundle, options: DetectorOptions) -> str:
@@ -204,12 +210,14 @@ def create_detector(
             _close_quietly(name, detector)
             continue
         logger.info(
-            "detector: %s (%s v%d, variant %s, threshold %.3f)",
+            "detector: %s (%s v%d, variant %s, threshold %.3f, min_hits %d%s)",
             name,
             bundle.manifest.name,
             bundle.manifest.version,
             detector.variant,
             detector.score_threshold,
+            detector.min_hits,
+            detector.counting_note,
         )
         return detector
     raise DetectorUnavailable("no detector back end could run: " + "; ".join(reasons))

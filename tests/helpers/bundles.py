@@ -26,13 +26,13 @@ import pytest
 from edge_agent.bundle import (
     GOLDEN_NAME,
     MANIFEST_NAME,
-    SCHEMA_VERSION,
     SIGNATURE_NAME,
     GoldenFiles,
     generate_keypair,
     load_private_key,
     parse_manifest,
 )
+from edge_agent.bundle.manifest import GOLDEN_SCHEMA_VERSION
 
 
 class BundleKeys(NamedTuple):
@@ -74,7 +74,11 @@ def rebundle(source: Path, dest: Path, private_key: Path, *, golden: GoldenFiles
     data = manifest.model_dump(mode="json")
     data.update(json.loads(json.dumps(changes, default=str)))
     if golden is not None:
-        data.update(schema_version=SCHEMA_VERSION, golden=golden_set(golden).model_dump(mode="json"))
+        # Golden frames need schema 3 (not the newest: a schema-4 bundle asks for a newer agent when released).
+        data.update(
+            schema_version=max(data["schema_version"], GOLDEN_SCHEMA_VERSION),
+            golden=golden_set(golden).model_dump(mode="json"),
+        )
     new = type(manifest).model_validate(data)
     dest.mkdir(parents=True)
     for _, entry in new.files():  # model variants and golden frames

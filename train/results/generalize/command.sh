@@ -120,3 +120,22 @@ for data in ood_val_clips ood_test id_clips; do
     --thresholds 0.3,0.4,0.5,0.61,0.7,0.8,0.9,0.95,0.98 --min-hits 2,3,5,8 --threads 1 \
     --out train/results/generalize/stage_d/count_sweep_d1_step800_fp32_${data/ood_val_clips/ood_val}.json
 done
+
+# Stage E (stage_e/README.md): counting settings calibrated by the export chain and signed into the bundle (manifest
+# schema 4). Bundle v9 = v8's checkpoints through the same chain, plus --count-clips: ood_val's clips (seed 100, the
+# selection seed) and a fresh in-distribution selection set (generator seed 22, used for nothing else).
+starfish data synth --out /work/artifacts/id_select --videos 3 --frames 150 --seed 22
+starfish keys generate --private /work/artifacts/demo_key.pem --public /work/artifacts/demo_key.pub
+(cd /work/artifacts && starfish export all "$OLDPWD/models/generalize/best.ckpt" --pruned "$OLDPWD/models/generalize/pruned.ckpt" \
+  --key /work/artifacts/demo_key.pem --out /work/artifacts/export_v9 --eval-frames 100 --latency-runs 40 --version 9 \
+  --threads 2 --count-clips /work/artifacts/ood_val_clips --count-clips /work/artifacts/id_select)
+# (models/demo/ = export_v9/bundle, report.*, demo_key.pub.) The real agent's count on clips used for nothing else;
+# ood_seed11 is a second out-of-distribution test seed rendered for this stage, scored with v8 (git show 795237f) too.
+starfish data ood --out /work/artifacts/ood_seed11 --videos 6 --frames 150 --seed 11
+for data in ood_test id_clips ood_seed7 ood_seed11; do
+  starfish bench counting models/demo --data /work/artifacts/$data --threads 2 \
+    --out train/results/generalize/stage_e/counting_v9_$data.json
+done
+starfish bench counting /tmp/v8/models/demo --key /tmp/v8_key.pub --data /work/artifacts/ood_seed11 --threads 2 \
+  --out train/results/generalize/stage_e/counting_v8_ood_seed11.json
+cp /work/artifacts/export_v9/report.md train/results/generalize/stage_e/export_report_v9.md
