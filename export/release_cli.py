@@ -38,7 +38,11 @@ def release(
         None, "--bundle-key", help="Public key(s) the bundle must verify with (default: the release key's)."
     ),
     expires_days: float = typer.Option(7.0, "--expires-days", min=0.001, help="Days until devices ignore it."),
-    min_agent_version: str = typer.Option("0", "--min-agent-version", help="Oldest agent that may install it."),
+    min_agent_version: str = typer.Option(
+        "0",
+        "--min-agent-version",
+        help="Oldest agent that may install it (raised to the first agent that reads the bundle's manifest schema).",
+    ),
     platform: list[str] = typer.Option(["any"], "--platform", help="Platform tags (linux-aarch64...) or 'any'."),
     wave: int = typer.Option(0, "--wave", min=0, help="Rollout wave number."),
     canary: list[str] = typer.Option(
