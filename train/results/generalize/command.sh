@@ -139,3 +139,18 @@ done
 starfish bench counting /tmp/v8/models/demo --key /tmp/v8_key.pub --data /work/artifacts/ood_seed11 --threads 2 \
   --out train/results/generalize/stage_e/counting_v8_ood_seed11.json
 cp /work/artifacts/export_v9/report.md train/results/generalize/stage_e/export_report_v9.md
+# Candidate (not shipped): stage C's fine-tune of the pruned model, 900 steps, exported and calibrated the same way.
+(cd /work/artifacts && starfish export prune "$OLDPWD/models/generalize/pruned.ckpt" --ratio 0 --head-ratio 0 \
+  --rpn-ratio 0 --fpn-ratio 0 --steps 900 --select val/select_f2 --eval-frames 60 --out /work/artifacts/rounds/c1_900.ckpt \
+  --set augment.seed=22 --set optim.warmup_steps=30 --set trainer.val_check_interval=300 --set trainer.num_threads=2 \
+  --set augment.background_crop=0.5 --set optim.lr=0.0004 \
+  --set "data.extra_roots=[/work/artifacts/synth_rand,/work/artifacts/synth_dense]")
+(cd /work/artifacts && starfish export all "$OLDPWD/models/generalize/best.ckpt" --pruned /work/artifacts/rounds/c1_900.ckpt \
+  --key /work/artifacts/demo_key.pem --out /work/artifacts/export_c1 --eval-frames 100 --latency-runs 20 --version 10 \
+  --threads 2 --count-clips /work/artifacts/ood_val_clips --count-clips /work/artifacts/id_select)
+for data in ood_test ood_seed11 id_clips; do
+  starfish bench counting /work/artifacts/export_c1 --key /work/artifacts/demo_key.pub --data /work/artifacts/$data \
+    --threads 2 --out train/results/generalize/stage_e/counting_c1_900_$data.json
+done
+python train/results/generalize/stage_c/ood_test_eval.py train/results/generalize/stage_e/ood_test_fp32_c1_900.json \
+  c1_900_pruned=/work/artifacts/rounds/c1_900.ckpt
