@@ -517,9 +517,9 @@ def count_sweep_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from benchmarks.count_sweep import check_grid, sweep_counting
-    from benchmarks.counting import clip_paths, true_counts
+    from benchmarks.count_sweep import sweep_counting
     from edge_agent.app import StartupError
+    from edge_agent.tracking.replay import check_grid, clip_paths, true_counts
 
     bundle = _resolve_bundle(bundle)
     if not (bundle / "manifest.json").is_file():

@@ -297,18 +297,19 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         report["load_average_after_timing"] = list(os.getloadavg())
 
         variants_report = report["variants"]
-        shipped = {"int8": "pruned_onnx_int8"}  # bundle variant -> its runner and report entry
+        # Bundle variant -> (its model file, its runner and report entry).
+        shipped = {"int8": (int8_path, "pruned_onnx_int8")}
         if int8_cpu_path is not None:
-            shipped[CPU_INT8_VARIANT] = "pruned_onnx_int8_cpu"
+            shipped[CPU_INT8_VARIANT] = (int8_cpu_path, "pruned_onnx_int8_cpu")
         if opts.keep_fp32:
-            shipped["fp32"] = "pruned_onnx_fp32"
+            shipped["fp32"] = (fp32_path, "pruned_onnx_fp32")
         if fp16_path is not None:
-            shipped[FP16_VARIANT] = "pruned_onnx_fp16"
+            shipped[FP16_VARIANT] = (fp16_path, "pruned_onnx_fp16")
         counting: dict[str, Counting] = {}
         if opts.count_clips:
             names = ", ".join(c.name for c in opts.count_clips)
             step(f"calibrating each variant's counting settings on {names} (the agent's tracker, replayed)")
-            for variant, name in shipped.items():
+            for variant, (_, name) in shipped.items():
                 entry = variants_report[name]
                 if "deployed_threshold" not in entry:  # measured without held-out data: nothing to start from
                     continue
@@ -321,17 +322,10 @@ def run_chain(opts: ChainOptions) -> dict[str, Any]:
         int8_threshold = variants_report["pruned_onnx_int8"].get("deployed_threshold")
         # Top level: the default (int8) variant's own threshold, also used by variants measured without one.
         threshold = _clamp(int8_threshold if int8_threshold is not None else source.score_threshold)
-        variants = {"int8": _variant_source(int8_path, variants_report["pruned_onnx_int8"], counting.get("int8"))}
-        if int8_cpu_path is not None:
-            variants[CPU_INT8_VARIANT] = _variant_source(
-                int8_cpu_path, variants_report["pruned_onnx_int8_cpu"], counting.get(CPU_INT8_VARIANT)
-            )
-        if opts.keep_fp32:
-            variants["fp32"] = _variant_source(fp32_path, variants_report["pruned_onnx_fp32"], counting.get("fp32"))
-        if fp16_path is not None:
-            variants[FP16_VARIANT] = _variant_source(
-                fp16_path, variants_report["pruned_onnx_fp16"], counting.get(FP16_VARIANT)
-            )
+        variants = {
+            variant: _variant_source(path, variants_report[name], counting.get(variant))
+            for variant, (path, name) in shipped.items()
+        }
         golden_png = encode_frames(
             frames_from_records(eval_records or val_records, opts.golden_frames)
             or random_frames(width, height, opts.golden_frames),

@@ -95,14 +95,18 @@ def count_grid(
     )
 
 
+def averaged_error(results_per_set: Sequence[Sequence[SettingResult]], i: int) -> float:
+    """Setting ``i``'s mean per-clip error, averaged over the clip sets."""
+    return sum(results[i].mean_clip_error for results in results_per_set) / len(results_per_set)
+
+
 def choose(results_per_set: Sequence[Sequence[SettingResult]]) -> int:
     """Index of the setting with the lowest mean per-clip error averaged over the sets; ties go to the higher
     threshold (fewer false tracks where the water is new), then the lower ``min_hits`` (starfish seen briefly)."""
     grid = [r.setting for r in results_per_set[0]]
 
     def key(i: int) -> tuple[float, float, int]:
-        error = sum(results[i].mean_clip_error for results in results_per_set) / len(results_per_set)
-        return (round(error, 9), -grid[i].score_threshold, grid[i].min_hits)
+        return (round(averaged_error(results_per_set, i), 9), -grid[i].score_threshold, grid[i].min_hits)
 
     return min(range(len(grid)), key=key)
 
@@ -130,7 +134,7 @@ def calibrate(
         if s.min_hits == DEFAULT_MIN_HITS and abs(s.score_threshold - round(best_f2_threshold, 4)) < 1e-9
     )
     setting = grid[chosen]
-    mean_error = sum(results[chosen].mean_clip_error for results in per_set) / len(per_set)
+    mean_error = averaged_error(per_set, chosen)
     counting = Counting(
         score_threshold=setting.score_threshold,
         min_hits=setting.min_hits,
@@ -159,7 +163,7 @@ def calibrate(
         100 * mean_error,
         grid[uncalibrated].score_threshold,
         grid[uncalibrated].min_hits,
-        100 * sum(results[uncalibrated].mean_clip_error for results in per_set) / len(per_set),
+        100 * averaged_error(per_set, uncalibrated),
     )
     return counting, report
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, load_bundle
+from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, VerifiedBundle, load_bundle
 from edge_agent.bundle.files import sha256_file
 from edge_agent.update.announcement import Announcement, Rollout, sign_announcement, version_tuple
 from export.s3_store import MAX_PRESIGN_S, S3Store, StoreError
@@ -45,7 +45,13 @@ class Release:
 def store_bundle(bundle: Path, store: Path, bundle_keys: list[Ed25519PublicKey]) -> tuple[Path, str, int, int]:
     """Verify ``bundle`` (directory or .tar) and write ``store/<name>-<version>.tar``; returns (path, name,
     version, size)."""
-    verified = load_bundle(bundle, bundle_keys)
+    return _store_verified(load_bundle(bundle, bundle_keys), store, bundle_keys)
+
+
+def _store_verified(
+    verified: VerifiedBundle, store: Path, bundle_keys: list[Ed25519PublicKey]
+) -> tuple[Path, str, int, int]:
+    """`store_bundle` for a bundle already verified against ``bundle_keys``."""
     manifest = verified.manifest
     store.mkdir(parents=True, exist_ok=True)
     dest = store / f"{manifest.name}-{manifest.version}.tar"
@@ -99,14 +105,15 @@ def make_release(
     the URL is ``url_base`` + the object key) and ``presign_s`` (a presigned GET URL, which must outlive the
     announcement, so ``presign_s >= expires_in``)."""
     check_url_choice(store, url_base, presign_s, expires_in)
-    needed = load_bundle(bundle, bundle_keys).manifest.min_agent_version()
+    verified = load_bundle(bundle, bundle_keys)
+    needed = verified.manifest.min_agent_version()
     if version_tuple(needed) > version_tuple(min_agent_version):
         # An older agent cannot read this manifest's schema: it must refuse the announcement, not fail the download.
         logger.info("release: min_agent_version %s -> %s (the bundle's manifest schema)", min_agent_version, needed)
         min_agent_version = needed
     if isinstance(store, S3Store):
         with tempfile.TemporaryDirectory(prefix="starfish-release-") as tmp:
-            tar, name, version, size = store_bundle(bundle, Path(tmp), bundle_keys)
+            tar, name, version, size = _store_verified(verified, Path(tmp), bundle_keys)
             sha256 = sha256_file(tar)
             key = store.key(tar.name)
             created = now or datetime.now(timezone.utc)
@@ -116,7 +123,7 @@ def make_release(
         location = store.uri(key)
     else:
         assert url_base is not None  # check_url_choice
-        tar, name, version, size = store_bundle(bundle, store, bundle_keys)
+        tar, name, version, size = _store_verified(verified, store, bundle_keys)
         sha256 = sha256_file(tar)
         created = now or datetime.now(timezone.utc)
         url, location = f"{url_base.rstrip('/')}/{tar.name}", str(tar)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.bundle import MANIFEST_NAME, Counting, ManifestError, load_bundle, parse_manifest
+from edge_agent.bundle import MANIFEST_NAME, Counting, ManifestError, load_bundle, load_private_key, parse_manifest
+from edge_agent.bundle.signing import sign
 from edge_agent.tracking.replay import CountSetting, SettingResult
 from tests.helpers.agent import Clip, agent_config
 from tests.helpers.bundles import BundleKeys, rebundle
@@ -36,11 +37,10 @@ def test_counting_settings_are_signed_and_read_back(tiny_bundle, bundle_keys: Bu
 
 
 def test_counting_settings_need_schema_4_and_valid_values(tiny_bundle, bundle_keys: BundleKeys, tmp_path: Path) -> None:
+    variants = parse_manifest((tiny_bundle.path / MANIFEST_NAME).read_bytes()).model_dump(mode="json")["variants"]
+    for entry in variants.values():
+        entry["counting"] = COUNTING
     with pytest.raises(ValueError, match="need schema_version 4, got 3"):
-        manifest = parse_manifest((tiny_bundle.path / MANIFEST_NAME).read_bytes())
-        variants = manifest.model_dump(mode="json")["variants"]
-        for entry in variants.values():
-            entry["counting"] = COUNTING
         rebundle(tiny_bundle.path, tmp_path / "old", bundle_keys.private, variants=variants, schema_version=3)
     with pytest.raises(ValueError, match="min_hits"):
         _with_counting(tiny_bundle, tmp_path / "zero", bundle_keys, min_hits=0)
@@ -50,9 +50,6 @@ def test_counting_settings_need_schema_4_and_valid_values(tiny_bundle, bundle_ke
     bundle = _with_counting(tiny_bundle, tmp_path / "edited", bundle_keys)
     data = json.loads((bundle / MANIFEST_NAME).read_text())
     data["schema_version"] = 3
-    from edge_agent.bundle import load_private_key
-    from edge_agent.bundle.signing import sign
-
     raw = (json.dumps(data, indent=2) + "\n").encode()
     (bundle / MANIFEST_NAME).write_bytes(raw)
     (bundle / "manifest.sig").write_bytes(sign(load_private_key(bundle_keys.private), raw))
@@ -160,7 +157,7 @@ def test_a_release_of_a_schema_4_bundle_needs_an_agent_that_reads_it(
     tiny_bundle, bundle_keys: BundleKeys, tmp_path: Path
 ) -> None:
     """An older agent must refuse the announcement (min_agent_version), not download a bundle it cannot load."""
-    from edge_agent.bundle import load_private_key, load_public_key
+    from edge_agent.bundle import load_public_key
     from export.release import make_release
 
     keys = dict(release_key=load_private_key(bundle_keys.private), bundle_keys=[load_public_key(bundle_keys.public)])

@@ -305,8 +305,10 @@ class Manifest(_Strict):
 
     def min_agent_version(self) -> str:
         """The oldest agent release that reads this manifest's schema ("0": any)."""
+        from edge_agent.update.announcement import version_tuple  # it imports this module
+
         needed = [v for schema, v in AGENT_VERSION_FOR_SCHEMA.items() if schema <= self.schema_version]
-        return max(needed, key=lambda v: tuple(int(p) for p in v.split("."))) if needed else "0"
+        return max(needed, key=version_tuple, default="0")
 
     def counting_for(self, variant: str) -> Counting | None:
         """The counting settings calibrated for ``variant``, if the bundle carries them."""

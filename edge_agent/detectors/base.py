@@ -99,12 +99,6 @@ class Detector(abc.ABC):
             self.min_hits = options.min_hits
         else:
             self.min_hits = counting.min_hits if counting is not None else DEFAULT_MIN_HITS
-        overridden = options.score_threshold is not None or options.min_hits is not None
-        # For the start-up log line: where the counting settings came from.
-        if counting is None:
-            self.counting_note = ", configured" if overridden else ""
-        else:
-            self.counting_note = ", calibrated counting settings" + (" (configuration overrides)" if overridden else "")
 
     @classmethod
     def default_variant(cls, bundle: VerifiedBundle, options: DetectorOptions) -> str:
@@ -173,6 +167,15 @@ def available(name: str) -> tuple[bool, str]:
     return detector_class(name).available()
 
 
+def _counting_source(detector: Detector) -> str:
+    """For the start-up log line: where the detector's counting settings came from."""
+    options = detector.options
+    overridden = options.score_threshold is not None or options.min_hits is not None
+    if detector.bundle.manifest.counting_for(detector.variant) is None:
+        return ", configured" if overridden else ""
+    return ", calibrated counting settings" + (" (configuration overrides)" if overridden else "")
+
+
 def create_detector(
     names: Sequence[str], bundle: VerifiedBundle, variant: str | None, options: DetectorOptions
 ) -> Detector:
@@ -217,7 +220,7 @@ def create_detector(
             detector.variant,
             detector.score_threshold,
             detector.min_hits,
-            detector.counting_note,
+            _counting_source(detector),
         )
         return detector
     raise DetectorUnavailable("no detector back end could run: " + "; ".join(reasons))
